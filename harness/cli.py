@@ -1,0 +1,81 @@
+"""The ``tdabench`` command (Hydra).
+
+    tdabench task=digits_mlp method=grad_dot
+    tdabench -m task=digits_mlp method=random,grad_dot,exact_if
+    tdabench -m                      # every registered method on the default task
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError
+from harness.registry import METHODS, TASKS
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _register_plugin_configs() -> None:
+    """Give every registered method without a YAML file a default config node, so methods from
+    other packages (entry points) can be chosen with ``method=NAME`` like built-in ones."""
+    store = ConfigStore.instance()
+    for name in METHODS.names():
+        if not (CONF_DIR / "method" / f"{name}.yaml").exists():
+            store.store(group="method", name=name, node={"name": name, "seed": "${seed}"})
+
+
+def _check_names(argv: list[str]) -> list[str]:
+    """Unknown ``task=`` / ``method=`` choices on the command line, as error lines."""
+    problems = []
+    for arg in argv:
+        for group, registry in (("task", TASKS), ("method", METHODS)):
+            if arg.startswith(f"{group}="):
+                names = registry.names()
+                for choice in arg.split("=", 1)[1].split(","):
+                    if choice and choice not in names:
+                        problems.append(f"unknown {group} {choice!r}; registered {group}s: {', '.join(names)}")
+    return problems
+
+
+def _group() -> str:
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return f"sweep-{Path(hc.sweep.dir).name}"
+    return f"run-{Path(hc.run.dir).name}"
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    from harness.run import execute
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        record = execute(resolved, group=_group())
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"tdabench: error: {line}", file=sys.stderr)
+        sys.exit(2)
+    if record is not None and record["status"] != "ok" and not multirun:
+        sys.exit(1)
+
+
+def main() -> None:
+    problems = _check_names(sys.argv[1:])
+    if problems:
+        for line in problems:
+            print(f"tdabench: error: {line}", file=sys.stderr)
+        sys.exit(2)
+    _register_plugin_configs()
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Up-front validation of a resolved config: every problem found before any expensive work.
+
+``validate`` returns one line per problem, each naming the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from harness.registry import METHODS, TASKS, UnknownNameError
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_writable(path: str | Path) -> str | None:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"{path} is not writable ({exc.strerror or exc}); choose another folder or fix its permissions"
+    return None
+
+
+def validate_settings(cfg: dict) -> list[str]:
+    """Checks that need no task or method object."""
+    p: list[str] = []
+    gt = cfg.get("gt", {})
+    alpha = gt.get("alpha")
+    if not _is_num(alpha) or not 0 < alpha < 1:
+        p.append(f"gt.alpha={alpha!r} must be a fraction strictly between 0 and 1 (default 0.5)")
+    subsets = gt.get("subsets")
+    if not _is_int(subsets) or subsets < 2:
+        p.append(f"gt.subsets={subsets!r} must be an integer >= 2 (LDS correlates over subsets; default 100)")
+    seeds = gt.get("seeds")
+    if not _is_int(seeds) or seeds < 1:
+        p.append(f"gt.seeds={seeds!r} must be a positive integer (retraining seeds per subset; default 3)")
+    n_shards = gt.get("num_shards")
+    if not _is_int(n_shards) or n_shards < 1:
+        p.append(f"gt.num_shards={n_shards!r} must be a positive integer")
+    shard = gt.get("shard")
+    if shard is not None and (not _is_int(shard) or not _is_int(n_shards) or not 0 <= shard < n_shards):
+        p.append(f"gt.shard={shard!r} must be null or an integer in [0, gt.num_shards={n_shards})")
+    if gt.get("from_checkpoint") and (not _is_int(gt.get("finetune_epochs")) or gt["finetune_epochs"] < 1):
+        p.append(f"gt.finetune_epochs={gt.get('finetune_epochs')!r} must be a positive integer")
+    if not isinstance(gt.get("from_checkpoint"), bool):
+        p.append(f"gt.from_checkpoint={gt.get('from_checkpoint')!r} must be true or false")
+    if not _is_int(cfg.get("seed")):
+        p.append(f"seed={cfg.get('seed')!r} must be an integer")
+    mode = cfg.get("wandb", {}).get("mode")
+    if mode not in WANDB_MODES:
+        p.append(f"wandb.mode={mode!r}: use one of {', '.join(WANDB_MODES)}")
+    limit = cfg.get("limits", {}).get("max_seconds")
+    if limit is not None and (not _is_num(limit) or limit <= 0):
+        p.append(f"limits.max_seconds={limit!r} must be null or a positive number of seconds")
+    boot = cfg.get("lds", {}).get("bootstrap")
+    if not _is_int(boot) or boot < 1:
+        p.append(f"lds.bootstrap={boot!r} must be a positive integer")
+    device = str(cfg.get("device", "cpu"))
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.append(f"device={device}: no CUDA device is visible; use device=cpu")
+    elif device != "cpu":
+        p.append(f"device={device!r}: use cpu or cuda[:N]")
+    for key in ("results_dir", "cache_dir"):
+        problem = check_writable(cfg[key])
+        if problem:
+            p.append(f"{key}: {problem}")
+    return p
+
+
+def resolve_names(cfg: dict) -> tuple[type | None, type | None, list[str]]:
+    problems = []
+    task_cls = method_cls = None
+    try:
+        task_cls = TASKS.get(cfg["task"]["name"])
+    except UnknownNameError as exc:
+        problems.append(str(exc))
+    try:
+        method_cls = METHODS.get(cfg["method"]["name"])
+    except UnknownNameError as exc:
+        problems.append(str(exc))
+    return task_cls, method_cls, problems
+
+
+def method_params(cfg: dict) -> dict:
+    return {k: v for k, v in cfg["method"].items() if k != "name"}
+
+
+def validate_method_params(method_cls, cfg: dict) -> list[str]:
+    allowed = method_cls.parameters()
+    unknown = [k for k in method_params(cfg) if k not in allowed]
+    if unknown:
+        return [f"method {method_cls.name} has no parameter {', '.join(unknown)}; its parameters: "
+                f"{', '.join(allowed)}"]
+    missing = method_cls.available()
+    return [missing] if missing else []
+
+
+def validate_pairing(task, method) -> list[str]:
+    lacking = sorted(set(method.requires) - set(task.capabilities))
+    if lacking:
+        return [f"method {method.name} needs {', '.join(lacking)} from the task, which task "
+                f"{task.name} cannot provide; choose another method or task"]
+    return method.check(task)
+
+
+def free_disk_mb(path: str | Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 2**20

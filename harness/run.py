@@ -1,0 +1,177 @@
+"""One run: config -> task -> ground truth -> method.fit -> method.score -> LDS -> record.
+
+Every run, successful or not, appends one record to ``RESULTS_DIR/runs.jsonl`` and logs a wandb
+run. Configuration problems are raised as :class:`ConfigError` before any expensive work; failures
+during work are recorded with the phase they happened in and a status (``error``, ``oom``,
+``timeout``), so a sweep goes on past them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from harness.config import (ConfigError, method_params, resolve_names, validate_method_params,
+                            validate_pairing, validate_settings)
+from harness.ground_truth import GroundTruthBuilder
+from harness.lds import lds
+from harness.profiling import Profiler
+from harness.results import append_record, provenance
+from harness.storage import content_hash, save_verified
+from harness.tracking import log_run
+from methods.gradients import num_params
+
+#: config keys that do not change a run's numbers (left out of its config hash)
+NON_DETERMINING = ("results_dir", "cache_dir", "wandb", "limits", "hydra")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class TimeLimitExceeded(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`TimeLimitExceeded` after ``seconds`` (main thread only; no-op otherwise)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TimeLimitExceeded(f"the run exceeded limits.max_seconds={seconds}")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class InvalidScoresError(ValueError):
+    pass
+
+
+def check_scores(scores: torch.Tensor, task) -> None:
+    """Refuse scores of the wrong shape, with non-finite entries, or constant everywhere."""
+    ok_shapes = ((task.n_query, task.n_train),)
+    if not isinstance(scores, torch.Tensor) or (
+            tuple(scores.shape) not in ok_shapes
+            and not (scores.dim() == 3 and scores.shape[0] == task.n_query and scores.shape[2] == task.n_train)):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise InvalidScoresError(
+            f"scores have shape {shape}; expected [n_query={task.n_query}, n_train={task.n_train}] "
+            "or [n_query, query_len, n_train]")
+    bad = (~torch.isfinite(scores)).sum().item()
+    if bad:
+        raise InvalidScoresError(f"{bad} of {scores.numel()} scores are NaN or infinite")
+    if scores.numel() > 1 and bool((scores == scores.reshape(-1)[0]).all()):
+        raise InvalidScoresError("every score is the same value; the method produced no ranking")
+
+
+def config_hash(cfg: dict) -> str:
+    return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING})
+
+
+def prepare(cfg: dict):
+    """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
+    problems = validate_settings(cfg)
+    task_cls, method_cls, more = resolve_names(cfg)
+    problems += more
+    if task_cls is not None:
+        problems += task_cls.validate(cfg["task"])
+    if method_cls is not None:
+        problems += validate_method_params(method_cls, cfg)
+    if problems:
+        raise ConfigError(problems)
+    task = task_cls(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], device=cfg["device"],
+                    log=log)
+    method = method_cls(**method_params(cfg))
+    problems = validate_pairing(task, method)
+    if problems:
+        raise ConfigError(problems)
+    return task, method
+
+
+def execute(cfg: dict, group: str = "single") -> dict | None:
+    """Run one pairing described by the resolved config ``cfg``; return its record.
+
+    With ``gt.shard`` set, only that ground-truth shard is computed and None is returned.
+    """
+    task, method = prepare(cfg)
+    builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log)
+    if cfg["gt"]["shard"] is not None:
+        builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
+        log(f"[tdabench] ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
+        return None
+
+    run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
+    results_dir = Path(cfg["results_dir"])
+    prof = Profiler(cfg["device"])
+    record = {
+        "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
+        "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
+        "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": cfg["gt"]["seeds"], "group": group,
+        "config_hash": config_hash(cfg), "config": cfg,
+    }
+    scores = None
+    try:
+        with time_limit(cfg["limits"]["max_seconds"]):
+            with prof.phase("prepare"):
+                model = task.checkpoint()
+                record["num_params"] = num_params(model)
+                record["model_quality"] = task.evaluate(model)
+                record["trainings"] = method.trainings(task)
+            with prof.phase("ground_truth"):
+                gt_cached = (builder.dir / "ground_truth.pt").exists()
+                gt = builder.build()
+                record["gt_cached"] = gt_cached
+            with prof.phase("fit"):
+                method.fit(task, model)
+            with prof.phase("score"):
+                scores = method.score(task, model)
+                check_scores(scores, task)
+            with prof.phase("lds"):
+                res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
+        record.update(lds=res.lds, lds_ci=list(res.ci),
+                      lds_per_query=[None if v != v else round(float(v), 6) for v in res.per_query],
+                      constant_outcome_queries=res.constant_outcome_queries,
+                      constant_prediction_queries=res.constant_prediction_queries)
+        if res.constant_outcome_queries:
+            log(f"[tdabench] {len(res.constant_outcome_queries)} queries have constant ground-truth "
+                f"outcomes and are left out of the LDS: {res.constant_outcome_queries}")
+    except TimeLimitExceeded as exc:
+        record.update(status="timeout", message=str(exc), failed_phase=prof.current)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        record.update(status="oom", message=f"{type(exc).__name__}: {exc}"[:2000], failed_phase=prof.current)
+    except Exception as exc:  # recorded, and the sweep goes on
+        record.update(status="error", message=f"{type(exc).__name__}: {exc}"[:2000],
+                      failed_phase=prof.current, traceback=traceback.format_exc()[-4000:])
+    record["time_s"] = prof.time_s
+    record["peak_mem_mb"] = prof.peak_mem_mb
+    record.update(provenance(cfg["device"]))
+    if record["status"] == "ok":
+        path = results_dir / "scores" / f"{run_id}.pt"
+        save_verified({"scores": scores.detach().cpu(), "run_id": run_id, "config_hash": record["config_hash"]},
+                      path)
+        record["scores_file"] = str(path.relative_to(results_dir))
+    append_record(results_dir, record)
+    try:
+        record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
+    except Exception as exc:  # tracking must never lose a computed result
+        log(f"[tdabench] wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
+    summary = (f"LDS {record['lds']:.4f} [{record['lds_ci'][0]:.3f}, {record['lds_ci'][1]:.3f}]"
+               if record["status"] == "ok" else f"{record['status']}: {record.get('message')}")
+    log(f"[tdabench] {task.name} / {method.name}: {summary}")
+    return record

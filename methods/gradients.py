@@ -1,0 +1,71 @@
+"""Per-example gradients, shared by every gradient-based method.
+
+Gradients are taken with ``torch.func`` (``vmap`` over ``grad`` of a single example's loss) with
+respect to the model's trainable parameters, flattened in ``named_parameters`` order into rows of
+a ``[B, P]`` matrix. Work is chunked over examples so memory is ``chunk x P`` at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+
+def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flatten(tree: dict[str, torch.Tensor], batched: bool = True) -> torch.Tensor:
+    if batched:
+        return torch.cat([v.reshape(v.shape[0], -1) for v in tree.values()], dim=1)
+    return torch.cat([v.reshape(-1) for v in tree.values()])
+
+
+def functional(model: nn.Module, params: dict, buffers: dict | None = None) -> Callable:
+    """``model`` as a callable of its inputs with parameters ``params`` (for torch.func)."""
+    buffers = dict(model.named_buffers()) if buffers is None else buffers
+    return lambda x: functional_call(model, (params, buffers), (x,))
+
+
+def iter_per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
+                           targets: torch.Tensor, chunk: int = 256) -> Iterator[torch.Tensor]:
+    """Yield ``[b, P]`` gradient chunks of ``fn(model, inputs, targets) -> [B]`` per example."""
+    params = trainable_params(model)
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def one(p, x, y):
+        return fn(functional(model, p, buffers), x[None], y[None])[0]
+
+    g = vmap(grad(one), in_dims=(None, 0, 0))
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(inputs), chunk):
+            yield flatten(g(params, inputs[i:i + chunk], targets[i:i + chunk]))
+    finally:
+        model.train(was_training)
+
+
+def per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
+                      targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """All per-example gradients as one ``[B, P]`` matrix."""
+    return torch.cat(list(iter_per_example_grads(fn, model, inputs, targets, chunk)))
+
+
+def train_grads(task, model, chunk: int = 256) -> torch.Tensor:
+    """Gradients of each training example's loss l_i: ``[n_train, P]``."""
+    s = task.train_split
+    return per_example_grads(task.per_example_loss, model, s.inputs, s.targets, chunk)
+
+
+def query_grads(task, model, chunk: int = 256) -> torch.Tensor:
+    """Gradients of each query's observable phi_q: ``[n_query, P]``."""
+    s = task.query_split
+    return per_example_grads(task.observable, model, s.inputs, s.targets, chunk)

@@ -1,0 +1,232 @@
+"""The task interface: data, model, training recipe, per-example loss and observable.
+
+A task owns the learning problem and nothing about attribution. Methods see it through:
+
+- ``train``, ``query`` and ``test`` splits (:class:`Split`: ``inputs`` and ``targets`` tensors
+  whose first dimension indexes examples);
+- ``per_example_loss(model, inputs, targets) -> [B]`` (the training loss l_i) and
+  ``observable(model, inputs, targets) -> [B]`` (the query observable phi_q; per-example loss by
+  default). ``model`` is anything callable on ``inputs`` (an ``nn.Module`` or a functional
+  wrapper), so methods can use ``torch.func``;
+- ``checkpoint()`` (the reference model w*), ``trajectory()`` (snapshots along the reference run)
+  and ``ensemble(k)`` (independently trained models), all cached on disk;
+- ``fit_model(idx, seed)``: the training recipe on a subset, used by the ground truth.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.storage import content_hash, load_or_compute
+from tasks.training import Recipe, Snapshot, TrainResult, train
+
+
+@dataclass
+class Split:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def to(self, device) -> "Split":
+        return Split(self.inputs.to(device), self.targets.to(device))
+
+
+def margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Correct-class margin log p(y) - log(1 - p(y)) of each row of ``logits`` [B, C]: [B]."""
+    correct = logits.gather(1, targets[:, None])[:, 0]
+    others = logits.masked_fill(F.one_hot(targets, logits.shape[1]).bool(), float("-inf"))
+    return correct - torch.logsumexp(others, dim=1)
+
+
+class Task(ABC):
+    """Base class of every task; subclasses register with ``@TASKS.register(name)``."""
+
+    name: ClassVar[str] = "task"
+    #: what the task can provide to methods (see Method.requires); language-model tasks add
+    #: ``per_token``
+    capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
+
+    def __init__(self, cfg: dict, seed: int = 0, cache_dir: str | Path = ".cache",
+                 device: str = "cpu", log=print):
+        self.cfg = dict(cfg)
+        self.seed = int(seed)
+        self.cache_dir = Path(cache_dir)
+        self.device = torch.device(device)
+        self.log = log
+        self.n_train = int(self.cfg["n_train"])
+        self.n_query = int(self.cfg["n_query"])
+        self.observable_kind = self.cfg.get("observable", "loss")
+        self._splits: tuple[Split, Split, Split] | None = None
+        self._reference: dict | None = None
+
+    # ----- what a subclass provides -------------------------------------------------------
+    @classmethod
+    def validate(cls, cfg: dict) -> list[str]:
+        """Cheap checks of the task config, before any work; one message per problem."""
+        problems = []
+        for key in ("n_train", "n_query"):
+            v = cfg.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"task.{key}={v!r} must be a positive integer")
+        if cfg.get("observable", "loss") not in ("loss", "margin"):
+            problems.append(f"task.observable={cfg.get('observable')!r}: use loss or margin")
+        return problems
+
+    @abstractmethod
+    def load_splits(self) -> tuple[Split, Split, Split]:
+        """Return (train, query, test) splits, on CPU."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialized model (the caller seeds torch's generator)."""
+
+    def recipe(self) -> Recipe:
+        fields = Recipe.__dataclass_fields__
+        return Recipe(**{k: v for k, v in self.cfg.get("recipe", {}).items() if k in fields})
+
+    def per_example_loss(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each example: [B]."""
+        return F.cross_entropy(model(inputs), targets, reduction="none")
+
+    def observable(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The query observable phi: per-example loss (default) or correct-class margin. [B]"""
+        if self.observable_kind == "margin":
+            return margin(model(inputs), targets)
+        return self.per_example_loss(model, inputs, targets)
+
+    def token_observables(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token observables [B, T] for language-model tasks (capability ``per_token``); the
+        sequence observable is their mean."""
+        raise NotImplementedError(f"task {self.name} has no per-token observable")
+
+    def augment(self, inputs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Training-time augmentation of a minibatch; identity by default."""
+        return inputs
+
+    # ----- data -----------------------------------------------------------------------------
+    def _load(self) -> tuple[Split, Split, Split]:
+        if self._splits is None:
+            self._splits = tuple(s.to(self.device) for s in self.load_splits())
+        return self._splits
+
+    @property
+    def train_split(self) -> Split:
+        return self._load()[0]
+
+    @property
+    def query_split(self) -> Split:
+        return self._load()[1]
+
+    @property
+    def test_split(self) -> Split:
+        return self._load()[2]
+
+    def fingerprint(self) -> dict:
+        """Everything that determines the task's data, models and outcomes (for cache keys)."""
+        cfg = {k: v for k, v in self.cfg.items() if k not in ("method_defaults",)}
+        return {"task": self.name, "cfg": cfg, "seed": self.seed}
+
+    # ----- models ---------------------------------------------------------------------------
+    def new_model(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.build_model()
+        return model.to(self.device)
+
+    def fit_model(self, idx: torch.Tensor, seed: int, init_state: dict | None = None,
+                  snapshots: int = 0, recipe: Recipe | None = None) -> TrainResult:
+        """Train on ``train_split[idx]`` with the task's recipe, from a fresh model initialized
+        with ``seed`` or from ``init_state``."""
+        model = self.new_model(seed)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        split = self.train_split
+        return train(model, self.per_example_loss, split.inputs, split.targets, idx.to(self.device),
+                     recipe or self.recipe(), seed, snapshots=snapshots, augment=self.augment)
+
+    def _cache_path(self, kind: str, extra: dict | None = None) -> Path:
+        key = content_hash({"fp": self.fingerprint(), "kind": kind, **(extra or {})})
+        return self.cache_dir / "models" / f"{self.name}-{kind}-{key}.pt"
+
+    def _reference_run(self) -> dict:
+        if self._reference is None:
+            snapshots = int(self.cfg.get("trajectory_checkpoints", 5))
+
+            def compute():
+                self.log(f"[tdabench] training the reference {self.name} model")
+                res = self.fit_model(torch.arange(self.n_train), self.seed, snapshots=snapshots)
+                return {"state": res.model.state_dict(), "losses": res.losses,
+                        "trajectory": [asdict(s) for s in res.trajectory]}
+
+            self._reference = load_or_compute(
+                self._cache_path("reference", {"snapshots": snapshots}), compute,
+                "reference checkpoint", self.log)
+        return self._reference
+
+    def _model_from_state(self, state: dict) -> nn.Module:
+        model = self.new_model(self.seed)
+        model.load_state_dict(state)
+        model.eval()
+        return model
+
+    def checkpoint(self) -> nn.Module:
+        """The reference model w*: trained on the whole training split with ``self.seed``."""
+        return self._model_from_state(self._reference_run()["state"])
+
+    def trajectory(self) -> list[Snapshot]:
+        """Snapshots along the reference run (``task.trajectory_checkpoints`` segments), each with
+        its segment's mean learning rate and step count; the last equals the checkpoint."""
+        return [Snapshot(**s) for s in self._reference_run()["trajectory"]]
+
+    def ensemble(self, k: int, mode: str = "full") -> list[nn.Module]:
+        """``k`` independently trained models; member 0 is the reference checkpoint. With
+        ``mode='half'`` members after the first train on seeded random halves of the data."""
+        if mode not in ("full", "half"):
+            raise ValueError(f"ensemble mode {mode!r}: use full or half")
+        models = [self.checkpoint()]
+        for m in range(1, k):
+            seed = self.seed + 7919 * m
+
+            def compute(seed=seed):
+                self.log(f"[tdabench] training ensemble member {m} of {self.name}")
+                idx = torch.arange(self.n_train)
+                if mode == "half":
+                    g = torch.Generator().manual_seed(seed)
+                    idx = torch.randperm(self.n_train, generator=g)[: self.n_train // 2].sort().values
+                return self.fit_model(idx, seed).model.state_dict()
+
+            state = load_or_compute(self._cache_path("ensemble", {"member": m, "mode": mode}),
+                                    compute, f"ensemble member {m}", self.log)
+            models.append(self._model_from_state(state))
+        return models
+
+    # ----- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def batched(self, fn, model, split: Split, batch_size: int = 1024) -> torch.Tensor:
+        """Apply ``fn(model, inputs, targets)`` over ``split`` in batches; concatenate on dim 0."""
+        outs = [fn(model, split.inputs[i:i + batch_size], split.targets[i:i + batch_size])
+                for i in range(0, len(split), batch_size)]
+        return torch.cat(outs)
+
+    def query_observables(self, model) -> torch.Tensor:
+        """phi_q for every query under ``model``: [n_query]."""
+        model.eval()
+        return self.batched(self.observable, model, self.query_split)
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        """Quality of ``model`` on the held-out test split: accuracy and mean loss."""
+        model.eval()
+        test = self.test_split
+        logits = torch.cat([model(test.inputs[i:i + 1024]) for i in range(0, len(test), 1024)])
+        return {"test_acc": float((logits.argmax(-1) == test.targets).float().mean()),
+                "test_loss": float(F.cross_entropy(logits, test.targets))}

@@ -1,0 +1,48 @@
+"""``digits_mlp``: scikit-learn's bundled 8x8 digits (1797 images, no download) with a 64-32-10
+tanh MLP. The embedded default task: a full LDS benchmark runs in minutes on a laptop CPU.
+
+Splits are drawn by ``seed`` from disjoint parts of the data: ``n_train`` training images,
+``n_query`` query images, and the rest held out for test accuracy. Pixels are scaled to [0, 1].
+With the default recipe (SGD + momentum, cosine schedule, 40 epochs, batch 32, weight decay 1e-3)
+the 1000-image model reaches about 96% test accuracy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.registry import TASKS
+from tasks.base import Split, Task
+
+N_DIGITS = 1797
+MIN_TEST = 100
+
+
+@TASKS.register("digits_mlp")
+class DigitsMLP(Task):
+    @classmethod
+    def validate(cls, cfg: dict) -> list[str]:
+        problems = super().validate(cfg)
+        if not problems and cfg["n_train"] + cfg["n_query"] > N_DIGITS - MIN_TEST:
+            problems.append(
+                f"task.n_train={cfg['n_train']} with task.n_query={cfg['n_query']} is larger than the "
+                f"data: digits has {N_DIGITS} images and keeps {MIN_TEST} for testing; use "
+                f"n_train + n_query <= {N_DIGITS - MIN_TEST}")
+        return problems
+
+    def load_splits(self) -> tuple[Split, Split, Split]:
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+        y = torch.tensor(data.target, dtype=torch.long)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+        tr = perm[: self.n_train]
+        qu = perm[self.n_train: self.n_train + self.n_query]
+        te = perm[self.n_train + self.n_query:]
+        return Split(x[tr], y[tr]), Split(x[qu], y[qu]), Split(x[te], y[te])
+
+    def build_model(self) -> nn.Module:
+        hidden = int(self.cfg.get("hidden", 32))
+        return nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))

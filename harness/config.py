@@ -74,6 +74,10 @@ def validate_settings(cfg: dict) -> list[str]:
     boot = cfg.get("lds", {}).get("bootstrap")
     if not _is_int(boot) or boot < 1:
         p.append(f"lds.bootstrap={boot!r} must be a positive integer")
+    for key in ("min_ceiling", "max_ceiling_ci_width"):
+        v = cfg.get("lds", {}).get(key)
+        if not _is_num(v) or v < 0:
+            p.append(f"lds.{key}={v!r} must be a non-negative number")
     device = str(cfg.get("device", "cpu"))
     if device.startswith("cuda"):
         import torch

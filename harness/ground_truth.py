@@ -69,21 +69,20 @@ class GroundTruthBuilder:
         self.dir = Path(cache_dir) / "ground_truth" / f"{task.name}-{gt_key(task, gt)}"
         self.masks = make_masks(task.n_train, gt["subsets"], gt["alpha"], task.seed)
 
-    def _retrain(self, subset: int) -> torch.Tensor:
-        """Observables of every query for each seed retrained on ``subset``: [K, n_query]."""
+    def _retrain(self, subsets: list[int]) -> torch.Tensor:
+        """Observables of every query for each seed retrained on each subset: [len, K, n_query]."""
         task, gt = self.task, self.gt
-        idx = torch.nonzero(self.masks[subset])[:, 0]
         init, recipe = None, None
         if gt["from_checkpoint"]:
             init = task.checkpoint().state_dict()
             recipe = task.recipe()
             recipe.epochs = gt["finetune_epochs"]
-        out = []
-        for k in range(gt["seeds"]):
-            model = task.fit_model(idx, retrain_seed(task.seed, subset, k), init_state=init,
-                                   recipe=recipe).model
-            out.append(task.query_observables(model).cpu())
-        return torch.stack(out)
+        jobs = [(j, k) for j in subsets for k in range(gt["seeds"])]
+        idx = torch.stack([torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs])
+        seeds = [retrain_seed(task.seed, j, k) for j, k in jobs]
+        models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True))
+        outs = torch.stack([task.query_observables(m).cpu() for m in models])
+        return outs.view(len(subsets), gt["seeds"], -1)
 
     def shard_path(self, shard: int, num_shards: int) -> Path:
         return self.dir / f"shard-{shard}-of-{num_shards}.pt"
@@ -92,11 +91,15 @@ class GroundTruthBuilder:
         ids = shard_ids(self.gt["subsets"], shard, num_shards)
 
         def compute():
-            outs = []
             desc = f"ground truth {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
-            for j in tqdm(ids, desc=desc, unit="subset", mininterval=2):
-                outs.append(self._retrain(j))
-            return {"ids": ids, "outcomes": torch.stack(outs)}
+            per_batch = max(1, self.gt.get("models_per_batch", 64) // self.gt["seeds"])
+            outs = []
+            with tqdm(total=len(ids) * self.gt["seeds"], desc=desc, unit="model", mininterval=2) as bar:
+                for i in range(0, len(ids), per_batch):
+                    chunk = ids[i:i + per_batch]
+                    outs.append(self._retrain(chunk))
+                    bar.update(len(chunk) * self.gt["seeds"])
+            return {"ids": ids, "outcomes": torch.cat(outs)}
 
         return load_or_compute(self.shard_path(shard, num_shards), compute,
                                f"ground truth shard {shard}/{num_shards}", self.log)

@@ -22,6 +22,7 @@ from harness.config import (ConfigError, method_params, resolve_names, validate_
                             validate_pairing, validate_settings)
 from harness.ground_truth import GroundTruthBuilder
 from harness.lds import lds
+from harness.statistics import noise_ceiling
 from harness.profiling import Profiler
 from harness.results import append_record, provenance
 from harness.storage import content_hash, save_verified
@@ -80,6 +81,26 @@ def check_scores(scores: torch.Tensor, task) -> None:
         raise InvalidScoresError("every score is the same value; the method produced no ranking")
 
 
+def ceiling_fields(outcomes: torch.Tensor, lds_value: float, cfg: dict) -> dict:
+    """Ground-truth reliability, LDS ceiling and normalized LDS, with a warning when the ground
+    truth is too noisy to separate methods."""
+    c = noise_ceiling(outcomes.numpy(), cfg["lds"]["bootstrap"], cfg["seed"])
+    out = {"gt_reliability": c.reliability, "gt_reliability_ci": c.reliability_ci,
+           "lds_ceiling": c.ceiling, "lds_ceiling_ci": c.ceiling_ci,
+           "normalized_lds": lds_value / c.ceiling if c.ceiling else None}
+    warning = c.message
+    if c.ceiling is not None:
+        lo, hi = c.ceiling_ci
+        if c.ceiling < cfg["lds"]["min_ceiling"] or hi - lo > cfg["lds"]["max_ceiling_ci_width"]:
+            warning = (f"the ground truth is noisy: LDS ceiling {c.ceiling:.3f} [{lo:.3f}, {hi:.3f}]; "
+                       "differences between methods below that noise are not meaningful. Raise "
+                       "gt.seeds (reliability) or gt.subsets / task.n_query (narrower interval)")
+    if warning:
+        log(f"[tdabench] {warning}")
+        out["gt_warning"] = warning
+    return out
+
+
 def config_hash(cfg: dict) -> str:
     return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING})
 
@@ -123,7 +144,7 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
         "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
         "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
         "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": cfg["gt"]["seeds"], "group": group,
-        "config_hash": config_hash(cfg), "config": cfg,
+        "config_hash": config_hash(cfg), "gt_key": builder.dir.name, "config": cfg,
     }
     scores = None
     try:
@@ -144,6 +165,7 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
                 check_scores(scores, task)
             with prof.phase("lds"):
                 res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
+                record.update(ceiling_fields(gt.outcomes, res.lds, cfg))
         record.update(lds=res.lds, lds_ci=list(res.ci),
                       lds_per_query=[None if v != v else round(float(v), 6) for v in res.per_query],
                       constant_outcome_queries=res.constant_outcome_queries,
@@ -158,6 +180,7 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     except Exception as exc:  # recorded, and the sweep goes on
         record.update(status="error", message=f"{type(exc).__name__}: {exc}"[:2000],
                       failed_phase=prof.current, traceback=traceback.format_exc()[-4000:])
+    record["diagnostics"] = getattr(method, "diagnostics", None)
     record["time_s"] = prof.time_s
     record["peak_mem_mb"] = prof.peak_mem_mb
     record.update(provenance(cfg["device"]))

@@ -45,3 +45,53 @@ def log_run(record: dict, wandb_cfg: dict, results_dir: str | Path, group: str) 
         return run.dir
     finally:
         run.finish()
+
+
+def _offline_records(path: Path):
+    """Yield the protobuf records of an offline ``run-*.wandb`` file (a LevelDB-style log:
+    a 7-byte header, then 32 KiB blocks of [crc32 (4), length (2, little-endian), type (1)] chunks
+    whose payloads, joined over FIRST/MIDDLE/LAST chunks, are ``Record`` messages)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a wandb run file")
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer too short for a chunk header: skip it
+            pos += block - pos % block
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        if kind == 0 and length == 0:
+            break
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(pending)
+            yield rec
+            pending = b""
+
+
+def read_offline_run(run_dir: str | Path) -> dict:
+    """Config and summary of an offline wandb run folder, read back from its ``.wandb`` file."""
+    import json
+
+    run_file = next(Path(run_dir).glob("run-*.wandb"))
+    config, summary, name, group = {}, {}, None, None
+    for rec in _offline_records(run_file):
+        which = rec.WhichOneof("record_type")
+        if which == "run":
+            name, group = rec.run.display_name, rec.run.run_group
+            for item in rec.run.config.update:
+                config[item.key] = json.loads(item.value_json)
+        elif which == "config":
+            for item in rec.config.update:
+                config[item.key] = json.loads(item.value_json)
+        elif which == "summary":
+            for item in rec.summary.update:
+                key = "/".join(item.nested_key) if item.nested_key else item.key
+                summary[key] = json.loads(item.value_json)
+    return {"name": name, "group": group, "config": config, "summary": summary}

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.storage import content_hash, load_or_compute
-from tasks.training import Recipe, Snapshot, TrainResult, train
+from tasks.training import Recipe, Snapshot, TrainResult, train, train_stacked
 
 
 @dataclass
@@ -43,7 +43,9 @@ class Split:
 def margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Correct-class margin log p(y) - log(1 - p(y)) of each row of ``logits`` [B, C]: [B]."""
     correct = logits.gather(1, targets[:, None])[:, 0]
-    others = logits.masked_fill(F.one_hot(targets, logits.shape[1]).bool(), float("-inf"))
+    # a comparison, not F.one_hot, so that torch.func.vmap can batch it (per-example gradients)
+    is_target = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
+    others = logits.masked_fill(is_target, float("-inf"))
     return correct - torch.logsumexp(others, dim=1)
 
 
@@ -54,6 +56,9 @@ class Task(ABC):
     #: what the task can provide to methods (see Method.requires); language-model tasks add
     #: ``per_token``
     capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
+    #: whether many models can train at once with torch.func (no batch-norm running statistics,
+    #: no augmentation); see tasks.training.train_stacked
+    vectorizable: ClassVar[bool] = False
 
     def __init__(self, cfg: dict, seed: int = 0, cache_dir: str | Path = ".cache",
                  device: str = "cpu", log=print):
@@ -108,6 +113,16 @@ class Task(ABC):
         sequence observable is their mean."""
         raise NotImplementedError(f"task {self.name} has no per-token observable")
 
+    @torch.no_grad()
+    def sample_targets(self, model, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Targets drawn from the model's predictive distribution at ``inputs`` (for the true
+        Fisher): one class per output row of softmax(model(inputs)), so logits [B, C] give [B]
+        and [B, T, C] give [B, T] (long). ``generator`` lives on the inputs' device. Tasks whose
+        training loss is not a cross-entropy over the last output dimension override this."""
+        probs = torch.softmax(model(inputs).float(), dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
     def augment(self, inputs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Training-time augmentation of a minibatch; identity by default."""
         return inputs
@@ -152,6 +167,25 @@ class Task(ABC):
         split = self.train_split
         return train(model, self.per_example_loss, split.inputs, split.targets, idx.to(self.device),
                      recipe or self.recipe(), seed, snapshots=snapshots, augment=self.augment)
+
+    def fit_many(self, idx: torch.Tensor, seeds: list[int], init_state: dict | None = None,
+                 recipe: Recipe | None = None, vectorize: bool = True) -> list[nn.Module]:
+        """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``;
+        equivalent to N calls of :meth:`fit_model`, trained at once when the task allows it."""
+        if not (vectorize and self.vectorizable):
+            return [self.fit_model(row, seed, init_state, recipe=recipe).model
+                    for row, seed in zip(idx, seeds)]
+        states = [init_state if init_state is not None else self.new_model(s).state_dict() for s in seeds]
+        template = self.new_model(self.seed)
+        split = self.train_split
+        stacked = train_stacked(template, states, self.per_example_loss, split.inputs, split.targets,
+                                idx.to(self.device), recipe or self.recipe(), seeds)
+        models = []
+        for j in range(len(seeds)):
+            model = self.new_model(self.seed)
+            model.load_state_dict({k: v[j] for k, v in stacked.items()}, strict=False)
+            models.append(model.eval())
+        return models
 
     def _cache_path(self, kind: str, extra: dict | None = None) -> Path:
         key = content_hash({"fp": self.fingerprint(), "kind": kind, **(extra or {})})

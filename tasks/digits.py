@@ -21,6 +21,8 @@ MIN_TEST = 100
 
 @TASKS.register("digits_mlp")
 class DigitsMLP(Task):
+    vectorizable = True
+
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
         problems = super().validate(cfg)

@@ -105,3 +105,52 @@ def train(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: to
                 seg_lrs = []
     model.eval()
     return result
+
+
+def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, inputs: torch.Tensor,
+                  targets: torch.Tensor, idx: torch.Tensor, recipe: Recipe,
+                  seeds: list[int]) -> dict[str, torch.Tensor]:
+    """Train N models at once with ``torch.func`` and return their stacked parameters.
+
+    ``states[j]`` is model j's initial state, ``idx[j]`` ([N, s]) its training subset and
+    ``seeds[j]`` its data-order seed. Every model follows exactly the schedule :func:`train` would
+    give it (same minibatch order, SGD with momentum and weight decay as ``torch.optim.SGD``), so
+    the results equal N separate calls to :func:`train` up to floating-point reassociation. Only
+    for models without buffers that change in training (no running batch-norm statistics) and
+    tasks without augmentation.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    names = [k for k, _ in model.named_parameters()]
+    params = {k: torch.stack([s[k] for s in states]).clone() for k in names}
+    buffers = {k: v for k, v in model.named_buffers()}
+    bufs = {k: torch.zeros_like(v) for k, v in params.items()}
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    n_models, n = idx.shape
+    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    total = recipe.epochs * steps_per_epoch
+
+    def loss_of(p, x, y):
+        return loss_fn(lambda inp: functional_call(model, (p, buffers), (inp,)), x, y).mean()
+
+    step_grad = vmap(grad(loss_of))
+    step = 0
+    model.train()
+    for _ in range(recipe.epochs):
+        order = torch.stack([idx[j][torch.randperm(n, generator=gens[j])] for j in range(n_models)])
+        for b in range(steps_per_epoch):
+            batch = order[:, b * recipe.batch_size:(b + 1) * recipe.batch_size]
+            g = step_grad(params, inputs[batch], targets[batch])
+            lr = recipe.lr_at(step, total)
+            with torch.no_grad():
+                for k in names:
+                    d = g[k] + recipe.weight_decay * params[k] if recipe.weight_decay else g[k]
+                    bufs[k] = recipe.momentum * bufs[k] + d if step else d
+                    params[k] = params[k] - lr * bufs[k]
+            step += 1
+    model.eval()
+    for k, v in params.items():
+        if not torch.isfinite(v).all():
+            raise FloatingPointError("training diverged (non-finite parameters); lower the task's "
+                                     "learning rate or add weight decay")
+    return params

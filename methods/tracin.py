@@ -1,0 +1,47 @@
+"""TracIn (Pruthi et al. 2020), checkpoint version, over the reference run's trajectory.
+
+Training minimizes the mean loss (1/n) sum_i beta_i l_i with SGD + momentum, so one step at
+learning rate eta moves the parameters by about -(eta / (1 - momentum)) (1/n) grad l_i per unit of
+beta_i (heavy-ball's effective step; each example's weight enters every step through the mean
+over the data in expectation). Summing the first-order effect on the query observable over all
+steps, and standing in for every step of a trajectory segment by the snapshot at its end:
+
+    scores[q, i] = - sum_s (lr_s * steps_s / (1 - momentum)) / n * grad phi_q(w_s) . grad l_i(w_s)
+
+where snapshot s (``task.trajectory()``) carries its segment's mean learning rate ``lr_s`` and its
+number of optimizer steps ``steps_s``: lr x steps is the total step length the segment took, so
+segments weigh by how far training moved in them, not by how many snapshots fall in them.
+Helpful examples (aligned gradients) score negative, as the harness convention wants.
+Shapes: [n_query, n_train].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.registry import METHODS
+from methods.base import Method
+from methods.gradients import query_grads, train_grads
+from methods.trajectory import effective_lr, snapshot_model
+
+
+@METHODS.register("tracin")
+class TracIn(Method):
+    requires = frozenset({"trajectory"})
+
+    def __init__(self, seed: int = 0, batch_size: int = 256):
+        super().__init__(seed)
+        self.batch_size = batch_size
+
+    def trainings(self, task) -> int:
+        return 1  # the reference run, which also produced the snapshots
+
+    def score(self, task, model) -> torch.Tensor:
+        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64)
+        for snap in task.trajectory():
+            m = snapshot_model(task, snap)
+            step = effective_lr(task, snap.lr) * snap.steps / task.n_train
+            gq = query_grads(task, m, self.batch_size).double()
+            gt = train_grads(task, m, self.batch_size).double()
+            scores -= step * (gq @ gt.T)
+        return scores.float()

@@ -1,0 +1,144 @@
+"""``pythia_scaling``: the Pythia suite's architectures, for measuring what attribution costs as
+models grow. It measures cost (fit and score time, peak memory), not LDS: there is no retraining
+ground truth, so ``measures_lds`` is False and ``fit_model`` refuses to train.
+
+``task.size`` picks one of the published configurations (Biderman et al. 2023; GPT-NeoX with
+parallel residual, rotary embeddings on a quarter of each head, untied embeddings, vocabulary
+50,304, MLP width 4x). ``task.pretrained`` (a Hugging Face name such as ``EleutherAI/pythia-70m``,
+or a local folder written by ``save_pretrained``) with ``task.revision`` (e.g. ``step143000``)
+loads real weights; null gives a seeded random initialization of the chosen size.
+
+Data: ``n_train``, ``n_query`` and ``n_test`` sequences of ``seq_len`` tokens. With
+``task.text_path`` null they are seeded uniform random tokens (cost does not depend on the
+text); otherwise the file's bytes (token ids 0-255), in consecutive chunks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.registry import TASKS
+from tasks.base import Split
+from tasks.lm import CausalLM, LanguageModelTask
+
+VOCAB = 50304
+#: size -> (layers, width, heads), as published for the Pythia suite
+PYTHIA_SIZES: dict[str, tuple[int, int, int]] = {
+    "14m": (6, 128, 4),
+    "31m": (6, 256, 8),
+    "70m": (6, 512, 8),
+    "160m": (12, 768, 12),
+    "410m": (24, 1024, 16),
+    "1b": (16, 2048, 8),
+    "1.4b": (24, 2048, 16),
+    "2.8b": (32, 2560, 32),
+}
+
+
+def pythia_config(size: str, max_len: int = 2048):
+    """The ``GPTNeoXConfig`` of a published Pythia size."""
+    from transformers import GPTNeoXConfig
+
+    layers, width, heads = PYTHIA_SIZES[size]
+    return GPTNeoXConfig(vocab_size=VOCAB, hidden_size=width, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=4 * width,
+                         max_position_embeddings=max_len, use_parallel_residual=True,
+                         tie_word_embeddings=False, attn_implementation="eager")
+
+
+@TASKS.register("pythia_scaling")
+class PythiaScaling(LanguageModelTask):
+    #: cost-only task: the harness skips the ground truth and the LDS
+    measures_lds = False
+    capabilities = frozenset({"checkpoint", "ensemble", "per_token"})
+
+    @classmethod
+    def validate(cls, cfg: dict) -> list[str]:
+        problems = super().validate(cfg)
+        if cfg.get("size") not in PYTHIA_SIZES:
+            problems.append(f"task.size={cfg.get('size')!r}: use one of {', '.join(PYTHIA_SIZES)}")
+        for key in ("seq_len", "n_test"):
+            v = cfg.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"task.{key}={v!r} must be a positive integer")
+        pre = cfg.get("pretrained")
+        if pre is not None and (str(pre).startswith((".", "/", "~")) or Path(str(pre)).exists()) \
+                and not (Path(str(pre)).expanduser() / "config.json").is_file():
+            problems.append(f"task.pretrained={pre!r} is not a folder written by save_pretrained "
+                            "(no config.json); give such a folder, a Hugging Face model name, or null")
+        text = cfg.get("text_path")
+        if text is not None and not Path(text).is_file():
+            problems.append(f"task.text_path={text!r} is not a file; give a text file or null "
+                            "(random tokens)")
+        if not problems and text is not None:
+            need = (cfg["n_train"] + cfg["n_query"] + cfg["n_test"]) * (cfg["seq_len"] + 1)
+            have = Path(text).stat().st_size
+            if have < need:
+                problems.append(f"task.text_path={text!r} has {have} bytes; {need} are needed for "
+                                "n_train + n_query + n_test chunks of seq_len + 1 tokens")
+        return problems
+
+    def _hf_config(self):
+        pre = self.cfg.get("pretrained")
+        if pre is None:
+            return pythia_config(self.cfg["size"], max(2048, int(self.cfg["seq_len"])))
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(pre), revision=self.cfg.get("revision"))
+
+    def vocab_size(self) -> int:
+        if not hasattr(self, "_vocab"):
+            self._vocab = int(self._hf_config().vocab_size)
+        return self._vocab
+
+    def load_splits(self) -> tuple[Split, Split, Split]:
+        t = int(self.cfg["seq_len"]) + 1
+        n = self.n_train + self.n_query + int(self.cfg["n_test"])
+        if self.cfg.get("text_path") is None:
+            g = torch.Generator().manual_seed(self.seed)
+            chunks = torch.randint(0, self.vocab_size(), (n, t), generator=g)
+        else:
+            data = bytearray(Path(self.cfg["text_path"]).read_bytes()[: n * t])
+            chunks = torch.frombuffer(data, dtype=torch.uint8).long().view(n, t)
+        a, b = self.n_train, self.n_train + self.n_query
+        return tuple(Split(c[:, :-1].contiguous(), c[:, 1:].contiguous())
+                     for c in (chunks[:a], chunks[a:b], chunks[b:]))
+
+    def build_model(self):
+        from transformers import GPTNeoXForCausalLM
+
+        cfg = self._hf_config()
+        cfg._attn_implementation = "eager"
+        return CausalLM(GPTNeoXForCausalLM(cfg))
+
+    def checkpoint(self):
+        """The pretrained model (``task.pretrained`` at ``task.revision``) or, when none is given,
+        the seeded random initialization of ``task.size``."""
+        pre = self.cfg.get("pretrained")
+        if pre is None:
+            model = self.new_model(self.seed)
+        else:
+            from transformers import GPTNeoXForCausalLM
+
+            self.log(f"[tdabench] loading {pre}" + (f" at {self.cfg['revision']}" if self.cfg.get("revision") else ""))
+            lm = GPTNeoXForCausalLM.from_pretrained(str(pre), revision=self.cfg.get("revision"),
+                                                    attn_implementation="eager")
+            model = CausalLM(lm).to(self.device)
+        model.eval()
+        return model
+
+    def ensemble(self, k: int, mode: str = "full"):
+        """``k`` models for ensemble methods' cost: the checkpoint, then (random init) other seeds'
+        initializations or (pretrained) copies of the same weights. Nothing is trained."""
+        models = [self.checkpoint()]
+        for m in range(1, k):
+            models.append(self.new_model(self.seed + 7919 * m).eval() if self.cfg.get("pretrained") is None
+                          else self.checkpoint())
+        return models
+
+    def fit_model(self, idx, seed, init_state=None, snapshots=0, recipe=None):
+        raise RuntimeError(
+            "pythia_scaling measures cost only and trains no models, so it has no retraining ground "
+            "truth or trajectory; use text_neox for LDS on a language model")

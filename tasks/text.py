@@ -1,0 +1,168 @@
+"""``text_neox``: a tiny GPT-NeoX (the Pythia architecture) on a plain text file, character or
+byte tokens (no tokenizer download).
+
+Data. ``task.text_path`` (null: ``../shared/data/tinyshakespeare.txt``) is tokenized by
+character (vocabulary: the sorted characters of the file) or by byte (256 tokens). The first
+``1 - heldout_fraction`` of the tokens is the training region, cut into non-overlapping chunks of
+``seq_len + 1`` tokens (inputs are the first ``seq_len``, targets the last ``seq_len``);
+``n_train`` chunks drawn by ``seed`` are the training examples. Queries (``n_query``) and test
+chunks (``n_test``) come from the held-out last part, which no model trains on.
+
+Regimes. ``regime: scratch`` trains from a random initialization. ``regime: finetune`` first
+trains a base checkpoint (cached) on up to ``base_examples`` of the other training-region chunks
+with ``base_recipe``, and every training run (reference, ensemble, ground truth) then fine-tunes
+that base on its subset with ``recipe``: the analogue of attributing a Pythia fine-tune.
+
+Measured on this project's 2-core CPU with the defaults (2 layers, width 64, 4 heads, 64-token
+chunks, 500 training chunks): from scratch the held-out loss falls from log 65 = 4.17 nats to
+about 2.5 in about 6 s per training; fine-tuning from a base trained on 4000 other chunks reaches
+about 2.1 in about 6 s per training (the base, once, about 40 s).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.registry import TASKS
+from harness.storage import content_hash, load_or_compute
+from tasks.base import Split
+from tasks.data import shared_file
+from tasks.lm import LanguageModelTask, gpt_neox
+from tasks.training import Recipe
+
+CORPUS = "tinyshakespeare.txt"
+TOKENIZATIONS = ("char", "byte")
+
+
+def resolve_text_path(cfg: dict) -> Path | None:
+    if cfg.get("text_path") is not None:
+        return Path(cfg["text_path"])
+    return shared_file(CORPUS)
+
+
+def tokenize(path: Path, kind: str) -> tuple[torch.Tensor, int]:
+    """Token ids [N] of the file and the vocabulary size."""
+    if kind == "byte":
+        return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8).long(), 256
+    text = path.read_text(encoding="utf-8")
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    return torch.tensor([index[c] for c in text], dtype=torch.long), len(vocab)
+
+
+def region_chunks(n_tokens: int, seq_len: int, heldout_fraction: float) -> tuple[int, int]:
+    """How many (seq_len + 1)-token chunks the training and held-out regions hold."""
+    split = int(round(n_tokens * (1 - heldout_fraction)))
+    return split // (seq_len + 1), (n_tokens - split) // (seq_len + 1)
+
+
+@TASKS.register("text_neox")
+class TextNeoX(LanguageModelTask):
+    @classmethod
+    def validate(cls, cfg: dict) -> list[str]:
+        problems = super().validate(cfg)
+        kind = cfg.get("tokens", "char")
+        if kind not in TOKENIZATIONS:
+            problems.append(f"task.tokens={kind!r}: use char or byte")
+        if cfg.get("regime", "scratch") not in ("scratch", "finetune"):
+            problems.append(f"task.regime={cfg.get('regime')!r}: use scratch or finetune")
+        for key in ("seq_len", "n_test", "layers", "width", "heads"):
+            v = cfg.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"task.{key}={v!r} must be a positive integer")
+        if not problems and cfg["width"] % cfg["heads"]:
+            problems.append(f"task.width={cfg['width']} must be a multiple of task.heads={cfg['heads']}")
+        frac = cfg.get("heldout_fraction", 0.1)
+        if not isinstance(frac, float) or not 0 < frac < 1:
+            problems.append(f"task.heldout_fraction={frac!r} must be a fraction strictly between 0 and 1")
+        path = resolve_text_path(cfg)
+        if path is None:
+            problems.append(f"task.text_path is null and ../shared/data/{CORPUS} is absent; set "
+                            "task.text_path to a plain text file")
+        elif not path.is_file():
+            problems.append(f"task.text_path={str(path)!r} is not a file; point it at a plain text file")
+        if problems:
+            return problems
+        n_tokens = (path.stat().st_size if kind == "byte"
+                    else len(path.read_text(encoding="utf-8")))
+        n_tr, n_ho = region_chunks(n_tokens, cfg["seq_len"], frac)
+        need_tr = cfg["n_train"] + (1 if cfg.get("regime") == "finetune" else 0)
+        need_ho = cfg["n_query"] + cfg["n_test"]
+        if n_tr < need_tr or n_ho < need_ho:
+            problems.append(
+                f"task.text_path={str(path)!r} is too short: its {n_tokens} tokens give {n_tr} training "
+                f"and {n_ho} held-out chunks of {cfg['seq_len']}+1 tokens, but the task needs "
+                f"n_train={cfg['n_train']}{' plus base chunks' if need_tr > cfg['n_train'] else ''} "
+                f"and n_query + n_test={need_ho}; use a longer text, a shorter task.seq_len or "
+                "fewer examples")
+        return problems
+
+    # ----- data ----------------------------------------------------------------------------
+    def _corpus(self) -> tuple[torch.Tensor, int]:
+        if not hasattr(self, "_tokens"):
+            path = resolve_text_path(self.cfg)
+            problems = self.validate(self.cfg)
+            if problems:
+                raise ValueError(problems[0])
+            self._tokens, self._vocab = tokenize(path, self.cfg.get("tokens", "char"))
+        return self._tokens, self._vocab
+
+    def vocab_size(self) -> int:
+        return self._corpus()[1]
+
+    def _chunks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-region and held-out chunks, each [n, seq_len + 1], in seeded random order."""
+        tokens, _ = self._corpus()
+        t = int(self.cfg["seq_len"]) + 1
+        n_tr, n_ho = region_chunks(len(tokens), t - 1, float(self.cfg.get("heldout_fraction", 0.1)))
+        split = int(round(len(tokens) * (1 - float(self.cfg.get("heldout_fraction", 0.1)))))
+        train_region = tokens[: n_tr * t].view(n_tr, t)
+        heldout = tokens[split: split + n_ho * t].view(n_ho, t)
+        g = torch.Generator().manual_seed(self.seed)
+        return (train_region[torch.randperm(n_tr, generator=g)],
+                heldout[torch.randperm(n_ho, generator=g)])
+
+    def load_splits(self) -> tuple[Split, Split, Split]:
+        train, heldout = self._chunks()
+        q = self.n_query
+        parts = (train[: self.n_train], heldout[:q], heldout[q: q + int(self.cfg["n_test"])])
+        return tuple(Split(c[:, :-1].contiguous(), c[:, 1:].contiguous()) for c in parts)
+
+    # ----- model and regimes ---------------------------------------------------------------
+    def build_model(self):
+        c = self.cfg
+        return gpt_neox(self.vocab_size(), int(c["layers"]), int(c["width"]), int(c["heads"]),
+                        int(c["seq_len"]))
+
+    def base_state(self) -> dict:
+        """The base checkpoint of the fine-tuning regime: trained with ``base_recipe`` on up to
+        ``base_examples`` training-region chunks that are not training examples (cached)."""
+        from tasks.training import train
+
+        def compute():
+            train_chunks, _ = self._chunks()
+            pool = train_chunks[self.n_train:]
+            n = self.cfg.get("base_examples")
+            pool = pool[: int(n)] if n else pool
+            self.log(f"[tdabench] training the {self.name} base checkpoint on {len(pool)} chunks")
+            fields = Recipe.__dataclass_fields__
+            recipe = Recipe(**{k: v for k, v in (self.cfg.get("base_recipe") or {}).items() if k in fields})
+            model = self.new_model(self.seed + 1)
+            pool = pool.to(self.device)
+            train(model, self.per_example_loss, pool[:, :-1], pool[:, 1:], torch.arange(len(pool)),
+                  recipe, self.seed + 1)
+            return model.state_dict()
+
+        keys = ("text_path", "tokens", "seq_len", "heldout_fraction", "n_train", "layers", "width",
+                "heads", "base_examples", "base_recipe")
+        key = content_hash({"task": self.name, "seed": self.seed, **{k: self.cfg.get(k) for k in keys}})
+        path = self.cache_dir / "models" / f"{self.name}-base-{key}.pt"
+        return load_or_compute(path, compute, f"{self.name} base checkpoint", self.log)
+
+    def fit_model(self, idx, seed, init_state=None, snapshots=0, recipe=None):
+        """Train on ``train_split[idx]``; in the fine-tuning regime, start from the base."""
+        if init_state is None and self.cfg.get("regime", "scratch") == "finetune":
+            init_state = self.base_state()
+        return super().fit_model(idx, seed, init_state=init_state, snapshots=snapshots, recipe=recipe)

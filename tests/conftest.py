@@ -1,0 +1,28 @@
+"""Shared fixtures: a small digits task with its own cache folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from tasks.digits import DigitsMLP  # noqa: E402
+
+SMALL_DIGITS = {"name": "digits_mlp", "n_train": 200, "n_query": 20, "hidden": 16,
+                "observable": "loss", "trajectory_checkpoints": 3,
+                "recipe": {"epochs": 30, "batch_size": 32, "lr": 0.1, "momentum": 0.9,
+                           "weight_decay": 0.001, "schedule": "cosine"}}
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def small_digits(digits_cache):
+    """A 200-example digits task (16 hidden units) whose checkpoint is cached once per session."""
+    return DigitsMLP(dict(SMALL_DIGITS), seed=0, cache_dir=digits_cache, log=lambda m: None)

@@ -1,0 +1,81 @@
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from tasks.digits import DigitsMLP
+from tests.conftest import SMALL_DIGITS
+
+import torch.nn.functional as F
+
+from methods.baselines import ExactIF, GradCos, GradDot, RandomScores
+
+
+def test_shapes_and_determinism(small_digits):
+    model = small_digits.checkpoint()
+    for m in (RandomScores(seed=1), GradDot(), GradCos(), ExactIF()):
+        m.fit(small_digits, model)
+        s = m.score(small_digits, model)
+        assert s.shape == (20, 200) and torch.isfinite(s).all()
+        m.fit(small_digits, model)
+        assert torch.equal(s, m.score(small_digits, model)), m.name
+
+
+def test_sign_convention_same_class_examples_help(small_digits):
+    """Training examples of the query's own class lower its loss: their scores are negative."""
+    model = small_digits.checkpoint()
+    y_q, y_t = small_digits.query_split.targets, small_digits.train_split.targets
+    same = y_q[:, None] == y_t[None, :]
+    for m in (GradDot(), ExactIF()):
+        m.fit(small_digits, model)
+        s = m.score(small_digits, model)
+        assert s[same].mean() < 0, m.name
+        assert s[same].mean() < s[~same].mean(), m.name
+
+
+class LinearDigits(DigitsMLP):
+    """Multinomial logistic regression on digits: with weight decay the objective is strongly
+    convex, so the classical IF is the exact first-order effect of up-weighting."""
+
+    def build_model(self):
+        return torch.nn.Linear(64, 10)
+
+
+def test_exact_if_matches_the_true_effect_of_upweighting(digits_cache):
+    task = LinearDigits(dict(SMALL_DIGITS, recipe=dict(SMALL_DIGITS["recipe"], weight_decay=0.01)),
+                        seed=0, cache_dir=digits_cache, log=lambda m: None)
+    wd = task.recipe().weight_decay
+    tr, q = task.train_split, task.query_split
+
+    def optimize(weights):
+        mdl = task.checkpoint()
+        opt = torch.optim.LBFGS(mdl.parameters(), lr=1, max_iter=1000, tolerance_grad=1e-9,
+                                tolerance_change=1e-12, history_size=50, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = (weights * F.cross_entropy(mdl(tr.inputs), tr.targets, reduction="none")).mean()
+            loss = loss + 0.5 * wd * sum((p ** 2).sum() for p in mdl.parameters())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return mdl
+
+    base = optimize(torch.ones(len(tr)))
+    m = ExactIF(damping=0.0)
+    m.fit(task, base)
+    scores = m.score(task, base)
+    eps = 0.5
+    for i in (0, 1, 2):
+        w = torch.ones(len(tr))
+        w[i] += eps
+        with torch.no_grad():
+            dq = (task.observable(optimize(w), q.inputs, q.targets)
+                  - task.observable(base, q.inputs, q.targets)) / eps
+        assert spearmanr(dq.numpy(), scores[:, i].numpy()).statistic > 0.9
+        assert torch.allclose(dq, scores[:, i], rtol=0.2, atol=2e-4)
+
+
+def test_exact_if_refuses_large_models(small_digits):
+    problems = ExactIF(max_params=100).check(small_digits)
+    assert problems and "max_params=100" in problems[0] and "parameters" in problems[0]

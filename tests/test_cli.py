@@ -1,0 +1,192 @@
+"""End-to-end: the tdabench and tdabench-leaderboard commands, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.registry import METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SMALL = ["task.n_train=200", "task.n_query=20", "task.hidden=16", "task.recipe.epochs=20",
+         "gt.subsets=8", "gt.seeds=2", "lds.bootstrap=200"]
+
+
+def tdabench(*args, cache, results=None, check=True, env=None):
+    cmd = [str(BIN / "tdabench"), *args, f"cache_dir={cache}"]
+    if results is not None:
+        cmd.append(f"results_dir={results}")
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{out.stderr[-3000:]}")
+    return out
+
+
+def records(results: Path) -> list[dict]:
+    return [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One small sweep of three methods, then a second identical sweep (cached ground truth)."""
+    base = tmp_path_factory.mktemp("cli")
+    cache, results = base / "cache", base / "results"
+    first = tdabench("-m", "method=random,grad_dot,exact_if", *SMALL, cache=cache, results=results)
+    second = tdabench("-m", "method=random,grad_dot,exact_if", *SMALL, cache=cache, results=results)
+    return {"cache": cache, "results": results, "logs": (first, second)}
+
+
+def test_sweep_writes_one_ok_record_per_method(sweep):
+    recs = records(sweep["results"])
+    assert [r["method"] for r in recs] == ["random", "grad_dot", "exact_if"] * 2
+    for r in recs:
+        assert r["status"] == "ok"
+        assert -1 <= r["lds"] <= 1 and r["lds_ci"][0] <= r["lds"] <= r["lds_ci"][1]
+        assert set(r["time_s"]) == {"prepare", "ground_truth", "fit", "score", "lds"}
+        assert set(r["peak_mem_mb"]) == set(r["time_s"])
+        for key in ("task", "n_train", "n_query", "config", "version", "git_sha", "timestamp",
+                    "libraries", "device", "model_quality", "lds_per_query", "scores_file"):
+            assert key in r, key
+        assert r["config"]["gt"]["subsets"] == 8 and r["n_train"] == 200
+        assert (sweep["results"] / r["scores_file"]).exists()
+    by = {r["method"]: r["lds"] for r in recs[:3]}
+    assert by["grad_dot"] > by["random"] and by["exact_if"] > by["random"]
+
+
+def test_second_sweep_reuses_ground_truth_and_reproduces_lds(sweep):
+    recs = records(sweep["results"])
+    first, second = recs[:3], recs[3:]
+    assert not first[0]["gt_cached"] and all(r["gt_cached"] for r in second)
+    assert "ground truth" not in sweep["logs"][1].stderr  # no progress bar: nothing retrained
+    for a, b in zip(first, second):
+        assert a["lds"] == b["lds"], a["method"]
+        assert b["time_s"]["ground_truth"] < 5
+
+
+def test_scores_on_disk_reproduce_the_recorded_lds(sweep):
+    from harness.ground_truth import GroundTruthBuilder
+    from harness.lds import lds
+    from harness.storage import load_verified
+    from tasks.digits import DigitsMLP
+
+    rec = records(sweep["results"])[1]
+    cfg = rec["config"]
+    task = DigitsMLP(cfg["task"], seed=cfg["seed"], cache_dir=sweep["cache"], log=lambda m: None)
+    gt = GroundTruthBuilder(task, cfg["gt"], sweep["cache"], log=lambda m: None).build()
+    scores = load_verified(sweep["results"] / rec["scores_file"])["scores"]
+    assert lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"]).lds == pytest.approx(rec["lds"])
+
+
+def test_leaderboard(sweep):
+    out = subprocess.run([str(BIN / "tdabench-leaderboard"), str(sweep["results"])], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    md = (sweep["results"] / "leaderboard.md").read_text()
+    assert "ceiling" in md and "grad_dot" in md and "exact_if" in md
+    import pandas as pd
+
+    df = pd.read_csv(sweep["results"] / "leaderboard.csv")
+    assert list(df["method"]) == sorted(df["method"], key=lambda m: -df.set_index("method").loc[m, "lds"])
+    assert len(df) == 3 and (df["runs"] == 2).all()
+    assert "grad_dot" in out.stdout
+
+
+def test_wandb_offline_run_carries_the_summary(sweep):
+    from harness.tracking import read_offline_run
+
+    runs = sorted((sweep["results"] / "wandb").glob("offline-run-*"))
+    assert len(runs) == 6
+    rec = records(sweep["results"])[-1]
+    back = read_offline_run(runs[-1])
+    assert back["name"] == f"{rec['task']}/{rec['method']}"
+    assert back["summary"]["lds"] == pytest.approx(rec["lds"])
+    assert back["summary"]["time_s/fit"] == pytest.approx(rec["time_s"]["fit"])
+    assert back["config"]["method"] == rec["method"] and back["config"]["n_train"] == 200
+    assert back["group"].startswith("sweep-")
+
+
+BAD_INPUTS = [
+    (["task=no_such_task"], "unknown task 'no_such_task'; registered tasks: digits_mlp"),
+    (["method=no_such_method"], "registered methods: "),
+    (["gt.alpha=1.5"], "gt.alpha=1.5 must be a fraction strictly between 0 and 1"),
+    (["gt.alpha=0"], "gt.alpha=0 must be a fraction"),
+    (["gt.subsets=1"], "gt.subsets=1 must be an integer >= 2"),
+    (["gt.seeds=0"], "gt.seeds=0 must be a positive integer"),
+    (["task.n_train=5000"], "task.n_train=5000 with task.n_query=100 is larger than the data"),
+    (["task.n_query=-3"], "task.n_query=-3 must be a positive integer"),
+    (["wandb.mode=sometimes"], "wandb.mode='sometimes': use one of offline, online, disabled"),
+    (["+method.no_such_param=1"], "method grad_dot has no parameter no_such_param"),
+    (["method=exact_if", "method.max_params=10"], "above method.max_params=10"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_before_any_work(tmp_path, args, message):
+    out = tdabench(*args, cache=tmp_path / "cache", results=tmp_path / "r", check=False)
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if line.startswith("tdabench: error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert not (tmp_path / "cache" / "models").exists()  # nothing was trained
+    assert not (tmp_path / "r" / "runs.jsonl").exists()
+
+
+def test_unwritable_results_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = tdabench(cache=tmp_path / "cache", results=blocker / "results", check=False)
+    assert out.returncode != 0
+    assert "results_dir:" in out.stderr and "not writable" in out.stderr
+
+
+def test_corrupted_ground_truth_cache_is_recomputed(tmp_path):
+    cache = tmp_path / "cache"
+    a = tdabench("method=grad_dot", *SMALL, cache=cache, results=tmp_path / "a")
+    gt_file = next(cache.glob("ground_truth/*/ground_truth.pt"))
+    gt_file.write_bytes(gt_file.read_bytes()[:50])
+    b = tdabench("method=grad_dot", *SMALL, cache=cache, results=tmp_path / "b")
+    assert "damaged, recomputing" in b.stderr
+    assert records(tmp_path / "a")[0]["lds"] == records(tmp_path / "b")[0]["lds"]
+    del a
+
+
+def test_default_sweep_lists_every_registered_method():
+    cfg = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
+    listed = cfg["hydra"]["sweeper"]["params"]["method"].split(",")
+    assert sorted(listed) == METHODS.names()
+    for name in listed:
+        assert (ROOT / "conf" / "method" / f"{name}.yaml").exists(), name
+
+
+def test_entry_point_plugin_method_runs_from_the_cli(tmp_path):
+    """An installed distribution advertising a method in the tdabench.methods group."""
+    site = tmp_path / "site"
+    pkg = site / "tdabench_plugin_demo"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "import torch\n"
+        "from methods.base import Method\n"
+        "from methods.gradients import query_grads, train_grads\n"
+        "class NegDot(Method):\n"
+        "    def __init__(self, seed=0, scale=1.0):\n"
+        "        super().__init__(seed); self.scale = scale\n"
+        "    def score(self, task, model):\n"
+        "        return -self.scale * query_grads(task, model) @ train_grads(task, model).T\n")
+    dist = site / "tdabench_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tdabench-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[tdabench.methods]\nplugin_dot = tdabench_plugin_demo:NegDot\n")
+    env = {"PYTHONPATH": str(site)}
+    out = tdabench("method=plugin_dot", "+method.scale=2.0", *SMALL, "wandb.mode=disabled",
+                   cache=tmp_path / "cache", results=tmp_path / "r", env=env)
+    rec = records(tmp_path / "r")[0]
+    assert rec["method"] == "plugin_dot" and rec["status"] == "ok" and rec["lds"] > 0.1, out.stderr
+    bad = tdabench("method=nope", cache=tmp_path / "cache", results=tmp_path / "r", env=env, check=False)
+    assert "plugin_dot" in bad.stderr

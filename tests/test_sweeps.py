@@ -1,0 +1,30 @@
+"""The sweep configs in conf/sweep compose with the main config (`tdabench -m +sweep=NAME`)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness.cli import CONF_DIR
+from harness.registry import METHODS
+
+
+def composed(name: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name,task,swept", [("small_data", "cifar10_resnet9", "task.n_train"),
+                                             ("pythia_scaling", "pythia_scaling", "task.size")])
+def test_sweep_selects_task_and_sweeps_methods(name, task, swept):
+    cfg = composed(name)
+    assert cfg.task.name == task
+    params = cfg.hydra.sweeper.params
+    assert swept in params and len(params[swept].split(",")) >= 4
+    methods = params["method"].split(",")
+    assert "bif" in methods and "ekfac" in methods
+    # each swept method that is registered composes as a job of this sweep
+    for method in set(methods) & set(METHODS.names()):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            job = compose(config_name="config", overrides=[f"+sweep={name}", f"method={method}"])
+        assert job.method.name == method and job.task.name == task

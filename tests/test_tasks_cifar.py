@@ -1,0 +1,151 @@
+"""CIFAR tasks on real images from ../shared/data (skipped without them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.config import ConfigError
+from harness.run import prepare
+from methods.gradients import per_example_grads
+from tasks.cifar import CIFAR10_CLASSES, Cifar2ResNet9, CifarResNet9, resnet9
+from tasks.data import shared_file, unpack_once
+
+ARCHIVE = shared_file("cifar10-jpeg.tar.gz")
+needs_data = pytest.mark.skipif(ARCHIVE is None, reason="../shared/data/cifar10-jpeg.tar.gz is absent")
+
+RECIPE = {"epochs": 8, "batch_size": 64, "lr": 0.4, "momentum": 0.9, "weight_decay": 5e-4,
+          "schedule": "onecycle", "warmup": 0.25}
+
+
+def cifar_cfg(**over) -> dict:
+    cfg = {"name": "cifar10_resnet9", "data_dir": None, "classes": None, "n_train": 500,
+           "n_query": 20, "n_test": 500, "width": 8, "observable": "loss", "label_smoothing": 0.1,
+           "flip": True, "translate": 0, "trajectory_checkpoints": 2, "recipe": dict(RECIPE)}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train on one thread: on a shared 2-core machine two threads run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cifar-cache")
+
+
+@pytest.fixture(scope="module")
+def cifar10(cache):
+    return CifarResNet9(cifar_cfg(), seed=0, cache_dir=cache, log=lambda m: None)
+
+
+@needs_data
+def test_cifar10_loads_balanced_images(cifar10):
+    train, query, test = cifar10.train_split, cifar10.query_split, cifar10.test_split
+    assert train.inputs.shape == (500, 3, 32, 32) and train.inputs.dtype == torch.float32
+    assert query.inputs.shape == (20, 3, 32, 32) and test.inputs.shape == (500, 3, 32, 32)
+    assert torch.bincount(train.targets, minlength=10).tolist() == [50] * 10
+    assert torch.bincount(query.targets, minlength=10).tolist() == [2] * 10
+    assert int(test.targets.min()) >= 0 and int(test.targets.max()) <= 9
+    # normalized pixels: roughly zero mean, unit spread per channel
+    mean = train.inputs.mean(dim=(0, 2, 3))
+    assert mean.abs().max() < 0.3 and (train.inputs.std(dim=(0, 2, 3)) - 1).abs().max() < 0.3
+    # queries are test images none of which is in the test-accuracy split
+    q = query.inputs.flatten(1)
+    assert torch.cdist(q, test.inputs.flatten(1)).min() > 0
+
+
+@needs_data
+def test_cifar10_decoded_images_are_cached(cifar10, cache):
+    again = CifarResNet9(cifar_cfg(), seed=0, cache_dir=cache, log=lambda m: None)
+    assert torch.equal(again.train_split.inputs, cifar10.train_split.inputs)
+    other_seed = CifarResNet9(cifar_cfg(), seed=1, cache_dir=cache, log=lambda m: None)
+    assert not torch.equal(other_seed.train_split.inputs, cifar10.train_split.inputs)
+
+
+@needs_data
+def test_cifar2_is_cat_vs_dog(cache):
+    task = Cifar2ResNet9(cifar_cfg(name="cifar2_resnet9", classes=None, n_train=100, n_query=10,
+                                   n_test=50), seed=0, cache_dir=cache, log=lambda m: None)
+    assert task.classes == ("cat", "dog")
+    assert torch.bincount(task.train_split.targets).tolist() == [50, 50]
+    assert task.new_model(0)(task.query_split.inputs).shape == (10, 2)
+
+
+@needs_data
+def test_resnet9_width8_trains_above_chance(cifar10):
+    model = cifar10.fit_model(torch.arange(cifar10.n_train), seed=0).model
+    quality = cifar10.evaluate(model)
+    assert quality["test_acc"] > 0.22, quality  # chance is 0.10
+
+
+def test_resnet9_shapes_and_per_example_grads():
+    torch.manual_seed(0)
+    model = resnet9(width=4, num_classes=10).eval()
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    assert model(x).shape == (3, 10)
+    loss = lambda m, a, b: torch.nn.functional.cross_entropy(m(a), b, reduction="none")
+    g = per_example_grads(loss, model, x, y)
+    model.zero_grad()
+    loss(model, x[1:2], y[1:2]).sum().backward()
+    ref = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(g[1], ref, atol=1e-5)
+
+
+def test_label_smoothing_only_in_training_loss(tmp_path):
+    task = CifarResNet9(cifar_cfg(label_smoothing=0.2), cache_dir=tmp_path)
+    model = resnet9(width=4).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    plain = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+    assert torch.allclose(task.observable(model, x, y), plain)
+    assert not torch.allclose(task.per_example_loss(model, x, y), plain)
+
+
+def test_augment_flips_and_translates_reproducibly(tmp_path):
+    task = CifarResNet9(cifar_cfg(translate=2), cache_dir=tmp_path)
+    x = torch.randn(16, 3, 32, 32)
+    a = task.augment(x, torch.Generator().manual_seed(0))
+    b = task.augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    only_flip = CifarResNet9(cifar_cfg(translate=0), cache_dir=tmp_path)
+    f = only_flip.augment(x, torch.Generator().manual_seed(0))
+    assert all(torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(2)) for i in range(16))
+
+
+def test_missing_data_folder_is_one_clear_error(tmp_path):
+    problems = CifarResNet9.validate(cifar_cfg(data_dir=str(tmp_path / "nowhere")))
+    assert len(problems) == 1 and "does not exist" in problems[0]
+
+
+def test_folder_with_a_missing_class_is_rejected_before_training(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in CIFAR10_CLASSES[:-1]:  # no truck
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(tmp_path / split / c / "0.jpg")
+    cfg = {"task": cifar_cfg(data_dir=str(tmp_path)), "method": {"name": "grad_dot", "seed": 0},
+           "seed": 0, "device": "cpu", "results_dir": str(tmp_path / "r"),
+           "cache_dir": str(tmp_path / "c"), "wandb": {"mode": "disabled"},
+           "limits": {"max_seconds": None}, "lds": {"bootstrap": 10},
+           "gt": {"subsets": 10, "alpha": 0.5, "seeds": 1, "from_checkpoint": False,
+                  "finetune_epochs": 1, "shard": None, "num_shards": 1}}
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    assert len(err.value.problems) == 2 and all("truck" in p for p in err.value.problems)
+    # a two-class task on the same folder is fine
+    assert CifarResNet9.validate(cifar_cfg(data_dir=str(tmp_path), classes=["cat", "dog"],
+                                           n_train=2, n_query=1, n_test=1)) == []
+
+
+@needs_data
+def test_unpack_once_is_idempotent(cache):
+    dest = cache / "data" / "cifar10-jpeg"
+    assert unpack_once(ARCHIVE, dest, log=lambda m: None) == dest
+    assert sorted(p.name for p in (dest / "test").iterdir()) == list(CIFAR10_CLASSES)

@@ -1,0 +1,123 @@
+"""TRAK: the chunked projection, agreement with traker, the sign, and the ensemble's benefit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from harness.config import validate_pairing
+from harness.ground_truth import GroundTruthBuilder
+from harness.lds import lds
+from methods.trak import TRAK, Projector
+from tasks.digits import DigitsMLP
+from tests.conftest import SMALL_DIGITS
+
+SMALL_GT = {"subsets": 40, "alpha": 0.5, "seeds": 1, "from_checkpoint": False, "finetune_epochs": 5,
+            "num_shards": 1}
+
+
+def per_query_spearman(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    return [spearmanr(a[q].numpy(), b[q].numpy()).statistic for q in range(len(a))]
+
+
+def test_projector_is_seeded_and_chunking_does_not_change_it():
+    x = torch.randn(5, 1000, dtype=torch.float64)
+    whole = Projector(1000, 64, seed=3, block_rows=4096)(x)
+    chunked = Projector(1000, 64, seed=3, block_rows=4096, cache_entries=0)(x)
+    assert torch.equal(whole, chunked)
+    small_blocks = Projector(1000, 64, seed=3, block_rows=100, cache_entries=0)
+    assert small_blocks.cache is None  # nothing kept: one 100 x 64 block at a time
+    assert small_blocks(x).shape == (5, 64)
+    assert not torch.allclose(whole, Projector(1000, 64, seed=4)(x))
+    # Rademacher entries scaled by 1/sqrt(k): squared norms are preserved on average
+    big = Projector(1000, 4096, seed=0)(x)
+    assert torch.allclose(big.square().sum(1), x.square().sum(1), rtol=0.1)
+    gauss = Projector(1000, 4096, seed=0, kind="gaussian")(x)
+    assert torch.allclose(gauss.square().sum(1), x.square().sum(1), rtol=0.1)
+
+
+@pytest.mark.reference
+def test_trak_matches_traker_on_the_same_projection(small_digits):
+    """traker's pipeline with the native projection draw gives the same per-query rankings."""
+    pytest.importorskip("trak")
+    from methods.reference.traker import TrakTraker
+
+    model = small_digits.checkpoint()
+    for models in (1, 2):
+        native = TRAK(proj_dim=64, models=models)
+        native.fit(small_digits, model)
+        ours = native.score(small_digits, model)
+        ref = TrakTraker(proj_dim=64, models=models, projector="native").score(small_digits, model)
+        assert ref.shape == ours.shape == (20, 200)
+        assert min(per_query_spearman(ours, ref)) >= 0.9, models
+
+
+@pytest.mark.reference
+def test_traker_default_projector_runs_with_the_harness_sign(small_digits):
+    pytest.importorskip("trak")
+    from methods.reference.traker import TrakTraker
+
+    model = small_digits.checkpoint()
+    method = TrakTraker(proj_dim=64)
+    assert method.check(small_digits) == []
+    _assert_same_class_helps(small_digits, method.score(small_digits, model))
+
+
+def _assert_same_class_helps(task, scores):
+    """Training examples of the query's own class lower its loss: negative scores on average."""
+    same = task.query_split.targets[:, None] == task.train_split.targets[None, :]
+    assert scores[same].mean() < 0
+    assert scores[same].mean() < scores[~same].mean()
+
+
+def test_trak_sign_and_margin_observable(small_digits, digits_cache):
+    model = small_digits.checkpoint()
+    method = TRAK(proj_dim=64)
+    method.fit(small_digits, model)
+    loss_scores = method.score(small_digits, model)
+    _assert_same_class_helps(small_digits, loss_scores)
+    # with the margin as the observable, helpful examples raise it: the sign flips
+    margin_task = DigitsMLP(dict(SMALL_DIGITS, observable="margin"), seed=0, cache_dir=digits_cache,
+                            log=lambda m: None)
+    method.fit(margin_task, model)
+    assert torch.allclose(method.score(margin_task, model), -loss_scores)
+    # the loss as the model output function (what language-model tasks use) keeps the sign
+    method = TRAK(proj_dim=64, output="loss")
+    method.fit(small_digits, model)
+    _assert_same_class_helps(small_digits, method.score(small_digits, model))
+
+
+def test_trak_checks_its_parameters(small_digits):
+    assert TRAK(proj_dim=64).check(small_digits) == []
+    assert "Phi^T Phi is singular" in TRAK(proj_dim=512).check(small_digits)[0]
+    assert TRAK(proj_dim=512, lambda_reg=1e-3).check(small_digits) == []
+    assert "method.projection" in " ".join(TRAK(projection="sparse", proj_dim=64).check(small_digits))
+    assert TRAK(models=1).requires == {"checkpoint"}
+    assert "ensemble" in TRAK(models=5).requires
+    assert TRAK(models=10).trainings(small_digits) == 10
+
+
+class NoEnsembleDigits(DigitsMLP):
+    capabilities = frozenset({"checkpoint"})
+
+
+def test_ensemble_method_refused_before_work_on_a_task_without_ensembles(tmp_path):
+    task = NoEnsembleDigits(dict(SMALL_DIGITS), seed=0, cache_dir=tmp_path, log=lambda m: None)
+    problems = validate_pairing(task, TRAK(models=5, proj_dim=64))
+    assert len(problems) == 1 and "needs ensemble" in problems[0] and task.name in problems[0]
+    assert validate_pairing(task, TRAK(models=1, proj_dim=64)) == []
+    assert not any(tmp_path.rglob("*.pt"))  # nothing was trained
+
+
+@pytest.mark.slow
+def test_trak_lds_rises_with_the_number_of_models(small_digits, digits_cache):
+    """Ensembling over independently trained models reduces TRAK's variance (Park et al. 2023)."""
+    gt = GroundTruthBuilder(small_digits, SMALL_GT, digits_cache, lambda m: None).build()
+    model = small_digits.checkpoint()
+    values = []
+    for k in (1, 5, 10):
+        method = TRAK(proj_dim=64, models=k)
+        method.fit(small_digits, model)
+        values.append(lds(method.score(small_digits, model), gt.masks, gt.mean_outcomes, 10).lds)
+    assert values[0] < values[1] < values[2], values

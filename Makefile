@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/tdabench-leaderboard results/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:randomly

@@ -34,9 +34,9 @@ from harness.run import prepare  # noqa: E402
 #: name -> method overrides; the task's own defaults apply to everything not named
 SETTINGS = {
     "default": {},
+    "chains=4": {"chains": 4},
     "eps=1e-4": {"eps": 1e-4},
-    "gamma=300": {"gamma": 300.0},
-    "nbeta=n/4": {"nbeta": "quarter"},
+    "gamma=30": {"gamma": 30.0},
     "correlation": {"normalize": "correlation"},
 }
 
@@ -48,7 +48,7 @@ def config(task: str, method: str, overrides: dict) -> dict:
     cfg["cache_dir"] = str(ROOT / cfg["cache_dir"]) if not os.path.isabs(cfg["cache_dir"]) else cfg["cache_dir"]
     cfg["results_dir"] = "/tmp"
     for k, v in overrides.items():
-        cfg["method"][k] = cfg["task"]["n_train"] / 4 if v == "quarter" else v
+        cfg["method"][k] = v
     return cfg
 
 

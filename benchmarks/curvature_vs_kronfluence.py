@@ -1,21 +1,23 @@
-"""Native EK-FAC / K-FAC against kronfluence on the same model and data, in one process on CPU.
+"""Native EK-FAC / K-FAC against kronfluence on the same model and data, on CPU.
 
-Prints, for fit and for score, the wall time and peak memory (resident set size above the phase's
-start, as the harness profiles runs) of each implementation and the native / kronfluence ratios
-(below 1: native is cheaper), plus the per-query Spearman agreement of their scores. Each pairing
-runs ``--repeats`` times (fresh factors every time) and the least time and memory are reported,
-so import and first-call costs are left out. ``--hidden`` widens the MLP so that memory is
-measured well above the allocator's noise (a few MiB).
+Prints, for fit and for score, the wall time and peak memory of each implementation and the
+native / kronfluence ratios (below 1: native is cheaper), plus the per-query Spearman agreement of
+their scores. Each implementation runs as the harness runs a method: in a fresh process that loads
+the task and checkpoint, warms up on a 32-example copy of the task (imports and first-call set-up
+are not the algorithm's cost), then profiles ``fit`` and ``score`` (peak memory = resident set
+size above the phase's start, harness/profiling.py). Every run is repeated ``--repeats`` times and the least
+time and memory per phase are kept (other processes only ever add to them).
 
-    .venv/bin/python benchmarks/curvature_vs_kronfluence.py                 # digits_mlp, default
-    .venv/bin/python benchmarks/curvature_vs_kronfluence.py --n-train 200   # smaller
+    .venv/bin/python benchmarks/curvature_vs_kronfluence.py               # digits_mlp as configured
+    .venv/bin/python benchmarks/curvature_vs_kronfluence.py --hidden 1024 # a wider MLP (77k params)
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,79 +26,103 @@ import torch
 import yaml
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from harness.profiling import Profiler  # noqa: E402
-from methods.ekfac import EKFAC, KFAC  # noqa: E402
-from methods.reference.kronfluence import EKFACKronfluence, KFACKronfluence  # noqa: E402
 from tasks.digits import DigitsMLP  # noqa: E402
 
-PAIRS = {"ekfac": (EKFAC, EKFACKronfluence), "kfac": (KFAC, KFACKronfluence)}
+PAIRS = {"ekfac": ("ekfac", "ekfac_kronfluence"), "kfac": ("kfac", "kfac_kronfluence")}
 
 
-def measure(method, task, model, repeats: int) -> tuple[dict, torch.Tensor]:
-    """Least time and least peak memory over ``repeats`` fit + score runs: {phase: (seconds, peak
-    MiB)} and the scores (the minimum filters out other processes and the allocator's state)."""
-    best: dict[str, tuple[float, float]] = {}
-    for _ in range(repeats):
-        shutil.rmtree(task.cache_dir / "curvature", ignore_errors=True)
-        gc.collect()
-        prof = Profiler("cpu", interval=0.002)
-        with prof.phase("fit"):
-            method.fit(task, model)
-        with prof.phase("score"):
-            scores = method.score(task, model)
-        for phase in ("fit", "score"):
-            t, m = prof.time_s[phase], prof.peak_mem_mb[phase]
-            best[phase] = (min(t, best[phase][0]), min(m, best[phase][1])) if phase in best else (t, m)
-    return best, scores
+def make_task(cfg: dict, cache_dir: Path) -> DigitsMLP:
+    return DigitsMLP(cfg, seed=0, cache_dir=cache_dir, log=lambda m: None)
+
+
+def worker(method_name: str, cfg: dict, cache_dir: Path, scores_path: Path, threads: int) -> dict:
+    """One harness-like run of ``method_name``: {phase: [seconds, peak MiB]}; saves the scores."""
+    from harness.profiling import Profiler
+    from harness.registry import METHODS
+
+    torch.set_num_threads(threads)
+    # warm-up on a 32-example copy of the task: lazy imports and first-call set-up are left out
+    small = make_task({**cfg, "n_train": 32, "n_query": 4}, cache_dir)
+    warm = METHODS.get(method_name)()
+    warm.fit(small, small.checkpoint())
+    warm.score(small, small.checkpoint())
+    task = make_task(cfg, cache_dir)
+    model = task.checkpoint()
+    method = METHODS.get(method_name)()
+    shutil.rmtree(cache_dir / "curvature", ignore_errors=True)  # no cached factors
+    prof = Profiler("cpu", interval=0.002)
+    with prof.phase("fit"):
+        method.fit(task, model)
+    with prof.phase("score"):
+        scores = method.score(task, model)
+    torch.save(scores, scores_path)
+    return {p: [prof.time_s[p], prof.peak_mem_mb[p]] for p in ("fit", "score")}
+
+
+def run_worker(method_name: str, cfg: dict, cache_dir: Path, threads: int) -> tuple[dict, torch.Tensor]:
+    scores_path = cache_dir / f"scores-{method_name}.pt"
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", method_name, "--cache", str(cache_dir),
+         "--cfg", json.dumps(cfg), "--threads", str(threads)],
+        capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1]), torch.load(scores_path)
 
 
 def mean_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(sum(spearmanr(a[q], b[q])[0] for q in range(len(a))) / len(a))
 
 
-def compare(task, strategies=("ekfac", "kfac"), repeats: int = 3, log=print) -> dict:
-    """Ratios native / kronfluence per strategy and phase: {strategy: {...}}."""
-    import kronfluence  # noqa: F401  (imported before measuring, as torch is)
-
-    model = task.checkpoint()
-    out = {}
+def compare(cfg: dict, cache_dir: Path, strategies=("ekfac", "kfac"), repeats: int = 3,
+            threads: int = 1, log=print) -> dict:
+    """Ratios native / kronfluence per strategy and phase, and the score agreement:
+    {strategy: {fit_time_ratio, fit_mem_ratio, score_time_ratio, score_mem_ratio, spearman}}."""
+    make_task(cfg, cache_dir).checkpoint()  # trained once, shared by the workers
+    results = {}
     for strategy in strategies:
-        native_cls, ref_cls = PAIRS[strategy]
-        nat, s_nat = measure(native_cls(), task, model, repeats)
-        ref, s_ref = measure(ref_cls(), task, model, repeats)
-        row = {"spearman": mean_spearman(s_nat, s_ref)}
+        best, scores = {}, {}
+        for name in PAIRS[strategy]:
+            for _ in range(repeats):
+                prof, scores[name] = run_worker(name, cfg, cache_dir, threads)
+                prev = best.get(name, prof)
+                best[name] = {p: [min(prof[p][0], prev[p][0]), min(prof[p][1], prev[p][1])] for p in prof}
+        nat, ref = (best[n] for n in PAIRS[strategy])
+        row = {"spearman": mean_spearman(*(scores[n] for n in PAIRS[strategy]))}
         for phase in ("fit", "score"):
             row[f"{phase}_time_ratio"] = nat[phase][0] / ref[phase][0]
-            # 1 MiB floor: RSS growth below that is noise of the allocator
+            # a 1 MiB floor: smaller RSS growth is the allocator's noise
             row[f"{phase}_mem_ratio"] = max(nat[phase][1], 1.0) / max(ref[phase][1], 1.0)
-            log(f"{strategy:6s} {phase:6s} native {nat[phase][0]:7.3f} s {nat[phase][1]:8.1f} MiB | "
-                f"kronfluence {ref[phase][0]:7.3f} s {ref[phase][1]:8.1f} MiB | ratio time "
+            log(f"{strategy:6s} {phase:6s} native {nat[phase][0]:7.3f} s {nat[phase][1]:7.1f} MiB | "
+                f"kronfluence {ref[phase][0]:7.3f} s {ref[phase][1]:7.1f} MiB | ratio time "
                 f"{row[f'{phase}_time_ratio']:.3f} memory {row[f'{phase}_mem_ratio']:.3f}")
         log(f"{strategy:6s} per-query Spearman native vs kronfluence: {row['spearman']:.4f}")
-        out[strategy] = row
-    return out
+        results[strategy] = row
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=None, help="override task.n_train")
     ap.add_argument("--hidden", type=int, default=None, help="override task.hidden")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="fresh-process runs per implementation")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
+    ap.add_argument("--cfg", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/task/digits_mlp.yaml").read_text())
-    if args.n_train:
-        cfg["n_train"] = args.n_train
-    if args.hidden:
-        cfg["hidden"] = args.hidden
+    if args.worker:
+        print(json.dumps(worker(args.worker, json.loads(args.cfg), Path(args.cache),
+                                Path(args.cache) / f"scores-{args.worker}.pt", args.threads)))
+        return
+    cfg = yaml.safe_load((ROOT / "conf/task/digits_mlp.yaml").read_text())
+    cfg["n_train"] = args.n_train or cfg["n_train"]
+    cfg["hidden"] = args.hidden or cfg["hidden"]
+    print(f"digits_mlp: n_train {cfg['n_train']}, n_query {cfg['n_query']}, hidden {cfg['hidden']}, "
+          f"torch threads {args.threads}, best of {args.repeats} fresh-process runs")
     with tempfile.TemporaryDirectory(prefix="tdabench-bench-") as tmp:
-        task = DigitsMLP(cfg, seed=0, cache_dir=tmp, log=lambda m: None)
-        print(f"digits_mlp: n_train {task.n_train}, n_query {task.n_query}, hidden {cfg['hidden']}, "
-              f"torch threads {args.threads}")
-        compare(task, repeats=args.repeats)
+        compare(cfg, Path(tmp), repeats=args.repeats, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,17 @@ def _register_plugin_configs() -> None:
             store.store(group="method", name=name, node={"name": name, "seed": "${seed}"})
 
 
-def _check_names(argv: list[str]) -> list[str]:
-    """Unknown ``task=`` / ``method=`` choices on the command line, as error lines."""
+def _precheck(argv: list[str]) -> list[str]:
+    """Problems Hydra would hit before the app starts (it creates its output folder under
+    ``results_dir``), and unknown ``task=`` / ``method=`` choices, as error lines."""
+    from harness.config import check_writable
+
     problems = []
     for arg in argv:
+        if arg.startswith("results_dir="):
+            problem = check_writable(arg.split("=", 1)[1])
+            if problem:
+                problems.append(f"results_dir: {problem}")
         for group, registry in (("task", TASKS), ("method", METHODS)):
             if arg.startswith(f"{group}="):
                 names = registry.names()
@@ -42,6 +49,17 @@ def _check_names(argv: list[str]) -> list[str]:
                     if choice and choice not in names:
                         problems.append(f"unknown {group} {choice!r}; registered {group}s: {', '.join(names)}")
     return problems
+
+
+def compose(overrides: list[str]) -> dict:
+    """The resolved config for command-line ``overrides``, composed as ``tdabench`` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    _register_plugin_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _group() -> str:
@@ -68,7 +86,7 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    problems = _check_names(sys.argv[1:])
+    problems = _precheck(sys.argv[1:])
     if problems:
         for line in problems:
             print(f"tdabench: error: {line}", file=sys.stderr)

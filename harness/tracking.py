@@ -1,7 +1,7 @@
 """Weights & Biases logging: one wandb run per tdabench run.
 
-Project ``tdabench`` by default, group = the sweep, name = task/method, config = the resolved
-config plus the keys people filter on at top level, summary = LDS, interval, times and memory.
+Project ``tdabench`` by default, group = the sweep, name = task/method, config = the keys people
+filter on at top level (task, method, n_train, ...) plus the whole resolved config under ``cfg``, summary = LDS, interval, times and memory.
 Offline by default (runs land in ``RESULTS_DIR/wandb``; ``wandb sync`` uploads them later).
 """
 
@@ -34,7 +34,7 @@ def log_run(record: dict, wandb_cfg: dict, results_dir: str | Path, group: str) 
     import wandb
 
     config = {k: record.get(k) for k in FILTER_KEYS}
-    config.update(record.get("config", {}))
+    config["cfg"] = record.get("config", {})  # the whole resolved config, nested
     run = wandb.init(project=wandb_cfg.get("project", "tdabench"), entity=wandb_cfg.get("entity"),
                      mode=wandb_cfg.get("mode", "offline"), group=group,
                      name=f"{record['task']}/{record['method']}", config=config,

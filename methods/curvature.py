@@ -28,7 +28,7 @@ default, as in Grosse et al. 2023).
 Typical use::
 
     curv = fit_curvature(task, model, CurvatureConfig(strategy="ekfac"))   # cached
-    pq = curv.precondition(query_grads(task, model), GradientLayout(model))  # [n_query, P]
+    pq = precondition_queries(task, model, curv, damping=0.1)              # [n_query, P]
     s = pairwise_scores(task, model, pq)                                  # [n_query, n_train]
 """
 
@@ -50,7 +50,7 @@ from methods.gradients import iter_per_example_grads, num_params, trainable_para
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
 #: bytes of per-example gradients held at once (chunks of examples are sized to it)
-GRAD_CHUNK_BYTES = 16 * 2**20
+GRAD_CHUNK_BYTES = 8 * 2**20
 
 
 class LayerSelectionError(ValueError):
@@ -316,14 +316,15 @@ def _fitting_data(task, cfg: CurvatureConfig, model, gen: torch.Generator):
 
 
 def _covariances(task, model, layers, x, y, batch_size, mean_positions=False):
-    """A and S of every layer (see the module docstring), summed over examples (float64)."""
+    """A and S of every layer (see the module docstring), summed over examples (float32, like
+    the activations; the eigendecomposition is in float64)."""
     a_sum: dict[str, torch.Tensor] = {}
     s_sum: dict[str, torch.Tensor] = {}
     for batch in _layer_batches(task, model, layers, x, y, batch_size):
         for name, (acts, grads) in batch.items():
             positions = acts.shape[1]
-            acts = acts.reshape(-1, acts.shape[2]).double()
-            grads = grads.reshape(-1, grads.shape[2]).double()
+            acts = acts.reshape(-1, acts.shape[2])
+            grads = grads.reshape(-1, grads.shape[2])
             if name not in a_sum:
                 a_sum[name] = acts.new_zeros(acts.shape[1], acts.shape[1])
                 s_sum[name] = grads.new_zeros(grads.shape[1], grads.shape[1])
@@ -366,8 +367,8 @@ def fit_curvature_uncached(task, model: nn.Module, cfg: CurvatureConfig, log=Non
             raise LayerSelectionError(f"layers {missing} do not affect the training loss; exclude them")
         curv = Curvature(cfg, n_examples=n)
         for name in layers:
-            eig_a, q_a = torch.linalg.eigh(a_sum[name] / n)
-            eig_s, q_s = torch.linalg.eigh(s_sum[name] / n)
+            eig_a, q_a = torch.linalg.eigh(a_sum.pop(name).double().div_(n))
+            eig_s, q_s = torch.linalg.eigh(s_sum.pop(name).double().div_(n))
             w, b = pnames[name]
             curv.layers[name] = LayerFactors(w, b, q_a.float(), eig_a.clamp_min(0).float(),
                                              q_s.float(), eig_s.clamp_min(0).float())
@@ -425,6 +426,28 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
 
 
 # ----- scoring ---------------------------------------------------------------------------------------
+def gradient_chunk(model: nn.Module, batch_size: int) -> int:
+    """Examples per chunk of flat per-example gradients: at most ``batch_size`` and about
+    ``GRAD_CHUNK_BYTES`` of float32 gradients."""
+    return max(1, min(batch_size, GRAD_CHUNK_BYTES // (4 * num_params(model))))
+
+
+def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: float = 0.1,
+                         damping_kind: str = "relative", strategy: str | None = None,
+                         batch_size: int = 256) -> torch.Tensor:
+    """(F + lambda)^-1 grad phi_q for every query: ``[n_query, P]``, chunk by chunk (gradients
+    of the task's observable; see :meth:`Curvature.precondition` for the arguments)."""
+    q = task.query_split
+    layout = GradientLayout(model)
+    out = torch.empty(len(q), layout.size)
+    start = 0
+    for g in iter_per_example_grads(task.observable, model, q.inputs, q.targets,
+                                    gradient_chunk(model, batch_size)):
+        out[start:start + len(g)] = curvature.precondition(g, layout, damping, damping_kind, strategy)
+        start += len(g)
+    return out
+
+
 def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_size: int = 256,
                     curvature: Curvature | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
     """Influence of each training example on each preconditioned query row.
@@ -433,6 +456,7 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     R = n_query x T rows, reshaped by the caller). Returns ``-(1/n) pre @ grad l_i`` for every
     training example i: ``[R, n_train]``, the harness's d phi / d beta_i. With ``curvature`` given,
     returns per-layer scores instead, ``{layer name: [R, n_train]}`` (they sum to the total).
+    Training gradients come from :mod:`methods.gradients` in chunks of at most ``batch_size``.
     """
     split = task.train_split
     n = len(split)
@@ -440,7 +464,8 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     total = torch.empty(len(preconditioned), n, dtype=preconditioned.dtype)
     per_layer = {name: torch.empty_like(total) for name in (curvature.layers if curvature else [])}
     start = 0
-    for g in iter_per_example_grads(task.per_example_loss, model, split.inputs, split.targets, batch_size):
+    for g in iter_per_example_grads(task.per_example_loss, model, split.inputs, split.targets,
+                                    gradient_chunk(model, batch_size)):
         stop = start + len(g)
         if curvature is None:
             total[:, start:stop] = preconditioned @ g.T
@@ -452,4 +477,3 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     if curvature is not None:
         return {name: -s / n for name, s in per_layer.items()}
     return -total / n
-

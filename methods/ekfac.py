@@ -18,9 +18,8 @@ import torch
 
 from harness.registry import METHODS
 from methods.base import Method
-from methods.curvature import (DAMPING_KINDS, Curvature, CurvatureConfig, GradientLayout,
-                               LayerSelectionError, fit_curvature, pairwise_scores, select_layers)
-from methods.gradients import query_grads
+from methods.curvature import (DAMPING_KINDS, Curvature, CurvatureConfig, LayerSelectionError,
+                               fit_curvature, pairwise_scores, precondition_queries, select_layers)
 
 
 class KroneckerIF(Method):
@@ -65,8 +64,8 @@ class KroneckerIF(Method):
         """(F + lambda)^-1 grad phi_q for every query: ``[n_query, P]``."""
         if self.curvature is None:
             self.fit(task, model)
-        return self.curvature.precondition(query_grads(task, model, self.batch_size), GradientLayout(model),
-                                           self.damping, self.damping_kind)
+        return precondition_queries(task, model, self.curvature, self.damping, self.damping_kind,
+                                    batch_size=self.batch_size)
 
     def score(self, task, model) -> torch.Tensor:
         return pairwise_scores(task, model, self.preconditioned_queries(task, model), self.batch_size)

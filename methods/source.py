@@ -57,6 +57,8 @@ def averaged_curvature(task, models: list, cfg: CurvatureConfig) -> Curvature:
         avg.layers[name] = LayerFactors(first.weight, first.bias, q_a.float(), eig_a.clamp_min(0).float(),
                                         q_s.float(), eig_s.clamp_min(0).float())
     if cfg.strategy == "ekfac":
+        # the EK-FAC eigenvalue pass of methods.curvature (its private helpers: the module has no
+        # public fit over several models yet), run at each model in the shared basis
         corrected = {name: torch.zeros_like(f.q_s[:, :1] @ f.q_a[:1]) for name, f in avg.layers.items()}
         for m in models:
             gen = torch.Generator(device=task.train_split.inputs.device).manual_seed(cfg.seed + 1)

@@ -27,7 +27,7 @@ from methods.trajectory import effective_lr, snapshot_model
 
 @METHODS.register("tracin")
 class TracIn(Method):
-    requires = frozenset({"trajectory"})
+    requires = frozenset({"checkpoint", "trajectory"})
 
     def __init__(self, seed: int = 0, batch_size: int = 256):
         super().__init__(seed)

@@ -94,7 +94,8 @@ def folder_problems(root: Path, classes: tuple[str, ...]) -> list[str]:
     """Problems with an image folder: missing split folders, or class folders missing or empty."""
     if not root.is_dir():
         return [f"task.data_dir={str(root)!r} does not exist; point it at a folder with train/<class>/ "
-                "and test/<class>/ images, or set it to null to use CIFAR-10 from torchvision"]
+                "and test/<class>/ images, or set it to null (the shared archive if present, else a "
+                "torchvision download)"]
     problems = []
     for split in ("train", "test"):
         missing = [c for c in classes if not (root / split / c).is_dir()

@@ -82,7 +82,7 @@ class LanguageModelTask(Task):
     @torch.no_grad()
     def evaluate(self, model, batch_size: int = 64) -> dict:
         """Held-out mean token loss (nats) and, for scale, the loss of a uniform guess (log V),
-        plus next-token accuracy."""
+        plus next-token accuracy (``test_acc``)."""
         model.eval()
         test = self.test_split
         total, correct, count = 0.0, 0, 0
@@ -93,4 +93,4 @@ class LanguageModelTask(Task):
             correct += int((logits.argmax(-1) == y).sum())
             count += y.numel()
         return {"test_loss": total / count, "uniform_loss": math.log(self.vocab_size()),
-                "test_token_acc": correct / count}
+                "test_acc": correct / count}

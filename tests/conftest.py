@@ -26,3 +26,9 @@ def digits_cache(tmp_path_factory):
 def small_digits(digits_cache):
     """A 200-example digits task (16 hidden units) whose checkpoint is cached once per session."""
     return DigitsMLP(dict(SMALL_DIGITS), seed=0, cache_dir=digits_cache, log=lambda m: None)
+
+
+# The models in the suite are tiny: one thread per process avoids oversubscribing the cores.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -2,6 +2,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from tasks.base import Split
 from tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
 
@@ -37,7 +38,10 @@ class LinearDigits(DigitsMLP):
     convex, so the classical IF is the exact first-order effect of up-weighting."""
 
     def build_model(self):
-        return torch.nn.Linear(64, 10)
+        return torch.nn.Linear(64, 10).double()  # float64: the check needs a tight optimum
+
+    def load_splits(self):
+        return [Split(s.inputs.double(), s.targets) for s in super().load_splits()]
 
 
 def test_exact_if_matches_the_true_effect_of_upweighting(digits_cache):
@@ -61,19 +65,19 @@ def test_exact_if_matches_the_true_effect_of_upweighting(digits_cache):
         opt.step(closure)
         return mdl
 
-    base = optimize(torch.ones(len(tr)))
+    base = optimize(torch.ones(len(tr), dtype=torch.float64))
     m = ExactIF(damping=0.0)
     m.fit(task, base)
     scores = m.score(task, base)
     eps = 0.5
     for i in (0, 1, 2):
-        w = torch.ones(len(tr))
+        w = torch.ones(len(tr), dtype=torch.float64)
         w[i] += eps
         with torch.no_grad():
             dq = (task.observable(optimize(w), q.inputs, q.targets)
                   - task.observable(base, q.inputs, q.targets)) / eps
-        assert spearmanr(dq.numpy(), scores[:, i].numpy()).statistic > 0.9
-        assert torch.allclose(dq, scores[:, i], rtol=0.2, atol=2e-4)
+        assert spearmanr(dq.numpy(), scores[:, i].numpy()).statistic > 0.95
+        assert torch.allclose(dq, scores[:, i].double(), rtol=0.2, atol=1e-4)
 
 
 def test_exact_if_refuses_large_models(small_digits):

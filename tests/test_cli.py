@@ -114,8 +114,6 @@ def test_wandb_offline_run_carries_the_summary(sweep):
 
 
 BAD_INPUTS = [
-    (["task=no_such_task"], "unknown task 'no_such_task'; registered tasks: digits_mlp"),
-    (["method=no_such_method"], "registered methods: "),
     (["gt.alpha=1.5"], "gt.alpha=1.5 must be a fraction strictly between 0 and 1"),
     (["gt.alpha=0"], "gt.alpha=0 must be a fraction"),
     (["gt.subsets=1"], "gt.subsets=1 must be an integer >= 2"),
@@ -129,12 +127,29 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_clear_line_before_any_work(tmp_path, args, message):
+def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, message):
+    from harness.cli import compose
+    from harness.config import ConfigError
+    from harness.run import prepare
+
+    cfg = compose([*args, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"])
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    assert len(err.value.problems) == 1 and message in err.value.problems[0]
+    assert not (tmp_path / "cache" / "models").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("args,message", [
+    (["task=no_such_task"], "unknown task 'no_such_task'; registered tasks: "),
+    (["method=no_such_method"], "unknown method 'no_such_method'; registered methods: "),
+    (["gt.alpha=1.5"], "gt.alpha=1.5 must be a fraction"),
+])
+def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path, args, message):
     out = tdabench(*args, cache=tmp_path / "cache", results=tmp_path / "r", check=False)
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("tdabench: error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
-    assert not (tmp_path / "cache" / "models").exists()  # nothing was trained
+    assert "digits_mlp" in errors[0] or "grad_dot" in errors[0] or "gt.alpha" in errors[0]
     assert not (tmp_path / "r" / "runs.jsonl").exists()
 
 

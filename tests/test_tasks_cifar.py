@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import tarfile
+from pathlib import Path
+
 import pytest
 import torch
 
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from harness.cli import CONF_DIR
 from harness.config import ConfigError
 from harness.run import prepare
 from methods.gradients import per_example_grads
@@ -14,7 +21,7 @@ from tasks.data import shared_file, unpack_once
 ARCHIVE = shared_file("cifar10-jpeg.tar.gz")
 needs_data = pytest.mark.skipif(ARCHIVE is None, reason="../shared/data/cifar10-jpeg.tar.gz is absent")
 
-RECIPE = {"epochs": 8, "batch_size": 64, "lr": 0.4, "momentum": 0.9, "weight_decay": 5e-4,
+RECIPE = {"epochs": 12, "batch_size": 64, "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4,
           "schedule": "onecycle", "warmup": 0.25}
 
 
@@ -41,8 +48,25 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cifar10(cache):
-    return CifarResNet9(cifar_cfg(), seed=0, cache_dir=cache, log=lambda m: None)
+def cifar_folder(tmp_path_factory):
+    """An image folder with the first 50 training and 60 test images of every class, copied out
+    of the shared archive (unpacking all 60,000 files is left to the slow test)."""
+    root = tmp_path_factory.mktemp("cifar-folder")
+    keep = {"train": 50, "test": 60}
+    with tarfile.open(ARCHIVE) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if member.isfile() and len(parts) >= 3 and int(Path(parts[-1]).stem) < keep[parts[-3]]:
+                out = root.joinpath(*parts[-3:])
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(member).read())
+    return root
+
+
+@pytest.fixture(scope="module")
+def cifar10(cifar_folder, cache):
+    return CifarResNet9(cifar_cfg(data_dir=str(cifar_folder)), seed=0, cache_dir=cache,
+                        log=lambda m: None)
 
 
 @needs_data
@@ -63,16 +87,19 @@ def test_cifar10_loads_balanced_images(cifar10):
 
 @needs_data
 def test_cifar10_decoded_images_are_cached(cifar10, cache):
-    again = CifarResNet9(cifar_cfg(), seed=0, cache_dir=cache, log=lambda m: None)
-    assert torch.equal(again.train_split.inputs, cifar10.train_split.inputs)
-    other_seed = CifarResNet9(cifar_cfg(), seed=1, cache_dir=cache, log=lambda m: None)
-    assert not torch.equal(other_seed.train_split.inputs, cifar10.train_split.inputs)
+    logs = []
+    again = CifarResNet9(cifar10.cfg, seed=0, cache_dir=cache, log=logs.append)
+    assert torch.equal(again.train_split.inputs, cifar10.train_split.inputs) and not logs
+    other_seed = CifarResNet9(cifar10.cfg, seed=1, cache_dir=cache, log=logs.append)
+    assert not torch.equal(other_seed.query_split.inputs, cifar10.query_split.inputs)
+    assert len(logs) == 1 and "decoding" in logs[0]
 
 
 @needs_data
-def test_cifar2_is_cat_vs_dog(cache):
+def test_cifar2_is_cat_vs_dog(cifar_folder, cache):
     task = Cifar2ResNet9(cifar_cfg(name="cifar2_resnet9", classes=None, n_train=100, n_query=10,
-                                   n_test=50), seed=0, cache_dir=cache, log=lambda m: None)
+                                   n_test=50, data_dir=str(cifar_folder)), seed=0, cache_dir=cache,
+                         log=lambda m: None)
     assert task.classes == ("cat", "dog")
     assert torch.bincount(task.train_split.targets).tolist() == [50, 50]
     assert task.new_model(0)(task.query_split.inputs).shape == (10, 2)
@@ -82,7 +109,8 @@ def test_cifar2_is_cat_vs_dog(cache):
 def test_resnet9_width8_trains_above_chance(cifar10):
     model = cifar10.fit_model(torch.arange(cifar10.n_train), seed=0).model
     quality = cifar10.evaluate(model)
-    assert quality["test_acc"] > 0.22, quality  # chance is 0.10
+    print(f"width-8 ResNet-9 on 500 CIFAR-10 images: {quality}")
+    assert quality["test_acc"] > 0.25, quality  # chance is 0.10
 
 
 def test_resnet9_shapes_and_per_example_grads():
@@ -130,12 +158,11 @@ def test_folder_with_a_missing_class_is_rejected_before_training(tmp_path):
         for c in CIFAR10_CLASSES[:-1]:  # no truck
             (tmp_path / split / c).mkdir(parents=True)
             Image.new("RGB", (32, 32)).save(tmp_path / split / c / "0.jpg")
-    cfg = {"task": cifar_cfg(data_dir=str(tmp_path)), "method": {"name": "grad_dot", "seed": 0},
-           "seed": 0, "device": "cpu", "results_dir": str(tmp_path / "r"),
-           "cache_dir": str(tmp_path / "c"), "wandb": {"mode": "disabled"},
-           "limits": {"max_seconds": None}, "lds": {"bootstrap": 10},
-           "gt": {"subsets": 10, "alpha": 0.5, "seeds": 1, "from_checkpoint": False,
-                  "finetune_epochs": 1, "shard": None, "num_shards": 1}}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=cifar10_resnet9", f"task.data_dir={tmp_path}", f"results_dir={tmp_path / 'r'}",
+            f"cache_dir={tmp_path / 'c'}"])
+    cfg = OmegaConf.to_container(cfg, resolve=True)
     with pytest.raises(ConfigError) as err:
         prepare(cfg)
     assert len(err.value.problems) == 2 and all("truck" in p for p in err.value.problems)
@@ -144,8 +171,16 @@ def test_folder_with_a_missing_class_is_rejected_before_training(tmp_path):
                                            n_train=2, n_query=1, n_test=1)) == []
 
 
+@pytest.mark.slow
 @needs_data
-def test_unpack_once_is_idempotent(cache):
-    dest = cache / "data" / "cifar10-jpeg"
-    assert unpack_once(ARCHIVE, dest, log=lambda m: None) == dest
+def test_default_source_unpacks_the_shared_archive_once(tmp_path):
+    logs = []
+    task = CifarResNet9(cifar_cfg(n_train=1000, n_query=50, n_test=None), seed=0,
+                        cache_dir=tmp_path, log=logs.append)
+    assert torch.bincount(task.train_split.targets).tolist() == [100] * 10
+    assert len(task.test_split) == 10_000 - 50
+    dest = tmp_path / "data" / "cifar10-jpeg"
     assert sorted(p.name for p in (dest / "test").iterdir()) == list(CIFAR10_CLASSES)
+    assert sum("unpacking" in m for m in logs) == 1
+    assert unpack_once(ARCHIVE, dest, log=logs.append) == dest
+    assert sum("unpacking" in m for m in logs) == 1

@@ -83,6 +83,11 @@ class TrakTraker(Method):
     def trainings(self, task) -> int:
         return self.models
 
+    def _gram_scale(self, dim: int) -> float:
+        """traker's X^T X over the native Phi^T Phi: traker divides projected gradients by
+        sqrt(dim); BasicProjector's entries are +-1 where the native ones are +-1/sqrt(proj_dim)."""
+        return (self.proj_dim if self.projector == "basic" else 1) / dim
+
     def _batches(self, split):
         for i in range(0, len(split), self.batch_size):
             yield split.inputs[i:i + self.batch_size].cpu(), split.targets[i:i + self.batch_size].cpu()
@@ -105,7 +110,7 @@ class TrakTraker(Method):
                             train_set_size=task.n_train, save_dir=save_dir,
                             device="cpu", projector=projector,
                             use_half_precision=False, logging_level=logging.WARNING,
-                            lambda_reg=self.lambda_reg * self.proj_dim / dim)
+                            lambda_reg=self.lambda_reg * self._gram_scale(dim))
             for m, state in enumerate(states):
                 traker.load_checkpoint(state, model_id=m)
                 for x, y in self._batches(task.train_split):

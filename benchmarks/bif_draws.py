@@ -102,9 +102,9 @@ def plot(rows: list[dict], ref: dict[str, float], path: Path, title: str) -> Non
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for name in dict.fromkeys(r["setting"] for r in rows):
         rs = [r for r in rows if r["setting"] == name]
-        axes[0].plot([r["draws"] for r in rs], [r["lds"] for r in rs], marker="o", label=name)
+        axes[0].plot([r["total_draws"] for r in rs], [r["lds"] for r in rs], marker="o", label=name)
         axes[1].plot([r["seconds"] for r in rs], [r["lds"] for r in rs], marker="o", label=name)
-    for ax, xlabel in zip(axes, ("draws per chain", "seconds (SGLD + draws)")):
+    for ax, xlabel in zip(axes, ("draws (all chains)", "seconds (SGLD + draws)")):
         for i, (m, v) in enumerate(ref.items()):
             ax.axhline(v, color="k", ls=("--", ":", "-.")[i % 3], lw=1, label=f"{m} ({v:.3f})")
         ax.set_xscale("log")

@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=None, help="override task.hidden (a wider model)")
     ap.add_argument("--parallel-chains", type=int, default=None)
     ap.add_argument("--draw-batch-size", type=int, default=None)
+    ap.add_argument("--eps", type=float, default=None, help="override the SGLD step size")
     ap.add_argument("--devinterp", action="store_true", help="also time bif_devinterp")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2, help="timings repeated, fastest kept")
@@ -122,6 +123,8 @@ def main() -> None:
     over = {"draws": args.draws, "parallel_chains": args.parallel_chains}
     if args.draw_batch_size:
         over["draw_batch_size"] = args.draw_batch_size
+    if args.eps:
+        over["eps"] = args.eps
     cfg = config(args.task, "bif", over)
     if args.hidden:
         cfg["task"]["hidden"] = args.hidden
@@ -160,7 +163,7 @@ def main() -> None:
     if args.devinterp:
         from scipy.stats import pearsonr
 
-        dcfg = config(args.task, "bif_devinterp", {"draws": args.draws})
+        dcfg = config(args.task, "bif_devinterp", {k: v for k, v in over.items() if k in ("draws", "eps")})
         _, ref = prepare(dcfg)
         t_ref = timed(lambda: ref.fit(task, model))
         t_ref += timed(lambda: ref.score(task, model))

@@ -5,7 +5,8 @@ native / kronfluence ratios (below 1: native is cheaper), plus the per-query Spe
 their scores. Each implementation runs as the harness runs a method: in a fresh process that loads
 the task and checkpoint, warms up on a 32-example copy of the task (imports and first-call set-up
 are not the algorithm's cost), then profiles ``fit`` and ``score`` (peak memory = resident set
-size above the phase's start, harness/profiling.py). Every run is repeated ``--repeats`` times and the least
+size above the phase's start, harness/profiling.py, with glibc's mmap threshold fixed at 64 KiB
+so that freed blocks leave the resident set). Every run is repeated ``--repeats`` times and the least
 time and memory per phase are kept (other processes only ever add to them).
 
     .venv/bin/python benchmarks/curvature_vs_kronfluence.py               # digits_mlp as configured
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,7 +69,10 @@ def run_worker(method_name: str, cfg: dict, cache_dir: Path, threads: int) -> tu
     out = subprocess.run(
         [sys.executable, __file__, "--worker", method_name, "--cache", str(cache_dir),
          "--cfg", json.dumps(cfg), "--threads", str(threads)],
-        capture_output=True, text=True, check=True, cwd=ROOT)
+        capture_output=True, text=True, check=True, cwd=ROOT,
+        # glibc: every block above 64 KiB is mapped and unmapped on its own, so the resident set
+        # follows live memory instead of what earlier phases left in the heap
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     return json.loads(out.stdout.strip().splitlines()[-1]), torch.load(scores_path)
 
 

@@ -6,7 +6,8 @@ last status. Per task it shows the ground truth's LDS ceiling once; per method t
 indistinguishable from the best one on the same ground truth (paired Wilcoxon test over queries,
 p >= 0.05), the spread of LDS over ``method.seed`` values when several were run, cost (fit and
 score seconds, peak memory, model trainings). Writes ``leaderboard.md``, ``leaderboard.csv``,
-``pairwise.csv`` and prints the table.
+``pairwise.csv``, prints the table, and writes ``report.html`` with its plots (``--no-report``
+skips them); ``--wandb`` also logs the leaderboard and plots to a wandb summary run.
 """
 
 from __future__ import annotations
@@ -153,9 +154,20 @@ def write(results_dir: str | Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tdabench-leaderboard", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", nargs="?", default="results")
+    parser.add_argument("--wandb", nargs="?", const="offline", choices=["offline", "online"],
+                        help="also log the leaderboard and plots to a wandb summary run (offline by default)")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html and the plots")
     args = parser.parse_args(argv)
     write(args.results_dir)
     print((Path(args.results_dir) / "leaderboard.md").read_text())
+    if not args.no_report:
+        from harness.report import write_report
+
+        print(f"report: {write_report(args.results_dir)}")
+    if args.wandb:
+        from harness.report import log_to_wandb
+
+        print(f"wandb summary run: {log_to_wandb(args.results_dir, args.wandb)}")
     sys.stdout.flush()
 
 

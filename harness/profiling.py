@@ -7,6 +7,8 @@ on CUDA, ``torch.cuda.max_memory_allocated`` after a reset. Units: seconds and M
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -39,6 +41,14 @@ class _RssSampler:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
+def _inject_fault(phase: str) -> None:
+    """Fault injection for the reliability suite: ``TDABENCH_FAULT=<phase>:<signal>`` makes the
+    process send itself that signal (INT, TERM, KILL) when the phase starts."""
+    spec = os.environ.get("TDABENCH_FAULT", "")
+    if spec.partition(":")[0] == phase:
+        os.kill(os.getpid(), getattr(signal, "SIG" + (spec.partition(":")[2] or "INT")))
+
+
 class Profiler:
     """Collects ``time_s`` and ``peak_mem_mb`` per named phase.
 
@@ -59,6 +69,7 @@ class Profiler:
     @contextmanager
     def phase(self, name: str):
         self.current = name
+        _inject_fault(name)
         cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         start_rss = psutil.Process().memory_info().rss
         if cuda:

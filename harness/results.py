@@ -56,9 +56,12 @@ def append_record(results_dir: str | Path, record: dict) -> Path:
     path = Path(results_dir) / "runs.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a writer died mid-line: keep the torn line apart from this one
         os.write(fd, line)
         os.fsync(fd)
     finally:

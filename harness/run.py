@@ -24,13 +24,13 @@ from harness.ground_truth import GroundTruthBuilder
 from harness.lds import lds
 from harness.statistics import noise_ceiling
 from harness.profiling import Profiler
-from harness.results import append_record, provenance
+from harness.results import append_record, provenance, read_records
 from harness.storage import content_hash, save_verified
 from harness.tracking import log_run
 from methods.gradients import num_params
 
 #: config keys that do not change a run's numbers (left out of its config hash)
-NON_DETERMINING = ("results_dir", "cache_dir", "wandb", "limits", "hydra")
+NON_DETERMINING = ("results_dir", "cache_dir", "wandb", "limits", "hydra", "force")
 
 
 def log(msg: str) -> None:
@@ -125,47 +125,27 @@ def prepare(cfg: dict):
     return task, method
 
 
-def execute(cfg: dict, group: str = "single") -> dict | None:
-    """Run one pairing described by the resolved config ``cfg``; return its record.
-
-    With ``gt.shard`` set, only that ground-truth shard is computed and None is returned.
-    """
-    task, method = prepare(cfg)
-    builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log)
-    if cfg["gt"]["shard"] is not None:
-        builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
-        log(f"[tdabench] ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
-        return None
-
-    run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
-    results_dir = Path(cfg["results_dir"])
-    prof = Profiler(cfg["device"])
-    record = {
-        "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
-        "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
-        "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": cfg["gt"]["seeds"], "group": group,
-        "config_hash": config_hash(cfg), "gt_key": builder.dir.name, "config": cfg,
-    }
-    scores = None
-    try:
-        with time_limit(cfg["limits"]["max_seconds"]):
-            with prof.phase("prepare"):
-                model = task.checkpoint()
-                record["num_params"] = num_params(model)
-                record["model_quality"] = task.evaluate(model)
-                record["trainings"] = method.trainings(task)
-            with prof.phase("ground_truth"):
-                gt_cached = (builder.dir / "ground_truth.pt").exists()
-                gt = builder.build()
-                record["gt_cached"] = gt_cached
-            with prof.phase("fit"):
-                method.fit(task, model)
-            with prof.phase("score"):
-                scores = method.score(task, model)
-                check_scores(scores, task)
-            with prof.phase("lds"):
-                res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
-                record.update(ceiling_fields(gt.outcomes, res.lds, cfg))
+def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dict,
+               prof: Profiler) -> torch.Tensor:
+    """The profiled phases of one run; fills ``record`` and returns the scores."""
+    with prof.phase("prepare"):
+        model = task.checkpoint()
+        record["num_params"] = num_params(model)
+        record["model_quality"] = task.evaluate(model)
+        record["trainings"] = method.trainings(task)
+    if task.measures_lds:
+        with prof.phase("ground_truth"):
+            record["gt_cached"] = (builder.dir / "ground_truth.pt").exists()
+            gt = builder.build()
+    with prof.phase("fit"):
+        method.fit(task, model)
+    with prof.phase("score"):
+        scores = method.score(task, model)
+        check_scores(scores, task)
+    if task.measures_lds:
+        with prof.phase("lds"):
+            res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
+            record.update(ceiling_fields(gt.outcomes, res.lds, cfg))
         record.update(lds=res.lds, lds_ci=list(res.ci),
                       lds_per_query=[None if v != v else round(float(v), 6) for v in res.per_query],
                       constant_outcome_queries=res.constant_outcome_queries,
@@ -173,6 +153,57 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
         if res.constant_outcome_queries:
             log(f"[tdabench] {len(res.constant_outcome_queries)} queries have constant ground-truth "
                 f"outcomes and are left out of the LDS: {res.constant_outcome_queries}")
+    return scores
+
+
+def _summary(record: dict) -> str:
+    if record["status"] != "ok":
+        return f"{record['status']}: {record.get('message')}"
+    if record["lds"] is None:
+        t, m = record["time_s"], record["peak_mem_mb"]
+        return f"cost only: fit {t['fit']:.1f} s, score {t['score']:.1f} s, peak {max(m.values()):.0f} MiB"
+    return f"LDS {record['lds']:.4f} [{record['lds_ci'][0]:.3f}, {record['lds_ci'][1]:.3f}]"
+
+
+def execute(cfg: dict, group: str = "single") -> dict | None:
+    """Run one pairing described by the resolved config ``cfg``; return its record.
+
+    With ``gt.shard`` set, only that ground-truth shard is computed and None is returned. A
+    pairing that already has an ``ok`` record for the same config hash in ``results_dir`` is
+    skipped (its record is returned) unless ``force`` is set. Tasks that measure cost only
+    (``measures_lds = False``) skip the ground-truth and LDS phases.
+    """
+    task, method = prepare(cfg)
+    builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log)
+    if cfg["gt"]["shard"] is not None:
+        if not task.measures_lds:
+            raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "
+                               "leave gt.shard null"])
+        builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
+        log(f"[tdabench] ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
+        return None
+
+    results_dir = Path(cfg["results_dir"])
+    chash = config_hash(cfg)
+    if not cfg.get("force", False):
+        done = [r for r in read_records(results_dir)
+                if r.get("config_hash") == chash and r.get("status") == "ok"]
+        if done:
+            log(f"[tdabench] {task.name} / {method.name}: already done in {results_dir} "
+                f"(run {done[-1]['run_id']}: {_summary(done[-1])}); skipped. Use force=true to rerun")
+            return done[-1]
+    run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
+    prof = Profiler(cfg["device"])
+    record = {
+        "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
+        "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
+        "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": cfg["gt"]["seeds"], "group": group,
+        "config_hash": chash, "gt_key": builder.dir.name if task.measures_lds else None, "config": cfg,
+    }
+    scores = None
+    try:
+        with time_limit(cfg["limits"]["max_seconds"]):
+            scores = _attribute(task, method, builder, cfg, record, prof)
     except TimeLimitExceeded as exc:
         record.update(status="timeout", message=str(exc), failed_phase=prof.current)
     except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -186,15 +217,12 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     record.update(provenance(cfg["device"]))
     if record["status"] == "ok":
         path = results_dir / "scores" / f"{run_id}.pt"
-        save_verified({"scores": scores.detach().cpu(), "run_id": run_id, "config_hash": record["config_hash"]},
-                      path)
+        save_verified({"scores": scores.detach().cpu(), "run_id": run_id, "config_hash": chash}, path)
         record["scores_file"] = str(path.relative_to(results_dir))
     append_record(results_dir, record)
     try:
         record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
     except Exception as exc:  # tracking must never lose a computed result
         log(f"[tdabench] wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
-    summary = (f"LDS {record['lds']:.4f} [{record['lds_ci'][0]:.3f}, {record['lds_ci'][1]:.3f}]"
-               if record["status"] == "ok" else f"{record['status']}: {record.get('message')}")
-    log(f"[tdabench] {task.name} / {method.name}: {summary}")
+    log(f"[tdabench] {task.name} / {method.name}: {_summary(record)}")
     return record

@@ -249,14 +249,12 @@ class BIF(Method):
     @torch.no_grad()
     def _langevin_step(self, weights: list, grads: list, centers: list, nbeta: float, gen) -> None:
         """In place: w <- w - (eps/2) (nbeta g + gamma (w - w*)) + sqrt(eps) N(0, I), for the
-        stacked chain weights ``weights`` [C, ...] (``grads`` are overwritten)."""
-        torch._foreach_mul_(grads, nbeta)
-        torch._foreach_add_(grads, weights, alpha=self.gamma)
-        torch._foreach_add_(grads, centers, alpha=-self.gamma)
-        torch._foreach_add_(weights, grads, alpha=-self.eps / 2)
-        for w in weights:  # one tensor of noise at a time: no full-size temporary
-            w.add_(torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype),
-                   alpha=math.sqrt(self.eps))
+        stacked chain weights ``weights`` [C, ...] (``centers`` [1, ...] broadcast)."""
+        # w - (eps/2) gamma (w - w*) is a linear interpolation towards w*
+        torch._foreach_lerp_(weights, centers, self.eps * self.gamma / 2)
+        torch._foreach_add_(weights, grads, alpha=-self.eps * nbeta / 2)
+        noise = [torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype) for w in weights]
+        torch._foreach_add_(weights, noise, alpha=math.sqrt(self.eps))
 
     def _run_group(self, task, model, center: dict, acc: CovarianceAccumulator, first: int,
                    n_chains: int, vectorized: bool, on_draw=None):

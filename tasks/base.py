@@ -59,6 +59,8 @@ class Task(ABC):
     #: whether many models can train at once with torch.func (no batch-norm running statistics,
     #: no augmentation); see tasks.training.train_stacked
     vectorizable: ClassVar[bool] = False
+    #: False for tasks that measure cost only (no retraining ground truth, no LDS)
+    measures_lds: ClassVar[bool] = True
 
     def __init__(self, cfg: dict, seed: int = 0, cache_dir: str | Path = ".cache",
                  device: str = "cpu", log=print):

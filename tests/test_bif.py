@@ -156,3 +156,22 @@ def test_bif_matches_exact_if_on_a_convex_model(tmp_path):
     exact.fit(task, model)
     rho = spearmanr(bif.score(task, model).flatten(), exact.score(task, model).flatten())[0]
     assert rho >= 0.9, rho
+
+
+# ----- the devinterp reference adapter ----------------------------------------------------------
+@pytest.mark.reference
+def test_devinterp_adapter_agrees_with_native(small_digits):
+    pytest.importorskip("devinterp")
+    from methods.reference.devinterp import DevinterpBIF
+
+    model = small_digits.checkpoint()
+    settings = dict(chains=2, draws=150, burn_in=20, steps_between_draws=3, eps=3e-4, gamma=100.0,
+                    batch_size=32)
+    assert DevinterpBIF(**{**settings, "gamma": 0.0}).check(small_digits)  # devinterp is unlocalized at 0
+    ref, native = DevinterpBIF(**settings), BIF(**settings)
+    ref.fit(small_digits, model)
+    native.fit(small_digits, model)
+    a, b = ref.score(small_digits, model), native.score(small_digits, model)
+    assert a.shape == b.shape == (small_digits.n_query, small_digits.n_train)
+    # same estimator, independent noise: the scores agree up to Monte Carlo error, sign included
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.25

@@ -36,12 +36,15 @@ def records(results: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """One small sweep of three methods, then a second identical sweep (cached ground truth)."""
+    """One small sweep of three methods, the same sweep forced (cached ground truth), and once
+    more unforced (every pairing already done)."""
     base = tmp_path_factory.mktemp("cli")
     cache, results = base / "cache", base / "results"
     first = tdabench("-m", "method=random,grad_dot,exact_if", *SMALL, cache=cache, results=results)
-    second = tdabench("-m", "method=random,grad_dot,exact_if", *SMALL, cache=cache, results=results)
-    return {"cache": cache, "results": results, "logs": (first, second)}
+    second = tdabench("-m", "method=random,grad_dot,exact_if", *SMALL, "force=true", cache=cache,
+                      results=results)
+    third = tdabench("-m", "method=random,grad_dot,exact_if", *SMALL, cache=cache, results=results)
+    return {"cache": cache, "results": results, "logs": (first, second, third)}
 
 
 def test_sweep_writes_one_ok_record_per_method(sweep):
@@ -69,6 +72,11 @@ def test_second_sweep_reuses_ground_truth_and_reproduces_lds(sweep):
     for a, b in zip(first, second):
         assert a["lds"] == b["lds"], a["method"]
         assert b["time_s"]["ground_truth"] < 5
+
+
+def test_rerun_skips_pairings_already_done(sweep):
+    assert len(records(sweep["results"])) == 6  # the third sweep added nothing
+    assert sweep["logs"][2].stderr.count("already done") == 3
 
 
 def test_scores_on_disk_reproduce_the_recorded_lds(sweep):

@@ -75,9 +75,9 @@ def test_observables_per_token_and_gradients(text_task):
     text_task.per_example_loss(model, q.inputs[1:2], q.targets[1:2]).sum().backward()
     ref = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert torch.allclose(g[1], ref, atol=1e-5)
-    if hasattr(text_task, "sample_targets"):
-        drawn = text_task.sample_targets(model, q.inputs, torch.Generator().manual_seed(0))
-        assert drawn.shape == q.inputs.shape and 0 <= int(drawn.min()) and int(drawn.max()) < 65
+    # next tokens drawn from the model (true Fisher): one per position
+    drawn = text_task.sample_targets(model, q.inputs, torch.Generator().manual_seed(0))
+    assert drawn.shape == q.inputs.shape and 0 <= int(drawn.min()) and int(drawn.max()) < 65
 
 
 @needs_corpus

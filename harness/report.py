@@ -207,7 +207,7 @@ def log_to_wandb(results_dir: str | Path, mode: str = "offline", project: str = 
                      dir=str(results_dir), reinit="finish_previous")
     try:
         payload = {"leaderboard": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}
-        for p in sorted((results_dir / "plots").glob("*.png")):
+        for p in make_plots(records, results_dir / "plots"):
             payload[f"plots/{p.stem}"] = wandb.Image(str(p))
         run.log(payload)
         return run.dir

@@ -27,8 +27,9 @@ of ``draw_batch_size`` examples; the covariance is accumulated as running sums (
 grow with the number of draws). ``parallel_chains`` bounds how many chains share one batched
 call (memory grows with it).
 
-Diagnostics (``self.diagnostics`` after ``fit``): the minibatch loss of every step and the full
-mean training loss at every draw, per chain. A chain whose loss becomes non-finite or exceeds
+Diagnostics (``self.diagnostics`` after ``fit``, saved with the run): per chain, the minibatch loss
+of the SGLD steps and the full mean training loss at the draws (block means, at most
+``TRACE_POINTS`` points each). A chain whose loss becomes non-finite or exceeds
 ``divergence_factor`` times its starting loss stops the run with :class:`SGLDDivergenceError`
 before any score exists; a loss trace still drifting after burn-in logs a warning.
 """
@@ -51,6 +52,20 @@ LOSS_FLOOR = 0.1
 #: a trace has settled when its mean over the last half of the draws differs from the mean over
 #: the first half by less than this fraction of its rise above the starting loss
 SETTLE_TOLERANCE = 0.2
+
+
+#: the loss traces kept in ``diagnostics`` have at most this many points per chain
+TRACE_POINTS = 500
+
+
+def _block_means(trace: torch.Tensor) -> list[list[float]]:
+    """[C, S] -> block means over consecutive steps, at most TRACE_POINTS per chain, rounded."""
+    block = -(-trace.shape[1] // TRACE_POINTS)
+    n = trace.shape[1] // block * block
+    means = trace[:, :n].reshape(len(trace), -1, block).mean(2)
+    if n < trace.shape[1]:
+        means = torch.cat([means, trace[:, n:].mean(1, keepdim=True)], 1)
+    return [[round(v, 6) for v in row] for row in means.tolist()]
 
 
 class SGLDDivergenceError(FloatingPointError):
@@ -231,7 +246,7 @@ class BIF(Method):
 
     def _diverged(self, chain: int, step: int, loss: float, start: float) -> SGLDDivergenceError:
         return SGLDDivergenceError(
-            f"BIF SGLD chain {chain} diverged at step {step}: mean training loss {loss:.4g} "
+            f"BIF SGLD chain {chain} diverged by step {step}: mean training loss {loss:.4g} "
             f"(started at {start:.4g}, limit method.divergence_factor={self.divergence_factor} x "
             f"max(start, {LOSS_FLOOR})); use a smaller method.eps (now {self.eps:g}) or a larger "
             f"method.gamma (now {self.gamma:g})")
@@ -344,9 +359,13 @@ class BIF(Method):
         step_trace = torch.cat(steps)
         draw_trace = torch.cat(draws)
         self.diagnostics = {
-            "loss_start": start.tolist(),
-            "loss_trace": step_trace.tolist(),       # [chains][steps]: minibatch mean loss per step
-            "draw_loss_trace": draw_trace.tolist(),  # [chains][draws]: full training mean loss
+            "loss_start": [round(v, 6) for v in start.tolist()],
+            # [chains][<= TRACE_POINTS]: minibatch mean loss, averaged over blocks of steps
+            "loss_trace": _block_means(step_trace),
+            "loss_trace_block": -(-step_trace.shape[1] // TRACE_POINTS),
+            # [chains][<= TRACE_POINTS]: full training mean loss at the draws, likewise
+            "draw_loss_trace": _block_means(draw_trace),
+            "draw_loss_trace_block": -(-draw_trace.shape[1] // TRACE_POINTS),
             "vectorized": vectorized,
             "settled": self._settled(task, start, draw_trace),
         }

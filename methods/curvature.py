@@ -401,6 +401,26 @@ def _correct_eigenvalues(task, model, layers, curv: Curvature, x, y, batch_size)
         f.corrected = (sums[name] / len(x)).float()
 
 
+def correct_eigenvalues(task, model: nn.Module, curvature: Curvature,
+                        generator: torch.Generator | None = None) -> None:
+    """Refit ``curvature``'s EK-FAC eigenvalues (``LayerFactors.corrected``) at ``model`` in the
+    curvature's own eigenbasis, e.g. a basis shared by several models (trajectory snapshots).
+    Targets follow ``curvature.config`` (true Fisher draws come from ``generator``, by default
+    seeded with the config's seed)."""
+    cfg = curvature.config
+    if generator is None:
+        generator = torch.Generator(device=task.train_split.inputs.device).manual_seed(cfg.seed)
+    layers = {name: m for name, m in select_layers(model, cfg.layers, cfg.exclude).items()
+              if name in curvature.layers}
+    was_training = model.training
+    model.eval()
+    try:
+        _correct_eigenvalues(task, model, layers, curvature, *_fitting_data(task, cfg, model, generator),
+                             cfg.batch_size)
+    finally:
+        model.train(was_training)
+
+
 def model_digest(model: nn.Module) -> str:
     """sha256 prefix of the model's parameters and buffers (identifies the point w of a fit)."""
     h = hashlib.sha256()

@@ -154,6 +154,7 @@ def test_bad_parameters_are_reported_by_check(small_digits):
     assert any("fisher_samples" in p for p in problems)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("task_name", ["mlp", "cnn"])
 def test_native_agrees_with_kronfluence(request, task_name):
     """Per-query Spearman of native vs kronfluence scores, EK-FAC and K-FAC, true Fisher. On the
@@ -185,3 +186,16 @@ def test_kfac_position_sum_has_the_fisher_trace(small_cnn):
         f = curv.layers[name]
         ratio = float(f.eigenvalues("kfac").sum() / f.corrected.sum())
         assert 0.5 < ratio < 2, (name, ratio)
+
+
+def test_correct_eigenvalues_refits_in_a_given_basis(small_digits):
+    """The public refit reproduces the fit's EK-FAC eigenvalues at the same model (empirical
+    Fisher: no sampling), e.g. for a basis shared by several trajectory snapshots."""
+    from methods.curvature import correct_eigenvalues
+
+    model = small_digits.checkpoint()
+    curv = fit_curvature_uncached(small_digits, model, CurvatureConfig(strategy="ekfac", empirical_fisher=True))
+    expected = {n: f.corrected.clone() for n, f in curv.layers.items()}
+    correct_eigenvalues(small_digits, model, curv)
+    for name, f in curv.layers.items():
+        torch.testing.assert_close(f.corrected, expected[name])

@@ -1,0 +1,70 @@
+"""The leaderboard's report: plots, report.html, the wandb summary run, and a headless browser
+rendering of the page."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.cli import compose
+from harness.report import log_to_wandb, write_report
+from harness.run import execute
+
+SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
+         "gt.subsets=6", "gt.seeds=2", "lds.bootstrap=100", "wandb.mode=disabled"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report")
+    for extra in (["method=random"], ["method=grad_dot"], ["method=grad_dot", "task.n_train=100"],
+                  ["method=random", "task.n_train=100"]):
+        rec = execute(compose([*SMALL, *extra, f"cache_dir={base / 'cache'}", f"results_dir={base / 'r'}"]))
+        assert rec["status"] == "ok"
+    return base / "r"
+
+
+def test_report_has_table_and_every_plot(results):
+    path = write_report(results)
+    page = path.read_text()
+    plots = sorted(p.name for p in (results / "plots").glob("*.png"))
+    assert "lds_digits_mlp.png" in plots and "cost_digits_mlp.png" in plots
+    assert "n_train_digits_mlp.png" in plots  # the sweep varies n_train
+    assert page.count("<img") == len(plots) and "data:image/png;base64," in page
+    assert "grad_dot" in page and "LDS ceiling" in page and "Pairwise" in page
+
+
+def test_leaderboard_logs_a_wandb_summary_run(results):
+    from harness.tracking import _offline_records
+
+    run_dir = Path(log_to_wandb(results, "offline")).parent
+    kinds = {r.WhichOneof("record_type") for r in _offline_records(next(run_dir.glob("run-*.wandb")))}
+    assert "history" in kinds, (run_dir, sorted(run_dir.rglob("*")))  # the table and images were logged
+    assert list((run_dir / "files" / "media" / "images").glob("plots/*.png"))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`; "
+                                              ".ci/run installs it where apt is available)")
+def test_report_renders_in_headless_chromium(results, tmp_path):
+    page = write_report(results)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,2400",
+                    page.as_uri()], capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    assert img.size == (1200, 2400)
+    colors = img.getcolors(maxcolors=1 << 16)
+    assert colors is None or len(colors) > 50  # not a blank page
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert dom.count("<img") == len(list((results / "plots").glob("*.png")))

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tdabench -m results_dir=results/demo
+	$(BIN)/tdabench -m threads=1 results_dir=results/demo
 	$(BIN)/tdabench-leaderboard results/demo
 
 test: $(STAMP)

@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--task", default="digits_mlp")
     ap.add_argument("--max-draws", type=int, default=800)
     ap.add_argument("--setting", action="append", default=[],
-                    help="NAME=key=value,key=value (repeatable); default: the built-in settings")
+                    help="NAME=key=value,key=value (repeatable; NAME without '='); default: the built-in settings")
     ap.add_argument("--out", default=str(ROOT / "results" / "reference"))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

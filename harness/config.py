@@ -63,6 +63,9 @@ def validate_settings(cfg: dict) -> list[str]:
         p.append(f"gt.finetune_epochs={gt.get('finetune_epochs')!r} must be a positive integer")
     if not isinstance(gt.get("from_checkpoint"), bool):
         p.append(f"gt.from_checkpoint={gt.get('from_checkpoint')!r} must be true or false")
+    threads = cfg.get("threads")
+    if threads is not None and (not _is_int(threads) or threads < 1):
+        p.append(f"threads={threads!r} must be null or a positive integer")
     if not isinstance(cfg.get("force", False), bool):
         p.append(f"force={cfg.get('force')!r} must be true or false")
     if not _is_int(cfg.get("seed")):

@@ -181,8 +181,10 @@ def write_report(results_dir: str | Path) -> Path:
         if info.get("lds_ceiling") is not None:
             parts.append(f"<p><b>{html.escape(task)}</b>: LDS ceiling {info['lds_ceiling']:.3f} "
                          f"(ground-truth reliability {info['gt_reliability']:.3f}).</p>")
-    parts += ["<h2>Leaderboard</h2>", df.to_html(index=False, float_format=lambda v: f"{v:.4g}",
-                                                 na_rep="")]
+    shown = df.drop(columns=["status"] if (df["status"] == "ok").all() else [])
+    shown = shown.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v))
+    parts += ["<h2>Leaderboard</h2>", "<div style='overflow-x:auto'>",
+              shown.replace("nan", "").to_html(index=False), "</div>"]
     if not pairs.empty:
         parts += ["<h2>Pairwise comparisons</h2>",
                   "<p>Mean per-query LDS difference a - b with paired bootstrap 95% interval and "

@@ -127,7 +127,8 @@ def prepare(cfg: dict):
 
 def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dict,
                prof: Profiler) -> torch.Tensor:
-    """The profiled phases of one run; fills ``record`` and returns the scores."""
+    """The profiled phases of one run; fills ``record`` and returns the scores. The time limit
+    covers the method's own phases (fit and score): the shared ground truth is never cut short."""
     with prof.phase("prepare"):
         model = task.checkpoint()
         record["num_params"] = num_params(model)
@@ -137,11 +138,12 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         with prof.phase("ground_truth"):
             record["gt_cached"] = (builder.dir / "ground_truth.pt").exists()
             gt = builder.build()
-    with prof.phase("fit"):
-        method.fit(task, model)
-    with prof.phase("score"):
-        scores = method.score(task, model)
-        check_scores(scores, task)
+    with time_limit(cfg["limits"]["max_seconds"]):
+        with prof.phase("fit"):
+            method.fit(task, model)
+        with prof.phase("score"):
+            scores = method.score(task, model)
+            check_scores(scores, task)
     if task.measures_lds:
         with prof.phase("lds"):
             res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
@@ -165,6 +167,11 @@ def _summary(record: dict) -> str:
     return f"LDS {record['lds']:.4f} [{record['lds_ci'][0]:.3f}, {record['lds_ci'][1]:.3f}]"
 
 
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def execute(cfg: dict, group: str = "single") -> dict | None:
     """Run one pairing described by the resolved config ``cfg``; return its record.
 
@@ -174,6 +181,7 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     (``measures_lds = False``) skip the ground-truth and LDS phases.
     """
     task, method = prepare(cfg)
+    set_threads(cfg.get("threads"))
     builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log)
     if cfg["gt"]["shard"] is not None:
         if not task.measures_lds:
@@ -202,8 +210,7 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     }
     scores = None
     try:
-        with time_limit(cfg["limits"]["max_seconds"]):
-            scores = _attribute(task, method, builder, cfg, record, prof)
+        scores = _attribute(task, method, builder, cfg, record, prof)
     except TimeLimitExceeded as exc:
         record.update(status="timeout", message=str(exc), failed_phase=prof.current)
     except (torch.OutOfMemoryError, MemoryError) as exc:

@@ -191,13 +191,18 @@ class GradientLayout:
 class CurvatureConfig:
     """What determines fitted factors (all of it goes into the cache key).
 
-    strategy: ``ekfac`` (also fits corrected eigenvalues; can precondition as K-FAC too) or
-    ``kfac``. empirical_fisher: False (default) samples targets from the model (true Fisher,
-    ``fisher_samples`` draws per example); True uses the dataset labels. layers / exclude: name patterns (fnmatch, or
-    ``re:`` + regex). gradient_positions: ``sum`` (S sums over a layer's T positions, the KFC
-    scale, so K-FAC's eigenvalues have the trace of the Fisher) or ``mean`` (S / T, kronfluence's
-    convention; it shrinks K-FAC's curvature of a Conv2d or a sequence layer by T and so changes how
-    layers are weighted against each other; EK-FAC's eigenvalues do not depend on it). max_examples: fit on the first that many training examples (all when None).
+    - strategy: ``ekfac`` (also fits corrected eigenvalues; can precondition as K-FAC too) or
+      ``kfac``.
+    - empirical_fisher: False (default) samples targets from the model (true Fisher,
+      ``fisher_samples`` draws per example, fresh draws for the eigenvalue pass); True uses the
+      dataset labels.
+    - layers / exclude: layer name patterns (fnmatch, or ``re:`` + a regular expression).
+    - gradient_positions: ``sum`` (S sums over a layer's T positions, the KFC scale: K-FAC's
+      eigenvalues then have the Fisher's trace) or ``mean`` (S / T, kronfluence's convention; it
+      shrinks K-FAC's curvature of a Conv2d or sequence layer by T, which changes how layers are
+      weighted against each other; EK-FAC's eigenvalues do not depend on it).
+    - batch_size: examples per forward/backward pass (also fixes the order of the draws).
+    - max_examples: fit on the first that many training examples (all when None).
     """
 
     strategy: str = "ekfac"
@@ -346,7 +351,7 @@ def _check_bias(layers: dict[str, nn.Module]) -> None:
                                       "exclude it or unfreeze the bias")
 
 
-def fit_curvature_uncached(task, model: nn.Module, cfg: CurvatureConfig, log=None) -> Curvature:
+def fit_curvature_uncached(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
     """Fit the factors of ``cfg`` for ``model`` on ``task``'s training split (no cache)."""
     problems = cfg.problems()
     if problems:
@@ -385,7 +390,8 @@ def _correct_eigenvalues(task, model, layers, curv: Curvature, x, y, batch_size)
     """EK-FAC: Lambda = E_i[(Q_S^T G_i Q_A)^2] with G_i = sum_t g_it a_it^T, computed in the
     eigenbasis from the rotated rows Q_S^T g_it and Q_A^T a_it. With one position (T = 1) G_i is
     rank one and Lambda = E_i[(Q_S^T g_i)^2 (Q_A^T a_i)^2^T], without forming G_i."""
-    sums = {name: torch.zeros(len(f.q_s), len(f.q_a), dtype=torch.float64) for name, f in curv.layers.items()}
+    sums = {name: torch.zeros(len(f.q_s), len(f.q_a), dtype=torch.float64)
+            for name, f in curv.layers.items()}
     for batch in _layer_batches(task, model, layers, x, y, batch_size):
         for name, (acts, grads) in batch.items():
             f = curv.layers[name]
@@ -415,8 +421,8 @@ def correct_eigenvalues(task, model: nn.Module, curvature: Curvature,
     was_training = model.training
     model.eval()
     try:
-        _correct_eigenvalues(task, model, layers, curvature, *_fitting_data(task, cfg, model, generator),
-                             cfg.batch_size)
+        x, y = _fitting_data(task, cfg, model, generator)
+        _correct_eigenvalues(task, model, layers, curvature, x, y, cfg.batch_size)
     finally:
         model.train(was_training)
 
@@ -437,7 +443,8 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
     path = task.cache_dir / "curvature" / f"{task.name}-{cfg.strategy}-{key}.pt"
 
     def compute():
-        task.log(f"[tdabench] fitting {cfg.strategy} curvature factors ({'empirical' if cfg.empirical_fisher else 'true'} Fisher)")
+        fisher = "empirical" if cfg.empirical_fisher else "true"
+        task.log(f"[tdabench] fitting {cfg.strategy} curvature factors ({fisher} Fisher)")
         curv = fit_curvature_uncached(task, model, cfg)
         return {"layers": {n: asdict(f) for n, f in curv.layers.items()}, "n_examples": curv.n_examples}
 

@@ -265,7 +265,7 @@ MALFORMED = [
     ("task.n_train=1700", "larger than the data"), ("task.observable=accuracy", "task.observable"),
     ("wandb.mode=loud", "wandb.mode"), ("limits.max_seconds=0", "limits.max_seconds"),
     ("limits.max_seconds=-5", "limits.max_seconds"), ("lds.bootstrap=0", "lds.bootstrap"),
-    ("device=tpu", "device="), ("force=perhaps", "force="),
+    ("device=tpu", "device="), ("force=perhaps", "force="), ("threads=0", "threads="),
     ("+method.bogus=1", "has no parameter bogus"),
 ]
 

@@ -26,8 +26,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
+# Benchmarks: ratios measured in one run each (see README, Performance), then the slow tests.
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow -p no:randomly
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/ground_truth_speed.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bif_overhead.py --devinterp
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/curvature_vs_kronfluence.py --repeats 1
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/trak_speed.py
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow -o addopts=""
 
 clean:
 	rm -rf $(VENV) .cache results/demo

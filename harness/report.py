@@ -187,9 +187,15 @@ def write_report(results_dir: str | Path) -> Path:
               shown.replace("nan", "").to_html(index=False), "</div>"]
     if not pairs.empty:
         parts += ["<h2>Pairwise comparisons</h2>",
-                  "<p>Mean per-query LDS difference a - b with paired bootstrap 95% interval and "
-                  "Wilcoxon signed-rank p-value.</p>",
-                  pairs.to_html(index=False, float_format=lambda v: f"{v:.3g}")]
+                  "<p>Row minus column: mean per-query LDS difference; * marks p &lt; 0.05 (paired "
+                  "Wilcoxon signed-rank test). Intervals and p-values are in pairwise.csv.</p>"]
+        for task, sub in pairs.groupby("task"):
+            cells = sub.assign(cell=[f"{d:+.3f}{'*' if sig else ''}" for d, sig in
+                                     zip(sub["mean_diff"], sub["significant"])])
+            order = list(dict.fromkeys([*sub["method_a"], *sub["method_b"]]))
+            matrix = cells.pivot(index="method_a", columns="method_b", values="cell")
+            matrix = matrix.reindex(index=order[:-1], columns=order[1:]).fillna("")
+            parts += [f"<h3>{html.escape(task)}</h3>", matrix.to_html()]
     parts += ["<h2>Plots</h2>"] + [_img(p) for p in plots] + ["</body></html>"]
     path = results_dir / "report.html"
     path.write_text("\n".join(parts))

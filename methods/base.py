@@ -12,6 +12,7 @@ n_train]`` for per-token scores.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import ClassVar
 
@@ -22,8 +23,9 @@ class Method:
     name: ClassVar[str] = "method"
     #: task capabilities this method needs: checkpoint, trajectory, ensemble, per_token
     requires: ClassVar[frozenset[str]] = frozenset({"checkpoint"})
-    #: the pip extra that provides this method's dependencies, if any
+    #: the pip extra that provides this method's dependencies, if any, and the module it must import
     extra: ClassVar[str | None] = None
+    needs_module: ClassVar[str | None] = None
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -35,6 +37,13 @@ class Method:
     @classmethod
     def available(cls) -> str | None:
         """None when the method can run here, else a message saying what to install."""
+        if cls.needs_module is None:
+            return None
+        try:
+            importlib.import_module(cls.needs_module)
+        except ImportError:
+            return (f"method {cls.name} needs {cls.needs_module.split('.')[0]}, which is not "
+                    f"installed: pip install -e '.[{cls.extra}]'")
         return None
 
     def check(self, task) -> list[str]:

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.storage import content_hash, load_or_compute
-from methods.gradients import iter_per_example_grads, num_params, trainable_params
+from methods.gradients import (iter_per_example_grads, iter_per_token_grads, num_params,
+                               trainable_params)
 
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
@@ -461,16 +462,27 @@ def gradient_chunk(model: nn.Module, batch_size: int) -> int:
 
 def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: float = 0.1,
                          damping_kind: str = "relative", strategy: str | None = None,
-                         batch_size: int = 256) -> torch.Tensor:
+                         batch_size: int = 256, per_token: bool = False) -> torch.Tensor:
     """(F + lambda)^-1 grad phi_q for every query: ``[n_query, P]``, chunk by chunk (gradients
-    of the task's observable; see :meth:`Curvature.precondition` for the arguments)."""
+    of the task's observable; see :meth:`Curvature.precondition` for the arguments). With
+    ``per_token`` (tasks with capability ``per_token``), the gradients of each query token's
+    observable (``task.token_observables``) instead: ``[n_query, T, P]``."""
     q = task.query_split
     layout = GradientLayout(model)
-    out = torch.empty(len(q), layout.size)
+    chunk = gradient_chunk(model, batch_size)
+    if per_token:
+        n_tokens = q.targets.shape[1]
+        grads = iter_per_token_grads(task.token_observables, model, q.inputs, q.targets,
+                                     max(1, chunk // n_tokens))
+        out = torch.empty(len(q), n_tokens, layout.size)
+    else:
+        grads = iter_per_example_grads(task.observable, model, q.inputs, q.targets, chunk)
+        out = torch.empty(len(q), layout.size)
     start = 0
-    for g in iter_per_example_grads(task.observable, model, q.inputs, q.targets,
-                                    gradient_chunk(model, batch_size)):
-        out[start:start + len(g)] = curvature.precondition(g, layout, damping, damping_kind, strategy)
+    for g in grads:
+        rows = g.reshape(-1, layout.size)
+        out[start:start + len(g)] = curvature.precondition(
+            rows, layout, damping, damping_kind, strategy).view(g.shape)
         start += len(g)
     return out
 

@@ -3,6 +3,8 @@
 Gradients are taken with ``torch.func`` (``vmap`` over ``grad`` of a single example's loss) with
 respect to the model's trainable parameters, flattened in ``named_parameters`` order into rows of
 a ``[B, P]`` matrix. Work is chunked over examples so memory is ``chunk x P`` at a time.
+Functions with several outputs per example (per-token losses ``[B, T]``) give Jacobian rows
+``[B, T, P]`` through :func:`iter_per_token_grads` (``vmap`` over ``jacrev``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -34,23 +36,42 @@ def functional(model: nn.Module, params: dict, buffers: dict | None = None) -> C
     return lambda x: functional_call(model, (params, buffers), (x,))
 
 
-def iter_per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
-                           targets: torch.Tensor, chunk: int = 256) -> Iterator[torch.Tensor]:
-    """Yield ``[b, P]`` gradient chunks of ``fn(model, inputs, targets) -> [B]`` per example."""
+def _iter_per_example(transform: Callable, fn: Callable, model: nn.Module, inputs: torch.Tensor,
+                      targets: torch.Tensor, chunk: int) -> Iterator[tuple[int, dict]]:
+    """``vmap(transform(one example's fn))`` over chunks of examples, in eval mode: yields
+    ``(chunk length, {parameter name: derivative})``."""
     params = trainable_params(model)
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
     def one(p, x, y):
         return fn(functional(model, p, buffers), x[None], y[None])[0]
 
-    g = vmap(grad(one), in_dims=(None, 0, 0))
+    g = vmap(transform(one), in_dims=(None, 0, 0))
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(inputs), chunk):
-            yield flatten(g(params, inputs[i:i + chunk], targets[i:i + chunk]))
+            x = inputs[i:i + chunk]
+            yield len(x), g(params, x, targets[i:i + chunk])
     finally:
         model.train(was_training)
+
+
+def iter_per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
+                           targets: torch.Tensor, chunk: int = 256) -> Iterator[torch.Tensor]:
+    """Yield ``[b, P]`` gradient chunks of ``fn(model, inputs, targets) -> [B]`` per example."""
+    for _, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk):
+        yield flatten(tree)
+
+
+def iter_per_token_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
+                         targets: torch.Tensor, chunk: int = 8) -> Iterator[torch.Tensor]:
+    """Yield ``[b, T, P]`` chunks of the Jacobian of ``fn(model, inputs, targets) -> [B, T]``
+    (e.g. per-token losses): row ``[i, t]`` is the gradient of example i's t-th output. Memory is
+    ``chunk x T x P`` at a time, so ``chunk`` counts examples, not rows."""
+    for b, tree in _iter_per_example(jacrev, fn, model, inputs, targets, chunk):
+        rows = flatten({k: v.flatten(0, 1) for k, v in tree.items()})  # [b * T, P]
+        yield rows.view(b, -1, rows.shape[1])
 
 
 def per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,

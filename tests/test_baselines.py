@@ -83,3 +83,16 @@ def test_exact_if_matches_the_true_effect_of_upweighting(digits_cache):
 def test_exact_if_refuses_large_models(small_digits):
     problems = ExactIF(max_params=100).check(small_digits)
     assert problems and "max_params=100" in problems[0] and "parameters" in problems[0]
+
+
+def test_missing_reference_library_names_the_install_command():
+    from methods.base import Method
+
+    class NeedsLib(Method):
+        name = "needs_lib"
+        extra = "reference"
+        needs_module = "no_such_library_for_tdabench"
+
+    msg = NeedsLib.available()
+    assert "no_such_library_for_tdabench" in msg and "pip install -e '.[reference]'" in msg
+    assert Method.available() is None

@@ -21,7 +21,6 @@ from harness.registry import METHODS
 from methods.base import Method
 from methods.curvature import LayerSelectionError, select_layers
 
-INSTALL_HINT = "kronfluence is not installed; pip install -e '.[reference]'"
 
 
 def _kronfluence_task(task, plain_model, module_names: list[str], seed: int):
@@ -54,6 +53,7 @@ class KronfluenceIF(Method):
 
     strategy: ClassVar[str] = "ekfac"
     extra = "reference"
+    needs_module = "kronfluence"
 
     def __init__(self, seed: int = 0, damping: float | None = None, empirical_fisher: bool = False,
                  layers: list[str] | None = None, exclude: list[str] | None = None,
@@ -66,14 +66,6 @@ class KronfluenceIF(Method):
         self.batch_size = batch_size
         self._analyzer = None
         self._tmp = None
-
-    @classmethod
-    def available(cls) -> str | None:
-        try:
-            import kronfluence  # noqa: F401
-        except ImportError:
-            return INSTALL_HINT
-        return None
 
     def check(self, task) -> list[str]:
         problems = []

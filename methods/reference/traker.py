@@ -33,12 +33,12 @@ from methods.gradients import num_params
 from methods.trak import member_projector
 
 PROJECTORS = ("basic", "native")
-INSTALL_HINT = "trak_traker needs the traker package: pip install -e '.[reference]'"
 
 
 @METHODS.register("trak_traker")
 class TrakTraker(Method):
     extra = "reference"
+    needs_module = "trak"
 
     def __init__(self, seed: int = 0, models: int = 1, proj_dim: int = 512,
                  lambda_reg: float = 0.0, ensemble_mode: str = "full", projector: str = "basic",
@@ -51,14 +51,6 @@ class TrakTraker(Method):
         self.ensemble_mode = ensemble_mode
         self.batch_size = batch_size
         self.requires = frozenset({"checkpoint", "ensemble"} if models > 1 else {"checkpoint"})
-
-    @classmethod
-    def available(cls) -> str | None:
-        try:
-            import trak  # noqa: F401
-        except ImportError:
-            return INSTALL_HINT
-        return None
 
     def check(self, task) -> list[str]:
         p = []

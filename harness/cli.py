@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError
+from harness.config import ConfigError, UnsupportedPairingError
 from harness.registry import METHODS, TASKS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -71,12 +71,19 @@ def _group() -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    from harness.run import execute
+    from harness.run import execute, record_unsupported
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         record = execute(resolved, group=_group())
+    except UnsupportedPairingError as exc:
+        if not multirun:
+            for line in exc.problems:
+                print(f"tdabench: error: {line}", file=sys.stderr)
+            sys.exit(2)
+        record_unsupported(resolved, exc, _group())  # the sweep goes on with the next pairing
+        return
     except ConfigError as exc:
         for line in exc.problems:
             print(f"tdabench: error: {line}", file=sys.stderr)

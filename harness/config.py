@@ -20,6 +20,10 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
+class UnsupportedPairingError(ConfigError):
+    """The config is valid but this method cannot run on this task (a sweep records it and goes on)."""
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

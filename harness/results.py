@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness import __version__
 
-STATUSES = ("ok", "error", "oom", "timeout")
+STATUSES = ("ok", "error", "oom", "timeout", "unsupported")
 LIBRARIES = ("torch", "numpy", "scipy", "hydra-core", "wandb", "kronfluence", "traker", "devinterp",
              "transformers")
 

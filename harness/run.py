@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from harness.config import (ConfigError, method_params, resolve_names, validate_method_params,
+from harness.config import (ConfigError, UnsupportedPairingError, method_params, resolve_names, validate_method_params,
                             validate_pairing, validate_settings)
 from harness.ground_truth import GroundTruthBuilder
 from harness.lds import lds
@@ -121,8 +121,20 @@ def prepare(cfg: dict):
     method = method_cls(**method_params(cfg))
     problems = validate_pairing(task, method)
     if problems:
-        raise ConfigError(problems)
+        raise UnsupportedPairingError(problems)
     return task, method
+
+
+def record_unsupported(cfg: dict, exc: UnsupportedPairingError, group: str) -> dict:
+    """In a sweep, an unsupported pairing is recorded (status ``unsupported``) and skipped."""
+    record = {"run_id": f"{cfg['task']['name']}-{cfg['method']['name']}-{uuid.uuid4().hex[:8]}",
+              "task": cfg["task"]["name"], "method": cfg["method"]["name"], "status": "unsupported",
+              "message": " ".join(exc.problems), "lds": None, "n_train": cfg["task"].get("n_train"),
+              "n_query": cfg["task"].get("n_query"), "group": group, "config_hash": config_hash(cfg),
+              "config": cfg, "time_s": {}, "peak_mem_mb": {}, **provenance(cfg["device"])}
+    append_record(cfg["results_dir"], record)
+    log(f"[tdabench] {record['task']} / {record['method']}: unsupported: {record['message']}")
+    return record
 
 
 def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dict,

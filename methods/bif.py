@@ -185,6 +185,10 @@ class BIF(Method):
         self.diagnostics: dict = {}
         self._acc: CovarianceAccumulator | None = None
         self._token_shape: tuple[int, int] | None = None
+        #: training losses of the ``keep_train_losses`` examples at every draw (see ``fit``)
+        self.train_loss_draws: torch.Tensor | None = None
+        self._keep: torch.Tensor | None = None
+        self._kept: list[torch.Tensor] = []
 
     # ----- configuration -----------------------------------------------------------------------
     def check(self, task) -> list[str]:
@@ -312,16 +316,24 @@ class BIF(Method):
                 draw_trace[draw - 1] = tr.mean(1)
                 self._check_losses(draw_trace[draw - 1], start, step, first)
                 acc.add(tr, qu)
+                if self._keep is not None:
+                    self._kept.append(tr[:, self._keep].cpu())
                 if on_draw is not None:
                     on_draw(draw)
         return start.cpu(), step_trace.T.cpu(), draw_trace.T.cpu()
 
-    def fit(self, task, model, on_draw=None) -> None:
+    def fit(self, task, model, on_draw=None, keep_train_losses: torch.Tensor | None = None) -> None:
         """Run the chains and accumulate the covariance sums. ``on_draw(d)``, if given, is called
         after the d-th draw of each group of parallel chains (``score`` then gives the estimate
-        from the draws so far; used to trace accuracy against draws)."""
+        from the draws so far; used to trace accuracy against draws). ``keep_train_losses``
+        (training indices [k]), if given, also keeps those examples' losses at every draw in
+        ``self.train_loss_draws`` [chains * draws, k] (nats; rows grouped by draw, not by chain);
+        by default nothing is kept."""
         model.eval()
         self._acc = None
+        self.train_loss_draws = None
+        self._kept = []
+        self._keep = None if keep_train_losses is None else torch.as_tensor(keep_train_losses).long()
         center = trainable_params(model)
         dev = next(iter(center.values())).device
         group = self.parallel_chains or self.chains
@@ -355,6 +367,9 @@ class BIF(Method):
             draws.append(out[2])
             first += size
         self._acc = acc
+        if self._keep is not None:
+            self.train_loss_draws = torch.cat(self._kept)
+            self._kept = []
         start = torch.cat(starts)
         step_trace = torch.cat(steps)
         draw_trace = torch.cat(draws)

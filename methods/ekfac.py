@@ -7,7 +7,11 @@ itself with ``damping_kind: absolute``). Helpful training examples score negativ
 
 fit: the Kronecker factors (cached per task, checkpoint and curvature arguments).
 score: query gradients preconditioned once, then dotted with per-example training gradients in
-batches of ``batch_size``.
+batches of ``batch_size``: ``[n_query, n_train]``. On language-model tasks (capability
+``per_token``) with ``per_token: auto``, the query gradients are those of each token's
+observable instead and the scores are per token, ``[n_query, T, n_train]``; their mean over T is
+the sequence score (the sequence observable is the mean token loss). ``per_token: false`` gives
+sequence scores everywhere. Per-token queries hold ``n_query x T x P`` preconditioned gradients.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ class KroneckerIF(Method):
     def __init__(self, seed: int = 0, damping: float = 0.1, damping_kind: str = "relative",
                  empirical_fisher: bool = False, fisher_samples: int = 1, layers: list[str] | None = None,
                  exclude: list[str] | None = None, gradient_positions: str = "sum",
-                 batch_size: int = 256, max_examples: int | None = None):
+                 batch_size: int = 256, max_examples: int | None = None,
+                 per_token: str | bool = "auto"):
         super().__init__(seed)
+        self.per_token = per_token
         self.damping = damping
         self.damping_kind = damping_kind
         self.batch_size = batch_size
@@ -49,6 +55,12 @@ class KroneckerIF(Method):
                             "the mean eigenvalue) or absolute")
         if not isinstance(self.damping, (int, float)) or isinstance(self.damping, bool) or self.damping < 0:
             problems.append(f"method.damping={self.damping!r} must be a number >= 0")
+        if not (self.per_token == "auto" or isinstance(self.per_token, bool)):
+            problems.append(f"method.per_token={self.per_token!r}: use auto (per-token scores on "
+                            "tasks with capability per_token), true or false")
+        elif self.per_token is True and "per_token" not in task.capabilities:
+            problems.append(f"method.per_token=true: task {task.name} has no per-token observables; "
+                            "use per_token=auto or false")
         if not problems:
             try:
                 select_layers(task.new_model(task.seed), self.curvature_config.layers,
@@ -60,20 +72,35 @@ class KroneckerIF(Method):
     def fit(self, task, model) -> None:
         self.curvature = fit_curvature(task, model, self.curvature_config)
 
+    def token_scores(self, task) -> bool:
+        """Whether :meth:`score` gives per-token scores on ``task``."""
+        return self.per_token is not False and "per_token" in task.capabilities
+
     def preconditioned_queries(self, task, model) -> torch.Tensor:
-        """(F + lambda)^-1 grad phi_q for every query: ``[n_query, P]``."""
+        """(F + lambda)^-1 grad phi_q for every query: ``[n_query, P]``, or ``[n_query, T, P]``
+        (one row per query token) when :meth:`token_scores`."""
         if self.curvature is None:
             self.fit(task, model)
         return precondition_queries(task, model, self.curvature, self.damping, self.damping_kind,
-                                    batch_size=self.batch_size)
+                                    batch_size=self.batch_size, per_token=self.token_scores(task))
+
+    def _scores(self, task, model, per_layer: bool):
+        pq = self.preconditioned_queries(task, model)
+        out = pairwise_scores(task, model, pq.flatten(0, -2), self.batch_size,
+                              curvature=self.curvature if per_layer else None)
+        shape = (*pq.shape[:-1], -1)  # [n_query, (T,) n_train]
+        if isinstance(out, dict):
+            return {name: s.view(shape) for name, s in out.items()}
+        return out.view(shape)
 
     def score(self, task, model) -> torch.Tensor:
-        return pairwise_scores(task, model, self.preconditioned_queries(task, model), self.batch_size)
+        """``[n_query, n_train]``, or ``[n_query, T, n_train]`` when :meth:`token_scores`."""
+        return self._scores(task, model, per_layer=False)
 
     def score_per_layer(self, task, model) -> dict[str, torch.Tensor]:
-        """Scores split by layer: ``{layer name: [n_query, n_train]}``, summing to :meth:`score`."""
-        return pairwise_scores(task, model, self.preconditioned_queries(task, model), self.batch_size,
-                               curvature=self.curvature)
+        """Scores split by layer: ``{layer name: scores shaped as by score}``, summing to
+        :meth:`score`."""
+        return self._scores(task, model, per_layer=True)
 
 
 @METHODS.register("ekfac")

@@ -213,3 +213,13 @@ def test_entry_point_plugin_method_runs_from_the_cli(tmp_path):
     assert rec["method"] == "plugin_dot" and rec["status"] == "ok" and rec["lds"] > 0.1, out.stderr
     bad = tdabench("method=nope", cache=tmp_path / "cache", results=tmp_path / "r", env=env, check=False)
     assert "plugin_dot" in bad.stderr
+
+
+def test_sweep_records_unsupported_pairings_and_goes_on(tmp_path):
+    # exact_if refuses a model above its max_params; in a sweep that is a record, not an abort
+    out = tdabench("-m", "method=exact_if,grad_dot", *SMALL, "task.hidden=400", "wandb.mode=disabled",
+                   cache=tmp_path / "c", results=tmp_path / "r")
+    recs = records(tmp_path / "r")
+    assert [r["status"] for r in recs] == ["unsupported", "ok"]
+    assert "max_params" in recs[0]["message"]
+    assert "unsupported" in out.stderr

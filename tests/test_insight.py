@@ -1,0 +1,66 @@
+"""tdabench-insight: the three views on a small digits task and the text views on a tiny
+text_neox, written as real PNG files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.insight import main
+from tasks.data import shared_file
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+DIGITS = ["task=digits_mlp", "task.n_train=200", "task.n_query=20", "task.hidden=16",
+          "task.trajectory_checkpoints=3", "task.recipe.epochs=30", "method=grad_dot",
+          "task.method_defaults.bif.burn_in=50"]
+TEXT = ["task=text_neox", "task.seq_len=32", "task.n_train=120", "task.n_query=4", "task.n_test=32",
+        "task.layers=1", "task.width=32", "task.heads=2", "task.recipe.epochs=3",
+        "task.trajectory_checkpoints=2", "method=bif", "+task.method_defaults.bif.burn_in=20",
+        "+task.method_defaults.bif.batch_size=32"]
+
+
+def assert_png(path, min_bytes=5_000):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > min_bytes, path
+    from matplotlib.image import imread
+    img = imread(path)
+    assert img.shape[0] > 100 and img.shape[1] > 100 and img[..., :3].std() > 0.01
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_digits_views_from_computed_and_saved_scores(tmp_path, capsys):
+    out = tmp_path / "out"
+    main([*DIGITS, f"cache_dir={tmp_path / 'cache'}", "--out", str(out), "--queries", "0,3",
+          "--top", "5", "--draws", "20", "--kernel-examples", "120", "--stage-top", "4"])
+    for name in ("top_examples.png", "bif_kernel.png", "stagewise.png"):
+        assert_png(out / name)
+    # the top view from a saved scores file, as a tdabench run writes it
+    from harness.storage import save_verified
+    scores = torch.randn(20, 200)
+    save_verified({"scores": scores, "run_id": "x"}, tmp_path / "scores" / "x.pt")
+    main([*DIGITS, f"cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "saved"),
+          "--views", "top", "--scores", str(tmp_path / "scores" / "x.pt")])
+    assert_png(tmp_path / "saved" / "top_examples.png")
+
+
+def test_bad_queries_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([*DIGITS, f"cache_dir={tmp_path}", "--out", str(tmp_path), "--queries", "99"])
+    assert "must lie in 0..19" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shared_file("tinyshakespeare.txt") is None,
+                    reason="../shared/data/tinyshakespeare.txt is absent")
+def test_text_top_examples_with_token_heat_map(tmp_path):
+    out = tmp_path / "out"
+    main([*TEXT, f"cache_dir={tmp_path / 'cache'}", "--out", str(out), "--views", "top",
+          "--queries", "1", "--top", "3", "--chains", "2", "--draws", "10"])
+    assert_png(out / "top_examples_q1.png")

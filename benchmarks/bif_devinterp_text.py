@@ -13,7 +13,6 @@ native one is faster) and the Pearson correlation of the sequence-level scores o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -60,7 +59,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # devinterp's per-chain progress bars
     settings = dict(chains=args.chains, draws=args.draws, burn_in=args.burn_in,
                     steps_between_draws=args.steps_between_draws, eps=args.eps, gamma=args.gamma,
                     batch_size=args.batch_size)

@@ -20,14 +20,13 @@ SETTINGS = dict(chains=4, draws=200, burn_in=50, steps_between_draws=2, eps=8e-3
 
 
 @pytest.mark.reference
-def test_native_and_devinterp_scores_agree_on_text(tmp_path, monkeypatch):
+def test_native_and_devinterp_scores_agree_on_text(tmp_path):
     pytest.importorskip("devinterp")
     from methods.reference.devinterp import DevinterpBIF
     from tasks.text import TextNeoX, resolve_text_path
 
     if resolve_text_path(TINY_TEXT) is None:
         pytest.skip("the tiny Shakespeare corpus is absent")
-    monkeypatch.setenv("TQDM_DISABLE", "1")  # devinterp's per-chain progress bars
     task = TextNeoX(dict(TINY_TEXT), seed=0, cache_dir=tmp_path, log=lambda m: None)
     model = task.checkpoint()
     native, ref = BIF(**SETTINGS), DevinterpBIF(**SETTINGS)

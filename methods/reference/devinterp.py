@@ -9,6 +9,13 @@ training-example indices, and its covariance/correlation routine
 At each draw a callback records every training loss and every query observable (sequence level;
 per-token tasks use their sequence observable, the mean over tokens).
 
+devinterp's high-level ``bif()`` is not used even on the language-model tasks: its observables
+are ``batch_size x batches_per_draw`` fixed sequences in a shuffled order, evaluated with the SGLD
+batch size, so every training and query set would have to be a multiple of ``batch_size`` and its
+scores mapped back to examples through their token ids. The sampler used here runs the same SGLD
+update (checked: same scores as ``bif`` on ``text_neox`` up to Monte Carlo noise,
+tests/test_bif_devinterp_text.py).
+
 devinterp's covariance or correlation carries no minus sign; the harness score is its negative.
 The parameters mirror ``bif`` (same names, same meaning), so the two can be compared directly.
 """

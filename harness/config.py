@@ -99,7 +99,23 @@ def validate_settings(cfg: dict) -> list[str]:
         problem = check_writable(cfg[key])
         if problem:
             p.append(f"{key}: {problem}")
+    if not p:
+        need = ground_truth_mb(cfg) + MIN_FREE_MB
+        free = free_disk_mb(cfg["cache_dir"])
+        if free < need:
+            p.append(f"cache_dir: {free:.0f} MiB free on {cfg['cache_dir']}, about {need:.0f} MiB needed "
+                     "(ground truth, checkpoints and scores); free space or choose another cache_dir")
     return p
+
+
+MIN_FREE_MB = 200  # checkpoints, curvature factors, scores and temporary files
+
+
+def ground_truth_mb(cfg: dict) -> float:
+    """Size of the ground truth on disk: float32 outcomes [M, K, n_query], masks [M, n_train]."""
+    gt, task = cfg["gt"], cfg.get("task", {})
+    n_query, n_train = (v if _is_int(v) and v > 0 else 0 for v in (task.get("n_query"), task.get("n_train")))
+    return 2 * (4 * gt["subsets"] * gt["seeds"] * n_query + gt["subsets"] * n_train) / 2**20
 
 
 def resolve_names(cfg: dict) -> tuple[type | None, type | None, list[str]]:

@@ -119,8 +119,14 @@ def top_indices(row: torch.Tensor, top: int) -> tuple[list[int], list[int]]:
 
 
 def _label(task, split, i: int) -> str:
+    """``y=<class>`` for classification tasks, ``#<index>`` otherwise."""
     t = split.targets[i]
     return f"y={int(t)}" if t.dim() == 0 else f"#{i}"
+
+
+def _name(task, split, i: int) -> str:
+    """``#<index>``, with the class for classification tasks."""
+    return f"#{i} (y={int(split.targets[i])})" if split.targets[i].dim() == 0 else f"#{i}"
 
 
 def plot_top_images(task, scores: torch.Tensor, queries: list[int], top: int, path: Path) -> Path:
@@ -187,14 +193,15 @@ def plot_top_text(task, scores: torch.Tensor, q: int, top: int, path: Path, widt
     per_token = scores.dim() == 3
     shown = [("helpful", helpful, "tab:green"), ("harmful", harmful, "tab:red")]
     q_tokens = decode(query.targets[q])
+    width = min(width, len(q_tokens))
     lines = 1 + (2 if per_token else 0) + 2 * top
     rows_each = -(-len(q_tokens) // width)
     fig, axes = plt.subplots(lines, 1, squeeze=False,
-                             figsize=(width * 0.2, 0.25 + 0.45 * lines * rows_each))
+                             figsize=(max(width * 0.2, 10.0), 0.25 + 0.45 * lines * rows_each))
     axes = axes[:, 0]
     vmax = float(scores[q].abs().max()) or 1.0
     _token_strip(axes[0], q_tokens, None, width, 1.0,
-                 f"query {q} (predicted tokens), mean loss score row: helpful < 0 < harmful")
+                 f"query {q}: the tokens it predicts")
     k = 1
     if per_token:
         for name, idx, colour in shown:
@@ -332,7 +339,7 @@ def stagewise_view(task, make, q: int, top: int, out: Path) -> Path:
     for j, i in enumerate(chosen):
         colour = plt.cm.tab10(j % 10)
         y = s[:, i]
-        label = f"#{i} ({_label(task, task.train_split, int(i))})"
+        label = _name(task, task.train_split, int(i))
         ax.plot(steps, y, "-o", color=colour, ms=4, label=label)
         flips = np.where(np.sign(y[1:]) * np.sign(y[:-1]) < 0)[0]
         for f in flips:  # the sign changes between snapshots f and f + 1
@@ -342,8 +349,8 @@ def stagewise_view(task, make, q: int, top: int, out: Path) -> Path:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("optimizer steps of the reference run (trajectory snapshot)")
     ax.set_ylabel("BIF score (< 0: helpful)")
-    ax.set_title(f"{task.name}: stagewise influence on query {q} "
-                 f"({_label(task, task.query_split, q)}); x = sign flip, \u2605 = peak", fontsize=9)
+    ax.set_title(f"{task.name}: stagewise influence on query {_name(task, task.query_split, q)}; "
+                 f"x = sign flip, \u2605 = peak", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
     path = out / "stagewise.png"

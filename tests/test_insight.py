@@ -64,3 +64,23 @@ def test_text_top_examples_with_token_heat_map(tmp_path):
     main([*TEXT, f"cache_dir={tmp_path / 'cache'}", "--out", str(out), "--views", "top",
           "--queries", "1", "--top", "3", "--chains", "2", "--draws", "10"])
     assert_png(out / "top_examples_q1.png")
+
+
+def test_bif_keeps_per_draw_training_losses_without_changing_scores(small_digits):
+    from methods.bif import BIF
+
+    model = small_digits.checkpoint()
+    settings = dict(seed=0, chains=2, draws=15, burn_in=20, steps_between_draws=2, eps=3e-4)
+    plain, keeping = BIF(**settings), BIF(**settings)
+    plain.fit(small_digits, model)
+    keep = torch.tensor([3, 7, 11, 150])
+    keeping.fit(small_digits, model, keep_train_losses=keep)
+    assert plain.train_loss_draws is None
+    assert torch.equal(plain.score(small_digits, model), keeping.score(small_digits, model))
+    draws = keeping.train_loss_draws
+    assert draws.shape == (2 * 15, 4) and torch.isfinite(draws).all() and draws.std(0).min() > 0
+    # the kept losses are the ones the covariance was built from: their mean is the
+    # accumulator's mean training loss of those examples
+    acc = keeping._acc
+    mean = (acc.sx / acc.n + acc.shift_x)[keep].float()
+    assert torch.allclose(draws.mean(0), mean, atol=1e-5)

@@ -68,3 +68,17 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert dom.count("<img") == len(list((results / "plots").glob("*.png")))
+
+
+def test_adequacy_curves_from_saved_scores(results):
+    from harness.adequacy import adequacy
+
+    import pandas as pd
+
+    paths = adequacy(results, "digits_mlp")
+    assert [p.name for p in paths] == ["adequacy_digits_mlp.png"]
+    df = pd.read_csv(results / "adequacy_digits_mlp.csv")
+    assert set(df["seeds"]) == {1, 2} and df["subsets"].max() == 6
+    assert df.loc[df["seeds"] == 1, "ceiling"].isna().all()  # one seed: no ceiling
+    assert df.loc[df["seeds"] == 2, "ceiling"].notna().all()
+    assert {"random", "grad_dot"} <= set(df.columns)

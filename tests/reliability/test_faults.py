@@ -278,3 +278,13 @@ def test_malformed_override_gives_one_clear_line(tmp_path, override, expected, t
         prepare(cfg)
     assert len(err.value.problems) == 1, err.value.problems
     assert expected in err.value.problems[0]
+
+
+def test_too_little_disk_for_the_ground_truth_is_refused_up_front(tmp_path, tried, monkeypatch):
+    tried("disk too small for the ground truth")
+    import harness.config as config
+
+    monkeypatch.setattr(config, "free_disk_mb", lambda path: 50.0)
+    with pytest.raises(ConfigError) as err:
+        prepare(small_cfg(tmp_path, "method=grad_dot"))
+    assert any("MiB free" in p and "cache_dir" in p for p in err.value.problems)

@@ -1,0 +1,99 @@
+"""``tdabench-adequacy RESULTS_DIR``: is the ground truth big enough? LDS ceiling and each
+method's LDS against the number of retraining seeds and of subsets, from one run's saved scores
+and its cached ground truth (nothing is retrained: smaller ground truths are prefixes of it).
+
+Writes ``RESULTS_DIR/plots/adequacy_<task>.png`` and ``adequacy_<task>.csv`` so the cheapest
+adequate ``gt.seeds`` / ``gt.subsets`` can be read off: where the curves flatten.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.ground_truth import GroundTruthBuilder  # noqa: E402
+from harness.leaderboard import chosen_records, task_summaries  # noqa: E402
+from harness.lds import lds  # noqa: E402
+from harness.registry import TASKS  # noqa: E402
+from harness.results import read_records  # noqa: E402
+from harness.statistics import noise_ceiling  # noqa: E402
+from harness.storage import load_verified  # noqa: E402
+
+
+def curves(gt_outcomes, masks, scores: dict, seeds_grid, subsets_grid) -> pd.DataFrame:
+    """LDS per method and the ceiling on prefixes of the ground truth ([M, K, n_query] outcomes)."""
+    rows = []
+    for k in seeds_grid:
+        for m in subsets_grid:
+            out = gt_outcomes[:m, :k]
+            c = noise_ceiling(out.numpy(), n_boot=200).ceiling if k >= 2 else None
+            row = {"seeds": k, "subsets": m, "ceiling": c}
+            for name, s in scores.items():
+                row[name] = lds(s, masks[:m], out.mean(1), n_boot=10).lds
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def adequacy(results_dir: str | Path, task: str | None = None) -> list[Path]:
+    results_dir = Path(results_dir)
+    records = read_records(results_dir)
+    chosen = chosen_records(records)
+    written = []
+    for task_name, info in task_summaries(records).items():
+        if task and task_name != task:
+            continue
+        recs = [r for (t, _), (r, _) in chosen.items()
+                if t == task_name and r.get("status") == "ok" and r.get("gt_key") == info["gt_key"]]
+        if not recs:
+            continue
+        cfg = recs[0]["config"]
+        t = TASKS.get(task_name)(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], log=lambda m: None)
+        gt = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"], log=print).build()
+        scores = {r["method"]: load_verified(results_dir / r["scores_file"])["scores"] for r in recs}
+        m_all, k_all = gt.outcomes.shape[:2]
+        seeds_grid = list(range(1, k_all + 1))
+        subsets_grid = sorted({int(x) for x in np.linspace(min(10, m_all), m_all, 5)})
+        df = curves(gt.outcomes, gt.masks, scores, seeds_grid, subsets_grid)
+        df.to_csv(results_dir / f"adequacy_{task_name}.csv", index=False)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax in axes:
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)
+        full_m = df[df["subsets"] == m_all]
+        full_k = df[df["seeds"] == k_all]
+        for ax, sub, x, label in ((axes[0], full_m, "seeds", f"gt.seeds (subsets = {m_all})"),
+                                  (axes[1], full_k, "subsets", f"gt.subsets (seeds = {k_all})")):
+            for name in scores:
+                ax.plot(sub[x], sub[name], "o-", lw=1, label=name)
+            if sub["ceiling"].notna().any():
+                ax.plot(sub[x], sub["ceiling"], "k--", lw=2, label="LDS ceiling")
+            ax.set_xlabel(label)
+            ax.set_ylabel("LDS")
+        axes[1].legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"{task_name}: ground-truth adequacy")
+        fig.tight_layout()
+        path = results_dir / "plots" / f"adequacy_{task_name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="tdabench-adequacy", description=__doc__.splitlines()[0])
+    ap.add_argument("results_dir")
+    ap.add_argument("--task", default=None)
+    args = ap.parse_args(argv)
+    for p in adequacy(args.results_dir, args.task):
+        print(p)
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,8 @@ def plot_lds(records: list[dict], out: Path) -> list[Path]:
     ceilings = task_summaries(records)
     paths = []
     for task in sorted({t for t, _ in chosen}):
-        recs = sorted((r for (t, _), (r, _) in chosen.items() if t == task and r.get("status") == "ok"),
+        recs = sorted((r for (t, _), (r, _) in chosen.items()
+                       if t == task and r.get("status") == "ok" and r.get("lds") is not None),
                       key=lambda r: r["lds"])
         if not recs:
             continue
@@ -65,7 +66,8 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
     chosen = chosen_records(records)
     paths = []
     for task in sorted({t for t, _ in chosen}):
-        recs = [r for (t, _), (r, _) in chosen.items() if t == task and r.get("status") == "ok"]
+        recs = [r for (t, _), (r, _) in chosen.items()
+                if t == task and r.get("status") == "ok" and r.get("lds") is not None]
         if len(recs) < 2:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -113,7 +115,7 @@ def plot_n_train(records: list[dict], out: Path) -> list[Path]:
 
 
 def plot_scaling(records: list[dict], out: Path) -> list[Path]:
-    rows = [r for r in records if r.get("num_params") and r.get("time_s", {}).get("fit") is not None]
+    rows = [r for r in _ok(records) if r.get("num_params") and r.get("time_s", {}).get("fit") is not None]
     df = _by(rows, "num_params")
     paths = []
     for task, sub in (df.groupby("task") if not df.empty else []):
@@ -130,7 +132,10 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
             ax.set_xlabel("parameters")
             ax.set_ylabel(label)
             ax.legend(fontsize=8)
-        fig.suptitle(f"{task}: cost against model size (log-log)")
+        failed = sorted({(r["method"], r.get("num_params")) for r in records
+                         if r["task"] == task and r.get("status") in ("timeout", "oom")}, key=str)
+        note = ("; not finished: " + ", ".join(f"{m} at {p / 1e6:.0f}M" for m, p in failed)) if failed else ""
+        fig.suptitle(f"{task}: cost against model size (log-log){note}", fontsize=10)
         paths.append(_save(fig, out / f"scaling_{task}.png"))
     return paths
 

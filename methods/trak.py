@@ -78,6 +78,24 @@ def member_projector(dim: int, proj_dim: int, seed: int, member: int,
     return Projector(dim, proj_dim, seed + 100_003 * member, kind)
 
 
+def check_trak_settings(method, task) -> list[str]:
+    """Checks shared by ``trak`` and its traker adapter: ``models``, ``proj_dim``, ``batch_size``,
+    ``ensemble_mode`` and ``lambda_reg`` (with lambda 0 the kernel needs proj_dim <= n_train)."""
+    p = []
+    for key in ("models", "proj_dim", "batch_size"):
+        v = getattr(method, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            p.append(f"method.{key}={v!r} must be a positive integer")
+    if method.ensemble_mode not in ("full", "half"):
+        p.append(f"method.ensemble_mode={method.ensemble_mode!r}: use full or half")
+    if not isinstance(method.lambda_reg, (int, float)) or method.lambda_reg < 0:
+        p.append(f"method.lambda_reg={method.lambda_reg!r} must be a number >= 0")
+    elif method.lambda_reg == 0 and isinstance(method.proj_dim, int) and method.proj_dim > task.n_train:
+        p.append(f"method.proj_dim={method.proj_dim} exceeds task.n_train={task.n_train}, so "
+                 "Phi^T Phi is singular; lower method.proj_dim or set method.lambda_reg > 0")
+    return p
+
+
 @METHODS.register("trak")
 class TRAK(Method):
     """TRAK with ``models`` ensemble members (member 0 is the reference checkpoint).
@@ -105,22 +123,11 @@ class TRAK(Method):
         self._out_to_loss: torch.Tensor | None = None
 
     def check(self, task) -> list[str]:
-        p = []
-        for key in ("models", "proj_dim", "batch_size"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                p.append(f"method.{key}={v!r} must be a positive integer")
+        p = check_trak_settings(self, task)
         if self.projection not in PROJECTIONS:
             p.append(f"method.projection={self.projection!r}: use one of {', '.join(PROJECTIONS)}")
         if self.output not in OUTPUTS:
             p.append(f"method.output={self.output!r}: use one of {', '.join(OUTPUTS)}")
-        if self.ensemble_mode not in ("full", "half"):
-            p.append(f"method.ensemble_mode={self.ensemble_mode!r}: use full or half")
-        if not isinstance(self.lambda_reg, (int, float)) or self.lambda_reg < 0:
-            p.append(f"method.lambda_reg={self.lambda_reg!r} must be a number >= 0")
-        elif self.lambda_reg == 0 and isinstance(self.proj_dim, int) and self.proj_dim > task.n_train:
-            p.append(f"method.proj_dim={self.proj_dim} exceeds task.n_train={task.n_train}, so "
-                     "Phi^T Phi is singular; lower method.proj_dim or set method.lambda_reg > 0")
         return p
 
     def trainings(self, task) -> int:

@@ -30,7 +30,7 @@ import torch
 from harness.registry import METHODS
 from methods.base import Method
 from methods.gradients import num_params
-from methods.trak import member_projector
+from methods.trak import check_trak_settings, member_projector
 
 PROJECTORS = ("basic", "native")
 
@@ -57,19 +57,9 @@ class TrakTraker(Method):
         if "per_token" in task.capabilities:
             p.append(f"trak_traker scores classification margins; task {task.name} is a language "
                      "model task: use the native trak (method=trak)")
-        for key in ("models", "proj_dim", "batch_size"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                p.append(f"method.{key}={v!r} must be a positive integer")
+        p += check_trak_settings(self, task)
         if self.projector not in PROJECTORS:
             p.append(f"method.projector={self.projector!r}: use one of {', '.join(PROJECTORS)}")
-        if self.ensemble_mode not in ("full", "half"):
-            p.append(f"method.ensemble_mode={self.ensemble_mode!r}: use full or half")
-        if not isinstance(self.lambda_reg, (int, float)) or self.lambda_reg < 0:
-            p.append(f"method.lambda_reg={self.lambda_reg!r} must be a number >= 0")
-        elif self.lambda_reg == 0 and isinstance(self.proj_dim, int) and self.proj_dim > task.n_train:
-            p.append(f"method.proj_dim={self.proj_dim} exceeds task.n_train={task.n_train}, so "
-                     "traker's X^T X is singular; lower method.proj_dim or set method.lambda_reg > 0")
         return p
 
     def trainings(self, task) -> int:

@@ -33,15 +33,6 @@ def cifar_cfg(**over) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine two threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cifar-cache")

@@ -28,15 +28,6 @@ def text_cfg(**over) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine two threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def text_task(tmp_path_factory):
     return TextNeoX(text_cfg(), seed=0, cache_dir=tmp_path_factory.mktemp("text"), log=lambda m: None)

@@ -28,11 +28,16 @@ test: $(STAMP)
 
 # Benchmarks: ratios measured in one run each (see README, Performance), then the slow tests.
 bench: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/ground_truth_speed.py
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bif_overhead.py --devinterp
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/curvature_vs_kronfluence.py --repeats 1
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/trak_speed.py
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow -o addopts=""
+	@start=$$(date +%s); set -e; export OMP_NUM_THREADS=1 TQDM_DISABLE=1; \
+	$(BIN)/python benchmarks/ground_truth_speed.py; \
+	$(BIN)/python benchmarks/bif_overhead.py --devinterp; \
+	$(BIN)/python benchmarks/curvature_vs_kronfluence.py --repeats 1; \
+	$(BIN)/python benchmarks/curvature_vs_kronfluence.py --repeats 1 --hidden 1024; \
+	$(BIN)/python benchmarks/trak_speed.py; \
+	$(BIN)/python benchmarks/trak_speed.py --models 5; \
+	$(BIN)/python benchmarks/pythia_cost.py; \
+	$(BIN)/python -m pytest -q -m slow -o addopts=""; \
+	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s"
 
 clean:
 	rm -rf $(VENV) .cache results/demo

@@ -12,8 +12,8 @@ Prints, from one run on the same model and settings (the task's ``method_default
   training step (forward, backward and SGD-with-momentum update at the recipe's batch size);
   goal <= 1.5. Tensor memory is tracked exactly by a dispatch mode that adds up the storages
   created by every operation and still alive (inputs existing before the phase are not counted);
-- with ``--devinterp``, the time of ``bif_devinterp`` with the same settings and the Pearson
-  correlation of its scores with the native ones (sequence level on per-token tasks). For the
+- with ``--devinterp``, the time and peak resident memory of ``bif_devinterp`` with the same
+  settings against the native ones, and the Pearson correlation of its scores with the native ones (sequence level on per-token tasks). For the
   text task at a size both run in seconds, see ``benchmarks/bif_devinterp_text.py``.
 """
 
@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bif_draws import config  # noqa: E402
+from harness.profiling import Profiler  # noqa: E402
 from harness.run import prepare  # noqa: E402
 from methods.bif import _ChainModel  # noqa: E402
 from methods.gradients import trainable_params  # noqa: E402
@@ -174,6 +175,18 @@ def main() -> None:
         r = pearsonr(ref.score(task, model).flatten(), native.flatten())[0]
         print(f"devinterp: {t_ref:.2f} s, native/devinterp time {(t_fit + t_score) / t_ref:.3f}, "
               f"Pearson of scores over all pairs {r:.3f}")
+        # peak resident memory of fit + score for both, alternating, smallest of each kept
+        mems = {"native": [], "devinterp": []}
+        for _ in range(args.repeats):
+            for name, m in (("native", method), ("devinterp", ref)):
+                prof = Profiler()
+                with prof.phase("run"):
+                    m.fit(task, model)
+                    m.score(task, model)
+                mems[name].append(prof.peak_mem_mb["run"])
+        nm, rm = min(mems["native"]), min(mems["devinterp"])
+        print(f"devinterp peak memory: native {nm:.1f} MiB, devinterp {rm:.1f} MiB, native/devinterp "
+              f"memory {max(nm, 1.0) / max(rm, 1.0):.3f} (resident set above the start, 1 MiB floor)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 Both do the whole attribution (training features, kernel, query features, scores) on the same
 members; the ensemble is trained and ``torch.func`` warmed up before timing, and each is timed
-``--repeats`` times, alternating, keeping the fastest. Prints both times and the ratio (goal <= 1).
+``--repeats`` times, alternating, keeping the fastest and the smallest peak resident memory
+(harness.profiling). Prints both and the ratios (goal <= 1).
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.trak_models import config  # noqa: E402
+from harness.profiling import Profiler  # noqa: E402
 from harness.run import prepare  # noqa: E402
 
 
-def timed(method, task, model) -> float:
-    start = time.perf_counter()
-    method.fit(task, model)
-    method.score(task, model)
-    return time.perf_counter() - start
+def timed(method, task, model) -> tuple[float, float]:
+    """Seconds and peak resident MiB (above the start) of fit + score."""
+    prof = Profiler()
+    with prof.phase("run"):
+        method.fit(task, model)
+        method.score(task, model)
+    return prof.time_s["run"], prof.peak_mem_mb["run"]
 
 
 def main() -> None:
@@ -53,9 +57,12 @@ def main() -> None:
     for _ in range(args.repeats):
         native_s.append(timed(native, task, model))
         ref_s.append(timed(ref, task, model))
-    n, r = min(native_s), min(ref_s)
+    n, r = min(t for t, _ in native_s), min(t for t, _ in ref_s)
+    nm, rm = min(m for _, m in native_s), min(m for _, m in ref_s)
     print(f"{args.task}, proj_dim {args.proj_dim}, {args.models} model(s), {torch.get_num_threads()} "
-          f"thread(s): native trak {n:.3f} s, trak_traker {r:.3f} s, ratio native/traker {n / r:.2f}")
+          f"thread(s): native trak {n:.3f} s {nm:.1f} MiB, trak_traker {r:.3f} s {rm:.1f} MiB")
+    # a 1 MiB floor: smaller growth of the resident set is the allocator's noise
+    print(f"ratio native/traker: time {n / r:.2f}, peak memory {max(nm, 1.0) / max(rm, 1.0):.2f}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ last status. Per task it shows the ground truth's LDS ceiling once; per method t
 95% interval, the normalized LDS (LDS / ceiling), a tie mark (``≈``) for methods statistically
 indistinguishable from the best one on the same ground truth (paired Wilcoxon test over queries,
 p >= 0.05), the spread of LDS over ``method.seed`` values when several were run, cost (fit and
-score seconds, peak memory, model trainings). Writes ``leaderboard.md``, ``leaderboard.csv``,
-``pairwise.csv``, prints the table, and writes ``report.html`` with its plots (``--no-report``
+score seconds, peak memory, model trainings). Tasks whose runs span several model sizes (the
+pythia_scaling sweep) also get a table of every run's cost by size. Writes ``leaderboard.md``,
+``leaderboard.csv``, ``pairwise.csv``, prints the table, and writes ``report.html`` with its plots (``--no-report``
 skips them); ``--wandb`` also logs the leaderboard and plots to a wandb summary run.
 """
 
@@ -108,6 +109,32 @@ def build(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return df, pd.DataFrame(pairs), tasks
 
 
+def cost_by_size(records: list[dict]) -> pd.DataFrame:
+    """One row per run of every task whose runs span several model sizes (the leaderboard shows
+    one run per method): parameters, status, fit and score seconds, peak memory, and whether the
+    fit read cached curvature factors (its time is then a file read, not a fit)."""
+    sizes: dict[str, set] = {}
+    for r in records:
+        if r.get("num_params"):
+            sizes.setdefault(r["task"], set()).add(r["num_params"])
+    rows = []
+    for r in records:
+        if len(sizes.get(r.get("task"), ())) < 2:
+            continue
+        t, m = r.get("time_s") or {}, r.get("peak_mem_mb") or {}
+        rows.append({"task": r["task"], "method": r["method"],
+                     "size": r.get("config", {}).get("task", {}).get("size"),
+                     "parameters": r.get("num_params"), "status": r["status"],
+                     "fit_s": t.get("fit"), "score_s": t.get("score"),
+                     "total_s": round(t.get("fit", 0) + t.get("score", 0), 1) if t else None,
+                     "peak_mem_mb": max(m.get("fit", 0), m.get("score", 0)) if m else None,
+                     "fit_from_cache": bool((r.get("diagnostics") or {}).get("factors_from_cache"))})
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values(["task", "method", "parameters"], na_position="last").reset_index(drop=True)
+    return df
+
+
 def _ceiling_line(task: str, info: dict) -> str:
     if info.get("lds_ceiling") is None:
         return (f"**{task}**: LDS ceiling unknown (gt.seeds={info.get('gt_seeds')}; it needs "
@@ -121,7 +148,8 @@ def _ceiling_line(task: str, info: dict) -> str:
     return line
 
 
-def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, tasks: dict) -> str:
+def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, tasks: dict,
+                    costs: pd.DataFrame | None = None) -> str:
     parts = ["# Leaderboard", "",
              "LDS: mean Spearman over queries (95% bootstrap interval). normalized_lds = LDS / "
              "ceiling. ≈ marks methods statistically tied with the best on the same ground truth "
@@ -135,6 +163,11 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, tasks: dict) -> str:
             parts += [f"Pairwise comparisons ({task}): mean per-query LDS difference a - b, paired "
                       "bootstrap 95% interval, Wilcoxon p-value", "",
                       p.to_markdown(index=False, floatfmt=".3g"), ""]
+        if costs is not None and not costs.empty and (costs["task"] == task).any():
+            c = costs[costs["task"] == task].drop(columns="task")
+            parts += [f"Cost by model size ({task}): every run, fit and score seconds and peak "
+                      "memory above each phase's start (MiB)", "",
+                      c.to_markdown(index=False, floatfmt=".4g"), ""]
     return "\n".join(parts)
 
 
@@ -147,7 +180,7 @@ def write(results_dir: str | Path) -> pd.DataFrame:
     df, pairs, tasks = build(records)
     df.to_csv(results_dir / "leaderboard.csv", index=False)
     pairs.to_csv(results_dir / "pairwise.csv", index=False)
-    (results_dir / "leaderboard.md").write_text(render_markdown(df, pairs, tasks))
+    (results_dir / "leaderboard.md").write_text(render_markdown(df, pairs, tasks, cost_by_size(records)))
     return df
 
 

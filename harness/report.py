@@ -135,6 +135,10 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
         failed = sorted({(r["method"], r.get("num_params")) for r in records
                          if r["task"] == task and r.get("status") in ("timeout", "oom")}, key=str)
         note = ("; not finished: " + ", ".join(f"{m} at {p / 1e6:.0f}M" for m, p in failed)) if failed else ""
+        cached = sorted({(r["method"], r["num_params"]) for r in rows if r["task"] == task
+                         and (r.get("diagnostics") or {}).get("factors_from_cache")}, key=str)
+        if cached:  # a cache hit times a file read, not the fit
+            note += "; fit read from cache: " + ", ".join(f"{m} at {p / 1e6:.0f}M" for m, p in cached)
         fig.suptitle(f"{task}: cost against model size (log-log){note}", fontsize=10)
         paths.append(_save(fig, out / f"scaling_{task}.png"))
     return paths

@@ -240,6 +240,8 @@ class Curvature:
     config: CurvatureConfig
     layers: dict[str, LayerFactors] = field(default_factory=dict)
     n_examples: int = 0
+    #: True when :func:`fit_curvature` read the factors from its cache instead of fitting them
+    from_cache: bool = False
 
     def damping_of(self, layer: LayerFactors, strategy: str, damping: float, kind: str) -> float:
         if kind == "absolute":
@@ -443,14 +445,18 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
     key = content_hash({"task": task.fingerprint(), "model": model_digest(model), "cfg": asdict(cfg)})
     path = task.cache_dir / "curvature" / f"{task.name}-{cfg.strategy}-{key}.pt"
 
+    fitted = []
+
     def compute():
+        fitted.append(True)
         fisher = "empirical" if cfg.empirical_fisher else "true"
         task.log(f"[tdabench] fitting {cfg.strategy} curvature factors ({fisher} Fisher)")
         curv = fit_curvature_uncached(task, model, cfg)
         return {"layers": {n: asdict(f) for n, f in curv.layers.items()}, "n_examples": curv.n_examples}
 
     blob = load_or_compute(path, compute, f"{cfg.strategy} factors", task.log)
-    return Curvature(cfg, {n: LayerFactors(**f) for n, f in blob["layers"].items()}, blob["n_examples"])
+    return Curvature(cfg, {n: LayerFactors(**f) for n, f in blob["layers"].items()}, blob["n_examples"],
+                     from_cache=not fitted)
 
 
 # ----- scoring ---------------------------------------------------------------------------------------

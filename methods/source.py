@@ -36,8 +36,8 @@ import torch
 from harness.registry import METHODS
 from methods.base import Method
 from methods.curvature import (DAMPING_KINDS, Curvature, CurvatureConfig, GradientLayout,
-                               LayerFactors, LayerSelectionError, _correct_eigenvalues,
-                               _fitting_data, fit_curvature, select_layers)
+                               LayerFactors, LayerSelectionError, correct_eigenvalues,
+                               fit_curvature, select_layers)
 from methods.gradients import iter_per_example_grads, query_grads
 from methods.trajectory import effective_lr, snapshot_model, split_segments
 
@@ -57,13 +57,11 @@ def averaged_curvature(task, models: list, cfg: CurvatureConfig) -> Curvature:
         avg.layers[name] = LayerFactors(first.weight, first.bias, q_a.float(), eig_a.clamp_min(0).float(),
                                         q_s.float(), eig_s.clamp_min(0).float())
     if cfg.strategy == "ekfac":
-        # the EK-FAC eigenvalue pass of methods.curvature (its private helpers: the module has no
-        # public fit over several models yet), run at each model in the shared basis
+        # the EK-FAC eigenvalue pass, run at each model in the shared basis and averaged
         corrected = {name: torch.zeros_like(f.q_s[:, :1] @ f.q_a[:1]) for name, f in avg.layers.items()}
         for m in models:
             gen = torch.Generator(device=task.train_split.inputs.device).manual_seed(cfg.seed + 1)
-            layers = select_layers(m, cfg.layers, cfg.exclude)
-            _correct_eigenvalues(task, m, layers, avg, *_fitting_data(task, cfg, m, gen), cfg.batch_size)
+            correct_eigenvalues(task, m, avg, gen)
             for name, f in avg.layers.items():
                 corrected[name] += f.corrected / len(models)
         for name, f in avg.layers.items():

@@ -116,8 +116,10 @@ def test_factors_are_cached_by_arguments(small_digits):
     again = fit_curvature(task, model, cfg)
     assert sorted((task.cache_dir / "curvature").glob("*.pt")) == files
     torch.testing.assert_close(first.layers["2"].q_s, again.layers["2"].q_s)
-    fit_curvature(task, model, CurvatureConfig(strategy="kfac", seed=4))
+    assert again.from_cache
+    other = fit_curvature(task, model, CurvatureConfig(strategy="kfac", seed=4))
     assert len(list((task.cache_dir / "curvature").glob("*.pt"))) == len(files) + 1
+    assert not other.from_cache
 
 
 def test_layer_patterns_select_layers(small_digits):

@@ -82,3 +82,23 @@ def test_adequacy_curves_from_saved_scores(results):
     assert df.loc[df["seeds"] == 1, "ceiling"].isna().all()  # one seed: no ceiling
     assert df.loc[df["seeds"] == 2, "ceiling"].notna().all()
     assert {"random", "grad_dot"} <= set(df.columns)
+
+
+def test_cost_by_size_lists_every_size_and_marks_cached_fits():
+    from harness.leaderboard import build, cost_by_size, render_markdown
+
+    def rec(method, params, size, fit, cached=None, status="ok"):
+        return {"task": "pythia_scaling", "method": method, "status": status, "num_params": params,
+                "lds": None, "config": {"task": {"size": size}}, "time_s": {"fit": fit, "score": 1.0},
+                "peak_mem_mb": {"fit": 10.0 * params, "score": 5.0},
+                "diagnostics": None if cached is None else {"factors_from_cache": cached}}
+
+    records = [rec("ekfac", 1, "14m", 3.0, False), rec("ekfac", 2, "31m", 0.1, True),
+               rec("bif", 1, "14m", 5.0), rec("bif", 2, "31m", 9.0, status="timeout"),
+               {"task": "digits_mlp", "method": "grad_dot", "status": "ok", "num_params": 7, "lds": 0.1}]
+    costs = cost_by_size(records)
+    assert list(costs["task"].unique()) == ["pythia_scaling"]  # one size only: no table
+    assert len(costs) == 4 and costs["fit_from_cache"].tolist() == [False, False, False, True]
+    assert costs[costs["method"] == "bif"]["status"].tolist() == ["ok", "timeout"]
+    md = render_markdown(*build(records), costs)
+    assert "Cost by model size (pythia_scaling)" in md and "| 31m" in md

@@ -131,6 +131,8 @@ BAD_INPUTS = [
     (["wandb.mode=sometimes"], "wandb.mode='sometimes': use one of offline, online, disabled"),
     (["+method.no_such_param=1"], "method grad_dot has no parameter no_such_param"),
     (["method=exact_if", "method.max_params=10"], "above method.max_params=10"),
+    (["method=kfac", "+task.method_defaults.kfac.batch_size=4"],
+     "task.method_defaults.kfac.batch_size: conf/method/kfac.yaml does not read this default"),
 ]
 
 

@@ -101,6 +101,9 @@ def build(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                 pairs.append({"task": task, "method_a": p.a, "method_b": p.b, "mean_diff": p.mean_diff,
                               "ci_low": p.ci[0], "ci_high": p.ci[1], "p_value": p.p_value,
                               "queries": p.n, "significant": p.p_value < 0.05})
+    for (task, _), (rec, _) in chosen.items():
+        if task in tasks and (rec.get("diagnostics") or {}).get("factors_from_cache"):
+            tasks[task].setdefault("cached_fits", []).append(rec["method"])
     df = pd.DataFrame(rows, columns=COLUMNS)
     if not df.empty:
         df["_ok"] = df["status"] == "ok"
@@ -158,6 +161,10 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, tasks: dict,
         if task in tasks:
             parts += [_ceiling_line(task, tasks[task]), ""]
         parts += [sub.drop(columns="task").to_markdown(index=False, floatfmt=".4g"), ""]
+        cached = sorted(tasks.get(task, {}).get("cached_fits", []))
+        if cached:
+            parts += [f"fit_s of {', '.join(cached)}: curvature factors read from the cache of an "
+                      "earlier run (a file read, not the cost of fitting them)", ""]
         if not pairs.empty and (pairs["task"] == task).any():
             p = pairs[pairs["task"] == task].drop(columns="task")
             parts += [f"Pairwise comparisons ({task}): mean per-query LDS difference a - b, paired "

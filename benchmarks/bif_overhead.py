@@ -13,8 +13,9 @@ Prints, from one run on the same model and settings (the task's ``method_default
   goal <= 1.5. Tensor memory is tracked exactly by a dispatch mode that adds up the storages
   created by every operation and still alive (inputs existing before the phase are not counted);
 - with ``--devinterp``, the time and peak resident memory of ``bif_devinterp`` with the same
-  settings against the native ones, and the Pearson correlation of its scores with the native ones (sequence level on per-token tasks). For the
-  text task at a size both run in seconds, see ``benchmarks/bif_devinterp_text.py``.
+  settings against the native ones, and the Pearson correlation of its scores with the native
+  ones (sequence level on per-token tasks). For the text task at a size both run in seconds, see
+  ``benchmarks/bif_devinterp_text.py``.
 """
 
 from __future__ import annotations

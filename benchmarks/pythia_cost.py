@@ -9,9 +9,9 @@ their peak resident memory above the phase start is measured (harness.profiling)
 short chain (1 chain, 3 burn-in steps, 5 draws) and TRAK projects to 64 dimensions, so that the
 benchmark stays in budget; the cost per draw and per projected dimension is what scales with size.
 Every worker uses a fresh cache folder, so EK-FAC's factors are fitted, never read back. Prints a
-table and, per method, the log-log slope of time and of
-memory against parameter count between the smallest and the largest size (1.0 = linear in the
-parameter count), and the EK-FAC / BIF time ratio at each size. The full-size profile (16 train and
+table and, per method, the log-log slope of time and of memory against parameter count between
+the smallest and the largest size (1.0 = linear in the parameter count), and the EK-FAC / BIF
+time ratio at each size. The full-size profile (16 train and
 4 query sequences of 128 tokens, up to 160M) is the pythia_scaling sweep in
 results/reference/pythia_scaling/.
 """

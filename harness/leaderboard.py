@@ -7,8 +7,9 @@ indistinguishable from the best one on the same ground truth (paired Wilcoxon te
 p >= 0.05), the spread of LDS over ``method.seed`` values when several were run, cost (fit and
 score seconds, peak memory, model trainings). Tasks whose runs span several model sizes (the
 pythia_scaling sweep) also get a table of every run's cost by size. Writes ``leaderboard.md``,
-``leaderboard.csv``, ``pairwise.csv``, prints the table, and writes ``report.html`` with its plots (``--no-report``
-skips them); ``--wandb`` also logs the leaderboard and plots to a wandb summary run.
+``leaderboard.csv``, ``pairwise.csv``, prints the table, and writes ``report.html`` with its
+plots (``--no-report`` skips them); ``--wandb`` also logs the leaderboard and plots to a wandb
+summary run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ COLUMNS = ["task", "method", "status", "lds", "lds_ci", "normalized_lds", "tied_
            "trainings", "n_train", "n_query", "test_acc", "runs"]
 
 
+def run_cost(rec: dict) -> dict:
+    """A record's fit and score seconds, their sum and the larger of their peak memories (None
+    where the record has no profile)."""
+    t, m = rec.get("time_s") or {}, rec.get("peak_mem_mb") or {}
+    return {"fit_s": t.get("fit"), "score_s": t.get("score"),
+            "total_s": round(sum(t.get(p, 0) for p in ("fit", "score")), 3) if t else None,
+            "peak_mem_mb": max(m.get("fit", 0), m.get("score", 0)) if m else None}
+
+
+def fit_from_cache(rec: dict) -> bool:
+    """Whether the run's fit read curvature factors cached by an earlier run (its fit time is then
+    a file read, not the cost of fitting)."""
+    return bool((rec.get("diagnostics") or {}).get("factors_from_cache"))
+
+
 def _method_seed(rec: dict):
     return rec.get("config", {}).get("method", {}).get("seed")
 
@@ -37,7 +53,6 @@ def _per_query(rec: dict) -> np.ndarray:
 
 
 def _row(rec: dict, recs: list[dict]) -> dict:
-    t, m = rec.get("time_s", {}), rec.get("peak_mem_mb", {})
     ci = rec.get("lds_ci") or [None, None]
     same_gt = [r for r in recs if r.get("status") == "ok" and r.get("gt_key") == rec.get("gt_key")]
     by_seed = {_method_seed(r): r["lds"] for r in same_gt}
@@ -47,9 +62,7 @@ def _row(rec: dict, recs: list[dict]) -> dict:
         "normalized_lds": rec.get("normalized_lds"), "tied_with_best": "",
         "lds_sd_over_seeds": float(np.std(list(by_seed.values()), ddof=1)) if len(by_seed) > 1 else None,
         "method_seeds": len(by_seed) or None,
-        "fit_s": t.get("fit"), "score_s": t.get("score"),
-        "total_s": round(sum(t.get(p, 0) for p in ("fit", "score")), 3) if t else None,
-        "peak_mem_mb": max(m.get("fit", 0), m.get("score", 0)) if m else None,
+        **run_cost(rec),
         "trainings": rec.get("trainings"), "n_train": rec.get("n_train"), "n_query": rec.get("n_query"),
         "test_acc": rec.get("model_quality", {}).get("test_acc"), "runs": len(recs),
     }
@@ -102,7 +115,7 @@ def build(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                               "ci_low": p.ci[0], "ci_high": p.ci[1], "p_value": p.p_value,
                               "queries": p.n, "significant": p.p_value < 0.05})
     for (task, _), (rec, _) in chosen.items():
-        if task in tasks and (rec.get("diagnostics") or {}).get("factors_from_cache"):
+        if task in tasks and fit_from_cache(rec):
             tasks[task].setdefault("cached_fits", []).append(rec["method"])
     df = pd.DataFrame(rows, columns=COLUMNS)
     if not df.empty:
@@ -124,14 +137,10 @@ def cost_by_size(records: list[dict]) -> pd.DataFrame:
     for r in records:
         if len(sizes.get(r.get("task"), ())) < 2:
             continue
-        t, m = r.get("time_s") or {}, r.get("peak_mem_mb") or {}
         rows.append({"task": r["task"], "method": r["method"],
                      "size": r.get("config", {}).get("task", {}).get("size"),
-                     "parameters": r.get("num_params"), "status": r["status"],
-                     "fit_s": t.get("fit"), "score_s": t.get("score"),
-                     "total_s": round(t.get("fit", 0) + t.get("score", 0), 1) if t else None,
-                     "peak_mem_mb": max(m.get("fit", 0), m.get("score", 0)) if m else None,
-                     "fit_from_cache": bool((r.get("diagnostics") or {}).get("factors_from_cache"))})
+                     "parameters": r.get("num_params"), "status": r["status"], **run_cost(r),
+                     "fit_from_cache": fit_from_cache(r)})
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["task", "method", "parameters"], na_position="last").reset_index(drop=True)

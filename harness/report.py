@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.leaderboard import build, chosen_records, task_summaries  # noqa: E402
+from harness.leaderboard import (build, chosen_records, fit_from_cache, run_cost,  # noqa: E402
+                                 task_summaries)
 from harness.results import read_records  # noqa: E402
 
 
@@ -74,8 +75,7 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
         for ax, key, label in ((axes[0], "seconds", "fit + score seconds (log)"),
                                (axes[1], "trainings", "model trainings consumed")):
             for r in recs:
-                x = (r["time_s"].get("fit", 0) + r["time_s"].get("score", 0) if key == "seconds"
-                     else r.get("trainings") or 0)
+                x = run_cost(r)["total_s"] if key == "seconds" else r.get("trainings") or 0
                 ax.scatter(x, r["lds"])
                 ax.annotate(r["method"], (x, r["lds"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
             if key == "seconds":
@@ -88,11 +88,13 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
 
 
 def _by(records, key):
-    df = pd.DataFrame([{"task": r["task"], "method": r["method"], "x": r.get(key), "lds": r.get("lds"),
-                        "time": r["time_s"].get("fit", 0) + r["time_s"].get("score", 0),
-                        "mem": max(r["peak_mem_mb"].get("fit", 0), r["peak_mem_mb"].get("score", 0))}
-                       for r in records if r.get(key) is not None])
-    return df
+    rows = []
+    for r in records:
+        if r.get(key) is not None:
+            cost = run_cost(r)
+            rows.append({"task": r["task"], "method": r["method"], "x": r.get(key), "lds": r.get("lds"),
+                         "time": cost["total_s"], "mem": cost["peak_mem_mb"]})
+    return pd.DataFrame(rows)
 
 
 def plot_n_train(records: list[dict], out: Path) -> list[Path]:
@@ -135,8 +137,8 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
         failed = sorted({(r["method"], r.get("num_params")) for r in records
                          if r["task"] == task and r.get("status") in ("timeout", "oom")}, key=str)
         note = ("; not finished: " + ", ".join(f"{m} at {p / 1e6:.0f}M" for m, p in failed)) if failed else ""
-        cached = sorted({(r["method"], r["num_params"]) for r in rows if r["task"] == task
-                         and (r.get("diagnostics") or {}).get("factors_from_cache")}, key=str)
+        cached = sorted({(r["method"], r["num_params"]) for r in rows
+                         if r["task"] == task and fit_from_cache(r)}, key=str)
         if cached:  # a cache hit times a file read, not the fit
             note += "; fit read from cache: " + ", ".join(f"{m} at {p / 1e6:.0f}M" for m, p in cached)
         fig.suptitle(f"{task}: cost against model size (log-log){note}", fontsize=10)

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods.bif import BIF  # noqa: E402
-from methods.reference.devinterp import DevinterpBIF  # noqa: E402
-from tasks.text import TextNeoX  # noqa: E402
+from tdabench.methods.bif import BIF  # noqa: E402
+from tdabench.methods.reference.devinterp import DevinterpBIF  # noqa: E402
+from tdabench.tasks.text import TextNeoX  # noqa: E402
 
 
 def tiny_text(n_train: int, n_query: int, seq_len: int) -> dict:

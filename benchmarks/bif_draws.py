@@ -26,10 +26,10 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.ground_truth import GroundTruthBuilder  # noqa: E402
-from harness.lds import lds  # noqa: E402
-from harness.registry import METHODS  # noqa: E402
-from harness.run import prepare  # noqa: E402
+from tdabench.harness.ground_truth import GroundTruthBuilder  # noqa: E402
+from tdabench.harness.lds import lds  # noqa: E402
+from tdabench.harness.registry import METHODS  # noqa: E402
+from tdabench.harness.run import prepare  # noqa: E402
 
 #: name -> method overrides; the task's own defaults apply to everything not named
 SETTINGS = {

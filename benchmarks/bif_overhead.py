@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bif_draws import config  # noqa: E402
-from harness.profiling import Profiler  # noqa: E402
-from harness.run import prepare  # noqa: E402
-from methods.bif import _ChainModel  # noqa: E402
-from methods.gradients import trainable_params  # noqa: E402
+
+from tdabench.harness.profiling import Profiler  # noqa: E402
+from tdabench.harness.run import prepare  # noqa: E402
+from tdabench.methods.bif import _ChainModel  # noqa: E402
+from tdabench.methods.gradients import trainable_params  # noqa: E402
 
 
 class PeakTensorMemory(TorchDispatchMode):

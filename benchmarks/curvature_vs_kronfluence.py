@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.digits import DigitsMLP  # noqa: E402
+from tdabench.tasks.digits import DigitsMLP  # noqa: E402
 
 PAIRS = {"ekfac": ("ekfac", "ekfac_kronfluence"), "kfac": ("kfac", "kfac_kronfluence")}
 
@@ -42,8 +42,8 @@ def make_task(cfg: dict, cache_dir: Path) -> DigitsMLP:
 
 def worker(method_name: str, cfg: dict, cache_dir: Path, scores_path: Path, threads: int) -> dict:
     """One harness-like run of ``method_name``: {phase: [seconds, peak MiB]}; saves the scores."""
-    from harness.profiling import Profiler
-    from harness.registry import METHODS
+    from tdabench.harness.profiling import Profiler
+    from tdabench.harness.registry import METHODS
 
     torch.set_num_threads(threads)
     # warm-up on a 32-example copy of the task: lazy imports and first-call set-up are left out

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from harness.cli import compose
-from harness.ground_truth import GroundTruthBuilder
-from harness.lds import lds
-from harness.registry import METHODS
-from harness.run import prepare
+from tdabench.harness.cli import compose
+from tdabench.harness.ground_truth import GroundTruthBuilder
+from tdabench.harness.lds import lds
+from tdabench.harness.registry import METHODS
+from tdabench.harness.run import prepare
 
 
 def main() -> None:

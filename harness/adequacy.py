@@ -18,13 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.ground_truth import GroundTruthBuilder  # noqa: E402
-from harness.leaderboard import chosen_records, task_summaries  # noqa: E402
-from harness.lds import lds  # noqa: E402
-from harness.registry import TASKS  # noqa: E402
-from harness.results import read_records  # noqa: E402
-from harness.statistics import noise_ceiling  # noqa: E402
-from harness.storage import load_verified  # noqa: E402
+from tdabench.harness.ground_truth import GroundTruthBuilder  # noqa: E402
+from tdabench.harness.lds import lds  # noqa: E402
+from tdabench.harness.leaderboard import chosen_records, task_summaries  # noqa: E402
+from tdabench.harness.registry import TASKS  # noqa: E402
+from tdabench.harness.results import read_records  # noqa: E402
+from tdabench.harness.statistics import noise_ceiling  # noqa: E402
+from tdabench.harness.storage import load_verified  # noqa: E402
 
 
 def curves(gt_outcomes, masks, scores: dict, seeds_grid, subsets_grid) -> pd.DataFrame:
@@ -55,7 +55,7 @@ def adequacy(results_dir: str | Path, task: str | None = None) -> list[Path]:
             continue
         cfg = recs[0]["config"]
         t = TASKS.get(task_name)(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], log=lambda m: None)
-        gt = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"], log=print).build()
+        gt = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"]).build()
         scores = {r["method"]: load_verified(results_dir / r["scores_file"])["scores"] for r in recs}
         m_all, k_all = gt.outcomes.shape[:2]
         seeds_grid = list(range(1, k_all + 1))

@@ -2,53 +2,73 @@
 
     tdabench task=digits_mlp method=grad_dot
     tdabench -m task=digits_mlp method=random,grad_dot,exact_if
-    tdabench -m                      # every registered method on the default task
+    tdabench -m                      # every registered method (plugins included), default task
+    tdabench -q ...  /  tdabench -v ...   # warnings only / debugging detail
+
+The ``method`` config group is generated from the registry: each method's node holds every
+parameter of its constructor, with the value ``${tdabench.default:METHOD,KEY}``, which resolves to
+the task's ``method_defaults.METHOD.KEY`` when the task sets one (or, for the keys a method
+declares in ``shared_task_defaults``, another method's), else to the constructor's default
+(``seed`` follows the run's ``seed``). So ``method.KEY=VALUE`` works for any registered
+method, an unknown key is refused with the valid keys listed, and the record holds every value.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from harness.config import ConfigError, UnsupportedPairingError
-from harness.registry import METHODS, TASKS
+from tdabench.harness.config import ConfigError, UnsupportedPairingError, check_writable
+from tdabench.harness.logs import setup as setup_logging
+from tdabench.harness.logs import take_verbosity_flags
+from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
 
+#: the Hydra config tree, shipped inside the package (tdabench/conf beside tdabench/harness)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger("tdabench")
+_MISSING = object()
 
 
-def _register_plugin_configs() -> None:
-    """Give every registered method without a YAML file a default config node, so methods from
-    other packages (entry points) can be chosen with ``method=NAME`` like built-in ones."""
+def _method_default(method: str, key: str, _root_):
+    """Resolver ``tdabench.default``: the task's default for ``method.key``, else the method's."""
+    cls = METHODS.get(method)
+    sources = [method] + [other for other, keys in cls.shared_task_defaults.items() if key in keys]
+    for source in sources:
+        value = OmegaConf.select(_root_, f"task.method_defaults.{source}.{key}", default=_MISSING)
+        if value is not _MISSING:
+            return value
+    if key == "seed":
+        return _root_.seed
+    return cls.defaults()[key]
+
+
+def _all_methods() -> str:
+    """Resolver ``tdabench.methods``: every registered method, as a sweep's comma list."""
+    return ",".join(METHODS.names())
+
+
+def register_configs() -> None:
+    """Resolvers, one ``method`` config node per registered method, and a ``task`` node for each
+    registered task without a YAML file in conf/task/ (from its ``default_config``); idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    OmegaConf.register_new_resolver("tdabench.default", _method_default, replace=True)
+    OmegaConf.register_new_resolver("tdabench.methods", _all_methods, replace=True)
     store = ConfigStore.instance()
     for name in METHODS.names():
-        if not (CONF_DIR / "method" / f"{name}.yaml").exists():
-            store.store(group="method", name=name, node={"name": name, "seed": "${seed}"})
-
-
-def _precheck(argv: list[str]) -> list[str]:
-    """Problems Hydra would hit before the app starts (it creates its output folder under
-    ``results_dir``), and unknown ``task=`` / ``method=`` choices, as error lines."""
-    from harness.config import check_writable
-
-    problems = []
-    for arg in argv:
-        if arg.startswith("results_dir="):
-            problem = check_writable(arg.split("=", 1)[1])
-            if problem:
-                problems.append(f"results_dir: {problem}")
-        for group, registry in (("task", TASKS), ("method", METHODS)):
-            if arg.startswith(f"{group}="):
-                names = registry.names()
-                for choice in arg.split("=", 1)[1].split(","):
-                    if choice and choice not in names:
-                        problems.append(f"unknown {group} {choice!r}; registered {group}s: {', '.join(names)}")
-    return problems
+        try:
+            params = METHODS.get(name).defaults()
+        except TypeError as exc:
+            log.warning("%s; it is skipped", exc)
+            continue
+        store.store(group="method", name=name,
+                    node={"name": name, **{k: f"${{tdabench.default:{name},{k}}}" for k in params}})
+    for name in TASKS.names():
+        if not (CONF_DIR / "task" / f"{name}.yaml").exists():
+            store.store(group="task", name=name, node={**TASKS.get(name).default_config, "name": name})
 
 
 def compose(overrides: list[str]) -> dict:
@@ -56,22 +76,124 @@ def compose(overrides: list[str]) -> dict:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    _register_plugin_configs()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def _choices(overrides, key: str, default: list[str]) -> list[str]:
+    for o in overrides:
+        if o.key_or_group == key and o.value() is not None:
+            return [str(v) for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
+    return default
+
+
+#: Hydra's flags that take a value (the value is not an override)
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+
+
+def _override_args(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            if "=" not in a:
+                continue
+        if a.startswith("-"):
+            skip = a in _VALUE_FLAGS
+            continue
+        out.append(a)
+    return out
+
+
+def precheck(argv: list[str]) -> list[str]:
+    """Problems found from the command line alone, before Hydra starts (it would create its output
+    folder under ``results_dir``): unwritable folders, unknown ``task=`` / ``method=`` choices and
+    keys that do not exist (also when added with ``+``), each listing the valid ones."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = _override_args(argv)
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except HydraException as exc:
+        return [str(exc).splitlines()[0]]
+    problems = []
+    for o in overrides:
+        if o.key_or_group in ("results_dir", "cache_dir") and not o.is_sweep_override():
+            value = o.value()
+            problem = check_writable(value) if value not in (None, "") else \
+                f"an empty {o.key_or_group} is not a folder; give a path, e.g. {o.key_or_group}=results"
+            if problem:
+                problems.append(f"{o.key_or_group}: {problem}")
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    for group, registry in (("task", TASKS), ("method", METHODS)):
+        for choice in _choices(overrides, group, []):
+            try:
+                registry.get(choice)
+            except UnknownNameError as exc:
+                problems.append(str(exc))
+    if problems:
+        return problems
+    methods = _choices(overrides, "method", METHODS.names() if multirun else ["grad_dot"])
+    keyed = [o for o in overrides if "." in o.key_or_group and not o.key_or_group.startswith("hydra")
+             and not o.is_delete()]
+    for o in [o for o in keyed if o.key_or_group.startswith("method.")]:
+        key = o.key_or_group.split(".", 1)[1]
+        for name in methods:
+            allowed = METHODS.get(name).parameters()
+            if key not in allowed:
+                problems.append(f"method.{key}: method {name} has no parameter {key!r}; its parameters: "
+                                f"{', '.join(allowed)}")
+    others = [o for o in keyed if not o.key_or_group.startswith("method.")]
+    if others:
+        problems += _unknown_keys(overrides, others)
+    return problems
+
+
+def _unknown_keys(overrides, keyed) -> list[str]:
+    """Dotted keys that no composed config holds (for every ``task=`` choice of a sweep)."""
+    from omegaconf import DictConfig
+
+    base = [f"{o.key_or_group}={o.value()}" for o in overrides
+            if "." not in o.key_or_group and not o.is_sweep_override() and o.value() is not None
+            and o.key_or_group not in ("task", "method", "results_dir", "cache_dir")]
+    problems = []
+    for task in _choices(overrides, "task", [None]):
+        try:
+            cfg = OmegaConf.create(compose(base + ([f"task={task}"] if task else [])))
+        except Exception as exc:  # the composition itself fails: Hydra's first line says why
+            return [str(exc).splitlines()[0]]
+        for o in keyed:
+            parent, _, leaf = o.key_or_group.rpartition(".")
+            node = OmegaConf.select(cfg, parent, default=None)
+            if isinstance(node, DictConfig) and leaf in node:
+                continue
+            if not isinstance(node, DictConfig):
+                problems.append(f"{o.key_or_group}: no such setting ({parent} is not a group of settings)")
+            else:
+                problems.append(f"{o.key_or_group}: no such setting{f' for task {task}' if task else ''}; "
+                                f"the keys of {parent}: {', '.join(sorted(map(str, node.keys())))}")
+    return sorted(set(problems))
+
+
 def _group() -> str:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         return f"sweep-{Path(hc.sweep.dir).name}"
     return f"run-{Path(hc.run.dir).name}"
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
-    from harness.run import execute, record_unsupported
+def _app(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from tdabench.harness.run import execute, record_unsupported
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -93,13 +215,18 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    problems = _precheck(sys.argv[1:])
+    import hydra
+
+    verbosity, argv = take_verbosity_flags(sys.argv[1:])
+    sys.argv = [sys.argv[0], *argv]
+    setup_logging(verbosity)
+    problems = precheck(argv)
     if problems:
         for line in problems:
             print(f"tdabench: error: {line}", file=sys.stderr)
         sys.exit(2)
-    _register_plugin_configs()
-    _app()
+    register_configs()
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
 
 
 if __name__ == "__main__":

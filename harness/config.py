@@ -9,10 +9,9 @@ import os
 import uuid
 from pathlib import Path
 
-from harness.registry import METHODS, TASKS, UnknownNameError
+from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
 
 WANDB_MODES = ("offline", "online", "disabled")
-METHOD_CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "method"
 
 
 class ConfigError(ValueError):
@@ -100,7 +99,7 @@ def validate_settings(cfg: dict) -> list[str]:
         problem = check_writable(cfg[key])
         if problem:
             p.append(f"{key}: {problem}")
-    p += unread_method_defaults(cfg)
+    p += method_default_problems(cfg)
     if not p:
         need = ground_truth_mb(cfg) + MIN_FREE_MB
         free = free_disk_mb(cfg["cache_dir"])
@@ -113,25 +112,18 @@ def validate_settings(cfg: dict) -> list[str]:
 MIN_FREE_MB = 200  # checkpoints, curvature factors, scores and temporary files
 
 
-def unread_method_defaults(cfg: dict, conf_dir: Path = METHOD_CONF_DIR) -> list[str]:
-    """Entries of ``task.method_defaults.<method>`` for the chosen method that its config file
-    never reads (a method's YAML takes a task default only where a value says
-    ``${oc.select:task.method_defaults.<method>.<key>,...}``): they would be ignored silently."""
+def method_default_problems(cfg: dict) -> list[str]:
+    """Entries of ``task.method_defaults.<method>`` for the chosen method that are not parameters
+    of that method: they would be ignored silently."""
     name = (cfg.get("method") or {}).get("name")
     defaults = ((cfg.get("task") or {}).get("method_defaults") or {}).get(name) or {}
-    if not defaults:
-        return []
-    from omegaconf import OmegaConf
-
-    path = conf_dir / f"{name}.yaml"
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
-    unread = [k for k in defaults if f"method_defaults.{name}.{k}" not in str(raw.get(k, ""))]
-    if not unread:
-        return []
-    where = f"conf/method/{name}.yaml" if path.exists() else f"method {name} (it has no config file)"
-    return [f"task.method_defaults.{name}.{k}: {where} does not read this default, so it would be "
-            f"ignored; set method.{k}=... instead, or make the method's config read it with "
-            f"${{oc.select:task.method_defaults.{name}.{k},<default>}}" for k in unread]
+    try:
+        allowed = METHODS.get(name).parameters() if defaults else []
+    except UnknownNameError:
+        return []  # reported by resolve_names
+    return [f"task.method_defaults.{name}.{k}: method {name} has no parameter {k!r}, so this task "
+            f"default would be ignored; its parameters: {', '.join(allowed)}"
+            for k in defaults if k not in allowed]
 
 
 def ground_truth_mb(cfg: dict) -> float:
@@ -160,13 +152,17 @@ def method_params(cfg: dict) -> dict:
 
 
 def validate_method_params(method_cls, cfg: dict) -> list[str]:
+    """Unknown parameters (with the valid ones listed), values that do not fit the constructor's
+    types, and a missing optional dependency."""
     allowed = method_cls.parameters()
-    unknown = [k for k in method_params(cfg) if k not in allowed]
+    params = method_params(cfg)
+    unknown = [k for k in params if k not in allowed]
     if unknown:
         return [f"method {method_cls.name} has no parameter {', '.join(unknown)}; its parameters: "
                 f"{', '.join(allowed)}"]
+    problems = method_cls.parameter_problems(params)
     missing = method_cls.available()
-    return [missing] if missing else []
+    return problems + ([missing] if missing else [])
 
 
 def validate_pairing(task, method) -> list[str]:

@@ -13,6 +13,7 @@ the same shard twice.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.storage import content_hash, load_or_compute
+from tdabench.harness.storage import content_hash, load_or_compute
+
+_log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -62,10 +65,10 @@ def gt_key(task, gt: dict) -> str:
 class GroundTruthBuilder:
     """Computes, caches and assembles the ground truth of one task and ``gt`` config."""
 
-    def __init__(self, task, gt: dict, cache_dir: str | Path, log=print):
+    def __init__(self, task, gt: dict, cache_dir: str | Path, log=None):
         self.task = task
         self.gt = gt
-        self.log = log
+        self.log = log or _log.info
         self.dir = Path(cache_dir) / "ground_truth" / f"{task.name}-{gt_key(task, gt)}"
         self.masks = make_masks(task.n_train, gt["subsets"], gt["alpha"], task.seed)
 

@@ -76,30 +76,19 @@ def image_of(x: torch.Tensor) -> np.ndarray | None:
 
 def decoder(task):
     """A function from token ids [T] to a list of T printable strings (one per token)."""
-    from tasks.text import TextNeoX, resolve_text_path
 
     def printable(c: str) -> str:
         return "\u21b5" if c == "\n" else (c if c.isprintable() else "\u00b7")
 
-    if isinstance(task, TextNeoX):
-        if task.cfg.get("tokens", "char") == "byte":
-            return lambda ids: [printable(chr(int(i))) if int(i) < 128 else "\u00b7" for i in ids]
-        vocab = sorted(set(resolve_text_path(task.cfg).read_text(encoding="utf-8")))
-        return lambda ids: [printable(vocab[int(i)]) for i in ids]
-    tok = getattr(task, "tokenizer", None)
-    if callable(tok):
-        tok = tok()
-    if tok is not None and hasattr(tok, "decode"):
-        return lambda ids: [printable(tok.decode([int(i)])) or "\u00b7" for i in ids]
-    return lambda ids: [f"<{int(i)}>" for i in ids]
+    return lambda ids: [printable(t) or "\u00b7" for t in task.decode_tokens(ids)]
 
 
 def make_bif(overrides: list[str], chains: int, draws: int):
     """A ``bif`` method with the task's BIF settings (and any ``method.*`` overrides when the
     overrides choose ``method=bif``), sampling ``chains`` x ``draws``."""
-    from harness.cli import compose
-    from harness.config import method_params
-    from methods.bif import BIF
+    from tdabench.harness.cli import compose
+    from tdabench.harness.config import method_params
+    from tdabench.harness.registry import METHODS
 
     chosen = [o for o in overrides if o.startswith("method=")]
     is_bif = bool(chosen) and chosen[-1] == "method=bif"
@@ -107,7 +96,7 @@ def make_bif(overrides: list[str], chains: int, draws: int):
         [o for o in overrides if not o.startswith("method=")]
     params = method_params(compose(keep + ["method=bif"]))
     params.update(chains=chains, draws=draws)
-    return BIF(**params)
+    return METHODS.get("bif")(**params)
 
 
 # ----- (a) top influential training examples ----------------------------------------------------
@@ -300,19 +289,18 @@ def kernel_view(task, bif, model, out: Path, n_examples: int, seed: int) -> Path
 def stagewise_scores(task, make) -> tuple[np.ndarray, torch.Tensor]:
     """BIF sequence scores at every trajectory snapshot: cumulative steps [S] and scores
     [S, n_query, n_train] (NaN at a snapshot where SGLD diverged)."""
-    from methods.bif import SGLDDivergenceError
-    from methods.trajectory import snapshot_model
+    from tdabench.harness.method import MethodDivergedError
 
     snaps = task.trajectory()
     steps = np.cumsum([s.steps for s in snaps])
     out = torch.full((len(snaps), task.n_query, task.n_train), float("nan"))
     for k, snap in enumerate(snaps):
-        model = snapshot_model(task, snap)
+        model = task.snapshot_model(snap)
         bif = make()
         try:
             bif.fit(task, model)
-        except SGLDDivergenceError as exc:
-            task.log(f"[tdabench] insight: snapshot {k} skipped: {exc}")
+        except MethodDivergedError as exc:
+            task.log(f"insight: snapshot {k} skipped: {exc}")
             continue
         out[k] = sequence_scores(bif.score(task, model))
     return steps, out
@@ -386,10 +374,10 @@ def _fail(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Produce the chosen views; returns the written files."""
-    from harness.cli import compose
-    from harness.config import ConfigError
-    from harness.run import check_scores, prepare
-    from harness.storage import load_verified
+    from tdabench.harness.cli import compose
+    from tdabench.harness.config import ConfigError
+    from tdabench.harness.run import check_scores, prepare
+    from tdabench.harness.storage import load_verified
 
     views = [v for v in args.views.split(",") if v]
     bad = [v for v in views if v not in VIEWS]
@@ -428,15 +416,15 @@ def run(args: argparse.Namespace) -> list[Path]:
             scores = method.score(task, model).detach().float().cpu()
         check_scores(scores, task)
         written += top_examples_view(task, scores, queries, args.top, out)
-        task.log(f"[tdabench] insight: top examples -> {', '.join(map(str, written))}")
+        task.log(f"insight: top examples -> {', '.join(map(str, written))}")
 
     if "kernel" in views:
         model = model if model is not None else task.checkpoint()
         written.append(kernel_view(task, make(), model, out, args.kernel_examples, cfg["seed"]))
-        task.log(f"[tdabench] insight: BIF kernel -> {written[-1]}")
+        task.log(f"insight: BIF kernel -> {written[-1]}")
     if "stagewise" in views:
         written.append(stagewise_view(task, make, stage_q, args.stage_top, out))
-        task.log(f"[tdabench] insight: stagewise attribution -> {written[-1]}")
+        task.log(f"insight: stagewise attribution -> {written[-1]}")
     return written
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.results import read_records
-from harness.statistics import pairwise_table, tied_with_best
+from tdabench.harness.results import read_records
+from tdabench.harness.statistics import pairwise_table, tied_with_best
 
 COLUMNS = ["task", "method", "status", "lds", "lds_ci", "normalized_lds", "tied_with_best",
            "lds_sd_over_seeds", "method_seeds", "fit_s", "score_s", "total_s", "peak_mem_mb",
@@ -210,11 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     write(args.results_dir)
     print((Path(args.results_dir) / "leaderboard.md").read_text())
     if not args.no_report:
-        from harness.report import write_report
+        from tdabench.harness.report import write_report
 
         print(f"report: {write_report(args.results_dir)}")
     if args.wandb:
-        from harness.report import log_to_wandb
+        from tdabench.harness.report import log_to_wandb
 
         print(f"wandb summary run: {log_to_wandb(args.results_dir, args.wandb)}")
     sys.stdout.flush()

@@ -19,9 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.leaderboard import (build, chosen_records, fit_from_cache, run_cost,  # noqa: E402
-                                 task_summaries)
-from harness.results import read_records  # noqa: E402
+from tdabench.harness.leaderboard import build, chosen_records, fit_from_cache, run_cost, task_summaries  # noqa: E402
+from tdabench.harness.results import read_records  # noqa: E402
 
 
 def _ok(records: list[dict]) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -17,9 +18,10 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from harness import __version__
+from tdabench.harness import __version__
+from tdabench.harness.record import RunRecord, upgrade
 
-STATUSES = ("ok", "error", "oom", "timeout", "unsupported")
+_log = logging.getLogger(__name__)
 LIBRARIES = ("torch", "numpy", "scipy", "hydra-core", "wandb", "kronfluence", "traker", "devinterp",
              "transformers")
 
@@ -70,8 +72,9 @@ def append_record(results_dir: str | Path, record: dict) -> Path:
     return path
 
 
-def read_records(results_dir: str | Path) -> list[dict]:
-    """All complete records; a damaged line (for example a torn last line) is skipped with a note."""
+def read_records(results_dir: str | Path) -> list[RunRecord]:
+    """All complete records, in the current schema (:func:`tdabench.harness.record.upgrade`); a
+    damaged line (for example a torn last line) is skipped with a note."""
     path = Path(results_dir) / "runs.jsonl"
     if not path.exists():
         return []
@@ -80,7 +83,7 @@ def read_records(results_dir: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(upgrade(json.loads(line)))
         except json.JSONDecodeError:
-            print(f"[tdabench] {path}:{n} is not a complete record; skipped")
+            _log.warning(f"{path}:{n} is not a complete record; skipped")
     return records

@@ -8,8 +8,8 @@ during work are recorded with the phase they happened in and a status (``error``
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 import traceback
 import uuid
@@ -18,23 +18,31 @@ from pathlib import Path
 
 import torch
 
-from harness.config import (ConfigError, UnsupportedPairingError, method_params, resolve_names, validate_method_params,
-                            validate_pairing, validate_settings)
-from harness.ground_truth import GroundTruthBuilder
-from harness.lds import lds
-from harness.statistics import noise_ceiling
-from harness.profiling import Profiler
-from harness.results import append_record, provenance, read_records
-from harness.storage import content_hash, save_verified
-from harness.tracking import log_run
-from methods.gradients import num_params
+from tdabench.harness.config import (
+    ConfigError,
+    UnsupportedPairingError,
+    method_params,
+    resolve_names,
+    validate_method_params,
+    validate_pairing,
+    validate_settings,
+)
+from tdabench.harness.data_paths import set_data_root
+from tdabench.harness.ground_truth import GroundTruthBuilder
+from tdabench.harness.lds import lds
+from tdabench.harness.profiling import Profiler
+from tdabench.harness.record import new_record
+from tdabench.harness.results import append_record, provenance, read_records
+from tdabench.harness.statistics import noise_ceiling
+from tdabench.harness.storage import content_hash, save_verified
+from tdabench.harness.tracking import log_run
+from tdabench.harness.training import num_params
 
 #: config keys that do not change a run's numbers (left out of its config hash)
-NON_DETERMINING = ("results_dir", "cache_dir", "wandb", "limits", "hydra", "force")
+NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "hydra", "force")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 class TimeLimitExceeded(Exception):
@@ -96,7 +104,7 @@ def ceiling_fields(outcomes: torch.Tensor, lds_value: float, cfg: dict) -> dict:
                        "differences between methods below that noise are not meaningful. Raise "
                        "gt.seeds (reliability) or gt.subsets / task.n_query (narrower interval)")
     if warning:
-        log(f"[tdabench] {warning}")
+        log.warning(warning)
         out["gt_warning"] = warning
     return out
 
@@ -108,6 +116,7 @@ def config_hash(cfg: dict) -> str:
 def prepare(cfg: dict):
     """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
     problems = validate_settings(cfg)
+    set_data_root(cfg.get("data_root"))
     task_cls, method_cls, more = resolve_names(cfg)
     problems += more
     if task_cls is not None:
@@ -116,8 +125,7 @@ def prepare(cfg: dict):
         problems += validate_method_params(method_cls, cfg)
     if problems:
         raise ConfigError(problems)
-    task = task_cls(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], device=cfg["device"],
-                    log=log)
+    task = task_cls(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], device=cfg["device"])
     method = method_cls(**method_params(cfg))
     problems = validate_pairing(task, method)
     if problems:
@@ -127,13 +135,13 @@ def prepare(cfg: dict):
 
 def record_unsupported(cfg: dict, exc: UnsupportedPairingError, group: str) -> dict:
     """In a sweep, an unsupported pairing is recorded (status ``unsupported``) and skipped."""
-    record = {"run_id": f"{cfg['task']['name']}-{cfg['method']['name']}-{uuid.uuid4().hex[:8]}",
+    record = new_record(**{"run_id": f"{cfg['task']['name']}-{cfg['method']['name']}-{uuid.uuid4().hex[:8]}",
               "task": cfg["task"]["name"], "method": cfg["method"]["name"], "status": "unsupported",
               "message": " ".join(exc.problems), "lds": None, "n_train": cfg["task"].get("n_train"),
               "n_query": cfg["task"].get("n_query"), "group": group, "config_hash": config_hash(cfg),
-              "config": cfg, "time_s": {}, "peak_mem_mb": {}, **provenance(cfg["device"])}
+              "config": cfg, "time_s": {}, "peak_mem_mb": {}, **provenance(cfg["device"])})
     append_record(cfg["results_dir"], record)
-    log(f"[tdabench] {record['task']} / {record['method']}: unsupported: {record['message']}")
+    log.info(f"{record['task']} / {record['method']}: unsupported: {record['message']}")
     return record
 
 
@@ -165,7 +173,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
                       constant_outcome_queries=res.constant_outcome_queries,
                       constant_prediction_queries=res.constant_prediction_queries)
         if res.constant_outcome_queries:
-            log(f"[tdabench] {len(res.constant_outcome_queries)} queries have constant ground-truth "
+            log.info(f"{len(res.constant_outcome_queries)} queries have constant ground-truth "
                 f"outcomes and are left out of the LDS: {res.constant_outcome_queries}")
     return scores
 
@@ -194,13 +202,13 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     """
     task, method = prepare(cfg)
     set_threads(cfg.get("threads"))
-    builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log)
+    builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"])
     if cfg["gt"]["shard"] is not None:
         if not task.measures_lds:
             raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "
                                "leave gt.shard null"])
         builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
-        log(f"[tdabench] ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
+        log.info(f"ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
         return None
 
     results_dir = Path(cfg["results_dir"])
@@ -209,17 +217,17 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
         done = [r for r in read_records(results_dir)
                 if r.get("config_hash") == chash and r.get("status") == "ok"]
         if done:
-            log(f"[tdabench] {task.name} / {method.name}: already done in {results_dir} "
+            log.info(f"{task.name} / {method.name}: already done in {results_dir} "
                 f"(run {done[-1]['run_id']}: {_summary(done[-1])}); skipped. Use force=true to rerun")
             return done[-1]
     run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
     prof = Profiler(cfg["device"])
-    record = {
+    record = new_record(**{
         "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
         "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
         "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": cfg["gt"]["seeds"], "group": group,
         "config_hash": chash, "gt_key": builder.dir.name if task.measures_lds else None, "config": cfg,
-    }
+    })
     scores = None
     try:
         scores = _attribute(task, method, builder, cfg, record, prof)
@@ -242,6 +250,6 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     try:
         record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
     except Exception as exc:  # tracking must never lose a computed result
-        log(f"[tdabench] wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
-    log(f"[tdabench] {task.name} / {method.name}: {_summary(record)}")
+        log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
+    log.info(f"{task.name} / {method.name}: {_summary(record)}")
     return record

@@ -20,7 +20,7 @@ from itertools import combinations
 import numpy as np
 from scipy.stats import wilcoxon
 
-from harness.lds import bootstrap_ci, columnwise_spearman
+from tdabench.harness.lds import bootstrap_ci, columnwise_spearman
 
 
 @dataclass

@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+_log = logging.getLogger(__name__)
 
 
 class CorruptFileError(RuntimeError):
@@ -103,7 +106,7 @@ def remove_verified(path: str | Path) -> None:
             pass
 
 
-def load_or_compute(path: str | Path, compute, what: str, log=print) -> Any:
+def load_or_compute(path: str | Path, compute, what: str, log=None) -> Any:
     """Return the verified content of ``path``, or compute, save and return it.
 
     A file lock beside ``path`` makes concurrent processes that need the same content wait for
@@ -118,7 +121,7 @@ def load_or_compute(path: str | Path, compute, what: str, log=print) -> Any:
             try:
                 return load_verified(path)
             except CorruptFileError as exc:
-                log(f"[tdabench] cached {what} is damaged, recomputing: {exc}")
+                (log or _log.warning)(f"cached {what} is damaged, recomputing: {exc}")
                 remove_verified(path)
         obj = compute()
         save_verified(obj, path)

@@ -1,7 +1,8 @@
 """Weights & Biases logging: one wandb run per tdabench run.
 
 Project ``tdabench`` by default, group = the sweep, name = task/method, config = the keys people
-filter on at top level (task, method, n_train, ...) plus the whole resolved config under ``cfg``, summary = LDS, interval, times and memory.
+filter on at top level (task, method, n_train, ...) plus the whole resolved config under ``cfg``,
+summary = LDS, interval, times and memory.
 Offline by default (runs land in ``RESULTS_DIR/wandb``; ``wandb sync`` uploads them later).
 """
 

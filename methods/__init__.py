@@ -1,9 +1,3 @@
-"""Attribution methods: one module per method family, plus adapters in ``methods.reference``.
-
-Importing this package registers every built-in method. Reference adapters import their
-libraries only when run, so they are listed even where the ``reference`` extra is missing.
-"""
-
-from harness.discovery import import_submodules
-
-import_submodules("methods")
+"""The built-in attribution methods, one module per method family, plus adapters to reference
+implementations in ``tdabench.methods.reference``. They are plugins of the framework: each is
+registered by an entry point in the group ``tdabench.methods`` (pyproject.toml)."""

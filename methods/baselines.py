@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch.func import hessian
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.gradients import flatten, functional, num_params, query_grads, train_grads, trainable_params
+from tdabench.harness.method import Method
+from tdabench.harness.training import num_params
+from tdabench.methods.gradients import flatten, functional, query_grads, train_grads, trainable_params
 
 
-@METHODS.register("random")
 class RandomScores(Method):
     """Independent standard Gaussian scores: the LDS of a method that knows nothing (about 0)."""
 
@@ -22,7 +21,6 @@ class RandomScores(Method):
         return torch.randn(task.n_query, task.n_train, generator=g)
 
 
-@METHODS.register("grad_dot")
 class GradDot(Method):
     """Minus the dot product of query-observable and training-loss gradients at w*.
 
@@ -41,7 +39,6 @@ class GradDot(Method):
         return -gq @ gt.T
 
 
-@METHODS.register("grad_cos")
 class GradCos(GradDot):
     """Minus the cosine similarity of query and training gradients."""
 
@@ -52,7 +49,6 @@ class GradCos(GradDot):
         return -gq @ gt.T
 
 
-@METHODS.register("exact_if")
 class ExactIF(Method):
     """Classical influence function with the explicit Hessian of the training objective.
 

@@ -41,9 +41,8 @@ import math
 import torch
 from torch.func import functional_call, vmap
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.gradients import trainable_params
+from tdabench.harness.method import Method, MethodDivergedError
+from tdabench.methods.gradients import trainable_params
 
 NORMALIZE = ("covariance", "correlation")
 #: below this starting loss the divergence limit is divergence_factor * LOSS_FLOOR (nats), so a
@@ -68,7 +67,7 @@ def _block_means(trace: torch.Tensor) -> list[list[float]]:
     return [[round(v, 6) for v in row] for row in means.tolist()]
 
 
-class SGLDDivergenceError(FloatingPointError):
+class SGLDDivergenceError(MethodDivergedError):
     """An SGLD chain's loss became non-finite or grew far beyond its starting value."""
 
 
@@ -159,12 +158,11 @@ class _ChainModel:
         return torch.stack([one({k: v[c] for k, v in params.items()}) for c in range(n_chains)])
 
 
-@METHODS.register("bif")
 class BIF(Method):
     """Local Bayesian influence function by SGLD (see the module docstring)."""
 
-    def __init__(self, seed: int = 0, chains: int = 4, draws: int = 400, burn_in: int = 200,
-                 steps_between_draws: int = 5, eps: float = 3e-4, gamma: float = 100.0,
+    def __init__(self, seed: int = 0, chains: int = 4, draws: int = 100, burn_in: int = 100,
+                 steps_between_draws: int = 5, eps: float = 1e-4, gamma: float = 100.0,
                  nbeta: float | None = None, batch_size: int = 64, normalize: str = "covariance",
                  divergence_factor: float = 10.0, parallel_chains: int | None = None,
                  draw_batch_size: int = 4096, vectorize: bool = True):
@@ -358,7 +356,7 @@ class BIF(Method):
             except (RuntimeError, NotImplementedError) as exc:
                 if not vectorized or acc.n:
                     raise
-                task.log(f"[tdabench] bif: the model cannot be vectorized over chains "
+                task.log(f"bif: the model cannot be vectorized over chains "
                          f"({type(exc).__name__}: {str(exc)[:120]}); running chains one at a time")
                 vectorized = False
                 continue
@@ -396,7 +394,7 @@ class BIF(Method):
         drift = per_chain.mean().abs()
         noise = 2 * per_chain.std() / math.sqrt(len(per_chain)) if len(per_chain) > 1 else 0.0
         if drift > SETTLE_TOLERANCE * rise and drift > noise:
-            task.log(f"[tdabench] bif warning: the training loss is still drifting after burn-in "
+            task.log(f"bif warning: the training loss is still drifting after burn-in "
                      f"(mean {float(first):.4g} over the first half of the draws, {float(last):.4g} "
                      f"over the second, start {float(start.mean()):.4g}); raise method.burn_in "
                      f"(now {self.burn_in}) or method.eps")

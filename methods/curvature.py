@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.storage import content_hash, load_or_compute
-from methods.gradients import (iter_per_example_grads, iter_per_token_grads, num_params,
-                               trainable_params)
+from tdabench.harness.storage import content_hash, load_or_compute
+from tdabench.harness.training import num_params
+from tdabench.methods.gradients import iter_per_example_grads, iter_per_token_grads, trainable_params
 
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
@@ -450,7 +450,7 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
     def compute():
         fitted.append(True)
         fisher = "empirical" if cfg.empirical_fisher else "true"
-        task.log(f"[tdabench] fitting {cfg.strategy} curvature factors ({fisher} Fisher)")
+        task.log(f"fitting {cfg.strategy} curvature factors ({fisher} Fisher)")
         curv = fit_curvature_uncached(task, model, cfg)
         return {"layers": {n: asdict(f) for n, f in curv.layers.items()}, "n_examples": curv.n_examples}
 

@@ -20,10 +20,17 @@ from typing import ClassVar
 
 import torch
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.curvature import (DAMPING_KINDS, Curvature, CurvatureConfig, LayerSelectionError,
-                               fit_curvature, pairwise_scores, precondition_queries, select_layers)
+from tdabench.harness.method import Method
+from tdabench.methods.curvature import (
+    DAMPING_KINDS,
+    Curvature,
+    CurvatureConfig,
+    LayerSelectionError,
+    fit_curvature,
+    pairwise_scores,
+    precondition_queries,
+    select_layers,
+)
 
 
 class KroneckerIF(Method):
@@ -105,14 +112,12 @@ class KroneckerIF(Method):
         return self._scores(task, model, per_layer=True)
 
 
-@METHODS.register("ekfac")
 class EKFAC(KroneckerIF):
     """Influence functions with EK-FAC curvature (eigenvalue-corrected K-FAC)."""
 
     strategy = "ekfac"
 
 
-@METHODS.register("kfac")
 class KFAC(KroneckerIF):
     """Influence functions with K-FAC curvature (Kronecker-product eigenvalues)."""
 

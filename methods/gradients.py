@@ -20,10 +20,6 @@ def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def flatten(tree: dict[str, torch.Tensor], batched: bool = True) -> torch.Tensor:
     if batched:
         return torch.cat([v.reshape(v.shape[0], -1) for v in tree.values()], dim=1)

@@ -33,13 +33,20 @@ from dataclasses import replace
 
 import torch
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.curvature import (DAMPING_KINDS, Curvature, CurvatureConfig, GradientLayout,
-                               LayerFactors, LayerSelectionError, correct_eigenvalues,
-                               fit_curvature, select_layers)
-from methods.gradients import iter_per_example_grads, query_grads
-from methods.trajectory import effective_lr, snapshot_model, split_segments
+from tdabench.harness.method import Method
+from tdabench.methods.curvature import (
+    DAMPING_KINDS,
+    Curvature,
+    CurvatureConfig,
+    GradientLayout,
+    LayerFactors,
+    LayerSelectionError,
+    correct_eigenvalues,
+    fit_curvature,
+    select_layers,
+)
+from tdabench.methods.gradients import iter_per_example_grads, query_grads
+from tdabench.methods.trajectory import effective_lr, split_segments
 
 
 def averaged_curvature(task, models: list, cfg: CurvatureConfig) -> Curvature:
@@ -81,7 +88,6 @@ def spectral(curv: Curvature, layout: GradientLayout, rows: torch.Tensor,
     return out
 
 
-@METHODS.register("source")
 class SOURCE(Method):
     """SOURCE with ``segments`` segments of the reference run; curvature as in ``ekfac``
     (``strategy`` ekfac or kfac, ``damping`` relative to each layer's mean eigenvalue or
@@ -141,20 +147,20 @@ class SOURCE(Method):
         layout = GradientLayout(model)
         self._groups = []
         for group in split_segments(task.trajectory(), self.segments):
-            models = [snapshot_model(task, s) for s in group]
+            models = [task.snapshot_model(s) for s in group]
             steps = sum(s.steps for s in group)
             eta = effective_lr(task, sum(s.lr * s.steps for s in group) / steps)
             self._groups.append((models, eta * steps, averaged_curvature(task, models, self.curvature_config)))
         u = query_grads(task, model, self.batch_size).double()
         self._queries = [None] * len(self._groups)
-        for l in reversed(range(len(self._groups))):
-            _, t, curv = self._groups[l]
+        for seg in reversed(range(len(self._groups))):
+            _, t, curv = self._groups[seg]
             lam = {n: self._eigenvalues(task, curv, f) for n, f in curv.layers.items()}
             decay = {n: torch.exp(-t * v) for n, v in lam.items()}
             # (1 - exp(-t v)) / v, which tends to t as v -> 0
             response = {n: torch.where(v > 0, -torch.expm1(-t * v) / v.clamp_min(1e-300), t)
                         for n, v in lam.items()}
-            self._queries[l] = spectral(curv, layout, u, response)
+            self._queries[seg] = spectral(curv, layout, u, response)
             u = spectral(curv, layout, u, decay)
 
     def score(self, task, model) -> torch.Tensor:

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.gradients import query_grads, train_grads
-from methods.trajectory import effective_lr, snapshot_model
+from tdabench.harness.method import Method
+from tdabench.methods.gradients import query_grads, train_grads
+from tdabench.methods.trajectory import effective_lr
 
 
-@METHODS.register("tracin")
 class TracIn(Method):
     requires = frozenset({"checkpoint", "trajectory"})
 
@@ -39,7 +37,7 @@ class TracIn(Method):
     def score(self, task, model) -> torch.Tensor:
         scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64)
         for snap in task.trajectory():
-            m = snapshot_model(task, snap)
+            m = task.snapshot_model(snap)
             step = effective_lr(task, snap.lr) * snap.steps / task.n_train
             gq = query_grads(task, m, self.batch_size).double()
             gt = train_grads(task, m, self.batch_size).double()

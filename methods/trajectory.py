@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
-
-from tasks.training import Snapshot
-
-
-def snapshot_model(task, snap: Snapshot) -> nn.Module:
-    """The task's model with the parameters of trajectory snapshot ``snap``, in eval mode."""
-    model = task.new_model(task.seed)
-    model.load_state_dict(snap.state)
-    model.eval()
-    return model
+from tdabench.harness.training import Snapshot
 
 
 def effective_lr(task, lr: float) -> float:

@@ -25,10 +25,10 @@ import math
 
 import torch
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.gradients import iter_per_example_grads, num_params
-from tasks.base import margin
+from tdabench.harness.method import Method
+from tdabench.harness.task import margin
+from tdabench.harness.training import num_params
+from tdabench.methods.gradients import iter_per_example_grads
 
 OUTPUTS = ("auto", "margin", "loss")
 PROJECTIONS = ("rademacher", "gaussian")
@@ -96,7 +96,6 @@ def check_trak_settings(method, task) -> list[str]:
     return p
 
 
-@METHODS.register("trak")
 class TRAK(Method):
     """TRAK with ``models`` ensemble members (member 0 is the reference checkpoint).
 

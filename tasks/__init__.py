@@ -1,5 +1,2 @@
-"""Tasks: data + model + training recipe + observable. Importing this package registers them."""
-
-from harness.discovery import import_submodules
-
-import_submodules("tasks", skip=("base", "training"))
+"""The built-in tasks (data + model + training recipe + observable). They are plugins of the
+framework: each is registered by an entry point in the group ``tdabench.tasks`` (pyproject.toml)."""

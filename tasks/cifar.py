@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.registry import TASKS
-from harness.storage import content_hash, load_or_compute
-from tasks.base import Split, Task, margin
-from tasks.data import balanced_sample, shared_file, unpack_once
+from tdabench.harness.storage import content_hash, load_or_compute
+from tdabench.harness.task import Split, Task, margin
+from tdabench.tasks.data import balanced_sample, shared_file, unpack_once
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
@@ -144,7 +143,6 @@ class ImageSource:
 
 
 # ----- the task ----------------------------------------------------------------------------------
-@TASKS.register("cifar10_resnet9")
 class CifarResNet9(Task):
     default_classes: tuple[str, ...] = CIFAR10_CLASSES
 
@@ -212,7 +210,7 @@ class CifarResNet9(Task):
                             "n": [self.n_train, self.n_query, self.cfg.get("n_test")]})
 
         def compute():
-            self.log(f"[tdabench] decoding {self.name} images from {where}")
+            self.log(f"decoding {self.name} images from {where}")
             g = torch.Generator().manual_seed(self.seed)
             c = len(self.classes)
             tr = balanced_sample(train_src.labels, self.n_train, c, g)
@@ -270,6 +268,5 @@ class CifarResNet9(Task):
         return inputs
 
 
-@TASKS.register("cifar2_resnet9")
 class Cifar2ResNet9(CifarResNet9):
     default_classes = ("cat", "dog")

@@ -1,13 +1,14 @@
 """Where tasks find their data: the shared data folder beside the project, and helpers to unpack
 archives into a cache once and to draw seeded, class-balanced subsamples.
 
-The shared folder is ``../shared/data`` relative to the project root (the directory holding
-``pyproject.toml``). It is optional: tasks fall back to their normal sources (a download, a
-user's folder) when a file is not there.
+Data files are looked up by :func:`tdabench.harness.data_paths.find_data_file`: the run's
+``data_root`` setting, ``$TDABENCH_DATA``, then ``../shared/data`` beside a source checkout. They
+are optional: tasks fall back to their normal sources (a download, a user's folder).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import tarfile
@@ -16,17 +17,17 @@ from pathlib import Path
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+from tdabench.harness.data_paths import find_data_file
+
+_log = logging.getLogger(__name__)
 
 
 def shared_file(name: str) -> Path | None:
-    """``../shared/data/<name>`` when it exists, else None."""
-    path = SHARED_DATA / name
-    return path if path.exists() else None
+    """The data file ``name`` from the configured data folders, or None when none has it."""
+    return find_data_file(name)
 
 
-def unpack_once(archive: Path, dest: Path, log=print) -> Path:
+def unpack_once(archive: Path, dest: Path, log=None) -> Path:
     """Unpack the tar archive ``archive`` into ``dest`` unless ``dest`` already exists.
 
     The archive is unpacked into a temporary folder beside ``dest`` and renamed into place, under
@@ -39,7 +40,7 @@ def unpack_once(archive: Path, dest: Path, log=print) -> Path:
     with FileLock(str(dest) + ".lock"):
         if dest.exists():
             return dest
-        log(f"[tdabench] unpacking {archive} into {dest}")
+        (log or _log.info)(f"unpacking {archive} into {dest}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
             if shutil.which("tar"):  # several times faster than tarfile on many small files

@@ -12,14 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.registry import TASKS
-from tasks.base import Split, Task
+from tdabench.harness.task import Split, Task
 
 N_DIGITS = 1797
 MIN_TEST = 100
 
 
-@TASKS.register("digits_mlp")
 class DigitsMLP(Task):
     vectorizable = True
 

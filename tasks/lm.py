@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.base import Task
+from tdabench.harness.task import Task
 
 
 class CausalLM(nn.Module):

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from harness.registry import TASKS
-from tasks.base import Split
-from tasks.lm import CausalLM, LanguageModelTask
+from tdabench.harness.task import Split
+from tdabench.tasks.lm import CausalLM, LanguageModelTask
 
 VOCAB = 50304
 #: size -> (layers, width, heads), as published for the Pythia suite
@@ -48,7 +47,6 @@ def pythia_config(size: str, max_len: int = 2048):
                          tie_word_embeddings=False, attn_implementation="eager")
 
 
-@TASKS.register("pythia_scaling")
 class PythiaScaling(LanguageModelTask):
     #: cost-only task: the harness skips the ground truth and the LDS
     measures_lds = False
@@ -122,7 +120,7 @@ class PythiaScaling(LanguageModelTask):
         else:
             from transformers import GPTNeoXForCausalLM
 
-            self.log(f"[tdabench] loading {pre}" + (f" at {self.cfg['revision']}" if self.cfg.get("revision") else ""))
+            self.log(f"loading {pre}" + (f" at {self.cfg['revision']}" if self.cfg.get("revision") else ""))
             lm = GPTNeoXForCausalLM.from_pretrained(str(pre), revision=self.cfg.get("revision"),
                                                     attn_implementation="eager")
             model = CausalLM(lm).to(self.device)

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from harness.registry import TASKS
-from harness.storage import content_hash, load_or_compute
-from tasks.base import Split
-from tasks.data import shared_file
-from tasks.lm import LanguageModelTask, gpt_neox
-from tasks.training import Recipe, train
+from tdabench.harness.storage import content_hash, load_or_compute
+from tdabench.harness.task import Split
+from tdabench.harness.training import Recipe, train
+from tdabench.tasks.data import shared_file
+from tdabench.tasks.lm import LanguageModelTask, gpt_neox
 
 CORPUS = "tinyshakespeare.txt"
 TOKENIZATIONS = ("char", "byte")
@@ -60,7 +59,6 @@ def region_chunks(n_tokens: int, seq_len: int, heldout_fraction: float) -> tuple
     return split // (seq_len + 1), (n_tokens - split) // (seq_len + 1)
 
 
-@TASKS.register("text_neox")
 class TextNeoX(LanguageModelTask):
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
@@ -114,6 +112,13 @@ class TextNeoX(LanguageModelTask):
     def vocab_size(self) -> int:
         return self._corpus()[1]
 
+    def decode_tokens(self, ids) -> list[str]:
+        """Characters (or bytes below 128; other bytes as a dot) of token ids [T]."""
+        if self.cfg.get("tokens", "char") == "byte":
+            return [chr(int(i)) if int(i) < 128 else "\u00b7" for i in ids]
+        vocab = sorted(set(resolve_text_path(self.cfg).read_text(encoding="utf-8")))
+        return [vocab[int(i)] for i in ids]
+
     def _chunks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-region and held-out chunks, each [n, seq_len + 1], in seeded random order."""
         tokens, _ = self._corpus()
@@ -146,7 +151,7 @@ class TextNeoX(LanguageModelTask):
             pool = train_chunks[self.n_train:]
             n = self.cfg.get("base_examples")
             pool = pool[: int(n)] if n else pool
-            self.log(f"[tdabench] training the {self.name} base checkpoint on {len(pool)} chunks")
+            self.log(f"training the {self.name} base checkpoint on {len(pool)} chunks")
             fields = Recipe.__dataclass_fields__
             recipe = Recipe(**{k: v for k, v in (self.cfg.get("base_recipe") or {}).items() if k in fields})
             model = self.new_model(self.seed + 1)

@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from tasks.digits import DigitsMLP  # noqa: E402
+from tdabench.tasks.digits import DigitsMLP  # noqa: E402
 
 SMALL_DIGITS = {"name": "digits_mlp", "n_train": 200, "n_query": 20, "hidden": 16,
                 "observable": "loss", "trajectory_checkpoints": 3,

@@ -1,14 +1,11 @@
-import pytest
 import torch
+import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from tasks.base import Split
-from tasks.digits import DigitsMLP
+from tdabench.harness.task import Split
+from tdabench.methods.baselines import ExactIF, GradCos, GradDot, RandomScores
+from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
-
-import torch.nn.functional as F
-
-from methods.baselines import ExactIF, GradCos, GradDot, RandomScores
 
 
 def test_shapes_and_determinism(small_digits):
@@ -86,7 +83,7 @@ def test_exact_if_refuses_large_models(small_digits):
 
 
 def test_missing_reference_library_names_the_install_command():
-    from methods.base import Method
+    from tdabench.harness.method import Method
 
     class NeedsLib(Method):
         name = "needs_lib"

@@ -13,9 +13,9 @@ import itertools
 import pytest
 import torch
 
-from harness.ground_truth import GroundTruthBuilder
-from harness.registry import METHODS
-from tasks.digits import DigitsMLP
+from tdabench.harness.ground_truth import GroundTruthBuilder
+from tdabench.harness.registry import METHODS
+from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
 
 pytestmark = pytest.mark.slow

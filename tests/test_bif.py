@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from methods.baselines import ExactIF
-from methods.bif import BIF, CovarianceAccumulator, SGLDDivergenceError
-from tasks.base import Split, Task
-from tasks.digits import DigitsMLP
+from tdabench.harness.task import Split, Task
+from tdabench.methods.baselines import ExactIF
+from tdabench.methods.bif import BIF, CovarianceAccumulator, SGLDDivergenceError
+from tdabench.tasks.digits import DigitsMLP
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +162,7 @@ def test_bif_matches_exact_if_on_a_convex_model(tmp_path):
 @pytest.mark.reference
 def test_devinterp_adapter_agrees_with_native(small_digits):
     pytest.importorskip("devinterp")
-    from methods.reference.devinterp import DevinterpBIF
+    from tdabench.methods.reference.devinterp import DevinterpBIF
 
     model = small_digits.checkpoint()
     settings = dict(chains=2, draws=150, burn_in=20, steps_between_draws=3, eps=3e-4, gamma=100.0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.bif import BIF
+from tdabench.methods.bif import BIF
 
 #: 32 training chunks of 16 characters, a one-layer width-16 GPT-NeoX (about 6 s to train)
 TINY_TEXT = {"name": "text_neox", "n_train": 32, "n_query": 4, "n_test": 8, "seq_len": 16,
@@ -22,8 +22,8 @@ SETTINGS = dict(chains=4, draws=200, burn_in=50, steps_between_draws=2, eps=8e-3
 @pytest.mark.reference
 def test_native_and_devinterp_scores_agree_on_text(tmp_path):
     pytest.importorskip("devinterp")
-    from methods.reference.devinterp import DevinterpBIF
-    from tasks.text import TextNeoX, resolve_text_path
+    from tdabench.methods.reference.devinterp import DevinterpBIF
+    from tdabench.tasks.text import TextNeoX, resolve_text_path
 
     if resolve_text_path(TINY_TEXT) is None:
         pytest.skip("the tiny Shakespeare corpus is absent")

@@ -8,11 +8,19 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from methods.curvature import (Curvature, CurvatureConfig, GradientLayout, LayerSelectionError,
-                               fit_curvature, fit_curvature_uncached, pairwise_scores, select_layers)
-from methods.ekfac import EKFAC, KFAC
-from methods.gradients import flatten, per_example_grads, trainable_params
-from tasks.digits import DigitsMLP
+from tdabench.methods.curvature import (
+    Curvature,
+    CurvatureConfig,
+    GradientLayout,
+    LayerSelectionError,
+    fit_curvature,
+    fit_curvature_uncached,
+    pairwise_scores,
+    select_layers,
+)
+from tdabench.methods.ekfac import EKFAC, KFAC
+from tdabench.methods.gradients import per_example_grads
+from tdabench.tasks.digits import DigitsMLP
 
 
 class DigitsCNN(DigitsMLP):
@@ -163,7 +171,7 @@ def test_native_agrees_with_kronfluence(request, task_name):
     CNN, K-FAC is compared in kronfluence's convention for S (mean over conv positions); see
     test_kfac_position_sum_has_the_fisher_trace for why the native default sums."""
     pytest.importorskip("kronfluence")
-    from methods.reference.kronfluence import EKFACKronfluence, KFACKronfluence
+    from tdabench.methods.reference.kronfluence import EKFACKronfluence, KFACKronfluence
 
     task = request.getfixturevalue("small_digits" if task_name == "mlp" else "small_cnn")
     model = task.checkpoint()
@@ -193,7 +201,7 @@ def test_kfac_position_sum_has_the_fisher_trace(small_cnn):
 def test_correct_eigenvalues_refits_in_a_given_basis(small_digits):
     """The public refit reproduces the fit's EK-FAC eigenvalues at the same model (empirical
     Fisher: no sampling), e.g. for a basis shared by several trajectory snapshots."""
-    from methods.curvature import correct_eigenvalues
+    from tdabench.methods.curvature import correct_eigenvalues
 
     model = small_digits.checkpoint()
     curv = fit_curvature_uncached(small_digits, model, CurvatureConfig(strategy="ekfac", empirical_fisher=True))

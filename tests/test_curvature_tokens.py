@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.lds import sequence_scores
-from methods.ekfac import EKFAC, KFAC
-from methods.gradients import iter_per_token_grads
-from tasks.data import shared_file
-from tasks.text import TextNeoX
+from tdabench.harness.lds import sequence_scores
+from tdabench.methods.ekfac import EKFAC, KFAC
+from tdabench.methods.gradients import iter_per_token_grads
+from tdabench.tasks.data import shared_file
+from tdabench.tasks.text import TextNeoX
 
 CORPUS = shared_file("tinyshakespeare.txt")
 needs_corpus = pytest.mark.skipif(CORPUS is None, reason="../shared/data/tinyshakespeare.txt is absent")

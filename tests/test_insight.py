@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.insight import main
-from tasks.data import shared_file
+from tdabench.harness.insight import main
+from tdabench.tasks.data import shared_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -43,7 +43,7 @@ def test_digits_views_from_computed_and_saved_scores(tmp_path, capsys):
     for name in ("top_examples.png", "bif_kernel.png", "stagewise.png"):
         assert_png(out / name)
     # the top view from a saved scores file, as a tdabench run writes it
-    from harness.storage import save_verified
+    from tdabench.harness.storage import save_verified
     scores = torch.randn(20, 200)
     save_verified({"scores": scores, "run_id": "x"}, tmp_path / "scores" / "x.pt")
     main([*DIGITS, f"cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "saved"),
@@ -67,7 +67,7 @@ def test_text_top_examples_with_token_heat_map(tmp_path):
 
 
 def test_bif_keeps_per_draw_training_losses_without_changing_scores(small_digits):
-    from methods.bif import BIF
+    from tdabench.methods.bif import BIF
 
     model = small_digits.checkpoint()
     settings = dict(seed=0, chains=2, draws=15, burn_in=20, steps_between_draws=2, eps=3e-4)

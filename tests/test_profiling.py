@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.profiling import Profiler
+from tdabench.harness.profiling import Profiler
 
 
 def _touch(n_mib: int) -> np.ndarray:

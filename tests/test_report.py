@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import compose
-from harness.report import log_to_wandb, write_report
-from harness.run import execute
+from tdabench.harness.cli import compose
+from tdabench.harness.report import log_to_wandb, write_report
+from tdabench.harness.run import execute
 
 SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
          "gt.subsets=6", "gt.seeds=2", "lds.bootstrap=100", "wandb.mode=disabled"]
@@ -38,7 +38,7 @@ def test_report_has_table_and_every_plot(results):
 
 
 def test_leaderboard_logs_a_wandb_summary_run(results):
-    from harness.tracking import _offline_records
+    from tdabench.harness.tracking import _offline_records
 
     run_dir = Path(log_to_wandb(results, "offline")).parent
     kinds = {r.WhichOneof("record_type") for r in _offline_records(next(run_dir.glob("run-*.wandb")))}
@@ -71,9 +71,9 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
 
 
 def test_adequacy_curves_from_saved_scores(results):
-    from harness.adequacy import adequacy
-
     import pandas as pd
+
+    from tdabench.harness.adequacy import adequacy
 
     paths = adequacy(results, "digits_mlp")
     assert [p.name for p in paths] == ["adequacy_digits_mlp.png"]
@@ -85,7 +85,7 @@ def test_adequacy_curves_from_saved_scores(results):
 
 
 def test_cost_by_size_lists_every_size_and_marks_cached_fits():
-    from harness.leaderboard import build, cost_by_size, render_markdown
+    from tdabench.harness.leaderboard import build, cost_by_size, render_markdown
 
     def rec(method, params, size, fit, cached=None, status="ok"):
         return {"task": "pythia_scaling", "method": method, "status": status, "num_params": params,

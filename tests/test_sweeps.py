@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from harness.cli import CONF_DIR
-from harness.registry import METHODS
+from tdabench.harness.cli import CONF_DIR
+from tdabench.harness.registry import METHODS
 
 
 def composed(name: str):

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from harness.cli import CONF_DIR
-from harness.config import ConfigError
-from harness.run import prepare
-from methods.gradients import per_example_grads
-from tasks.cifar import CIFAR10_CLASSES, Cifar2ResNet9, CifarResNet9, resnet9
-from tasks.data import shared_file, unpack_once
+from tdabench.harness.cli import CONF_DIR
+from tdabench.harness.config import ConfigError
+from tdabench.harness.run import prepare
+from tdabench.methods.gradients import per_example_grads
+from tdabench.tasks.cifar import CIFAR10_CLASSES, Cifar2ResNet9, CifarResNet9, resnet9
+from tdabench.tasks.data import shared_file, unpack_once
 
 ARCHIVE = shared_file("cifar10-jpeg.tar.gz")
 needs_data = pytest.mark.skipif(ARCHIVE is None, reason="../shared/data/cifar10-jpeg.tar.gz is absent")
@@ -109,7 +108,8 @@ def test_resnet9_shapes_and_per_example_grads():
     model = resnet9(width=4, num_classes=10).eval()
     x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
     assert model(x).shape == (3, 10)
-    loss = lambda m, a, b: torch.nn.functional.cross_entropy(m(a), b, reduction="none")
+    def loss(m, a, b):
+        return torch.nn.functional.cross_entropy(m(a), b, reduction="none")
     g = per_example_grads(loss, model, x, y)
     model.zero_grad()
     loss(model, x[1:2], y[1:2]).sum().backward()

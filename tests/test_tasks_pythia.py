@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.pythia import PYTHIA_SIZES, PythiaScaling, pythia_config
+from tdabench.tasks.pythia import PYTHIA_SIZES, PythiaScaling, pythia_config
 
 #: total parameter counts published with the Pythia suite (embedding and unembedding included)
 PUBLISHED = {"14m": 14_067_712, "70m": 70_426_624, "160m": 162_322_944, "410m": 405_334_016,

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from methods.gradients import per_example_grads
-from tasks.data import shared_file
-from tasks.text import TextNeoX
+from tdabench.methods.gradients import per_example_grads
+from tdabench.tasks.data import shared_file
+from tdabench.tasks.text import TextNeoX
 
 CORPUS = shared_file("tinyshakespeare.txt")
 needs_corpus = pytest.mark.skipif(CORPUS is None, reason="../shared/data/tinyshakespeare.txt is absent")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from harness.config import validate_pairing
-from harness.ground_truth import GroundTruthBuilder
-from harness.lds import lds
-from methods.trak import TRAK, Projector
-from tasks.digits import DigitsMLP
+from tdabench.harness.config import validate_pairing
+from tdabench.harness.ground_truth import GroundTruthBuilder
+from tdabench.harness.lds import lds
+from tdabench.methods.trak import TRAK, Projector
+from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
 
 SMALL_GT = {"subsets": 40, "alpha": 0.5, "seeds": 1, "from_checkpoint": False, "finetune_epochs": 5,
@@ -41,7 +41,7 @@ def test_projector_is_seeded_and_chunking_does_not_change_it():
 def test_trak_matches_traker_on_the_same_projection(small_digits):
     """traker's pipeline with the native projection draw gives the same per-query rankings."""
     pytest.importorskip("trak")
-    from methods.reference.traker import TrakTraker
+    from tdabench.methods.reference.traker import TrakTraker
 
     model = small_digits.checkpoint()
     for models, lam in ((1, 0.0), (2, 0.0), (1, 1.0)):
@@ -57,7 +57,7 @@ def test_trak_matches_traker_on_the_same_projection(small_digits):
 @pytest.mark.reference
 def test_traker_default_projector_runs_with_the_harness_sign(small_digits):
     pytest.importorskip("trak")
-    from methods.reference.traker import TrakTraker
+    from tdabench.methods.reference.traker import TrakTraker
 
     model = small_digits.checkpoint()
     method = TrakTraker(proj_dim=64)

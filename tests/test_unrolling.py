@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import validate_pairing
-from harness.ground_truth import GroundTruthBuilder
-from harness.lds import lds
-from methods.baselines import GradDot
-from methods.ekfac import EKFAC
-from methods.source import SOURCE
-from methods.tracin import TracIn
-from methods.trajectory import snapshot_model, split_segments
-from tasks.digits import DigitsMLP
+from tdabench.harness.config import validate_pairing
+from tdabench.harness.ground_truth import GroundTruthBuilder
+from tdabench.harness.lds import lds
+from tdabench.methods.baselines import GradDot
+from tdabench.methods.ekfac import EKFAC
+from tdabench.methods.source import SOURCE
+from tdabench.methods.tracin import TracIn
+from tdabench.methods.trajectory import split_segments
+from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
 from tests.test_trak import SMALL_GT
 
@@ -29,7 +29,7 @@ def test_split_segments():
 def test_trajectory_ends_at_the_checkpoint(small_digits):
     snaps = small_digits.trajectory()
     assert len(snaps) == SMALL_DIGITS["trajectory_checkpoints"]
-    last, ref = snapshot_model(small_digits, snaps[-1]), small_digits.checkpoint()
+    last, ref = small_digits.snapshot_model(snaps[-1]), small_digits.checkpoint()
     assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), ref.state_dict().values()))
 
 
@@ -37,7 +37,7 @@ def test_tracin_is_the_step_weighted_sum_of_gradient_dot_products(small_digits):
     model = small_digits.checkpoint()
     scores = TracIn().score(small_digits, model)
     momentum = small_digits.recipe().momentum
-    expected = sum(GradDot().score(small_digits, snapshot_model(small_digits, s)).double()
+    expected = sum(GradDot().score(small_digits, small_digits.snapshot_model(s)).double()
                    * s.lr * s.steps / (1 - momentum) / small_digits.n_train
                    for s in small_digits.trajectory())
     assert torch.allclose(scores.double(), expected, rtol=1e-4, atol=1e-9)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import METHODS
-from methods.base import Method
+from tdabench.harness.method import Method
 
 HINT = "bif_devinterp needs devinterp: pip install -e '.[reference]'"
 
@@ -43,11 +42,12 @@ class _Indices(torch.utils.data.Dataset):
         return {"input_ids": torch.tensor(i)}
 
 
-@METHODS.register("bif_devinterp")
 class DevinterpBIF(Method):
     extra = "reference"
+    shared_task_defaults = {"bif": ("chains", "draws", "burn_in", "steps_between_draws", "eps", "gamma",
+                                    "nbeta", "batch_size", "normalize", "draw_batch_size")}
 
-    def __init__(self, seed: int = 0, chains: int = 4, draws: int = 400, burn_in: int = 200,
+    def __init__(self, seed: int = 0, chains: int = 4, draws: int = 100, burn_in: int = 100,
                  steps_between_draws: int = 5, eps: float = 1e-4, gamma: float = 100.0,
                  nbeta: float | None = None, batch_size: int = 64, normalize: str = "covariance",
                  draw_batch_size: int = 4096):

@@ -17,10 +17,8 @@ from typing import ClassVar
 
 import torch
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.curvature import LayerSelectionError, select_layers
-
+from tdabench.harness.method import Method
+from tdabench.methods.curvature import LayerSelectionError, select_layers
 
 
 def _kronfluence_task(task, plain_model, module_names: list[str], seed: int):
@@ -118,15 +116,15 @@ class KronfluenceIF(Method):
         return -scores.float() / task.n_train
 
 
-@METHODS.register("ekfac_kronfluence")
 class EKFACKronfluence(KronfluenceIF):
     """kronfluence's EK-FAC influence (reference for ``ekfac``)."""
 
     strategy = "ekfac"
+    shared_task_defaults = {"ekfac": ("exclude",)}
 
 
-@METHODS.register("kfac_kronfluence")
 class KFACKronfluence(KronfluenceIF):
     """kronfluence's K-FAC influence (reference for ``kfac``)."""
 
     strategy = "kfac"
+    shared_task_defaults = {"kfac": ("exclude",)}

@@ -27,18 +27,17 @@ import tempfile
 
 import torch
 
-from harness.registry import METHODS
-from methods.base import Method
-from methods.gradients import num_params
-from methods.trak import check_trak_settings, member_projector
+from tdabench.harness.method import Method
+from tdabench.harness.training import num_params
+from tdabench.methods.trak import check_trak_settings, member_projector
 
 PROJECTORS = ("basic", "native")
 
 
-@METHODS.register("trak_traker")
 class TrakTraker(Method):
     extra = "reference"
     needs_module = "trak"
+    shared_task_defaults = {"trak": ("models", "proj_dim", "lambda_reg", "batch_size")}
 
     def __init__(self, seed: int = 0, models: int = 1, proj_dim: int = 512,
                  lambda_reg: float = 0.0, ensemble_mode: str = "full", projector: str = "basic",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.cli import compose
-from harness.registry import METHODS
-from harness.run import prepare
+from tdabench.harness.cli import compose
+from tdabench.harness.registry import METHODS
+from tdabench.harness.run import prepare
 
 SMALL = ["task.n_train=120", "task.n_query=8", "task.hidden=16", "task.recipe.epochs=10",
          "wandb.mode=disabled", "method.seed=3"]

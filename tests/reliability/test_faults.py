@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import storage
-from harness.cli import compose
-from harness.config import ConfigError
-from harness.results import read_records
-from harness.run import execute, prepare
+from tdabench.harness import storage
+from tdabench.harness.cli import compose
+from tdabench.harness.config import ConfigError
+from tdabench.harness.results import read_records
+from tdabench.harness.run import execute, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -92,7 +92,7 @@ def test_torn_record_line_is_skipped_and_later_records_survive(done, tmp_path, t
     runs = tmp_path / "runs.jsonl"
     line = json.dumps(rec)
     runs.write_text(line + "\n" + line[: len(line) // 2])  # a writer died mid-line
-    from harness.results import append_record
+    from tdabench.harness.results import append_record
 
     append_record(tmp_path, dict(rec, run_id="after"))
     recs = read_records(tmp_path)
@@ -167,7 +167,7 @@ def test_nan_in_model_parameters_is_never_an_ok_record(tmp_path, tried, monkeypa
 
 def test_constant_scores_are_refused(tmp_path, tried, monkeypatch):
     tried("constant scores")
-    from methods.baselines import GradDot
+    from tdabench.methods.baselines import GradDot
 
     monkeypatch.setattr(GradDot, "score", lambda self, task, model: torch.ones(task.n_query, task.n_train))
     rec = execute(small_cfg(tmp_path, "method=grad_dot"))
@@ -189,7 +189,7 @@ def test_time_limit_is_recorded_as_timeout(done, tmp_path, tried):
 
 def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tmp_path, tried, monkeypatch):
     tried("out of memory")
-    from methods.baselines import GradCos
+    from tdabench.methods.baselines import GradCos
 
     def oom(self, task, model):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
@@ -282,7 +282,7 @@ def test_malformed_override_gives_one_clear_line(tmp_path, override, expected, t
 
 def test_too_little_disk_for_the_ground_truth_is_refused_up_front(tmp_path, tried, monkeypatch):
     tried("disk too small for the ground truth")
-    import harness.config as config
+    import tdabench.harness.config as config
 
     monkeypatch.setattr(config, "free_disk_mb", lambda path: 50.0)
     with pytest.raises(ConfigError) as err:

@@ -15,6 +15,7 @@ A task owns the learning problem and nothing about attribution. Methods see it t
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.storage import content_hash, load_or_compute
-from tasks.training import Recipe, Snapshot, TrainResult, train, train_stacked
+from tdabench.harness.storage import content_hash, load_or_compute
+from tdabench.harness.training import Recipe, Snapshot, TrainResult, train, train_stacked
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["Split", "Task", "margin"]
 
 
 @dataclass
@@ -50,7 +55,8 @@ def margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class Task(ABC):
-    """Base class of every task; subclasses register with ``@TASKS.register(name)``."""
+    """Base class of every task. A task is registered by an entry point in the group
+    ``tdabench.tasks``; the registry sets :attr:`name` to the entry point's name."""
 
     name: ClassVar[str] = "task"
     #: what the task can provide to methods (see Method.requires); language-model tasks add
@@ -61,14 +67,17 @@ class Task(ABC):
     vectorizable: ClassVar[bool] = False
     #: False for tasks that measure cost only (no retraining ground truth, no LDS)
     measures_lds: ClassVar[bool] = True
+    #: the task's config node (n_train, n_query, recipe, ...) for a task without a YAML file in
+    #: conf/task/ (a plugin task); ``name`` is added by the harness
+    default_config: ClassVar[dict] = {}
 
     def __init__(self, cfg: dict, seed: int = 0, cache_dir: str | Path = ".cache",
-                 device: str = "cpu", log=print):
+                 device: str = "cpu", log=None):
         self.cfg = dict(cfg)
         self.seed = int(seed)
         self.cache_dir = Path(cache_dir)
         self.device = torch.device(device)
-        self.log = log
+        self.log = log or _log.info
         self.n_train = int(self.cfg["n_train"])
         self.n_query = int(self.cfg["n_query"])
         self.observable_kind = self.cfg.get("observable", "loss")
@@ -198,7 +207,7 @@ class Task(ABC):
             snapshots = int(self.cfg.get("trajectory_checkpoints", 5))
 
             def compute():
-                self.log(f"[tdabench] training the reference {self.name} model")
+                self.log(f"training the reference {self.name} model")
                 res = self.fit_model(torch.arange(self.n_train), self.seed, snapshots=snapshots)
                 return {"state": res.model.state_dict(), "losses": res.losses,
                         "trajectory": [asdict(s) for s in res.trajectory]}
@@ -213,6 +222,15 @@ class Task(ABC):
         model.load_state_dict(state)
         model.eval()
         return model
+
+    def snapshot_model(self, snap: Snapshot) -> nn.Module:
+        """The model with the parameters of trajectory snapshot ``snap``, in eval mode."""
+        return self._model_from_state(snap.state)
+
+    def decode_tokens(self, ids) -> list[str]:
+        """One printable string per token id of ``ids`` [T] (views of per-token scores); tasks with
+        a vocabulary override this, the default shows the ids."""
+        return [f"<{int(i)}>" for i in ids]
 
     def checkpoint(self) -> nn.Module:
         """The reference model w*: trained on the whole training split with ``self.seed``."""
@@ -233,7 +251,7 @@ class Task(ABC):
             seed = self.seed + 7919 * m
 
             def compute(seed=seed):
-                self.log(f"[tdabench] training ensemble member {m} of {self.name}")
+                self.log(f"training ensemble member {m} of {self.name}")
                 idx = torch.arange(self.n_train)
                 if mode == "half":
                     g = torch.Generator().manual_seed(seed)

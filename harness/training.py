@@ -41,6 +41,11 @@ class Recipe:
         raise ValueError(f"unknown schedule {self.schedule!r}; use constant, cosine or onecycle")
 
 
+def num_params(model: nn.Module) -> int:
+    """Number of trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 @dataclass
 class Snapshot:
     """Parameters at the end of one trajectory segment, with the segment's mean learning rate and

@@ -1,0 +1,137 @@
+"""The method interface.
+
+A method owns one attribution algorithm and nothing about a task's internals. The harness calls
+``check(task)`` before any expensive work, then ``fit(task, model)`` (precompute) and
+``score(task, model)`` (queries x training examples), profiled separately.
+
+Sign convention: ``scores[q, i]`` estimates d observable_q / d beta_i, the first-order change of
+query q's observable when training example i gets more weight. With loss as the observable,
+helpful examples score negative. Shapes: ``[n_query, n_train]``, or ``[n_query, query_len,
+n_train]`` for per-token scores.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from typing import Any, ClassVar, Literal, Union
+
+import torch
+
+
+class MethodDivergedError(FloatingPointError):
+    """A method's numerics diverged on this model (for example an SGLD chain blew up); views that
+    run a method at many checkpoints skip those where it is raised."""
+
+
+class Method:
+    name: ClassVar[str] = "method"
+    #: task capabilities this method needs: checkpoint, trajectory, ensemble, per_token
+    requires: ClassVar[frozenset[str]] = frozenset({"checkpoint"})
+    #: the pip extra that provides this method's dependencies, if any, and the module it must import
+    extra: ClassVar[str | None] = None
+    needs_module: ClassVar[str | None] = None
+
+    #: parameters that take another method's per-task defaults when the task sets none of its own,
+    #: e.g. ``{"bif": ("chains", "draws")}`` for a reference implementation of the BIF
+    shared_task_defaults: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    @classmethod
+    def parameters(cls) -> list[str]:
+        """The method's parameter names, in the order of its constructor."""
+        return list(cls.defaults())
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{parameter: default}`` from the constructor's signature, the one place a method's
+        parameters and their defaults are defined (the config node and the record derive from it).
+        Raises TypeError for a parameter without a default or a ``*args`` / ``**kwargs`` one."""
+        out = {}
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+                raise TypeError(f"method {cls.name}: constructor parameter {p.name!r} needs a default "
+                                "value (and no *args / **kwargs), so that it can be configured")
+            out[p.name] = p.default
+        return out
+
+    @classmethod
+    def parameter_problems(cls, params: dict) -> list[str]:
+        """One line per value of ``params`` that does not fit the constructor's type annotation
+        (int, float, bool, str, Literal[...], X | None), and per seed outside [0, 2**63)."""
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:  # unresolvable annotations: nothing to check against
+            hints = {}
+        problems = []
+        for key, value in params.items():
+            hint = hints.get(key)
+            if hint is not None and not _fits(hint, value):
+                problems.append(f"method.{key}={value!r} must be {_describe(hint)} "
+                                f"(method {cls.name}, default {cls.defaults().get(key)!r})")
+            elif key == "seed" and isinstance(value, int) and not 0 <= value < 2**63:
+                problems.append(f"method.seed={value} must be an integer in [0, 2**63)")
+        return problems
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None when the method can run here, else a message saying what to install."""
+        if cls.needs_module is None:
+            return None
+        try:
+            importlib.import_module(cls.needs_module)
+        except ImportError:
+            return (f"method {cls.name} needs {cls.needs_module.split('.')[0]}, which is not "
+                    f"installed: pip install -e '.[{cls.extra}]'")
+        return None
+
+    def check(self, task) -> list[str]:
+        """Problems with running on ``task`` (cheap; called before any expensive work)."""
+        return []
+
+    def trainings(self, task) -> int:
+        """How many full model trainings the method consumes (cost accounting)."""
+        return 1
+
+    def fit(self, task, model) -> None:
+        """Precompute what scoring needs (curvature, features, samples)."""
+
+    def score(self, task, model) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _fits(hint, value) -> bool:
+    """Whether ``value`` (from a YAML or command-line config) fits the annotation ``hint``."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(a, value) for a in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return True  # Any and types a config cannot express are not checked
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

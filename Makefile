@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/tdabench-leaderboard results/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 # Benchmarks: ratios measured in one run each (see README, Performance), then the slow tests.

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from tdabench.harness.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.lds import lds  # noqa: E402
 from tdabench.harness.leaderboard import chosen_records, task_summaries  # noqa: E402
+from tdabench.harness.logs import setup as setup_logging  # noqa: E402
 from tdabench.harness.registry import TASKS  # noqa: E402
 from tdabench.harness.results import read_records  # noqa: E402
 from tdabench.harness.statistics import noise_ceiling  # noqa: E402
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="tdabench-adequacy", description=__doc__.splitlines()[0])
     ap.add_argument("results_dir")
     ap.add_argument("--task", default=None)
+    ap.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="debugging detail")
     args = ap.parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
     for p in adequacy(args.results_dir, args.task):
         print(p)
 

@@ -152,17 +152,17 @@ def method_params(cfg: dict) -> dict:
 
 
 def validate_method_params(method_cls, cfg: dict) -> list[str]:
-    """Unknown parameters (with the valid ones listed), values that do not fit the constructor's
-    types, and a missing optional dependency."""
+    """Unknown parameters (with the valid ones listed) and values that do not fit the
+    constructor's types."""
     allowed = method_cls.parameters()
     params = method_params(cfg)
     unknown = [k for k in params if k not in allowed]
     if unknown:
         return [f"method {method_cls.name} has no parameter {', '.join(unknown)}; its parameters: "
                 f"{', '.join(allowed)}"]
-    problems = method_cls.parameter_problems(params)
-    missing = method_cls.available()
-    return problems + ([missing] if missing else [])
+    if "seed" in params and params["seed"] == cfg.get("seed"):  # follows the run's seed, checked there
+        params = {k: v for k, v in params.items() if k != "seed"}
+    return method_cls.parameter_problems(params)
 
 
 def validate_pairing(task, method) -> list[str]:

@@ -433,7 +433,12 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    for path in run(parse_args(sys.argv[1:] if argv is None else argv)):
+    from tdabench.harness.logs import setup as setup_logging
+    from tdabench.harness.logs import take_verbosity_flags
+
+    verbosity, rest = take_verbosity_flags(sys.argv[1:] if argv is None else argv)
+    setup_logging(verbosity)
+    for path in run(parse_args(rest)):
         print(path)
 
 

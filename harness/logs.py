@@ -16,13 +16,25 @@ class _Format(logging.Formatter):
         return f"[tdabench] {level}{record.getMessage()}"
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is at the time of each message."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup(verbosity: int = 0) -> None:
     """Send the ``tdabench`` loggers to standard error at the level for ``verbosity`` (-1 quiet,
     0 normal, 1 verbose); idempotent."""
     root = logging.getLogger("tdabench")
     root.setLevel(LEVELS[max(-1, min(1, verbosity))])
     if not any(getattr(h, "_tdabench", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(_Format())
         handler._tdabench = True  # type: ignore[attr-defined]
         root.addHandler(handler)

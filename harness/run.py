@@ -125,6 +125,9 @@ def prepare(cfg: dict):
         problems += validate_method_params(method_cls, cfg)
     if problems:
         raise ConfigError(problems)
+    missing = method_cls.available()
+    if missing:  # a sweep records it as unsupported and goes on
+        raise UnsupportedPairingError([missing])
     task = task_cls(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], device=cfg["device"])
     method = method_cls(**method_params(cfg))
     problems = validate_pairing(task, method)

@@ -9,7 +9,12 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from tdabench.harness.logs import setup as setup_logging  # noqa: E402
+from tdabench.harness.registry import METHODS, TASKS  # noqa: E402
 from tdabench.tasks.digits import DigitsMLP  # noqa: E402
+
+setup_logging(0)  # messages on stderr as the command-line tools show them
+METHODS.names(), TASKS.names()  # load the entry points: classes carry their registered names
 
 SMALL_DIGITS = {"name": "digits_mlp", "n_train": 200, "n_query": 20, "hidden": 16,
                 "observable": "loss", "trajectory_checkpoints": 3,

@@ -97,7 +97,7 @@ def test_torn_record_line_is_skipped_and_later_records_survive(done, tmp_path, t
     append_record(tmp_path, dict(rec, run_id="after"))
     recs = read_records(tmp_path)
     assert [r["run_id"] for r in recs][-1] == "after" and len(recs) == 2
-    assert "not a complete record" in capsys.readouterr().out
+    assert "not a complete record" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- killed runs ------------------

@@ -3,6 +3,7 @@
     tdabench task=digits_mlp method=grad_dot
     tdabench -m task=digits_mlp method=random,grad_dot,exact_if
     tdabench -m                      # every registered method on the default task
+    tdabench --list                  # the registered methods and tasks
 """
 
 from __future__ import annotations
@@ -62,11 +63,20 @@ def compose(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _group() -> str:
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        return f"sweep-{Path(hc.sweep.dir).name}"
-    return f"run-{Path(hc.run.dir).name}"
+def _group(cfg: dict) -> str:
+    from harness.tracking import sweep_group
+
+    return sweep_group(cfg["results_dir"], cfg.get("sweep_name"))
+
+
+def shard_overrides(argv: list[str]) -> list[str]:
+    """A ground-truth shard job (``gt.shard=...``) computes the same shard whatever the method, so
+    a sweep of shards without ``method=`` gets one method (the default, grad_dot) instead of the
+    sweep's whole method list (which would launch every shard once per method)."""
+    if any(a.startswith("gt.shard=") for a in argv) and not any(
+            a.startswith(("method=", "+method=", "++method=")) for a in argv):
+        return [*argv, "method=grad_dot"]
+    return argv
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -75,14 +85,15 @@ def _app(cfg: DictConfig) -> None:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    group = _group(resolved)
     try:
-        record = execute(resolved, group=_group())
+        record = execute(resolved, group=group)
     except UnsupportedPairingError as exc:
         if not multirun:
             for line in exc.problems:
                 print(f"tdabench: error: {line}", file=sys.stderr)
             sys.exit(2)
-        record_unsupported(resolved, exc, _group())  # the sweep goes on with the next pairing
+        record_unsupported(resolved, exc, group)  # the sweep goes on with the next pairing
         return
     except ConfigError as exc:
         for line in exc.problems:
@@ -93,6 +104,12 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if "--list" in sys.argv[1:]:
+        from harness.listing import print_listing
+
+        print_listing()
+        return
+    sys.argv[1:] = shard_overrides(sys.argv[1:])
     problems = _precheck(sys.argv[1:])
     if problems:
         for line in problems:

@@ -30,7 +30,7 @@ from harness.tracking import log_run
 from methods.gradients import num_params
 
 #: config keys that do not change a run's numbers (left out of its config hash)
-NON_DETERMINING = ("results_dir", "cache_dir", "wandb", "limits", "hydra", "force")
+NON_DETERMINING = ("results_dir", "cache_dir", "wandb", "limits", "hydra", "force", "sweep_name")
 
 
 def log(msg: str) -> None:

@@ -88,6 +88,9 @@ def method_defaults(method: str, records: list[dict]) -> dict:
 
 
 def _same(a, b) -> bool:
+    """Equal values, numbers compared as floats, and None, '' and empty lists taken as one 'unset'."""
+    if a in (None, "", [], ()) and b in (None, "", [], ()):
+        return True
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)

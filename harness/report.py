@@ -64,7 +64,7 @@ def plot_lds(records: list[dict], out: Path) -> list[Path]:
         rows = sorted(_shown_ok(chosen, gt), key=lambda kr: kr[1]["lds"])
         if not rows:
             continue
-        fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.7))
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.6))
         y = np.arange(len(rows))
         lds = np.array([r["lds"] for _, r in rows])
         ci = np.array([r.get("lds_ci") or [v, v] for v, (_, r) in zip(lds, rows)], float)
@@ -86,8 +86,8 @@ def plot_lds(records: list[dict], out: Path) -> list[Path]:
 
 def plot_cost(records: list[dict], out: Path) -> list[Path]:
     """LDS against each cost that differs between the rows of a ground truth: fit + score seconds,
-    model trainings, FLOPs (fit + score). A cost every row shares carries no information and has
-    no panel."""
+    model trainings, FLOPs (fit + score). A cost every row shares (zero aside: the random
+    baseline trains nothing) carries no information and has no panel."""
     chosen = chosen_records(records)
     gts = ground_truths(records)
     paths = []
@@ -98,15 +98,17 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
         costs = {"fit + score seconds (log)": [run_cost(r)["total_s"] for _, r in rows],
                  "model trainings consumed": [r.get("trainings") for _, r in rows],
                  "FLOPs, fit + score (log)": [run_cost(r)["flops"] for _, r in rows]}
-        panels = {k: v for k, v in costs.items()
-                  if all(x is not None for x in v) and len(set(v)) > 1}
+        panels = {k: v for k, v in costs.items()  # zero (the random baseline) differs trivially
+                  if all(x is not None for x in v) and len({x for x in v if x}) > 1}
         if not panels:
             continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 6 * len(panels), 4.4), squeeze=False)
         for ax, (label, xs) in zip(axes[0], panels.items()):
             for (key, r), x in zip(rows, xs):
+                name = row_label(key)
                 ax.scatter(x, r["lds"])
-                ax.annotate(row_label(key), (x, r["lds"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(name if len(name) <= 30 else name[:29] + "…", (x, r["lds"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
             if "(log)" in label and min(xs) > 0:
                 ax.set_xscale("log")
             ax.set_xlabel(label)

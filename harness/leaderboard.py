@@ -1,4 +1,4 @@
-"""``tdabench-leaderboard RESULTS_DIR...``: one row per ground truth, method and setting.
+"""The leaderboard of one or several results folders: one row per ground truth, method and setting.
 
 A row is the runs of one method setting (``setting``: the parameters that differ from the
 method's defaults, see :mod:`harness.record_view`) scored on one ground truth (``ground_truth``:
@@ -11,15 +11,13 @@ not distinguishable from the best row, paired Wilcoxon test over queries with Ho
 the spread of LDS over ``method.seed`` values when several were run, cost (fit and score
 seconds, FLOPs once recorded, peak memory, model trainings) and a flag for runs measured on an
 overloaded machine. Tasks whose runs span several model sizes (the pythia_scaling sweep) also get
-a table of every run's cost by size. Writes ``leaderboard.md``, ``leaderboard.csv``,
-``pairwise.csv`` (with ``p_holm``), prints the table, and writes ``report.html`` with its plots
-(``--no-report`` skips them); ``--wandb`` also logs one summary run per ground truth to wandb.
+a table of every run's cost by size. Writes ``leaderboard.md``, ``leaderboard.csv`` and
+``pairwise.csv`` (with ``p_holm``); the command ``tdabench-leaderboard`` is
+:mod:`harness.leaderboard_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,36 +282,3 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     atomic_write_bytes(out / "pairwise.csv", pairs.to_csv(index=False).encode())
     atomic_write_bytes(out / "leaderboard.md", render_markdown(df, pairs, gts, cost_by_size(records)).encode())
     return df
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tdabench-leaderboard", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dirs", nargs="*", default=["results"], metavar="RESULTS_DIR",
-                        help="results folders; several are compared in one leaderboard (needs --out)")
-    parser.add_argument("--out", default=None,
-                        help="folder for the leaderboard, report and plots (default: the one RESULTS_DIR)")
-    parser.add_argument("--wandb", nargs="?", const="offline", choices=["offline", "online"],
-                        help="also log one summary run per ground truth to wandb, in the group, project "
-                             "and entity of the summarised runs (offline by default)")
-    parser.add_argument("--no-report", action="store_true", help="skip report.html and the plots")
-    args = parser.parse_args(argv)
-    if len(args.results_dirs) > 1 and args.out is None:
-        parser.error(f"--out is required with several results folders ({' '.join(args.results_dirs)}); "
-                     "add --out DIR for the combined leaderboard")
-    out = Path(args.out or args.results_dirs[0])
-    write(args.results_dirs, out)
-    print((out / "leaderboard.md").read_text())
-    if not args.no_report:
-        from harness.report import write_report
-
-        print(f"report: {write_report(args.results_dirs, out)}")
-    if args.wandb:
-        from harness.report import log_to_wandb
-
-        for run_dir in log_to_wandb(args.results_dirs, args.wandb, out):
-            print(f"wandb summary run: {run_dir}")
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    main()

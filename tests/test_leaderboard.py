@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.leaderboard import build, main, render_markdown, row_keys
+from harness.leaderboard import build, render_markdown, row_keys
+from harness.leaderboard_cli import main
 from harness.record_view import ground_truth_label, record_setting, setting
 from harness.statistics import holm, pairwise_table, tied_with_best
 from harness.tracking import summary_of, sweep_group

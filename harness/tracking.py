@@ -46,17 +46,17 @@ def sweep_group(results_dir: str | Path, sweep_name: str | None, today: date | N
     if stored:
         return stored
     name = f"{Path(results_dir).resolve().name}-{(today or date.today()).isoformat()}"
-    try:  # the first of several parallel runs creates the file; the others read it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = path.with_name(f".{GROUP_FILE}.{os.getpid()}.tmp")
+    try:  # complete file first, then linked into place only if absent: of several parallel runs
+        path.parent.mkdir(parents=True, exist_ok=True)  # the first one names the group
+        tmp.write_text(json.dumps({"group": name}))
+        os.link(tmp, path)
     except FileExistsError:
         return _stored_group(path) or name
     except OSError:  # an unwritable results_dir is reported by the config checks
         return name
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"group": name}))
-        f.flush()
-        os.fsync(f.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
     return name
 
 

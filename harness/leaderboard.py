@@ -26,8 +26,8 @@ import pandas as pd
 from harness.record_view import (fit_from_cache, ground_truth_label, ground_truth_prefix, method_defaults,
                                  run_cost, setting)
 from harness.results import read_records
-from harness.storage import atomic_write_bytes
 from harness.statistics import pairwise_table, tied_with_best
+from harness.storage import atomic_write_bytes
 
 COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
            "lds_ci_low", "lds_ci_high", "normalized_lds", "tied_with_best", "lds_sd_over_seeds",

@@ -290,7 +290,7 @@ def leaderboard_table(sub: pd.DataFrame) -> pd.DataFrame:
                                                          sub["setting"], sub["sweep"])],
                         "method": sub["method"], "setting": sub["setting"].fillna(""),
                         "status": sub["status"], "tied_with_best": sub["tied_with_best"] == "≈",
-                        "overloaded": sub["overloaded"] == True})  # noqa: E712 (None/NaN are not True)
+                        "overloaded": sub["overloaded"].map(lambda v: v is True)})
     if sub["sweep"].notna().any():
         out.insert(3, "sweep", sub["sweep"].fillna(""))
     for col in WANDB_NUMERIC:

@@ -248,7 +248,8 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
         shown = shown_columns(sub, NOT_IN_MARKDOWN)
         if "overloaded" in shown:
             shown = shown.assign(overloaded=shown["overloaded"].map(lambda v: "⚠" if v is True else ""))
-        parts += [shown.to_markdown(index=False, floatfmt=".4g"), ""]
+        shown = shown.astype(object).where(shown.notna(), None)  # blank, not "nan", where unmeasured
+        parts += [shown.to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
         if "overloaded" in shown:
             parts += ["⚠ overloaded: measured while the machine was overloaded; its times are not "
                       "comparable with the other rows", ""]

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 from tdabench.harness.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.lds import lds  # noqa: E402
-from tdabench.harness.leaderboard import chosen_records, task_summaries  # noqa: E402
+from tdabench.harness.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
 from tdabench.harness.logs import setup as setup_logging  # noqa: E402
 from tdabench.harness.registry import TASKS  # noqa: E402
 from tdabench.harness.results import read_records  # noqa: E402
@@ -47,17 +47,20 @@ def adequacy(results_dir: str | Path, task: str | None = None) -> list[Path]:
     records = read_records(results_dir)
     chosen = chosen_records(records)
     written = []
-    for task_name, info in task_summaries(records).items():
+    newest = {r["task"]: label for r, label in zip(records, ground_truth_labels(records))
+              if r.get("status") == "ok" and r.get("gt_key")}  # per task, its newest ground truth
+    for task_name, label in newest.items():
         if task and task_name != task:
             continue
-        recs = [r for (t, _), (r, _) in chosen.items()
-                if t == task_name and r.get("status") == "ok" and r.get("gt_key") == info["gt_key"]]
-        if not recs:
+        rows = {row_label(key): r for key, (r, _) in chosen.items()
+                if key[0] == label and r.get("status") == "ok" and r.get("scores_file")}
+        if not rows:
             continue
+        recs = list(rows.values())
         cfg = recs[0]["config"]
         t = TASKS.get(task_name)(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], log=lambda m: None)
         gt = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"]).build()
-        scores = {r["method"]: load_verified(results_dir / r["scores_file"])["scores"] for r in recs}
+        scores = {label: load_verified(results_dir / r["scores_file"])["scores"] for label, r in rows.items()}
         m_all, k_all = gt.outcomes.shape[:2]
         seeds_grid = list(range(1, k_all + 1))
         subsets_grid = sorted({int(x) for x in np.linspace(min(10, m_all), m_all, 5)})

@@ -3,6 +3,7 @@
     tdabench task=digits_mlp method=grad_dot
     tdabench -m task=digits_mlp method=random,grad_dot,exact_if
     tdabench -m                      # every registered method (plugins included), default task
+    tdabench --list                  # the registered methods and tasks
     tdabench -q ...  /  tdabench -v ...   # warnings only / debugging detail
 
 The ``method`` config group is generated from the registry: each method's node holds every
@@ -179,14 +180,20 @@ def _unknown_keys(overrides, keyed) -> list[str]:
     return sorted(set(problems))
 
 
-def _group() -> str:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+def _group(cfg: dict) -> str:
+    from tdabench.harness.tracking import sweep_group
 
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        return f"sweep-{Path(hc.sweep.dir).name}"
-    return f"run-{Path(hc.run.dir).name}"
+    return sweep_group(cfg["results_dir"], cfg.get("sweep_name"))
+
+
+def shard_overrides(argv: list[str]) -> list[str]:
+    """A ground-truth shard job (``gt.shard=...``) computes the same shard whatever the method, so
+    a sweep of shards without ``method=`` gets one method (the default, grad_dot) instead of the
+    sweep's whole method list (which would launch every shard once per method)."""
+    if any(a.startswith("gt.shard=") for a in argv) and not any(
+            a.startswith(("method=", "+method=", "++method=")) for a in argv):
+        return [*argv, "method=grad_dot"]
+    return argv
 
 
 def _app(cfg) -> None:
@@ -197,14 +204,15 @@ def _app(cfg) -> None:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    group = _group(resolved)
     try:
-        record = execute(resolved, group=_group())
+        record = execute(resolved, group=group)
     except UnsupportedPairingError as exc:
         if not multirun:
             for line in exc.problems:
                 print(f"tdabench: error: {line}", file=sys.stderr)
             sys.exit(2)
-        record_unsupported(resolved, exc, _group())  # the sweep goes on with the next pairing
+        record_unsupported(resolved, exc, group)  # the sweep goes on with the next pairing
         return
     except ConfigError as exc:
         for line in exc.problems:
@@ -217,7 +225,13 @@ def _app(cfg) -> None:
 def main() -> None:
     import hydra
 
+    if "--list" in sys.argv[1:]:
+        from tdabench.harness.listing import print_listing
+
+        print_listing()
+        return
     verbosity, argv = take_verbosity_flags(sys.argv[1:])
+    argv = shard_overrides(argv)
     sys.argv = [sys.argv[0], *argv]
     setup_logging(verbosity)
     problems = precheck(argv)

@@ -1,47 +1,66 @@
-"""``tdabench-leaderboard RESULTS_DIR``: one row per task and method from ``runs.jsonl``.
+"""The leaderboard of one or several results folders: one row per ground truth, method and setting.
 
-Each (task, method) row uses its newest ``ok`` record; pairings without one are listed with their
-last status. Per task it shows the ground truth's LDS ceiling once; per method the LDS with its
-95% interval, the normalized LDS (LDS / ceiling), a tie mark (``≈``) for methods statistically
-indistinguishable from the best one on the same ground truth (paired Wilcoxon test over queries,
-p >= 0.05), the spread of LDS over ``method.seed`` values when several were run, cost (fit and
-score seconds, peak memory, model trainings). Tasks whose runs span several model sizes (the
-pythia_scaling sweep) also get a table of every run's cost by size. Writes ``leaderboard.md``,
-``leaderboard.csv``, ``pairwise.csv``, prints the table, and writes ``report.html`` with its
-plots (``--no-report`` skips them); ``--wandb`` also logs the leaderboard and plots to a wandb
-summary run.
+A row is the runs of one method setting (``setting``: the parameters that differ from the
+method's defaults, see :mod:`harness.record_view`) scored on one ground truth (``ground_truth``:
+task, n_train, subsets x seeds, alpha, observable and a short hash of the cached outcomes); with
+several results folders, also of one folder (``sweep``). Each row shows its newest ``ok`` record;
+rows without one are listed with their last status. Records of different ground truths are never
+ranked together: each ground truth has its own table with its LDS ceiling, its tie marks (``≈``:
+not distinguishable from the best row, paired Wilcoxon test over queries with Holm-adjusted p >=
+0.05) and its pairwise tests. Per row: LDS with its 95% interval, normalized LDS (LDS / ceiling),
+the spread of LDS over ``method.seed`` values when several were run, cost (fit and score
+seconds, FLOPs once recorded, peak memory, model trainings) and a flag for runs measured on an
+overloaded machine. Tasks whose runs span several model sizes (the pythia_scaling sweep) also get
+a table of every run's cost by size. Writes ``leaderboard.md``, ``leaderboard.csv`` and
+``pairwise.csv`` (with ``p_holm``); the command ``tdabench-leaderboard`` is
+:mod:`harness.leaderboard_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tdabench.harness.record_view import (
+    fit_from_cache,
+    ground_truth_label,
+    ground_truth_prefix,
+    method_defaults,
+    run_cost,
+    setting,
+)
 from tdabench.harness.results import read_records
 from tdabench.harness.statistics import pairwise_table, tied_with_best
+from tdabench.harness.storage import atomic_write_bytes
 
-COLUMNS = ["task", "method", "status", "lds", "lds_ci", "normalized_lds", "tied_with_best",
-           "lds_sd_over_seeds", "method_seeds", "fit_s", "score_s", "total_s", "peak_mem_mb",
-           "trainings", "n_train", "n_query", "test_acc", "runs"]
-
-
-def run_cost(rec: dict) -> dict:
-    """A record's fit and score seconds, their sum and the larger of their peak memories (None
-    where the record has no profile)."""
-    t, m = rec.get("time_s") or {}, rec.get("peak_mem_mb") or {}
-    return {"fit_s": t.get("fit"), "score_s": t.get("score"),
-            "total_s": round(sum(t.get(p, 0) for p in ("fit", "score")), 3) if t else None,
-            "peak_mem_mb": max(m.get("fit", 0), m.get("score", 0)) if m else None}
+COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
+           "lds_ci_low", "lds_ci_high", "normalized_lds", "tied_with_best", "lds_sd_over_seeds",
+           "method_seeds", "fit_s", "score_s", "total_s", "flops", "peak_mem_mb", "trainings",
+           "overloaded", "n_train", "n_query", "test_acc", "runs"]
+#: columns left out of leaderboard.md: the ground truth and task head each table, the interval's
+#: ends are in lds_ci; optional columns no row fills are dropped too
+NOT_IN_MARKDOWN = ["ground_truth", "task", "lds_ci_low", "lds_ci_high"]
+OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "flops", "overloaded"]
+SWEEP = "_sweep"  # key added to records read from one of several folders: the folder's name
 
 
-def fit_from_cache(rec: dict) -> bool:
-    """Whether the run's fit read curvature factors cached by an earlier run (its fit time is then
-    a file read, not the cost of fitting)."""
-    return bool((rec.get("diagnostics") or {}).get("factors_from_cache"))
+def read_folders(results_dirs: list[str | Path]) -> list[dict]:
+    """Records of every folder; with several folders, each record is marked with its folder's
+    name (the ``sweep`` column). Refuses a folder without records."""
+    dirs = [Path(d) for d in results_dirs]
+    names = [d.name if [x.name for x in dirs].count(d.name) == 1 else str(d) for d in dirs]
+    records = []
+    for d, name in zip(dirs, names):
+        recs = read_records(d)
+        if not recs:
+            raise SystemExit(f"tdabench-leaderboard: error: no records in {d / 'runs.jsonl'}; "
+                             "run `tdabench ... results_dir=DIR` first, or leave the folder out")
+        if len(dirs) > 1:
+            recs = [{**r, SWEEP: name} for r in recs]
+        records += recs
+    return records
 
 
 def _method_seed(rec: dict):
@@ -52,77 +71,120 @@ def _per_query(rec: dict) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in rec.get("lds_per_query") or []], float)
 
 
-def _row(rec: dict, recs: list[dict]) -> dict:
-    ci = rec.get("lds_ci") or [None, None]
-    same_gt = [r for r in recs if r.get("status") == "ok" and r.get("gt_key") == rec.get("gt_key")]
-    by_seed = {_method_seed(r): r["lds"] for r in same_gt}
-    return {
-        "task": rec["task"], "method": rec["method"], "status": rec["status"], "lds": rec.get("lds"),
-        "lds_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "",
-        "normalized_lds": rec.get("normalized_lds"), "tied_with_best": "",
-        "lds_sd_over_seeds": float(np.std(list(by_seed.values()), ddof=1)) if len(by_seed) > 1 else None,
-        "method_seeds": len(by_seed) or None,
-        **run_cost(rec),
-        "trainings": rec.get("trainings"), "n_train": rec.get("n_train"), "n_query": rec.get("n_query"),
-        "test_acc": rec.get("model_quality", {}).get("test_acc"), "runs": len(recs),
-    }
+def ground_truth_labels(records: list[dict]) -> list[str]:
+    """Each record's ground-truth label. A record without a ground-truth key (an unsupported
+    pairing stops before the ground truth) takes the label of the one keyed ground truth with the
+    same task, size and subsets x seeds, if there is exactly one."""
+    labels = [ground_truth_label(r) for r in records]
+    by_prefix: dict[str, set] = {}
+    for rec, label in zip(records, labels):
+        if rec.get("gt_key"):
+            by_prefix.setdefault(ground_truth_prefix(rec), set()).add(label)
+    for i, rec in enumerate(records):
+        match = by_prefix.get(ground_truth_prefix(rec), set())
+        if not rec.get("gt_key") and len(match) == 1:
+            labels[i] = next(iter(match))
+    return labels
+
+
+def row_keys(records: list[dict]) -> list[tuple]:
+    """(ground truth, task, method, setting, sweep) of every record."""
+    by_method: dict[str, list[dict]] = {}
+    for rec in records:
+        by_method.setdefault(rec.get("method"), []).append(rec)
+    defaults = {m: method_defaults(m, recs) for m, recs in by_method.items()}
+    return [(gt, rec.get("task"), rec.get("method"), setting(rec, defaults[rec.get("method")]), rec.get(SWEEP))
+            for gt, rec in zip(ground_truth_labels(records), records)]
 
 
 def chosen_records(records: list[dict]) -> dict[tuple, tuple[dict, list[dict]]]:
-    """(task, method) -> (the record shown, all records of the pairing)."""
-    by_pair: dict[tuple, list[dict]] = {}
-    for rec in records:
-        by_pair.setdefault((rec.get("task"), rec.get("method")), []).append(rec)
+    """Row key (ground truth, task, method, setting, sweep) -> (the record shown: the newest ok
+    one, else the newest; all records of the row)."""
+    by_row: dict[tuple, list[dict]] = {}
+    for key, rec in zip(row_keys(records), records):
+        by_row.setdefault(key, []).append(rec)
     out = {}
-    for key, recs in by_pair.items():
+    for key, recs in by_row.items():
         ok = [r for r in recs if r.get("status") == "ok"]
         out[key] = (ok[-1] if ok else recs[-1], recs)
     return out
 
 
-def task_summaries(records: list[dict]) -> dict[str, dict]:
-    """Per task: the ground truth of its newest ok record and that ground truth's ceiling."""
+def row_label(key: tuple) -> str:
+    """A row's name in pairwise tables and plots: method, [setting], @sweep."""
+    _, _, method, setting_, sweep = key
+    return method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
+
+
+def ground_truths(records: list[dict]) -> dict[str, dict]:
+    """Per ground-truth label: its task, key, LDS ceiling with interval, reliability, size and
+    warning, from its newest ok record (else its newest record)."""
     out = {}
-    for rec in records:
-        if rec.get("status") == "ok":
-            out[rec["task"]] = {k: rec.get(k) for k in ("gt_key", "lds_ceiling", "lds_ceiling_ci",
-                                                         "gt_reliability", "gt_seeds", "gt_subsets",
-                                                         "gt_warning", "n_train")}
+    labels = ground_truth_labels(records)
+    for want_ok in (False, True):
+        for rec, label in zip(records, labels):
+            if not want_ok or rec.get("status") == "ok":
+                out[label] = {k: rec.get(k) for k in ("task", "gt_key", "lds_ceiling", "lds_ceiling_ci",
+                                                      "gt_reliability", "gt_seeds", "gt_subsets",
+                                                      "gt_warning", "n_train")}
     return out
 
 
-def comparable(chosen: dict, task: str, gt_key: str) -> dict[str, np.ndarray]:
-    """Per-query LDS of every method of ``task`` whose shown record used ground truth ``gt_key``."""
-    return {m: _per_query(rec) for (t, m), (rec, _) in chosen.items()
-            if t == task and rec.get("status") == "ok" and rec.get("gt_key") == gt_key
-            and rec.get("lds_per_query")}
+def _row(key: tuple, rec: dict, recs: list[dict]) -> dict:
+    ci = rec.get("lds_ci") or [None, None]
+    ok = [r for r in recs if r.get("status") == "ok"]
+    by_seed = {_method_seed(r): r["lds"] for r in ok if r.get("lds") is not None}
+    return {
+        "ground_truth": key[0], "task": rec.get("task"), "method": rec.get("method"), "setting": key[3],
+        "sweep": key[4], "status": rec.get("status"), "lds": rec.get("lds"),
+        "lds_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "",
+        "lds_ci_low": ci[0], "lds_ci_high": ci[1],
+        "normalized_lds": rec.get("normalized_lds"), "tied_with_best": "",
+        "lds_sd_over_seeds": float(np.std(list(by_seed.values()), ddof=1)) if len(by_seed) > 1 else None,
+        "method_seeds": len(by_seed) or None,
+        **run_cost(rec),
+        "trainings": rec.get("trainings"), "overloaded": True if rec.get("overloaded") else None,
+        "n_train": rec.get("n_train"), "n_query": rec.get("n_query"),
+        "test_acc": (rec.get("model_quality") or {}).get("test_acc"), "runs": len(recs),
+    }
+
+
+def comparable(chosen: dict, gt: str) -> dict[str, np.ndarray]:
+    """Per-query LDS of every row on ground truth ``gt`` whose shown record is ok, by row label."""
+    return {row_label(key): _per_query(rec) for key, (rec, _) in chosen.items()
+            if key[0] == gt and rec.get("status") == "ok" and rec.get("lds_per_query")}
 
 
 def build(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The leaderboard (one row per ground truth, method, setting and sweep), the pairwise tests
+    and the ground truths (label -> info, with ``cached_fits``: rows whose fit read cached
+    curvature factors)."""
     chosen = chosen_records(records)
-    tasks = task_summaries(records)
-    rows = [_row(rec, recs) for rec, recs in chosen.values()]
+    gts = ground_truths(records)
+    rows = {key: _row(key, rec, recs) for key, (rec, recs) in chosen.items()}
     pairs = []
-    for task, info in tasks.items():
-        per_query = comparable(chosen, task, info["gt_key"])
-        if len(per_query) >= 2:
-            ties = tied_with_best(per_query)
-            for row in rows:
-                if row["task"] == task and row["method"] in ties:
-                    row["tied_with_best"] = "≈" if ties[row["method"]] else ""
-            for p in pairwise_table(per_query):
-                pairs.append({"task": task, "method_a": p.a, "method_b": p.b, "mean_diff": p.mean_diff,
-                              "ci_low": p.ci[0], "ci_high": p.ci[1], "p_value": p.p_value,
-                              "queries": p.n, "significant": p.p_value < 0.05})
-    for (task, _), (rec, _) in chosen.items():
-        if task in tasks and fit_from_cache(rec):
-            tasks[task].setdefault("cached_fits", []).append(rec["method"])
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    for gt in gts:
+        per_query = comparable(chosen, gt)
+        if len(per_query) < 2:
+            continue
+        table = pairwise_table(per_query)
+        ties = tied_with_best(per_query, pairs=table)
+        for key, row in rows.items():
+            if key[0] == gt and row_label(key) in ties:
+                row["tied_with_best"] = "≈" if ties[row_label(key)] else ""
+        for p in table:
+            pairs.append({"ground_truth": gt, "method_a": p.a, "method_b": p.b, "mean_diff": p.mean_diff,
+                          "ci_low": p.ci[0], "ci_high": p.ci[1], "p_value": p.p_value, "p_holm": p.p_holm,
+                          "queries": p.n, "significant": p.p_holm < 0.05})
+    for key, (rec, _) in chosen.items():
+        if key[0] in gts and fit_from_cache(rec):
+            gts[key[0]].setdefault("cached_fits", []).append(row_label(key))
+    df = pd.DataFrame(list(rows.values()), columns=COLUMNS)
     if not df.empty:
         df["_ok"] = df["status"] == "ok"
-        df = df.sort_values(["task", "_ok", "lds"], ascending=[True, False, False]).drop(columns="_ok")
+        df = df.sort_values(["ground_truth", "_ok", "lds"], ascending=[True, False, False]).drop(columns="_ok")
         df = df.reset_index(drop=True)
-    return df, pd.DataFrame(pairs), tasks
+    return df, pd.DataFrame(pairs), gts
 
 
 def cost_by_size(records: list[dict]) -> pd.DataFrame:
@@ -144,81 +206,86 @@ def cost_by_size(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["task", "method", "parameters"], na_position="last").reset_index(drop=True)
+        if df["flops"].isna().all():
+            df = df.drop(columns="flops")
     return df
 
 
-def _ceiling_line(task: str, info: dict) -> str:
+def ceiling_text(info: dict) -> str:
+    """The ground truth's LDS ceiling with its interval and size, as one phrase ('' without a
+    ground truth)."""
+    if not info.get("gt_key"):
+        return ""
+    size = f"{info['gt_subsets']} subsets x {info['gt_seeds']} seeds"
     if info.get("lds_ceiling") is None:
-        return (f"**{task}**: LDS ceiling unknown (gt.seeds={info.get('gt_seeds')}; it needs "
-                "gt.seeds >= 2)")
+        return f"LDS ceiling unknown ({size}; it needs gt.seeds >= 2)"
     lo, hi = info["lds_ceiling_ci"]
-    line = (f"**{task}**: LDS ceiling {info['lds_ceiling']:.3f} [{lo:.3f}, {hi:.3f}] "
-            f"(ground-truth reliability {info['gt_reliability']:.3f}; {info['gt_subsets']} subsets x "
-            f"{info['gt_seeds']} seeds)")
+    return (f"LDS ceiling {info['lds_ceiling']:.3f} [{lo:.3f}, {hi:.3f}] (ground-truth reliability "
+            f"{info['gt_reliability']:.3f}; {size})")
+
+
+def _ceiling_line(gt: str, info: dict) -> str:
+    line = f"**{gt}**" + (f": {ceiling_text(info)}" if ceiling_text(info) else "")
     if info.get("gt_warning"):
         line += f"\n\n> warning: {info['gt_warning']}"
     return line
 
 
-def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, tasks: dict,
+def shown_columns(df: pd.DataFrame, drop: list[str]) -> pd.DataFrame:
+    """``df`` without the columns ``drop``, the optional columns no row fills, and ``status`` when
+    every row is ok."""
+    empty = [c for c in OPTIONAL if c in df and (df[c].isna() | (df[c] == "")).all()]
+    if "status" in df and (df["status"] == "ok").all():
+        empty.append("status")
+    return df.drop(columns=[c for c in [*drop, *empty] if c in df])
+
+
+def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
                     costs: pd.DataFrame | None = None) -> str:
     parts = ["# Leaderboard", "",
-             "LDS: mean Spearman over queries (95% bootstrap interval). normalized_lds = LDS / "
-             "ceiling. ≈ marks methods statistically tied with the best on the same ground truth "
-             "(paired Wilcoxon over queries, p >= 0.05).", ""]
-    for task, sub in df.groupby("task", sort=True):
-        if task in tasks:
-            parts += [_ceiling_line(task, tasks[task]), ""]
-        parts += [sub.drop(columns="task").to_markdown(index=False, floatfmt=".4g"), ""]
-        cached = sorted(tasks.get(task, {}).get("cached_fits", []))
+             "One table per ground truth (task, n_train, subsets x seeds, alpha, observable, #hash); "
+             "a row is a method at one setting (parameters that differ from its defaults). LDS: mean "
+             "Spearman over queries (95% bootstrap interval). normalized_lds = LDS / ceiling. ≈ marks "
+             "rows statistically tied with the best on the same ground truth (paired Wilcoxon over "
+             "queries, Holm-adjusted p >= 0.05 over all pairs of that ground truth).", ""]
+    for gt, sub in df.groupby("ground_truth", sort=True):
+        info = gts.get(gt, {})
+        parts += [_ceiling_line(gt, info), ""]
+        shown = shown_columns(sub, NOT_IN_MARKDOWN)
+        if "overloaded" in shown:
+            shown = shown.assign(overloaded=shown["overloaded"].map(lambda v: "⚠" if v is True else ""))
+        shown = shown.astype(object).where(shown.notna(), None)  # blank, not "nan", where unmeasured
+        parts += [shown.to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
+        if "overloaded" in shown:
+            parts += ["⚠ overloaded: measured while the machine was overloaded; its times are not "
+                      "comparable with the other rows", ""]
+        cached = sorted(info.get("cached_fits", []))
         if cached:
             parts += [f"fit_s of {', '.join(cached)}: curvature factors read from the cache of an "
                       "earlier run (a file read, not the cost of fitting them)", ""]
-        if not pairs.empty and (pairs["task"] == task).any():
-            p = pairs[pairs["task"] == task].drop(columns="task")
-            parts += [f"Pairwise comparisons ({task}): mean per-query LDS difference a - b, paired "
-                      "bootstrap 95% interval, Wilcoxon p-value", "",
+        if not pairs.empty and (pairs["ground_truth"] == gt).any():
+            p = pairs[pairs["ground_truth"] == gt].drop(columns="ground_truth")
+            parts += [f"Pairwise comparisons ({gt}): mean per-query LDS difference a - b, paired "
+                      "bootstrap 95% interval, Wilcoxon p-value and its Holm adjustment over these "
+                      f"{len(p)} comparisons (significant: p_holm < 0.05)", "",
                       p.to_markdown(index=False, floatfmt=".3g"), ""]
-        if costs is not None and not costs.empty and (costs["task"] == task).any():
-            c = costs[costs["task"] == task].drop(columns="task")
+    if costs is not None and not costs.empty:
+        for task, c in costs.groupby("task", sort=True):
             parts += [f"Cost by model size ({task}): every run, fit and score seconds and peak "
                       "memory above each phase's start (MiB)", "",
-                      c.to_markdown(index=False, floatfmt=".4g"), ""]
+                      c.drop(columns="task").to_markdown(index=False, floatfmt=".4g"), ""]
     return "\n".join(parts)
 
 
-def write(results_dir: str | Path) -> pd.DataFrame:
-    results_dir = Path(results_dir)
-    records = read_records(results_dir)
-    if not records:
-        raise SystemExit(f"tdabench-leaderboard: error: no records in {results_dir / 'runs.jsonl'}; "
-                         "run `tdabench ... results_dir=DIR` first")
-    df, pairs, tasks = build(records)
-    df.to_csv(results_dir / "leaderboard.csv", index=False)
-    pairs.to_csv(results_dir / "pairwise.csv", index=False)
-    (results_dir / "leaderboard.md").write_text(render_markdown(df, pairs, tasks, cost_by_size(records)))
+def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.DataFrame:
+    """Write leaderboard.md, leaderboard.csv and pairwise.csv for the records of ``results_dirs``
+    into ``out`` (default: the one results folder); returns the leaderboard."""
+    results_dirs = [Path(d) for d in ([results_dirs] if isinstance(results_dirs, (str, Path)) else results_dirs)]
+    out = Path(out) if out is not None else results_dirs[0]
+    records = read_folders(results_dirs)
+    df, pairs, gts = build(records)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "leaderboard.csv", df.to_csv(index=False).encode())
+    atomic_write_bytes(out / "pairwise.csv", pairs.to_csv(index=False).encode())
+    atomic_write_bytes(out / "leaderboard.md", render_markdown(df, pairs, gts, cost_by_size(records)).encode())
     return df
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tdabench-leaderboard", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", nargs="?", default="results")
-    parser.add_argument("--wandb", nargs="?", const="offline", choices=["offline", "online"],
-                        help="also log the leaderboard and plots to a wandb summary run (offline by default)")
-    parser.add_argument("--no-report", action="store_true", help="skip report.html and the plots")
-    args = parser.parse_args(argv)
-    write(args.results_dir)
-    print((Path(args.results_dir) / "leaderboard.md").read_text())
-    if not args.no_report:
-        from tdabench.harness.report import write_report
-
-        print(f"report: {write_report(args.results_dir)}")
-    if args.wandb:
-        from tdabench.harness.report import log_to_wandb
-
-        print(f"wandb summary run: {log_to_wandb(args.results_dir, args.wandb)}")
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    main()

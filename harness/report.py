@@ -1,15 +1,20 @@
-"""Plots of a results folder and one self-contained ``report.html``.
+"""Plots of one or several results folders and one self-contained ``report.html``.
 
-Figures (each also a PNG in ``RESULTS_DIR/plots/``): LDS with 95% intervals per method (the
-task's LDS ceiling as a line), LDS against compute (fit + score seconds, and model trainings, as
-in TRAK's main figure), LDS against n_train when a sweep varies it, time and peak memory against
-parameter count on log-log axes when a sweep varies model size, and the BIF's SGLD loss traces.
+Figures (each also a PNG in ``OUT/plots/``), per ground truth: LDS with 95% intervals per row
+(method and setting), with the ground truth's LDS ceiling as a line, its interval as a band and
+its size in the legend; LDS against compute (fit + score seconds; model trainings and FLOPs only
+where they differ between rows), as in TRAK's main figure. Per task: LDS against n_train when a
+sweep varies it, time and peak memory against parameter count on log-log axes when a sweep varies
+model size. Per BIF row: its SGLD loss traces as the median over chains with a band from the
+lowest to the highest chain.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +24,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tdabench.harness.leaderboard import build, chosen_records, fit_from_cache, run_cost, task_summaries  # noqa: E402
-from tdabench.harness.results import read_records  # noqa: E402
+from tdabench.harness.leaderboard import (  # noqa: E402
+    build,
+    ceiling_text,
+    chosen_records,
+    ground_truths,
+    read_folders,
+    row_label,
+    shown_columns,
+)
+from tdabench.harness.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
+from tdabench.harness.storage import atomic_write_bytes  # noqa: E402
 
 
 def _ok(records: list[dict]) -> list[dict]:
@@ -35,54 +49,79 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def gt_slug(gt: str, info: dict) -> str:
+    """File-name part of a ground truth: task and short hash."""
+    return f"{info.get('task')}_{short_hash(info.get('gt_key'))}" if info.get("gt_key") else str(info.get("task"))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text).strip("_")
+
+
+def _shown_ok(chosen: dict, gt: str) -> list[tuple[tuple, dict]]:
+    return [(key, rec) for key, (rec, _) in chosen.items()
+            if key[0] == gt and rec.get("status") == "ok" and rec.get("lds") is not None]
+
+
 def plot_lds(records: list[dict], out: Path) -> list[Path]:
     chosen = chosen_records(records)
-    ceilings = task_summaries(records)
+    gts = ground_truths(records)
     paths = []
-    for task in sorted({t for t, _ in chosen}):
-        recs = sorted((r for (t, _), (r, _) in chosen.items()
-                       if t == task and r.get("status") == "ok" and r.get("lds") is not None),
-                      key=lambda r: r["lds"])
-        if not recs:
+    for gt, info in sorted(gts.items()):
+        rows = sorted(_shown_ok(chosen, gt), key=lambda kr: kr[1]["lds"])
+        if not rows:
             continue
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(recs) + 1.5))
-        y = np.arange(len(recs))
-        lds = np.array([r["lds"] for r in recs])
-        ci = np.array([r["lds_ci"] for r in recs])
-        ax.errorbar(lds, y, xerr=[lds - ci[:, 0], ci[:, 1] - lds], fmt="o", capsize=3)
-        ax.set_yticks(y, [r["method"] for r in recs])
-        ceiling = ceilings.get(task, {}).get("lds_ceiling")
-        if ceiling:
-            ax.axvline(ceiling, ls="--", c="gray", label=f"ceiling {ceiling:.2f}")
-            ax.legend(loc="lower right")
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.6))
+        y = np.arange(len(rows))
+        lds = np.array([r["lds"] for _, r in rows])
+        ci = np.array([r.get("lds_ci") or [v, v] for v, (_, r) in zip(lds, rows)], float)
+        ax.barh(y, lds, xerr=[lds - ci[:, 0], ci[:, 1] - lds], capsize=3, color="tab:blue", alpha=0.75)
+        ax.set_yticks(y, [row_label(k) for k, _ in rows], fontsize=8)
+        if info.get("lds_ceiling"):
+            lo, hi = info["lds_ceiling_ci"]
+            ax.axvspan(lo, hi, color="gray", alpha=0.2)
+            ax.axvline(info["lds_ceiling"], ls="--", c="gray",
+                       label=f"LDS ceiling {info['lds_ceiling']:.2f} [{lo:.2f}, {hi:.2f}]\n"
+                             f"({info['gt_subsets']} subsets x {info['gt_seeds']} seeds)")
+            ax.legend(loc="lower right", fontsize=8)
         ax.axvline(0, c="k", lw=0.5)
         ax.set_xlabel("LDS (95% interval)")
-        ax.set_title(f"{task}: LDS by method")
-        paths.append(_save(fig, out / f"lds_{task}.png"))
+        ax.set_title(f"LDS by method: {gt}", fontsize=10)
+        paths.append(_save(fig, out / f"lds_{gt_slug(gt, info)}.png"))
     return paths
 
 
 def plot_cost(records: list[dict], out: Path) -> list[Path]:
+    """LDS against each cost that differs between the rows of a ground truth: fit + score seconds,
+    model trainings, FLOPs (fit + score). A cost every row shares (zero aside: the random
+    baseline trains nothing) carries no information and has no panel."""
     chosen = chosen_records(records)
+    gts = ground_truths(records)
     paths = []
-    for task in sorted({t for t, _ in chosen}):
-        recs = [r for (t, _), (r, _) in chosen.items()
-                if t == task and r.get("status") == "ok" and r.get("lds") is not None]
-        if len(recs) < 2:
+    for gt, info in sorted(gts.items()):
+        rows = _shown_ok(chosen, gt)
+        if len(rows) < 2:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for ax, key, label in ((axes[0], "seconds", "fit + score seconds (log)"),
-                               (axes[1], "trainings", "model trainings consumed")):
-            for r in recs:
-                x = run_cost(r)["total_s"] if key == "seconds" else r.get("trainings") or 0
+        costs = {"fit + score seconds (log)": [run_cost(r)["total_s"] for _, r in rows],
+                 "model trainings consumed": [r.get("trainings") for _, r in rows],
+                 "FLOPs, fit + score (log)": [run_cost(r)["flops"] for _, r in rows]}
+        panels = {k: v for k, v in costs.items()  # zero (the random baseline) differs trivially
+                  if all(x is not None for x in v) and len({x for x in v if x}) > 1}
+        if not panels:
+            continue
+        fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 6 * len(panels), 4.4), squeeze=False)
+        for ax, (label, xs) in zip(axes[0], panels.items()):
+            for (key, r), x in zip(rows, xs):
+                name = row_label(key)
                 ax.scatter(x, r["lds"])
-                ax.annotate(r["method"], (x, r["lds"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
-            if key == "seconds":
+                ax.annotate(name if len(name) <= 30 else name[:29] + "…", (x, r["lds"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+            if "(log)" in label and min(xs) > 0:
                 ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("LDS")
-        fig.suptitle(f"{task}: LDS against compute")
-        paths.append(_save(fig, out / f"cost_{task}.png"))
+        fig.suptitle(f"LDS against compute: {gt}", fontsize=10)
+        paths.append(_save(fig, out / f"cost_{gt_slug(gt, info)}.png"))
     return paths
 
 
@@ -146,20 +185,27 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
 
 
 def plot_traces(records: list[dict], out: Path) -> list[Path]:
+    """Per shown row with SGLD loss traces (``diagnostics.loss_trace``, [chains, steps]): the
+    median over chains and a band from the lowest to the highest chain at each step."""
+    chosen = chosen_records(records)
+    gts = ground_truths(records)
     paths = []
-    for r in _ok(records):
-        trace = (r.get("diagnostics") or {}).get("loss_trace")
+    for key, (r, _) in chosen.items():
+        trace = (r.get("diagnostics") or {}).get("loss_trace") if r.get("status") == "ok" else None
         if not trace:
             continue
         trace = np.atleast_2d(np.asarray(trace, dtype=float))
-        fig, ax = plt.subplots(figsize=(6.5, 3.8))
-        for c, chain in enumerate(trace):
-            ax.plot(chain, lw=0.8, label=f"chain {c}")
+        steps = np.arange(trace.shape[1])
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        ax.fill_between(steps, np.nanmin(trace, 0), np.nanmax(trace, 0), alpha=0.3,
+                        label=f"lowest to highest of {len(trace)} chains")
+        ax.plot(steps, np.nanmedian(trace, 0), lw=1, label="median over chains")
         ax.set_xlabel("SGLD step")
         ax.set_ylabel("minibatch training loss")
-        ax.set_title(f"{r['task']} / {r['method']}: SGLD loss traces")
+        ax.set_title(f"SGLD loss traces: {row_label(key)}\n{key[0]}", fontsize=9)
         ax.legend(fontsize=7)
-        paths.append(_save(fig, out / f"traces_{r['task']}_{r['method']}.png"))
+        name = _slug(f"traces_{gt_slug(key[0], gts.get(key[0], {}))}_{row_label(key)}")
+        paths.append(_save(fig, out / f"{name}.png"))
     return paths
 
 
@@ -173,61 +219,135 @@ def _img(path: Path) -> str:
     return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
 
 
-def write_report(results_dir: str | Path) -> Path:
-    """Write ``plots/*.png`` and ``report.html`` for ``results_dir``; returns the report path."""
-    results_dir = Path(results_dir)
-    records = read_records(results_dir)
-    df, pairs, tasks = build(records)
-    plots = make_plots(records, results_dir / "plots")
+def _dirs(results_dirs) -> list[Path]:
+    return [Path(d) for d in ([results_dirs] if isinstance(results_dirs, (str, Path)) else results_dirs)]
+
+
+def _heading_breaks(name: str) -> str:
+    """A column name that may wrap after its underscores (narrow tables that fit the page)."""
+    return html.escape(str(name)).replace("_", "_<wbr>")
+
+
+def write_report(results_dirs, out: str | Path | None = None) -> Path:
+    """Write ``plots/*.png`` and ``report.html`` for the records of ``results_dirs`` (one folder or
+    several) into ``out`` (default: the first folder); returns the report path."""
+    dirs = _dirs(results_dirs)
+    out = Path(out) if out is not None else dirs[0]
+    records = read_folders(dirs)
+    df, pairs, gts = build(records)
+    plots = make_plots(records, out / "plots")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "table{border-collapse:collapse;font-size:12px;max-width:100%}"
+             "td,th{border:1px solid #ccc;padding:2px 4px}th{font-weight:600;vertical-align:bottom}"
+             "td{white-space:nowrap}.scroll{overflow-x:auto}"
              "img{max-width:100%}figure{margin:1em 0}")
+    where = ", ".join(html.escape(str(d)) for d in dirs)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tdabench report</title>"
              f"<style>{style}</style></head><body><h1>tdabench report</h1>",
-             f"<p>{len(records)} runs in {html.escape(str(results_dir))}. LDS: mean Spearman over "
+             f"<p>{len(records)} runs in {where}. One table per ground truth; a row is a method at "
+             "one setting (parameters that differ from its defaults). LDS: mean Spearman over "
              "queries with 95% bootstrap interval; normalized_lds = LDS / ceiling; ≈ = tied with "
-             "the best (paired Wilcoxon, p &ge; 0.05).</p>"]
-    for task, info in tasks.items():
-        if info.get("lds_ceiling") is not None:
-            parts.append(f"<p><b>{html.escape(task)}</b>: LDS ceiling {info['lds_ceiling']:.3f} "
-                         f"(ground-truth reliability {info['gt_reliability']:.3f}).</p>")
-    shown = df.drop(columns=["status"] if (df["status"] == "ok").all() else [])
-    shown = shown.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v))
-    parts += ["<h2>Leaderboard</h2>", "<div style='overflow-x:auto'>",
-              shown.replace("nan", "").to_html(index=False), "</div>"]
+             "the best (paired Wilcoxon, Holm-adjusted p &ge; 0.05).</p>", "<h2>Leaderboard</h2>"]
+    for gt, sub in df.groupby("ground_truth", sort=True):
+        shown = shown_columns(sub, ["ground_truth", "task", "lds_ci_low", "lds_ci_high"])
+        shown = shown.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v))
+        shown = shown.replace("nan", "")
+        if "overloaded" in shown:
+            shown["overloaded"] = shown["overloaded"].map(lambda v: "⚠" if v is True else "")
+        table = shown.to_html(index=False, escape=True)
+        for col in shown.columns:
+            table = table.replace(f"<th>{html.escape(col)}</th>", f"<th>{_heading_breaks(col)}</th>", 1)
+        text = ceiling_text(gts.get(gt, {}))
+        parts += [f"<h3>{html.escape(gt)}</h3>", f"<p>{html.escape(text)}</p>" if text else "",
+                  f"<div class='scroll'>{table}</div>"]
     if not pairs.empty:
         parts += ["<h2>Pairwise comparisons</h2>",
-                  "<p>Row minus column: mean per-query LDS difference; * marks p &lt; 0.05 (paired "
-                  "Wilcoxon signed-rank test). Intervals and p-values are in pairwise.csv.</p>"]
-        for task, sub in pairs.groupby("task"):
+                  "<p>Row minus column: mean per-query LDS difference; * marks a Holm-adjusted p &lt; "
+                  "0.05 (paired Wilcoxon signed-rank test, adjusted over every pair of the ground "
+                  "truth). Intervals, p-values and p_holm are in pairwise.csv.</p>"]
+        for gt, sub in pairs.groupby("ground_truth"):
             cells = sub.assign(cell=[f"{d:+.3f}{'*' if sig else ''}" for d, sig in
                                      zip(sub["mean_diff"], sub["significant"])])
             order = list(dict.fromkeys([*sub["method_a"], *sub["method_b"]]))
             matrix = cells.pivot(index="method_a", columns="method_b", values="cell")
             matrix = matrix.reindex(index=order[:-1], columns=order[1:]).fillna("")
-            parts += [f"<h3>{html.escape(task)}</h3>", matrix.to_html()]
+            parts += [f"<h3>{html.escape(gt)}</h3>", f"<div class='scroll'>{matrix.to_html()}</div>"]
     parts += ["<h2>Plots</h2>"] + [_img(p) for p in plots] + ["</body></html>"]
-    path = results_dir / "report.html"
-    path.write_text("\n".join(parts))
+    path = out / "report.html"
+    atomic_write_bytes(path, "\n".join(parts).encode())
     return path
 
 
-def log_to_wandb(results_dir: str | Path, mode: str = "offline", project: str = "tdabench") -> str:
-    """Log the leaderboard as a wandb Table and the plots as images to a summary run in the group
-    of the newest record; returns the run's folder."""
+#: leaderboard columns logged to wandb as numbers (identity columns are logged as strings)
+WANDB_NUMERIC = ["lds", "lds_ci_low", "lds_ci_high", "normalized_lds", "lds_sd_over_seeds", "method_seeds",
+                 "fit_s", "score_s", "total_s", "flops", "peak_mem_mb", "trainings", "n_train", "n_query",
+                 "test_acc", "runs"]
+
+
+def _most_common(values: list):
+    values = [v for v in values if v is not None]
+    return Counter(values).most_common(1)[0][0] if values else None
+
+
+def leaderboard_table(sub: pd.DataFrame) -> pd.DataFrame:
+    """A ground truth's leaderboard rows for a wandb Table: row label, identity strings, numeric
+    columns as floats (missing values as None), and the tie mark as a bool."""
+    out = pd.DataFrame({"row": [row_label((g, t, m, s or "", w if isinstance(w, str) else None))
+                                for g, t, m, s, w in zip(sub["ground_truth"], sub["task"], sub["method"],
+                                                         sub["setting"], sub["sweep"])],
+                        "method": sub["method"], "setting": sub["setting"].fillna(""),
+                        "status": sub["status"], "tied_with_best": sub["tied_with_best"] == "≈",
+                        "overloaded": sub["overloaded"].map(lambda v: v is True)})
+    if sub["sweep"].notna().any():
+        out.insert(3, "sweep", sub["sweep"].fillna(""))
+    for col in WANDB_NUMERIC:
+        out[col] = pd.to_numeric(sub[col], errors="coerce").astype(float)
+    out = out.astype(object)
+    return out.where(out.notna(), None).reset_index(drop=True)
+
+
+def log_to_wandb(results_dirs, mode: str = "offline", out: str | Path | None = None) -> list[str]:
+    """Log one summary run per ground truth: a wandb Table of its leaderboard (numeric columns,
+    the interval as ``lds_ci_low`` / ``lds_ci_high``), a bar chart of LDS by row, and the plots
+    (the LDS plot is bars with 95% error bars). Each run goes into the wandb group, project and
+    entity that the ground truth's records name (the most common where they differ), so it sits
+    beside the runs it summarises. Returns the runs' folders."""
     import wandb
 
-    results_dir = Path(results_dir)
-    records = read_records(results_dir)
-    df, _, _ = build(records)
-    group = records[-1].get("group", "leaderboard") if records else "leaderboard"
-    run = wandb.init(project=project, mode=mode, group=group, name="leaderboard", job_type="leaderboard",
-                     dir=str(results_dir), reinit="finish_previous")
-    try:
-        payload = {"leaderboard": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}
-        for p in make_plots(records, results_dir / "plots"):
-            payload[f"plots/{p.stem}"] = wandb.Image(str(p))
-        run.log(payload)
-        return run.dir
-    finally:
-        run.finish()
+    dirs = _dirs(results_dirs)
+    out = Path(out) if out is not None else dirs[0]
+    records = read_folders(dirs)
+    df, pairs, gts = build(records)
+    chosen = chosen_records(records)
+    plots = make_plots(records, out / "plots")
+    run_dirs = []
+    for gt, sub in df.groupby("ground_truth", sort=True):
+        info = gts.get(gt, {})
+        recs = [rec for key, (_, rs) in chosen.items() if key[0] == gt for rec in rs]
+        wandb_cfgs = [(r.get("config") or {}).get("wandb") or {} for r in recs]
+        groups = sorted({r.get("group") for r in recs if r.get("group")})
+        slug = gt_slug(gt, info)
+        run = wandb.init(project=_most_common([w.get("project") for w in wandb_cfgs]) or "tdabench",
+                         entity=_most_common([w.get("entity") for w in wandb_cfgs]), mode=mode,
+                         group=_most_common([r.get("group") for r in recs]) or "leaderboard",
+                         name=f"leaderboard {gt}", job_type="leaderboard", dir=str(out),
+                         config={"ground_truth": gt, "gt_key": info.get("gt_key"), "task": info.get("task"),
+                                 "groups": groups, "results_dirs": [str(d) for d in dirs]},
+                         reinit="finish_previous")
+        try:
+            table = wandb.Table(dataframe=leaderboard_table(sub))
+            payload = {"leaderboard": table,
+                       "lds_by_method": wandb.plot.bar(table, "row", "lds", title=f"LDS by method: {gt}")}
+            if not pairs.empty and (pairs["ground_truth"] == gt).any():
+                payload["pairwise"] = wandb.Table(dataframe=pairs[pairs["ground_truth"] == gt].reset_index(drop=True))
+            for p in plots:
+                if slug in p.stem:
+                    payload[f"plots/{p.stem}"] = wandb.Image(str(p))
+            run.log(payload)
+            for k in ("lds_ceiling", "gt_reliability", "gt_subsets", "gt_seeds"):
+                run.summary[k] = info.get(k)
+            run_dirs.append(run.dir)
+        finally:
+            run.finish()
+    wandb.teardown()  # wait until the runs' files are written, so they can be read back at once
+    return run_dirs

@@ -39,7 +39,7 @@ from tdabench.harness.tracking import log_run
 from tdabench.harness.training import num_params
 
 #: config keys that do not change a run's numbers (left out of its config hash)
-NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "hydra", "force")
+NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "hydra", "force", "sweep_name")
 
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,9 @@ ground truth of reliability r exceeds sqrt(r): that is ``lds_ceiling``.
 
 Paired comparisons. Methods scored on the same ground truth are compared query by query: mean
 per-query LDS difference, a paired bootstrap 95% interval and a Wilcoxon signed-rank p-value.
+The p-values of all pairs on one ground truth are one family: ``p_holm`` is the Holm
+step-down adjustment over that family (family-wise error rate <= alpha), and a method is tied with
+the best when the adjusted p-value of its comparison with the best is >= alpha.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Paired:
     ci: tuple[float, float]
     p_value: float
     n: int
+    p_holm: float | None = None  # Holm-adjusted over the family the pair was compared in
 
 
 def paired_comparison(a: np.ndarray, b: np.ndarray, name_a: str = "a", name_b: str = "b",
@@ -91,16 +95,36 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, name_a: str = "a", name_b: s
     return Paired(name_a, name_b, float(d.mean()), bootstrap_ci(d, n_boot, seed), p, len(d))
 
 
-def tied_with_best(per_query: dict[str, np.ndarray], alpha: float = 0.05) -> dict[str, bool]:
-    """For each method, whether it is statistically indistinguishable from the best-scoring one
-    (Wilcoxon p >= alpha on the paired per-query LDS). The best is tied with itself."""
-    means = {m: np.nanmean(v) for m, v in per_query.items()}
-    best = max(means, key=means.get)
-    return {m: m == best or paired_comparison(per_query[best], v).p_value >= alpha
-            for m, v in per_query.items()}
+def holm(p_values: list[float]) -> list[float]:
+    """Holm step-down adjusted p-values, in the input order: the i-th smallest of m p-values is
+    multiplied by (m - i + 1) (i from 1), made monotone non-decreasing in that order, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order])) if m else p
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(v) for v in out]
 
 
 def pairwise_table(per_query: dict[str, np.ndarray]) -> list[Paired]:
+    """Every pair of methods (best-first order, a ahead of b), with Holm-adjusted p-values over
+    all the pairs."""
     names = sorted(per_query, key=lambda m: -np.nanmean(per_query[m]))
-    return [paired_comparison(per_query[a], per_query[b], a, b)
-            for i, a in enumerate(names) for b in names[i + 1:]]
+    pairs = [paired_comparison(per_query[a], per_query[b], a, b)
+             for i, a in enumerate(names) for b in names[i + 1:]]
+    for pair, adjusted in zip(pairs, holm([p.p_value for p in pairs])):
+        pair.p_holm = adjusted
+    return pairs
+
+
+def tied_with_best(per_query: dict[str, np.ndarray], alpha: float = 0.05,
+                   pairs: list[Paired] | None = None) -> dict[str, bool]:
+    """For each method, whether it is statistically indistinguishable from the best-scoring one:
+    the Holm-adjusted p-value (over every pair, ``pairs`` as made by :func:`pairwise_table`)
+    of the paired Wilcoxon test against the best is >= alpha. The best is tied with itself."""
+    means = {m: np.nanmean(v) for m, v in per_query.items()}
+    best = max(means, key=means.get)
+    pairs = pairwise_table(per_query) if pairs is None else pairs
+    vs_best = {(p.b if p.a == best else p.a): p.p_holm for p in pairs if best in (p.a, p.b)}
+    return {m: m == best or vs_best[m] >= alpha for m in per_query}

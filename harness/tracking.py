@@ -1,30 +1,101 @@
-"""Weights & Biases logging: one wandb run per tdabench run.
+"""Weights & Biases logging: one wandb run per tdabench run, named and numbered like the leaderboard.
 
-Project ``tdabench`` by default, group = the sweep, name = task/method, config = the keys people
-filter on at top level (task, method, n_train, ...) plus the whole resolved config under ``cfg``,
-summary = LDS, interval, times and memory.
-Offline by default (runs land in ``RESULTS_DIR/wandb``; ``wandb sync`` uploads them later).
+Project and entity from ``wandb.project`` / ``wandb.entity``; group = the sweep (``sweep_name``,
+see :func:`sweep_group`); name = ``task/method`` plus ``[setting]`` when the method's parameters
+differ from its defaults. Config: the keys people filter on at top level (task, method, n_train,
+...), the ids that match a wandb run to its record and scores file (``run_id``, ``config_hash``,
+``gt_key``, ``git_sha``, ``version``), the ``ground_truth`` and ``setting`` labels, and the whole
+resolved config under ``cfg``. Summary: the leaderboard's numbers under the leaderboard's names
+(see :func:`summary_of`). Offline by default (runs land in ``RESULTS_DIR/wandb``; ``wandb sync``
+uploads them later).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from datetime import date
 from pathlib import Path
 
+from tdabench.harness.record_view import ground_truth_label, record_setting, run_cost
+
 FILTER_KEYS = ("task", "method", "n_train", "n_query", "gt_subsets", "gt_seeds", "num_params")
+ID_KEYS = ("run_id", "config_hash", "gt_key", "git_sha", "version", "group")
+#: the file in a results folder that holds its sweep's wandb group, so a resumed sweep keeps it
+GROUP_FILE = "wandb_group.json"
+
+
+def sweep_group(results_dir: str | Path, sweep_name: str | None, today: date | None = None) -> str:
+    """The wandb group of runs written to ``results_dir``: ``sweep_name`` when given (and stored
+    for later runs into the folder), else the group stored in ``RESULTS_DIR/wandb_group.json`` by
+    the folder's first run, else a new readable name, ``<folder>-<YYYY-MM-DD>``, stored there.
+    So every run into one results folder, a resumed sweep's included, lands in one group."""
+    from tdabench.harness.storage import atomic_write_bytes
+
+    path = Path(results_dir) / GROUP_FILE
+    if sweep_name:
+        stored = _stored_group(path)
+        if stored != str(sweep_name):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, json.dumps({"group": str(sweep_name)}).encode())
+            except OSError:  # an unwritable results_dir is reported by the config checks
+                pass
+        return str(sweep_name)
+    stored = _stored_group(path)
+    if stored:
+        return stored
+    name = f"{Path(results_dir).resolve().name}-{(today or date.today()).isoformat()}"
+    tmp = path.with_name(f".{GROUP_FILE}.{os.getpid()}.tmp")
+    try:  # complete file first, then linked into place only if absent: of several parallel runs
+        path.parent.mkdir(parents=True, exist_ok=True)  # the first one names the group
+        tmp.write_text(json.dumps({"group": name}))
+        os.link(tmp, path)
+    except FileExistsError:
+        return _stored_group(path) or name
+    except OSError:  # an unwritable results_dir is reported by the config checks
+        return name
+    finally:
+        tmp.unlink(missing_ok=True)
+    return name
+
+
+def _stored_group(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("group") or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def summary_of(record: dict) -> dict:
-    out = {"status": record["status"], "lds": record.get("lds")}
+    """The record's numbers under the leaderboard's column names: status, lds, lds_ci_low,
+    lds_ci_high, normalized_lds, lds_ceiling (+ _ci_low / _ci_high), gt_reliability, trainings,
+    fit_s, score_s, total_s, peak_mem_mb, flops (fit + score, once recorded), test_acc; per phase
+    ``<phase>_s`` (wall seconds), ``<phase>_cpu_s``, ``<phase>_peak_mem_mb``, ``<phase>_flops``;
+    ``overloaded``; and the per-query LDS as a list ``lds_per_query``."""
+    out = {"status": record["status"], "lds": record.get("lds"), "normalized_lds": record.get("normalized_lds"),
+           "lds_ceiling": record.get("lds_ceiling"), "gt_reliability": record.get("gt_reliability"),
+           "trainings": record.get("trainings")}
     if record.get("lds_ci"):
         out["lds_ci_low"], out["lds_ci_high"] = record["lds_ci"]
-    for phase, v in record.get("time_s", {}).items():
-        out[f"time_s/{phase}"] = v
-    for phase, v in record.get("peak_mem_mb", {}).items():
-        out[f"peak_mem_mb/{phase}"] = v
-    for k, v in record.get("model_quality", {}).items():
-        out[f"model/{k}"] = v
-    return out
+    if record.get("lds_ceiling_ci"):
+        out["lds_ceiling_ci_low"], out["lds_ceiling_ci_high"] = record["lds_ceiling_ci"]
+    out.update({k: v for k, v in run_cost(record).items() if v is not None})
+    for field, suffix in (("time_s", "_s"), ("cpu_time_s", "_cpu_s"), ("peak_mem_mb", "_peak_mem_mb"),
+                          ("flops", "_flops")):
+        for phase, v in (record.get(field) or {}).items():
+            out[f"{phase}{suffix}"] = v
+    for k, v in (record.get("model_quality") or {}).items():
+        out[k] = v
+    if "overloaded" in record:
+        out["overloaded"] = bool(record["overloaded"])
+    if record.get("lds_per_query"):
+        out["lds_per_query"] = record["lds_per_query"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def run_name(record: dict, setting: str) -> str:
+    return f"{record['task']}/{record['method']}" + (f" [{setting}]" if setting else "")
 
 
 def log_run(record: dict, wandb_cfg: dict, results_dir: str | Path, group: str) -> str | None:
@@ -34,11 +105,13 @@ def log_run(record: dict, wandb_cfg: dict, results_dir: str | Path, group: str) 
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    config = {k: record.get(k) for k in FILTER_KEYS}
+    setting = record_setting(record)
+    config = {k: record.get(k) for k in FILTER_KEYS + ID_KEYS}
+    config.update(ground_truth=ground_truth_label(record), setting=setting)
     config["cfg"] = record.get("config", {})  # the whole resolved config, nested
     run = wandb.init(project=wandb_cfg.get("project", "tdabench"), entity=wandb_cfg.get("entity"),
                      mode=wandb_cfg.get("mode", "offline"), group=group,
-                     name=f"{record['task']}/{record['method']}", config=config,
+                     name=run_name(record, setting), config=config,
                      dir=str(Path(results_dir)), reinit="finish_previous")
     try:
         for k, v in summary_of(record).items():
@@ -78,7 +151,6 @@ def _offline_records(path: Path):
 
 def read_offline_run(run_dir: str | Path) -> dict:
     """Config and summary of an offline wandb run folder, read back from its ``.wandb`` file."""
-    import json
 
     run_file = next(Path(run_dir).glob("run-*.wandb"))
     config, summary, name, group = {}, {}, None, None

@@ -112,11 +112,17 @@ def test_wandb_offline_run_carries_the_summary(sweep):
     assert len(runs) == 6
     rec = records(sweep["results"])[-1]
     back = read_offline_run(runs[-1])
-    assert back["name"] == f"{rec['task']}/{rec['method']}"
+    assert back["name"] == f"{rec['task']}/{rec['method']}"  # default setting: no [setting] suffix
     assert back["summary"]["lds"] == pytest.approx(rec["lds"])
-    assert back["summary"]["time_s/fit"] == pytest.approx(rec["time_s"]["fit"])
+    assert back["summary"]["fit_s"] == pytest.approx(rec["time_s"]["fit"])  # the leaderboard's names
+    for key in ("normalized_lds", "lds_ceiling", "lds_ci_low", "lds_ci_high", "trainings", "lds_per_query"):
+        assert key in back["summary"], key
     assert back["config"]["method"] == rec["method"] and back["config"]["n_train"] == 200
-    assert back["group"].startswith("sweep-")
+    for key in ("run_id", "config_hash", "gt_key", "git_sha", "version"):
+        assert back["config"][key] == rec[key], key
+    # every run into the folder, the forced rerun included, is in one group named after it
+    groups = {read_offline_run(r)["group"] for r in runs}
+    assert groups == {rec["group"]} and rec["group"].startswith("results-")
 
 
 BAD_INPUTS = [

@@ -54,3 +54,11 @@ def test_submitit_job_array_computes_shards_that_a_sweep_assembles(tmp_path):
               f"cache_dir={tmp_path / 'c1'}", f"results_dir={tmp_path / 'r1'}")
     assert lds_by_method(tmp_path / "r1")["grad_dot"] == rec["lds"]
     del one
+
+
+def test_shard_sweep_without_a_method_launches_one_job_per_shard(tmp_path):
+    # the default sweep lists every method; a shard job must not be repeated once per method
+    out = run("-m", "gt.shard=0,1,2", "gt.num_shards=3", *SMALL, f"cache_dir={tmp_path / 'c'}",
+              f"results_dir={tmp_path / 'r'}")
+    assert "Launching 3 jobs" in out.stdout + out.stderr
+    assert (out.stdout + out.stderr).count("is cached") == 3

@@ -3,6 +3,7 @@ rendering of the page."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,19 +32,34 @@ def test_report_has_table_and_every_plot(results):
     path = write_report(results)
     page = path.read_text()
     plots = sorted(p.name for p in (results / "plots").glob("*.png"))
-    assert "lds_digits_mlp.png" in plots and "cost_digits_mlp.png" in plots
+    # one LDS plot and one cost plot per ground truth (n_train 150 and 100): the rows' seconds differ
+    assert sum(p.startswith("lds_digits_mlp_") for p in plots) == 2
+    assert sum(p.startswith("cost_digits_mlp_") for p in plots) == 2
     assert "n_train_digits_mlp.png" in plots  # the sweep varies n_train
     assert page.count("<img") == len(plots) and "data:image/png;base64," in page
     assert "grad_dot" in page and "LDS ceiling" in page and "Pairwise" in page
+    assert page.count("<h3>digits_mlp n=150 6x2 alpha=0.5 loss #") == 2  # its table and its pairwise matrix
+    assert "6 subsets x 2 seeds" in page
 
 
 def test_leaderboard_logs_a_wandb_summary_run(results):
-    from tdabench.harness.tracking import _offline_records
+    from tdabench.harness.tracking import _offline_records, read_offline_run
 
-    run_dir = Path(log_to_wandb(results, "offline")).parent
-    kinds = {r.WhichOneof("record_type") for r in _offline_records(next(run_dir.glob("run-*.wandb")))}
-    assert "history" in kinds, (run_dir, sorted(run_dir.rglob("*")))  # the table and images were logged
-    assert list((run_dir / "files" / "media" / "images").glob("plots/*.png"))
+    run_dirs = [Path(d).parent for d in log_to_wandb(results, "offline")]
+    assert len(run_dirs) == 2  # one summary run per ground truth
+    for run_dir in run_dirs:
+        kinds = {r.WhichOneof("record_type") for r in _offline_records(next(run_dir.glob("run-*.wandb")))}
+        assert "history" in kinds, (run_dir, sorted(run_dir.rglob("*")))  # the table and images were logged
+        assert list((run_dir / "files" / "media" / "images").glob("plots/*.png"))
+        back = read_offline_run(run_dir)
+        assert back["summary"]["leaderboard/_type"] == "table-file"
+        assert back["config"]["gt_key"].startswith("digits_mlp-") and back["group"]
+        table = json.loads(next((run_dir / "files" / "media" / "table").glob("leaderboard_*.table.json")).read_text())
+        cols = table["columns"]
+        assert {"lds", "lds_ci_low", "lds_ci_high", "normalized_lds", "fit_s"} <= set(cols)
+        for row in table["data"]:
+            for col in ("lds", "lds_ci_low", "lds_ci_high"):
+                assert isinstance(row[cols.index(col)], float)  # numbers, so error bars can be drawn
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

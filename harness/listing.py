@@ -1,0 +1,48 @@
+"""``tdabench --list``: the registered methods and tasks, one line each.
+
+A method's line gives its name, the first sentence of its class docstring (else its module's),
+what it needs from a task beyond a trained checkpoint, and the pip extra it needs, if any; a
+task's line gives its name and the first sentence of its class docstring (else its module's).
+Entry-point plugins are listed like built-ins.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+from tdabench.harness.registry import METHODS, TASKS
+
+WIDTH = 100  # longest description shown
+
+
+def _summary(cls) -> str:
+    """First sentence of the class's own docstring, else of its module's (never a base class's)."""
+    doc = cls.__dict__.get("__doc__") or getattr(inspect.getmodule(cls), "__doc__", None) or ""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    sentence = re.sub(r"^``[\w-]+``: ", "", re.split(r"(?<=\S)\. (?=[A-Z])", paragraph)[0].rstrip("."))
+    return sentence if len(sentence) <= WIDTH else sentence[:WIDTH - 3].rsplit(" ", 1)[0] + " ..."
+
+
+def method_lines() -> list[str]:
+    lines = []
+    width = max(map(len, METHODS.names()), default=0)
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        needs = sorted(set(getattr(cls, "requires", ()) or ()) - {"checkpoint"})  # every task has one
+        extra = getattr(cls, "extra", None)
+        notes = ", ".join([*(f"needs {n}" for n in needs), *([f"extra {extra}"] if extra else [])])
+        lines.append(f"  {name:<{width}}  {_summary(cls)}" + (f" ({notes})" if notes else ""))
+    return lines
+
+
+def task_lines() -> list[str]:
+    width = max(map(len, TASKS.names()), default=0)
+    return [f"  {name:<{width}}  {_summary(TASKS.get(name))}" for name in TASKS.names()]
+
+
+def print_listing() -> None:
+    print(f"methods ({len(METHODS.names())}; choose with method=NAME):")
+    print("\n".join(method_lines()))
+    print(f"tasks ({len(TASKS.names())}; choose with task=NAME):")
+    print("\n".join(task_lines()))

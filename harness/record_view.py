@@ -1,0 +1,146 @@
+"""How a run record reads: which ground truth it was scored on, which setting of its method it
+ran, and what it cost. The leaderboard, the report and wandb tracking all read records through
+these functions, so a row, a plot and a wandb run of the same record carry the same names.
+
+* ``ground_truth_label``: task, n_train, subsets x seeds, alpha, observable and the first six hex
+  digits of the ground truth's content hash (``gt_key``), e.g.
+  ``digits_mlp n=1000 100x3 alpha=0.5 loss #ee711b``. Records with different labels were scored
+  against different retraining outcomes and are never ranked in one table.
+* ``setting``: the method parameters whose values differ from the method's defaults, e.g.
+  ``chains=2 draws=50``; empty for a run at the defaults. The defaults are those of the method
+  class's signature, updated by the task's per-method defaults (``task.method_defaults.<method>``
+  in the record's config); ``seed`` is never part of a setting (runs over method seeds are one row
+  with a spread). For a method no longer registered (an old record of a removed plugin), the
+  defaults are the most common value of each parameter among that method's records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+#: method config keys that never make a setting: the registry name and the method seed
+NOT_A_SETTING = ("name", "seed")
+
+
+def short_hash(gt_key: str | None) -> str:
+    """First six hex digits of a ground-truth key ``<task>-<hash>``; '' for None."""
+    return (gt_key or "").rsplit("-", 1)[-1][:6]
+
+
+def ground_truth_prefix(rec: dict) -> str:
+    """The readable part of a record's ground-truth label (no hash)."""
+    cfg = rec.get("config") or {}
+    gt = cfg.get("gt") or {}
+    task = rec.get("task")
+    n_train = rec.get("n_train", (cfg.get("task") or {}).get("n_train"))
+    if rec.get("status") == "ok" and not rec.get("gt_key") and rec.get("lds") is None:
+        return f"{task} n={n_train} (cost only)"
+    subsets, seeds = rec.get("gt_subsets", gt.get("subsets")), rec.get("gt_seeds", gt.get("seeds"))
+    observable = (cfg.get("task") or {}).get("observable", "loss")
+    return f"{task} n={n_train} {subsets}x{seeds} alpha={gt.get('alpha', 0.5):g} {observable}"
+
+
+def ground_truth_label(rec: dict) -> str:
+    """Readable, unique name of the ground truth a record was scored on (see module docstring)."""
+    prefix = ground_truth_prefix(rec)
+    return f"{prefix} #{short_hash(rec['gt_key'])}" if rec.get("gt_key") else prefix
+
+
+def method_params(rec: dict) -> dict:
+    """The record's method parameters (config ``method`` node) without name and seed."""
+    node = (rec.get("config") or {}).get("method") or {}
+    return {k: v for k, v in node.items() if k not in NOT_A_SETTING}
+
+
+def signature_defaults(method: str) -> dict | None:
+    """Parameter defaults of the registered method class ``method``; None when not registered."""
+    from tdabench.harness.registry import METHODS, UnknownNameError
+
+    try:
+        cls = METHODS.get(method)
+    except (UnknownNameError, ImportError):
+        return None
+    try:
+        defaults = cls.defaults()
+    except (AttributeError, TypeError):  # not a Method subclass, or a parameter without a default
+        return None
+    return {k: v for k, v in defaults.items() if k not in NOT_A_SETTING}
+
+
+def common_values(records: list[dict]) -> dict:
+    """Per parameter, its most common value among ``records`` (ties: the value seen first)."""
+    counts: dict[str, Counter] = {}
+    for rec in records:
+        for k, v in method_params(rec).items():
+            counts.setdefault(k, Counter())[repr(v)] += 1
+    out = {}
+    for k, c in counts.items():
+        top = c.most_common(1)[0][0]
+        out[k] = next(method_params(r)[k] for r in records
+                      if k in method_params(r) and repr(method_params(r)[k]) == top)
+    return out
+
+
+def method_defaults(method: str, records: list[dict]) -> dict:
+    """Defaults to compare ``method``'s records against: its class signature, or, when the class
+    is not registered, the most common values among ``records`` (that method's records)."""
+    found = signature_defaults(method)
+    return found if found is not None else common_values(records)
+
+
+def _same(a, b) -> bool:
+    """Equal values, numbers compared as floats, and None, '' and empty lists taken as one 'unset'."""
+    if a in (None, "", [], ()) and b in (None, "", [], ()):
+        return True
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def setting(rec: dict, defaults: dict) -> str:
+    """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
+    from ``defaults`` updated by the task's ``method_defaults`` for this method; '' at defaults."""
+    task_defaults = (((rec.get("config") or {}).get("task") or {}).get("method_defaults") or {}).get(
+        rec.get("method")) or {}
+    base = {**defaults, **task_defaults}
+    return " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
+                    if k not in base or not _same(v, base[k]))
+
+
+def record_setting(rec: dict) -> str:
+    """The setting of one record on its own (defaults from its method's class signature)."""
+    return setting(rec, method_defaults(rec.get("method"), [rec]))
+
+
+def _phase_sum(d: dict | None, phases=("fit", "score")):
+    vals = [d.get(p) for p in phases] if d else []
+    vals = [v for v in vals if v is not None]
+    return sum(vals) if vals else None
+
+
+def run_cost(rec: dict) -> dict:
+    """A record's fit and score seconds, their sum, the larger of their peak memories (MiB) and,
+    when recorded, their FLOPs (fit + score); None where the record has no such measurement."""
+    t, m = rec.get("time_s") or {}, rec.get("peak_mem_mb") or {}
+    return {"fit_s": t.get("fit"), "score_s": t.get("score"),
+            "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
+            "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
+            "flops": _phase_sum(rec.get("flops"))}
+
+
+def fit_from_cache(rec: dict) -> bool:
+    """Whether the run's fit read curvature factors cached by an earlier run (its fit time is then
+    a file read, not the cost of fitting)."""
+    return bool((rec.get("diagnostics") or {}).get("factors_from_cache"))

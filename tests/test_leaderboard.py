@@ -67,7 +67,7 @@ def test_seeds_of_one_setting_are_one_row_with_a_spread():
 
 
 def test_setting_uses_the_class_signature_and_the_task_defaults():
-    r = rec("bif", 0.5, params={"chains": 4, "draws": 400, "eps": 3e-4, "gamma": 30.0})
+    r = rec("bif", 0.5, params={"chains": 4, "draws": 100, "eps": 1e-4, "gamma": 30.0})
     assert record_setting(r) == "gamma=30"  # the other values are BIF's signature defaults
     r["config"]["task"]["method_defaults"] = {"bif": {"gamma": 30.0, "chains": 8}}
     assert record_setting(r) == "chains=4"  # gamma is this task's default; chains differs from it

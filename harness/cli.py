@@ -34,14 +34,15 @@ def _register_plugin_configs() -> None:
 def _precheck(argv: list[str]) -> list[str]:
     """Problems Hydra would hit before the app starts (it creates its output folder under
     ``results_dir``), and unknown ``task=`` / ``method=`` choices, as error lines."""
-    from harness.config import check_writable
+    from harness.config import folder_problem
 
     problems = []
     for arg in argv:
         if arg.startswith("results_dir="):
-            problem = check_writable(arg.split("=", 1)[1])
+            value = arg.split("=", 1)[1]
+            problem = folder_problem("results_dir", "" if value in ("null", "''", '""') else value)
             if problem:
-                problems.append(f"results_dir: {problem}")
+                problems.append(problem)
         for group, registry in (("task", TASKS), ("method", METHODS)):
             if arg.startswith(f"{group}="):
                 names = registry.names()
@@ -88,18 +89,25 @@ def _app(cfg: DictConfig) -> None:
         for line in exc.problems:
             print(f"tdabench: error: {line}", file=sys.stderr)
         sys.exit(2)
-    if record is not None and record["status"] != "ok" and not multirun:
+    if record is not None and (record["status"] != "ok" or record.get("write_error")) and not multirun:
         sys.exit(1)
 
 
 def main() -> None:
-    problems = _precheck(sys.argv[1:])
-    if problems:
-        for line in problems:
-            print(f"tdabench: error: {line}", file=sys.stderr)
-        sys.exit(2)
-    _register_plugin_configs()
-    _app()
+    """The command: bad settings are refused before any work (exit 2), a failed run exits 1, and
+    Ctrl-C stops the run or sweep with one line and exit 130 (finished work stays cached)."""
+    try:
+        problems = _precheck(sys.argv[1:])
+        if problems:
+            for line in problems:
+                print(f"tdabench: error: {line}", file=sys.stderr)
+            sys.exit(2)
+        _register_plugin_configs()
+        _app()
+    except KeyboardInterrupt:
+        print("\ntdabench: interrupted (KeyboardInterrupt); finished pairings, checkpoints and "
+              "ground-truth retrainings are kept: rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

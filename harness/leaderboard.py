@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.results import read_records
+from harness.results import one_line_errors, read_records
 from harness.statistics import pairwise_table, tied_with_best
 
 COLUMNS = ["task", "method", "status", "lds", "lds_ci", "normalized_lds", "tied_with_best",
@@ -200,6 +200,7 @@ def write(results_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+@one_line_errors("tdabench-leaderboard")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tdabench-leaderboard", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", nargs="?", default="results")

@@ -93,14 +93,29 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, name_a: str = "a", name_b: s
 
 def tied_with_best(per_query: dict[str, np.ndarray], alpha: float = 0.05) -> dict[str, bool]:
     """For each method, whether it is statistically indistinguishable from the best-scoring one
-    (Wilcoxon p >= alpha on the paired per-query LDS). The best is tied with itself."""
-    means = {m: np.nanmean(v) for m, v in per_query.items()}
-    best = max(means, key=means.get)
-    return {m: m == best or paired_comparison(per_query[best], v).p_value >= alpha
+    (Wilcoxon p >= alpha on the paired per-query LDS). The best is tied with itself. A method
+    without one finite per-query value is never the best and never tied."""
+    means = {m: _finite_mean(v) for m, v in per_query.items()}
+    finite = {m: v for m, v in means.items() if np.isfinite(v)}
+    if not finite:
+        return {m: False for m in per_query}
+    best = max(finite, key=finite.get)
+    return {m: m == best or (m in finite and paired_comparison(per_query[best], v).p_value >= alpha)
             for m, v in per_query.items()}
 
 
+def _finite_mean(values) -> float:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
 def pairwise_table(per_query: dict[str, np.ndarray]) -> list[Paired]:
-    names = sorted(per_query, key=lambda m: -np.nanmean(per_query[m]))
+    """Every pair of methods, best first; methods without finite values sort last."""
+    def order(m):
+        mean = _finite_mean(per_query[m])
+        return -mean if np.isfinite(mean) else np.inf
+
+    names = sorted(per_query, key=order)
     return [paired_comparison(per_query[a], per_query[b], a, b)
             for i, a in enumerate(names) for b in names[i + 1:]]

@@ -108,6 +108,11 @@ def main() -> None:
         print("\ntdabench: interrupted (KeyboardInterrupt); finished pairings, checkpoints and "
               "ground-truth retrainings are kept: rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # outside a run's own error handling: Hydra's output folder, for example
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tdabench: error: {where}{exc.strerror or exc}; check the folder's permissions and free space",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def record_unsupported(cfg: dict, exc: UnsupportedPairingError, group: str) -> d
               "message": " ".join(exc.problems), "lds": None, "n_train": cfg["task"].get("n_train"),
               "n_query": cfg["task"].get("n_query"), "group": group, "config_hash": config_hash(cfg),
               "config": cfg, "time_s": {}, "peak_mem_mb": {}, **provenance(cfg["device"])}
-    append_record(cfg["results_dir"], record)
+    write_result(record, None, Path(cfg["results_dir"]), cfg["cache_dir"])
     log(f"[tdabench] {record['task']} / {record['method']}: unsupported: {record['message']}")
     return record
 

@@ -320,8 +320,9 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     except (SystemExit, KeyboardInterrupt) as exc:  # from the method's code, not from the user
         record.update(status="error", message=_failure(exc), failed_phase=prof.current,
                       traceback=traceback.format_exc()[-4000:])
-    if record["status"] != "ok":
+    if record["status"] != "ok":  # no result: neither scores nor a (non-finite) LDS is kept
         scores = None
+        record.update(lds=None, lds_ci=None)
     record["diagnostics"] = getattr(method, "diagnostics", None)
     record["time_s"] = prof.time_s
     record["peak_mem_mb"] = prof.peak_mem_mb

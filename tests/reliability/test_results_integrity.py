@@ -104,6 +104,7 @@ def test_non_finite_lds_is_recorded_with_its_cause_not_ok(done, tmp_path, tried,
                                                               np.full(15, np.nan)))
     rec = execute(small_cfg(tmp_path, "method=grad_dot"))
     assert rec["status"] == "error" and rec["failed_phase"] == "lds" and "LDS is nan" in rec["message"]
+    assert rec["lds"] is None
     line = strict_lines(tmp_path / "r")[0]  # standard JSON: the NaN became null
     assert line["status"] == "error" and line["lds"] is None
     assert "scores_file" not in line

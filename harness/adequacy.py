@@ -4,11 +4,16 @@ and its cached ground truth (nothing is retrained: smaller ground truths are pre
 
 Writes ``RESULTS_DIR/plots/adequacy_<task>.png`` and ``adequacy_<task>.csv`` so the cheapest
 adequate ``gt.seeds`` / ``gt.subsets`` can be read off: where the curves flatten.
+
+Only a cached ground truth is read: when it is missing the command says how to compute it
+(``--compute`` retrains it here). A damaged file or an unwritable folder ends the command with one
+line naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -23,9 +28,13 @@ from tdabench.harness.lds import lds  # noqa: E402
 from tdabench.harness.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
 from tdabench.harness.logs import setup as setup_logging  # noqa: E402
 from tdabench.harness.registry import TASKS  # noqa: E402
-from tdabench.harness.results import read_records  # noqa: E402
+from tdabench.harness.results import one_line_errors, read_records  # noqa: E402
 from tdabench.harness.statistics import noise_ceiling  # noqa: E402
-from tdabench.harness.storage import load_verified  # noqa: E402
+from tdabench.harness.storage import CorruptFileError, load_verified  # noqa: E402
+
+
+class AdequacyError(RuntimeError):
+    """A ground truth or scores file that adequacy needs is missing or damaged."""
 
 
 def curves(gt_outcomes, masks, scores: dict, seeds_grid, subsets_grid) -> pd.DataFrame:
@@ -42,7 +51,35 @@ def curves(gt_outcomes, masks, scores: dict, seeds_grid, subsets_grid) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def adequacy(results_dir: str | Path, task: str | None = None) -> list[Path]:
+def _ground_truth(task_name: str, cfg: dict, compute: bool):
+    """The cached ground truth of a recorded run's config; retrained only with ``compute``."""
+    t = TASKS.get(task_name)(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], log=lambda m: None)
+    builder = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"], log=print)
+    if compute:
+        return builder.build()
+    try:
+        gt = builder.cached()
+    except CorruptFileError as exc:
+        raise AdequacyError(f"{exc}; rerun with --compute to rebuild it") from exc
+    if gt is None:
+        raise AdequacyError(
+            f"the ground truth of {task_name} ({cfg['gt']['subsets']} subsets x {cfg['gt']['seeds']} "
+            f"seeds) is not in {builder.dir}; nothing was retrained. Point the runs' cache_dir at the "
+            f"cache that holds it, or rerun with --compute to retrain it "
+            f"({cfg['gt']['subsets'] * cfg['gt']['seeds']} trainings)")
+    return gt
+
+
+def _scores(results_dir: Path, rec: dict):
+    try:
+        return load_verified(results_dir / rec["scores_file"])["scores"]
+    except (CorruptFileError, OSError, KeyError) as exc:
+        raise AdequacyError(f"the scores of run {rec.get('run_id')} ({rec.get('method')}) cannot be read "
+                            f"({exc}); rerun that method with force=true") from exc
+
+
+def adequacy(results_dir: str | Path, task: str | None = None, compute: bool = False) -> list[Path]:
+    """Write the adequacy table and plot of each task; nothing is retrained unless ``compute``."""
     results_dir = Path(results_dir)
     records = read_records(results_dir)
     chosen = chosen_records(records)
@@ -57,10 +94,8 @@ def adequacy(results_dir: str | Path, task: str | None = None) -> list[Path]:
         if not rows:
             continue
         recs = list(rows.values())
-        cfg = recs[0]["config"]
-        t = TASKS.get(task_name)(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], log=lambda m: None)
-        gt = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"]).build()
-        scores = {label: load_verified(results_dir / r["scores_file"])["scores"] for label, r in rows.items()}
+        gt = _ground_truth(task_name, recs[0]["config"], compute)
+        scores = {label: _scores(results_dir, r) for label, r in rows.items()}
         m_all, k_all = gt.outcomes.shape[:2]
         seeds_grid = list(range(1, k_all + 1))
         subsets_grid = sorted({int(x) for x in np.linspace(min(10, m_all), m_all, 5)})
@@ -90,15 +125,24 @@ def adequacy(results_dir: str | Path, task: str | None = None) -> list[Path]:
     return written
 
 
+@one_line_errors("tdabench-adequacy")
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="tdabench-adequacy", description=__doc__.splitlines()[0])
     ap.add_argument("results_dir")
     ap.add_argument("--task", default=None)
+    ap.add_argument("--compute", action="store_true",
+                    help="retrain a ground truth that is not cached (by default nothing is retrained)")
     ap.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="debugging detail")
     args = ap.parse_args(argv)
     setup_logging(args.verbose - args.quiet)
-    for p in adequacy(args.results_dir, args.task):
+    try:
+        written = adequacy(args.results_dir, args.task, args.compute)
+    except AdequacyError as exc:
+        sys.exit(f"tdabench-adequacy: error: {exc}")
+    if not written:
+        print(f"tdabench-adequacy: no ok record with saved scores in {args.results_dir}; nothing to plot")
+    for p in written:
         print(p)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from tdabench.harness.config import ConfigError, UnsupportedPairingError, check_writable
+from tdabench.harness.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.logs import setup as setup_logging
 from tdabench.harness.logs import take_verbosity_flags
 from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
@@ -125,10 +125,9 @@ def precheck(argv: list[str]) -> list[str]:
     for o in overrides:
         if o.key_or_group in ("results_dir", "cache_dir") and not o.is_sweep_override():
             value = o.value()
-            problem = check_writable(value) if value not in (None, "") else \
-                f"an empty {o.key_or_group} is not a folder; give a path, e.g. {o.key_or_group}=results"
+            problem = folder_problem(o.key_or_group, "" if value in (None, "null") else str(value))
             if problem:
-                problems.append(f"{o.key_or_group}: {problem}")
+                problems.append(problem)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     for group, registry in (("task", TASKS), ("method", METHODS)):
         for choice in _choices(overrides, group, []):
@@ -218,7 +217,7 @@ def _app(cfg) -> None:
         for line in exc.problems:
             print(f"tdabench: error: {line}", file=sys.stderr)
         sys.exit(2)
-    if record is not None and record["status"] != "ok" and not multirun:
+    if record is not None and (record["status"] != "ok" or record.get("write_error")) and not multirun:
         sys.exit(1)
 
 
@@ -230,17 +229,27 @@ def main() -> None:
 
         print_listing()
         return
-    verbosity, argv = take_verbosity_flags(sys.argv[1:])
-    argv = shard_overrides(argv)
-    sys.argv = [sys.argv[0], *argv]
-    setup_logging(verbosity)
-    problems = precheck(argv)
-    if problems:
-        for line in problems:
-            print(f"tdabench: error: {line}", file=sys.stderr)
-        sys.exit(2)
-    register_configs()
-    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
+    try:
+        verbosity, argv = take_verbosity_flags(sys.argv[1:])
+        argv = shard_overrides(argv)
+        sys.argv = [sys.argv[0], *argv]
+        setup_logging(verbosity)
+        problems = precheck(argv)
+        if problems:
+            for line in problems:
+                print(f"tdabench: error: {line}", file=sys.stderr)
+            sys.exit(2)
+        register_configs()
+        hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
+    except KeyboardInterrupt:
+        print("\ntdabench: interrupted (KeyboardInterrupt); finished pairings, checkpoints and "
+              "ground-truth retrainings are kept: rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:  # outside a run's own error handling: Hydra's output folder, for example
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tdabench: error: {where}{exc.strerror or exc}; check the folder's permissions and free space",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

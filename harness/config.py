@@ -72,8 +72,9 @@ def validate_settings(cfg: dict) -> list[str]:
         p.append(f"threads={threads!r} must be null or a positive integer")
     if not isinstance(cfg.get("force", False), bool):
         p.append(f"force={cfg.get('force')!r} must be true or false")
-    if not _is_int(cfg.get("seed")):
-        p.append(f"seed={cfg.get('seed')!r} must be an integer")
+    seed = cfg.get("seed")
+    if not _is_int(seed) or not 0 <= seed < MAX_SEED:
+        p.append(f"seed={seed!r} must be an integer with 0 <= seed < 2**63 (default 0)")
     mode = cfg.get("wandb", {}).get("mode")
     if mode not in WANDB_MODES:
         p.append(f"wandb.mode={mode!r}: use one of {', '.join(WANDB_MODES)}")
@@ -96,9 +97,9 @@ def validate_settings(cfg: dict) -> list[str]:
     elif device != "cpu":
         p.append(f"device={device!r}: use cpu or cuda[:N]")
     for key in ("results_dir", "cache_dir"):
-        problem = check_writable(cfg[key])
+        problem = folder_problem(key, cfg.get(key))
         if problem:
-            p.append(f"{key}: {problem}")
+            p.append(problem)
     p += method_default_problems(cfg)
     if not p:
         need = ground_truth_mb(cfg) + MIN_FREE_MB
@@ -110,6 +111,34 @@ def validate_settings(cfg: dict) -> list[str]:
 
 
 MIN_FREE_MB = 200  # checkpoints, curvature factors, scores and temporary files
+MAX_SEED = 2**63  # seeds must fit a signed 64-bit integer (torch and numpy generators)
+
+
+def folder_problem(key: str, value) -> str | None:
+    """Why ``value`` cannot serve as the folder ``key`` (empty, not a string, not writable), or None."""
+    if not isinstance(value, str) or not value.strip():
+        default = "results" if key == "results_dir" else ".cache/tdabench"
+        return f"{key}={value!r} is empty; give a folder path (default {default})"
+    problem = check_writable(value)
+    return f"{key}: {problem}" if problem else None
+
+
+def subset_problems(cfg: dict) -> list[str]:
+    """The ground truth's subsets must be neither empty nor the whole training set: each keeps
+    round(gt.alpha * task.n_train) examples, which must lie in [1, n_train - 1]."""
+    alpha, n = cfg.get("gt", {}).get("alpha"), cfg.get("task", {}).get("n_train")
+    if not _is_num(alpha) or not 0 < alpha < 1 or not _is_int(n) or n < 1:
+        return []  # reported by the checks of those keys
+    k = int(round(alpha * n))
+    if n < 2:
+        return [f"task.n_train={n} is too small: the LDS compares subsets of the training set, so "
+                "it needs at least 2 examples; use a larger task.n_train"]
+    if k < 1 or k > n - 1:
+        what = "empty" if k < 1 else "the whole training set"
+        lo, hi = 0.5 / n, 1 - 0.5 / n
+        return [f"gt.alpha={alpha} with task.n_train={n} makes every ground-truth subset {what} "
+                f"({k} of {n} examples); use {lo:.4g} < gt.alpha < {hi:.4g}, or a larger task.n_train"]
+    return []
 
 
 def method_default_problems(cfg: dict) -> list[str]:

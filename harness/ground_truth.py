@@ -21,7 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tdabench.harness.storage import content_hash, load_or_compute
+from tdabench.harness.quality import degenerate_reason
+from tdabench.harness.storage import (
+    CorruptFileError,
+    content_hash,
+    load_or_compute,
+    load_verified,
+    remove_verified,
+    save_verified,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -32,11 +40,18 @@ FORMAT_VERSION = 1
 class GroundTruth:
     masks: torch.Tensor  # bool [M, n_train]
     outcomes: torch.Tensor  # float [M, K, n_query]
+    degenerate: torch.Tensor | None = None  # bool [M, K]: retrained model no better than chance;
+    #                                         None for ground truths cached before it was kept
 
     @property
     def mean_outcomes(self) -> torch.Tensor:
         """Outcomes averaged over retraining seeds: [M, n_query]."""
         return self.outcomes.mean(dim=1)
+
+    @property
+    def degenerate_share(self) -> float | None:
+        """Fraction of the M x K retrained models that are no better than chance (None: unknown)."""
+        return None if self.degenerate is None else float(self.degenerate.float().mean())
 
 
 def make_masks(n: int, subsets: int, alpha: float, seed: int) -> torch.Tensor:
@@ -72,8 +87,9 @@ class GroundTruthBuilder:
         self.dir = Path(cache_dir) / "ground_truth" / f"{task.name}-{gt_key(task, gt)}"
         self.masks = make_masks(task.n_train, gt["subsets"], gt["alpha"], task.seed)
 
-    def _retrain(self, subsets: list[int]) -> torch.Tensor:
-        """Observables of every query for each seed retrained on each subset: [len, K, n_query]."""
+    def _retrain(self, subsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observables of every query for each seed retrained on each subset, [len, K, n_query],
+        and whether each retrained model is no better than chance, bool [len, K]."""
         task, gt = self.task, self.gt
         init, recipe = None, None
         if gt["from_checkpoint"]:
@@ -85,27 +101,66 @@ class GroundTruthBuilder:
         seeds = [retrain_seed(task.seed, j, k) for j, k in jobs]
         models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True))
         outs = torch.stack([task.query_observables(m).cpu() for m in models])
-        return outs.view(len(subsets), gt["seeds"], -1)
+        degenerate = torch.tensor([degenerate_reason(task.evaluate(m)) is not None for m in models])
+        return outs.view(len(subsets), gt["seeds"], -1), degenerate.view(len(subsets), gt["seeds"])
 
     def shard_path(self, shard: int, num_shards: int) -> Path:
         return self.dir / f"shard-{shard}-of-{num_shards}.pt"
 
+    def partial_path(self, shard: int, num_shards: int) -> Path:
+        return self.dir / f"shard-{shard}-of-{num_shards}.partial.pt"
+
+    def _resume(self, path: Path, ids: list[int]) -> dict | None:
+        """The finished part of an interrupted shard, if ``path`` holds a usable one."""
+        if not path.exists():
+            return None
+        try:
+            part = load_verified(path)
+        except CorruptFileError as exc:
+            self.log(f"partial ground truth is damaged, starting the shard afresh: {exc}")
+            return None
+        done = list(part.get("ids", []))
+        if done != ids[:len(done)] or part["outcomes"].shape[1:2] != (self.gt["seeds"],):
+            return None
+        return part
+
     def compute_shard(self, shard: int, num_shards: int) -> dict:
+        """Outcomes of the subsets of one shard: ``{"ids", "outcomes" [len, K, n_query],
+        "degenerate" [len, K]}``. Retrainings are saved chunk by chunk to a partial file, so an
+        interrupted shard continues where it stopped; the partial file goes once the shard is
+        saved."""
         ids = shard_ids(self.gt["subsets"], shard, num_shards)
+        partial = self.partial_path(shard, num_shards)
 
         def compute():
             desc = f"ground truth {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
-            per_batch = max(1, self.gt.get("models_per_batch", 64) // self.gt["seeds"])
-            outs = []
-            with tqdm(total=len(ids) * self.gt["seeds"], desc=desc, unit="model", mininterval=2) as bar:
-                for i in range(0, len(ids), per_batch):
+            # models trained one at a time are saved after every subset; trained together, per batch
+            together = self.gt.get("vectorize", True) and self.task.vectorizable
+            per_batch = max(1, self.gt.get("models_per_batch", 64) // self.gt["seeds"]) if together else 1
+            outs, degs = [], []
+            part = self._resume(partial, ids)
+            if part is not None:
+                outs, degs = [part["outcomes"]], [part["degenerate"]]
+                self.log(f"{desc}: continuing from {len(part['ids']) * self.gt['seeds']} "
+                         f"retrained models of an interrupted run")
+            start = len(part["ids"]) if part is not None else 0
+            with tqdm(total=len(ids) * self.gt["seeds"], initial=start * self.gt["seeds"], desc=desc,
+                      unit="model", mininterval=2) as bar:
+                for i in range(start, len(ids), per_batch):
                     chunk = ids[i:i + per_batch]
-                    outs.append(self._retrain(chunk))
+                    out, deg = self._retrain(chunk)
+                    outs.append(out)
+                    degs.append(deg)
                     bar.update(len(chunk) * self.gt["seeds"])
-            return {"ids": ids, "outcomes": torch.cat(outs)}
+                    if i + len(chunk) < len(ids):
+                        save_verified({"ids": ids[:i + len(chunk)], "outcomes": torch.cat(outs),
+                                       "degenerate": torch.cat(degs)}, partial)
+            return {"ids": ids, "outcomes": torch.cat(outs), "degenerate": torch.cat(degs)}
 
-        return load_or_compute(self.shard_path(shard, num_shards), compute,
+        data = load_or_compute(self.shard_path(shard, num_shards), compute,
                                f"ground truth shard {shard}/{num_shards}", self.log)
+        remove_verified(partial)
+        return data
 
     def build(self) -> GroundTruth:
         """Load the assembled ground truth, assembling or computing missing shards first."""
@@ -113,12 +168,28 @@ class GroundTruthBuilder:
 
         def assemble():
             outcomes = torch.empty(self.gt["subsets"], self.gt["seeds"], self.task.n_query)
+            degenerate = torch.zeros(self.gt["subsets"], self.gt["seeds"], dtype=torch.bool)
+            known = True
             for s in range(n):
                 part = self.compute_shard(s, n)
                 outcomes[part["ids"]] = part["outcomes"]
-            return {"masks": self.masks, "outcomes": outcomes}
+                if part.get("degenerate") is None:  # a shard cached before quality was kept
+                    known = False
+                else:
+                    degenerate[part["ids"]] = part["degenerate"]
+            return {"masks": self.masks, "outcomes": outcomes, "degenerate": degenerate if known else None}
 
         data = load_or_compute(self.dir / "ground_truth.pt", assemble, "ground truth", self.log)
         if not torch.equal(data["masks"], self.masks):
             raise RuntimeError(f"{self.dir}: cached masks differ from the config's; delete the folder")
-        return GroundTruth(data["masks"], data["outcomes"])
+        return GroundTruth(data["masks"], data["outcomes"], data.get("degenerate"))
+
+    def cached(self) -> GroundTruth | None:
+        """The assembled ground truth if it is cached and intact; never computes anything."""
+        path = self.dir / "ground_truth.pt"
+        if not path.exists():
+            return None
+        data = load_verified(path)
+        if not torch.equal(data["masks"], self.masks):
+            raise RuntimeError(f"{self.dir}: cached masks differ from the config's; delete the folder")
+        return GroundTruth(data["masks"], data["outcomes"], data.get("degenerate"))

@@ -44,6 +44,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tdabench.harness.results import one_line_errors  # noqa: E402
+
 VIEWS = ("top", "kernel", "stagewise")
 DPI = 80
 
@@ -428,6 +430,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+@one_line_errors("tdabench-insight")
 def main(argv: list[str] | None = None) -> None:
     import os
 

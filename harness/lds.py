@@ -5,6 +5,11 @@ For subset masks ``masks`` [M, n] (1 where a training example is kept) and a met
 query q is ``masks[j] @ scores[q]``. LDS for q is the Spearman correlation over the M subsets
 between predicted and actual (ground-truth) outcomes; the reported LDS is the mean over queries,
 with a bootstrap 95% interval over queries.
+
+Two kinds of query are listed apart. A query whose ground-truth outcome is constant over subsets
+carries no signal about any method: its LDS is undefined (NaN) and it is left out of the mean. A
+query on which a method's predictions are constant over subsets gives the method no ranking: it
+counts as LDS 0 (never dropped, so a method cannot raise its mean by abstaining on hard queries).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ class ConstantOutcomeError(ValueError):
 class LDSResult:
     lds: float
     ci: tuple[float, float]
-    per_query: np.ndarray  # [n_query], NaN where undefined
+    per_query: np.ndarray  # [n_query]; NaN only where the ground-truth outcome is constant
     constant_outcome_queries: list[int] = field(default_factory=list)
     constant_prediction_queries: list[int] = field(default_factory=list)
 
@@ -79,9 +84,11 @@ def lds(scores: torch.Tensor, masks: torch.Tensor, outcomes: torch.Tensor, n_boo
             "no signal (check the task's training recipe and gt.alpha)"
         )
     predicted = masks_np @ scores.T  # [M, n_query]
-    constant_pred = [int(q) for q in np.flatnonzero(np.ptp(predicted, axis=0) == 0)
-                     if q not in constant_outcome]
+    # constant up to the rounding of summing equal scores in different orders
+    spread = np.ptp(predicted, axis=0) <= 1e-9 * np.abs(predicted).max(axis=0)
+    constant_pred = [int(q) for q in np.flatnonzero(spread) if q not in constant_outcome]
     per_query = columnwise_spearman(predicted, actual)
+    per_query[constant_pred] = 0.0  # no ranking: no information, counted as such
     mean = float(np.nanmean(per_query)) if np.isfinite(per_query).any() else float("nan")
     return LDSResult(mean, bootstrap_ci(per_query, n_boot, seed), per_query, constant_outcome,
                      constant_pred)

@@ -17,8 +17,10 @@ from pathlib import Path
 from tdabench.harness.leaderboard import write
 from tdabench.harness.logs import setup as setup_logging
 from tdabench.harness.report import log_to_wandb, write_report
+from tdabench.harness.results import one_line_errors
 
 
+@one_line_errors("tdabench-leaderboard")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tdabench-leaderboard", description=__doc__.splitlines()[0])
     parser.add_argument("results_dirs", nargs="*", default=["results"], metavar="RESULTS_DIR",

@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 
 #: 1: records without the field (written before the schema was versioned); 2: this layout
 SCHEMA_VERSION = 2
-STATUSES = ("ok", "error", "oom", "timeout", "unsupported")
+STATUSES = ("ok", "error", "oom", "timeout", "unsupported", "degenerate_model")
 
 
 class RunRecord(TypedDict, total=False):
@@ -25,7 +25,7 @@ class RunRecord(TypedDict, total=False):
     run_id: str                  # <task>-<method>-<8 hex digits>; names the scores file too
     task: str
     method: str
-    status: str                  # one of STATUSES (and further statuses for refused models)
+    status: str                  # one of STATUSES
     message: str                 # why the status is not ok
     failed_phase: str | None
     traceback: str

@@ -3,25 +3,34 @@
 Records are appended under an exclusive lock with a single write and an fsync, so concurrent
 sweeps never interleave lines. Scores go to ``RESULTS_DIR/scores/<run_id>.pt`` (atomic, with a
 checksum) so LDS can be recomputed without rerunning the method.
+
+Lines are standard JSON (a non-finite number is written as null). A reader skips, with a count,
+lines that are not complete JSON, JSON values that are not objects, and records missing the keys
+every reader relies on (:data:`tdabench.harness.record.REQUIRED`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
+import sys
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tdabench.harness import __version__
-from tdabench.harness.record import RunRecord, upgrade
+from tdabench.harness.record import REQUIRED, RunRecord, upgrade
 
 _log = logging.getLogger(__name__)
+#: an ``ok`` record with an LDS also has these keys (besides :data:`REQUIRED`)
+REQUIRED_OK_KEYS = ("lds", "lds_ci", "config_hash")
 LIBRARIES = ("torch", "numpy", "scipy", "hydra-core", "wandb", "kronfluence", "traker", "devinterp",
              "transformers")
 
@@ -54,10 +63,29 @@ def provenance(device: str) -> dict:
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def standard_json(obj):
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, so that ``json.dumps``
+    writes standard JSON; containers are copied, other values returned as they are."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: standard_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [standard_json(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
+        return standard_json(obj.item())
+    return obj
+
+
+def record_line(record: dict) -> bytes:
+    """One record as a line of standard JSON."""
+    return (json.dumps(standard_json(record), default=str, allow_nan=False) + "\n").encode()
+
+
 def append_record(results_dir: str | Path, record: dict) -> Path:
     path = Path(results_dir) / "runs.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, default=str) + "\n").encode()
+    line = record_line(record)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -72,18 +100,64 @@ def append_record(results_dir: str | Path, record: dict) -> Path:
     return path
 
 
+def one_line_errors(prog: str):
+    """Decorate a command's ``main`` so that an unreadable, unwritable or damaged file ends it with
+    one line (``prog: error: file: reason; fix``) and exit status 1 instead of a traceback."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            from tdabench.harness.storage import CorruptFileError
+
+            try:
+                return main(*args, **kwargs)
+            except CorruptFileError as exc:
+                sys.exit(f"{prog}: error: {exc}; rerun the run that wrote it")
+            except OSError as exc:
+                where = f"{exc.filename}: " if exc.filename else ""
+                sys.exit(f"{prog}: error: {where}{exc.strerror or exc}; check the folder's permissions "
+                         "and free space")
+        return run
+    return wrap
+
+
+def missing_keys(record: dict) -> list[str]:
+    """Keys of :data:`REQUIRED` (and, for an ok record with an LDS, :data:`REQUIRED_OK_KEYS`)
+    that ``record`` lacks."""
+    need = list(REQUIRED)
+    if record.get("status") == "ok" and record.get("lds") is not None:
+        need += REQUIRED_OK_KEYS
+    return [k for k in need if k not in record]
+
+
 def read_records(results_dir: str | Path) -> list[RunRecord]:
-    """All complete records, in the current schema (:func:`tdabench.harness.record.upgrade`); a
-    damaged line (for example a torn last line) is skipped with a note."""
+    """All complete records, in the current schema (:func:`tdabench.harness.record.upgrade`).
+    Damaged lines (a torn last line), JSON values that are not objects and records missing required
+    keys are skipped, with one note per kind giving the count and the first line numbers."""
     path = Path(results_dir) / "runs.jsonl"
     if not path.exists():
         return []
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise OSError(exc.errno, f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from exc
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    skipped: dict[str, list[int]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(upgrade(json.loads(line)))
+            rec = json.loads(line)
         except json.JSONDecodeError:
-            _log.warning(f"{path}:{n} is not a complete record; skipped")
+            skipped.setdefault("not a complete record", []).append(n)
+            continue
+        if not isinstance(rec, dict):
+            skipped.setdefault(f"a JSON {type(rec).__name__}, not a record object", []).append(n)
+            continue
+        if missing_keys(rec):
+            skipped.setdefault(f"a record missing {', '.join(missing_keys(rec))}", []).append(n)
+            continue
+        records.append(upgrade(rec))
+    for why, lines in skipped.items():
+        where = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+        _log.warning(f"{path}: {len(lines)} line(s) skipped, each {why} (line {where})")
     return records

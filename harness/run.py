@@ -3,13 +3,25 @@
 Every run, successful or not, appends one record to ``RESULTS_DIR/runs.jsonl`` and logs a wandb
 run. Configuration problems are raised as :class:`ConfigError` before any expensive work; failures
 during work are recorded with the phase they happened in and a status (``error``, ``oom``,
-``timeout``), so a sweep goes on past them.
+``timeout``, ``degenerate_model``) and a message giving the cause, so a sweep goes on past them.
+That includes ``SystemExit`` and ``KeyboardInterrupt`` raised by a method's own code; Ctrl-C from
+the user (SIGINT) raises :class:`UserInterrupt` instead, which stops the sweep.
+
+A reference model no better than chance stops the run before the ground truth (status
+``degenerate_model``); tasks that measure cost only are exempt. An LDS that is not finite is never
+``ok``. The "already done" check and the computation of a pairing hold a per-pairing lock, so two
+identical sweeps compute each pairing once. Scores and the record are written inside the error
+handling: when ``results_dir`` is full or read-only they are kept under ``cache_dir/pending`` (or
+the system's temporary folder) and the next run on that ``results_dir`` writes them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import signal
+import tempfile
 import threading
 import traceback
 import uuid
@@ -23,6 +35,7 @@ from tdabench.harness.config import (
     UnsupportedPairingError,
     method_params,
     resolve_names,
+    subset_problems,
     validate_method_params,
     validate_pairing,
     validate_settings,
@@ -31,10 +44,23 @@ from tdabench.harness.data_paths import set_data_root
 from tdabench.harness.ground_truth import GroundTruthBuilder
 from tdabench.harness.lds import lds
 from tdabench.harness.profiling import Profiler
+from tdabench.harness.quality import (
+    MAX_DEGENERATE_SHARE,
+    DegenerateModelError,
+    degenerate_model_message,
+    degenerate_reason,
+)
 from tdabench.harness.record import new_record
 from tdabench.harness.results import append_record, provenance, read_records
 from tdabench.harness.statistics import noise_ceiling
-from tdabench.harness.storage import content_hash, save_verified
+from tdabench.harness.storage import (
+    CorruptFileError,
+    content_hash,
+    exclusive_lock,
+    load_verified,
+    remove_verified,
+    save_verified,
+)
 from tdabench.harness.tracking import log_run
 from tdabench.harness.training import num_params
 
@@ -68,8 +94,35 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
+class UserInterrupt(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) from the user during a run: the sweep stops. A ``KeyboardInterrupt`` raised
+    by a method's own code is a failure of that pairing instead, recorded like any other."""
+
+
+@contextmanager
+def user_interrupts():
+    """While active (main thread only), SIGINT raises :class:`UserInterrupt`."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise UserInterrupt("interrupted by the user (Ctrl-C)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class InvalidScoresError(ValueError):
     pass
+
+
+class NonFiniteLDSError(ValueError):
+    """The LDS came out NaN or infinite; the message gives the cause."""
 
 
 def check_scores(scores: torch.Tensor, task) -> None:
@@ -120,7 +173,10 @@ def prepare(cfg: dict):
     task_cls, method_cls, more = resolve_names(cfg)
     problems += more
     if task_cls is not None:
-        problems += task_cls.validate(cfg["task"])
+        task_problems = task_cls.validate(cfg["task"])
+        problems += task_problems
+        if task_cls.measures_lds and not task_problems:
+            problems += subset_problems(cfg)
     if method_cls is not None:
         problems += validate_method_params(method_cls, cfg)
     if problems:
@@ -143,7 +199,7 @@ def record_unsupported(cfg: dict, exc: UnsupportedPairingError, group: str) -> d
               "message": " ".join(exc.problems), "lds": None, "n_train": cfg["task"].get("n_train"),
               "n_query": cfg["task"].get("n_query"), "group": group, "config_hash": config_hash(cfg),
               "config": cfg, "time_s": {}, "peak_mem_mb": {}, **provenance(cfg["device"])})
-    append_record(cfg["results_dir"], record)
+    write_result(record, None, Path(cfg["results_dir"]), cfg["cache_dir"])
     log.info(f"{record['task']} / {record['method']}: unsupported: {record['message']}")
     return record
 
@@ -158,9 +214,23 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         record["model_quality"] = task.evaluate(model)
         record["trainings"] = method.trainings(task)
     if task.measures_lds:
+        reason = degenerate_reason(record["model_quality"])
+        if reason:
+            raise DegenerateModelError(degenerate_model_message(task.name, reason))
         with prof.phase("ground_truth"):
             record["gt_cached"] = (builder.dir / "ground_truth.pt").exists()
             gt = builder.build()
+        share = record["gt_degenerate_share"] = gt.degenerate_share
+        if share is not None and share > MAX_DEGENERATE_SHARE:
+            raise DegenerateModelError(
+                f"{share:.0%} of the ground truth's {gt.degenerate.numel()} retrained models are no "
+                f"better than chance (at most {MAX_DEGENERATE_SHARE:.0%} allowed): subsets of "
+                f"gt.alpha={cfg['gt']['alpha']} x task.n_train={task.n_train} examples are too small "
+                "for the task's recipe; raise gt.alpha or task.n_train, or fix the recipe")
+    else:
+        record["quality_check"] = "exempt: the task measures cost only"
+        log.info(f"{task.name} measures cost only: its model is not checked against chance "
+            "(it may be untrained on purpose)")
     with time_limit(cfg["limits"]["max_seconds"]):
         with prof.phase("fit"):
             method.fit(task, model)
@@ -178,6 +248,15 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         if res.constant_outcome_queries:
             log.info(f"{len(res.constant_outcome_queries)} queries have constant ground-truth "
                 f"outcomes and are left out of the LDS: {res.constant_outcome_queries}")
+        if res.constant_prediction_queries:
+            log.info(f"{method.name} predicts the same outcome for every subset on "
+                f"{len(res.constant_prediction_queries)} queries; they count as LDS 0: "
+                f"{res.constant_prediction_queries}")
+        if not (math.isfinite(res.lds) and all(math.isfinite(v) for v in res.ci)):
+            raise NonFiniteLDSError(
+                f"the LDS is {res.lds} [{res.ci[0]}, {res.ci[1]}]: no query has both a varying "
+                f"ground-truth outcome and a defined correlation ({len(res.constant_outcome_queries)} "
+                f"of {task.n_query} queries have constant outcomes); raise task.n_query or gt.subsets")
     return scores
 
 
@@ -195,34 +274,51 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _failure(exc: BaseException) -> str:
+    """What a method's ``SystemExit`` or ``KeyboardInterrupt`` says, in one line."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the method's code called sys.exit()"
+    return f"KeyboardInterrupt: raised by the method's own code ({exc or 'no message'})"
+
+
 def execute(cfg: dict, group: str = "single") -> dict | None:
     """Run one pairing described by the resolved config ``cfg``; return its record.
 
     With ``gt.shard`` set, only that ground-truth shard is computed and None is returned. A
     pairing that already has an ``ok`` record for the same config hash in ``results_dir`` is
-    skipped (its record is returned) unless ``force`` is set. Tasks that measure cost only
-    (``measures_lds = False``) skip the ground-truth and LDS phases.
+    skipped (its record is returned) unless ``force`` is set; the check and the computation hold
+    a lock per pairing, so a concurrent identical run waits and then reports the same record.
+    Tasks that measure cost only (``measures_lds = False``) skip the ground-truth and LDS phases.
+    Ctrl-C raises :class:`UserInterrupt` (nothing is recorded; cached work is kept).
     """
     task, method = prepare(cfg)
     set_threads(cfg.get("threads"))
-    builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"])
-    if cfg["gt"]["shard"] is not None:
-        if not task.measures_lds:
-            raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "
-                               "leave gt.shard null"])
-        builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
-        log.info(f"ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
-        return None
+    with user_interrupts():
+        builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"])
+        if cfg["gt"]["shard"] is not None:
+            if not task.measures_lds:
+                raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "
+                                   "leave gt.shard null"])
+            builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
+            log.info(f"ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
+            return None
 
+        results_dir = Path(cfg["results_dir"])
+        chash = config_hash(cfg)
+        complete_pending_writes(results_dir, cfg["cache_dir"])
+        with exclusive_lock(results_dir / ".locks" / f"{chash}.lock", f"{task.name} / {method.name}", log):
+            if not cfg.get("force", False):
+                done = [r for r in read_records(results_dir)
+                        if r.get("config_hash") == chash and r.get("status") == "ok"]
+                if done:
+                    log.info(f"{task.name} / {method.name}: already done in {results_dir} "
+                        f"(run {done[-1]['run_id']}: {_summary(done[-1])}); skipped. Use force=true to rerun")
+                    return done[-1]
+            return _run(task, method, builder, cfg, group, chash)
+
+
+def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash: str) -> dict:
     results_dir = Path(cfg["results_dir"])
-    chash = config_hash(cfg)
-    if not cfg.get("force", False):
-        done = [r for r in read_records(results_dir)
-                if r.get("config_hash") == chash and r.get("status") == "ok"]
-        if done:
-            log.info(f"{task.name} / {method.name}: already done in {results_dir} "
-                f"(run {done[-1]['run_id']}: {_summary(done[-1])}); skipped. Use force=true to rerun")
-            return done[-1]
     run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
     prof = Profiler(cfg["device"])
     record = new_record(**{
@@ -234,6 +330,10 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     scores = None
     try:
         scores = _attribute(task, method, builder, cfg, record, prof)
+    except UserInterrupt:
+        raise
+    except DegenerateModelError as exc:
+        record.update(status="degenerate_model", message=str(exc), failed_phase=prof.current)
     except TimeLimitExceeded as exc:
         record.update(status="timeout", message=str(exc), failed_phase=prof.current)
     except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -241,18 +341,100 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     except Exception as exc:  # recorded, and the sweep goes on
         record.update(status="error", message=f"{type(exc).__name__}: {exc}"[:2000],
                       failed_phase=prof.current, traceback=traceback.format_exc()[-4000:])
+    except (SystemExit, KeyboardInterrupt) as exc:  # from the method's code, not from the user
+        record.update(status="error", message=_failure(exc), failed_phase=prof.current,
+                      traceback=traceback.format_exc()[-4000:])
+    if record["status"] != "ok":  # no result: neither scores nor a (non-finite) LDS is kept
+        scores = None
+        record.update(lds=None, lds_ci=None)
     record["diagnostics"] = getattr(method, "diagnostics", None)
     record["time_s"] = prof.time_s
     record["peak_mem_mb"] = prof.peak_mem_mb
     record.update(provenance(cfg["device"]))
-    if record["status"] == "ok":
-        path = results_dir / "scores" / f"{run_id}.pt"
-        save_verified({"scores": scores.detach().cpu(), "run_id": run_id, "config_hash": chash}, path)
-        record["scores_file"] = str(path.relative_to(results_dir))
-    append_record(results_dir, record)
-    try:
-        record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
-    except Exception as exc:  # tracking must never lose a computed result
-        log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
+    if write_result(record, scores, results_dir, cfg["cache_dir"]):
+        try:
+            record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
+        except Exception as exc:  # tracking must never lose a computed result
+            log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
     log.info(f"{task.name} / {method.name}: {_summary(record)}")
     return record
+
+
+# ---------------------------------------------------------------- writing results --------------
+def _save(record: dict, scores: torch.Tensor | None, results_dir: Path) -> None:
+    """Write the scores (for an ok record) and append the record; raises OSError."""
+    if scores is not None:
+        path = results_dir / "scores" / f"{record['run_id']}.pt"
+        save_verified({"scores": scores.detach().cpu(), "run_id": record["run_id"],
+                       "config_hash": record["config_hash"]}, path)
+        record["scores_file"] = str(path.relative_to(results_dir))
+    append_record(results_dir, record)
+
+
+def pending_dirs(cache_dir: str | Path) -> list[Path]:
+    """Where results that could not be written are kept, in order of preference."""
+    return [Path(cache_dir) / "pending", Path(tempfile.gettempdir()) / "tdabench-pending"]
+
+
+def write_result(record: dict, scores: torch.Tensor | None, results_dir: Path,
+                 cache_dir: str | Path) -> bool:
+    """Save ``scores`` and append ``record``; True when both are in ``results_dir``.
+
+    On a write error (full disk, read-only folder) the run says so in one line, keeps the record
+    and scores in the first of :func:`pending_dirs` that takes them, and the next run on
+    ``results_dir`` writes them (:func:`complete_pending_writes`). ``record["write_error"]`` then
+    holds the message.
+    """
+    try:
+        _save(record, scores, results_dir)
+        return True
+    except OSError as exc:
+        reason = f"{exc.strerror or exc} [errno {exc.errno}]" if exc.errno else str(exc)
+        record.pop("scores_file", None)
+    kept = None
+    for folder in pending_dirs(cache_dir):
+        try:
+            kept = save_verified({"record": record, "scores": None if scores is None else scores.detach().cpu(),
+                                  "results_dir": str(results_dir.resolve())}, folder / f"{record['run_id']}.pt")
+            break
+        except OSError:
+            continue
+    where = (f"the record and scores are kept in {kept}; the next run on {results_dir} writes them"
+             if kept else "they could not be kept anywhere: free space and rerun")
+    record["write_error"] = f"could not write to {results_dir} ({reason}); {where}"
+    log.warning(f"{record['task']} / {record['method']}: {record['write_error']}")
+    return False
+
+
+def complete_pending_writes(results_dir: Path, cache_dir: str | Path) -> int:
+    """Write the results an earlier run kept aside for ``results_dir``; return how many."""
+    target = str(Path(results_dir).resolve())
+    written = 0
+    for folder in pending_dirs(cache_dir):
+        for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+            claimed = path.with_name(f"{path.name}.{os.getpid()}.claimed")
+            try:
+                data = load_verified(path)
+                if data.get("results_dir") != target:
+                    continue
+                os.replace(Path(str(path) + ".sha256"), Path(str(claimed) + ".sha256"))
+                os.replace(path, claimed)  # another run completing the same write skips it now
+            except (OSError, CorruptFileError):
+                continue
+            record = data["record"]
+            try:
+                known = {r.get("run_id") for r in read_records(results_dir)}
+                if record["run_id"] not in known:
+                    record.pop("write_error", None)
+                    _save(record, data["scores"], Path(results_dir))
+            except OSError as exc:
+                os.replace(claimed, path)
+                os.replace(Path(str(claimed) + ".sha256"), Path(str(path) + ".sha256"))
+                log.warning(f"still cannot write to {results_dir} ({exc.strerror or exc}); the result "
+                    f"of run {record['run_id']} stays in {path}")
+                continue
+            remove_verified(claimed)
+            written += 1
+            log.info(f"wrote run {record['run_id']} ({record['task']} / {record['method']}), kept "
+                f"in {folder} after an earlier write to {results_dir} failed")
+    return written

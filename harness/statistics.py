@@ -107,10 +107,20 @@ def holm(p_values: list[float]) -> list[float]:
     return [float(v) for v in out]
 
 
+def _finite_mean(values) -> float:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
 def pairwise_table(per_query: dict[str, np.ndarray]) -> list[Paired]:
-    """Every pair of methods (best-first order, a ahead of b), with Holm-adjusted p-values over
-    all the pairs."""
-    names = sorted(per_query, key=lambda m: -np.nanmean(per_query[m]))
+    """Every pair of methods (best-first order, a ahead of b; methods without finite values sort
+    last), with Holm-adjusted p-values over all the pairs."""
+    def order(m):
+        mean = _finite_mean(per_query[m])
+        return -mean if np.isfinite(mean) else np.inf
+
+    names = sorted(per_query, key=order)
     pairs = [paired_comparison(per_query[a], per_query[b], a, b)
              for i, a in enumerate(names) for b in names[i + 1:]]
     for pair, adjusted in zip(pairs, holm([p.p_value for p in pairs])):
@@ -122,9 +132,13 @@ def tied_with_best(per_query: dict[str, np.ndarray], alpha: float = 0.05,
                    pairs: list[Paired] | None = None) -> dict[str, bool]:
     """For each method, whether it is statistically indistinguishable from the best-scoring one:
     the Holm-adjusted p-value (over every pair, ``pairs`` as made by :func:`pairwise_table`)
-    of the paired Wilcoxon test against the best is >= alpha. The best is tied with itself."""
-    means = {m: np.nanmean(v) for m, v in per_query.items()}
-    best = max(means, key=means.get)
+    of the paired Wilcoxon test against the best is >= alpha. The best is tied with itself. A
+    method without one finite per-query value is never the best and never tied."""
+    means = {m: _finite_mean(v) for m, v in per_query.items()}
+    finite = {m: v for m, v in means.items() if np.isfinite(v)}
+    if not finite:
+        return {m: False for m in per_query}
+    best = max(finite, key=finite.get)
     pairs = pairwise_table(per_query) if pairs is None else pairs
     vs_best = {(p.b if p.a == best else p.a): p.p_holm for p in pairs if best in (p.a, p.b)}
-    return {m: m == best or vs_best[m] >= alpha for m in per_query}
+    return {m: m == best or (m in finite and vs_best.get(m, 0.0) >= alpha) for m in per_query}

@@ -7,12 +7,17 @@ content; :func:`load_verified` refuses a file whose bytes do not match it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +111,85 @@ def remove_verified(path: str | Path) -> None:
             pass
 
 
+#: seconds a process waits for a lock before saying who holds it (then again every
+#: ``LOCK_REPORT_S`` times 10)
+LOCK_REPORT_S = 30.0
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock whose file is open as ``fd``: its process id, host and state."""
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+    except OSError:
+        text = []
+    if not text:
+        return "a process that did not write its id"
+    pid, host = text[0], text[1] if len(text) > 1 else "?"
+    if host != socket.gethostname():
+        return f"process {pid} on host {host}"
+    try:
+        import psutil
+
+        status = psutil.Process(int(pid)).status()
+    except Exception:  # gone, or not a number: the lock is released as soon as the holder dies
+        return f"process {pid}"
+    if status == "stopped":
+        return (f"process {pid}, which is stopped (resume it with kill -CONT {pid}, or end it with "
+                f"kill {pid})")
+    return f"process {pid} ({status}; if it is stuck, end it with kill {pid})"
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, what: str, log=None):
+    """Hold an exclusive ``flock`` on the file ``path`` for the ``with`` block.
+
+    The holder writes its process id and host into the file. A waiter says after
+    :data:`LOCK_REPORT_S` seconds (and then every ten times that) which process holds the lock and
+    in what state, so a lock held by a stopped or hung process never makes a run wait without a
+    word. The operating system releases the lock when its holder exits, however it exits.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        start = time.monotonic()
+        report_at = LOCK_REPORT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            waited = time.monotonic() - start
+            if waited >= report_at:
+                (log or _log.warning)(f"waiting {waited:.0f} s for {what}: {path} is locked by "
+                    f"{_holder(fd)}")
+                report_at = waited + 10 * LOCK_REPORT_S
+            time.sleep(min(0.2, LOCK_REPORT_S / 10))
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass  # the id is only for messages; a full disk must not stop the lock
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def load_or_compute(path: str | Path, compute, what: str, log=None) -> Any:
     """Return the verified content of ``path``, or compute, save and return it.
 
-    A file lock beside ``path`` makes concurrent processes that need the same content wait for
-    the first one instead of computing it twice. A damaged file is reported and recomputed.
+    A lock file beside ``path`` (:func:`exclusive_lock`) makes concurrent processes that need the
+    same content wait for the first one instead of computing it twice. A damaged file is reported
+    and recomputed.
     """
-    from filelock import FileLock
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with exclusive_lock(str(path) + ".lock", f"the {what}", log):
         if path.exists():
             try:
                 return load_verified(path)

@@ -16,6 +16,7 @@ A task owns the learning problem and nothing about attribution. Methods see it t
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdabench.harness.storage import content_hash, load_or_compute
-from tdabench.harness.training import Recipe, Snapshot, TrainResult, train, train_stacked
+from tdabench.harness.training import Recipe, Snapshot, TrainResult, recipe_problems, train, train_stacked
 
 _log = logging.getLogger(__name__)
 
@@ -95,7 +96,17 @@ class Task(ABC):
                 problems.append(f"task.{key}={v!r} must be a positive integer")
         if cfg.get("observable", "loss") not in ("loss", "margin"):
             problems.append(f"task.observable={cfg.get('observable')!r}: use loss or margin")
+        snapshots = cfg.get("trajectory_checkpoints", 5)
+        if not isinstance(snapshots, int) or isinstance(snapshots, bool) or snapshots < 1:
+            problems.append(f"task.trajectory_checkpoints={snapshots!r} must be a positive integer")
+        problems += recipe_problems(cfg.get("recipe"))
         return problems
+
+    @staticmethod
+    def positive_int_problems(cfg: dict, keys: dict[str, str]) -> list[str]:
+        """``task.<key>`` must be a positive integer, for each ``key: meaning`` of ``keys``."""
+        return [f"task.{k}={cfg.get(k)!r} must be a positive integer ({meaning})" for k, meaning in keys.items()
+                if not isinstance(cfg.get(k), int) or isinstance(cfg.get(k), bool) or cfg.get(k) < 1]
 
     @abstractmethod
     def load_splits(self) -> tuple[Split, Split, Split]:
@@ -278,9 +289,14 @@ class Task(ABC):
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
-        """Quality of ``model`` on the held-out test split: accuracy and mean loss."""
+        """Quality of ``model`` on the held-out test split: accuracy and mean loss (nats), with
+        what chance gives for scale: ``chance_acc`` (always the most frequent test class) and
+        ``uniform_loss`` (log of the number of classes); ``n_test`` examples."""
         model.eval()
         test = self.test_split
         logits = torch.cat([model(test.inputs[i:i + 1024]) for i in range(0, len(test), 1024)])
+        counts = torch.bincount(test.targets, minlength=logits.shape[-1])
         return {"test_acc": float((logits.argmax(-1) == test.targets).float().mean()),
-                "test_loss": float(F.cross_entropy(logits, test.targets))}
+                "test_loss": float(F.cross_entropy(logits, test.targets)),
+                "chance_acc": float(counts.max()) / len(test),
+                "uniform_loss": math.log(logits.shape[-1]), "n_test": len(test)}

@@ -44,6 +44,39 @@ class Recipe:
 def num_params(model: nn.Module) -> int:
     """Number of trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+def recipe_problems(values, key: str = "task.recipe") -> list[str]:
+    """Problems with a recipe config ``values`` (a mapping of :class:`Recipe` fields), one line
+    each naming ``key.field``, the value and the allowed range."""
+    if values is None:
+        return []
+    if not isinstance(values, dict):
+        return [f"{key}={values!r} must be a mapping of recipe settings ({', '.join(Recipe.__dataclass_fields__)})"]
+
+    def num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    rules = {
+        "epochs": (lambda v: count(v) and v >= 1, "a positive integer"),
+        "batch_size": (lambda v: count(v) and v >= 1, "a positive integer"),
+        "lr": (lambda v: num(v) and v > 0, "a positive number (learning rate)"),
+        "momentum": (lambda v: num(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "weight_decay": (lambda v: num(v) and v >= 0, "a non-negative number"),
+        "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+        "warmup": (lambda v: num(v) and 0 <= v < 1, "a fraction of the steps in [0, 1)"),
+    }
+    problems = []
+    for name, value in values.items():
+        if name not in rules:
+            problems.append(f"{key}.{name} is not a recipe setting; the settings are {', '.join(rules)}")
+        elif not rules[name][0](value):
+            problems.append(f"{key}.{name}={value!r} must be {rules[name][1]}")
+    return problems
 
 
 @dataclass

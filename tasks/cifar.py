@@ -176,6 +176,11 @@ class CifarResNet9(Task):
         ls = cfg.get("label_smoothing", 0.0)
         if not isinstance(ls, (int, float)) or not 0 <= ls < 1:
             problems.append(f"task.label_smoothing={ls!r} must be in [0, 1)")
+        if not isinstance(cfg.get("flip", True), bool):
+            problems.append(f"task.flip={cfg.get('flip')!r} must be true or false")
+        translate = cfg.get("translate", 0)
+        if not isinstance(translate, int) or isinstance(translate, bool) or translate < 0:
+            problems.append(f"task.translate={translate!r} must be a non-negative integer (pixels)")
         if cfg.get("data_dir") is not None:
             problems += folder_problems(Path(cfg["data_dir"]), classes)
         return problems

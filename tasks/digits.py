@@ -29,7 +29,7 @@ class DigitsMLP(Task):
                 f"task.n_train={cfg['n_train']} with task.n_query={cfg['n_query']} is larger than the "
                 f"data: digits has {N_DIGITS} images and keeps {MIN_TEST} for testing; use "
                 f"n_train + n_query <= {N_DIGITS - MIN_TEST}")
-        return problems
+        return problems + cls.positive_int_problems(cfg, {"hidden": "width of the hidden layer"})
 
     def load_splits(self) -> tuple[Split, Split, Split]:
         from sklearn.datasets import load_digits

@@ -29,7 +29,7 @@ import torch
 
 from tdabench.harness.storage import content_hash, load_or_compute
 from tdabench.harness.task import Split
-from tdabench.harness.training import Recipe, train
+from tdabench.harness.training import Recipe, recipe_problems, train
 from tdabench.tasks.data import shared_file
 from tdabench.tasks.lm import LanguageModelTask, gpt_neox
 
@@ -74,6 +74,9 @@ class TextNeoX(LanguageModelTask):
                 problems.append(f"task.{key}={v!r} must be a positive integer")
         if not problems and cfg["width"] % cfg["heads"]:
             problems.append(f"task.width={cfg['width']} must be a multiple of task.heads={cfg['heads']}")
+        problems += recipe_problems(cfg.get("base_recipe"), "task.base_recipe")
+        problems += cls.positive_int_problems({"base_examples": cfg.get("base_examples", 1)},
+                                              {"base_examples": "chunks the base model trains on"})
         frac = cfg.get("heldout_fraction", 0.1)
         if not isinstance(frac, float) or not 0 < frac < 1:
             problems.append(f"task.heldout_fraction={frac!r} must be a fraction strictly between 0 and 1")

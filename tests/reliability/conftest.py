@@ -1,16 +1,17 @@
-"""The fault-injection suite counts every bad input and fault it tries and prints the total."""
+"""The fault-injection suite counts the distinct bad inputs and faults it tries and prints the
+total (checks of normal behaviour, such as determinism, are not counted)."""
 
 from __future__ import annotations
 
 import pytest
 
-TRIED: list[str] = []
+TRIED: set[str] = set()
 
 
 @pytest.fixture
 def tried():
-    """Call ``tried(label)`` once per bad input or fault a test injects."""
-    return TRIED.append
+    """Call ``tried(label)`` once per distinct bad input or fault a test injects."""
+    return TRIED.add
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -18,4 +19,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         failed = len(terminalreporter.stats.get("failed", []))
         verdict = "all handled" if not failed else f"{failed} test(s) failed"
         terminalreporter.write_line(
-            f"reliability: {len(TRIED)} bad inputs and faults tried, {verdict}")
+            f"reliability: {len(TRIED)} distinct bad inputs and faults tried, {verdict}")

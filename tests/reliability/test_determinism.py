@@ -18,8 +18,7 @@ CHEAP = {"bif": ["method.chains=2", "method.draws=20", "method.burn_in=10"],
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_scores_are_reproducible(tmp_path, name, tried):
-    tried(f"determinism of {name}")
+def test_method_scores_are_reproducible(tmp_path, name):
     cfg = compose([*SMALL, f"method={name}", *CHEAP.get(name, []), f"cache_dir={tmp_path / 'c'}",
                    f"results_dir={tmp_path / 'r'}"])
     runs = []

@@ -311,7 +311,7 @@ def test_non_object_lines_and_records_missing_keys_are_skipped_with_a_count(done
          json.dumps({k: v for k, v in rec.items() if k != "lds_ci"})]) + "\n")
     recs = read_records(tmp_path)
     assert [r["run_id"] for r in recs] == [rec["run_id"]]
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "1 line(s) skipped, each a JSON list" in out and "line 1)" in out
     assert "1 line(s) skipped, each a JSON str" in out and "1 line(s) skipped, each a JSON int" in out
     assert "2 line(s) skipped, each a record missing" in out or out.count("record missing") == 2

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.leaderboard import (build, ceiling_text, chosen_records, ground_truths, read_folders,  # noqa: E402
-                                 row_label, shown_columns)
+                                 row_keys, row_label, shown_columns)
 from harness.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
 from harness.storage import atomic_write_bytes  # noqa: E402
 
@@ -119,12 +119,15 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
 
 
 def _by(records, key):
+    """One row per record with ``key`` set: task, row label without the ground truth (method,
+    setting, sweep: one line per label), x = the record's ``key``, LDS, seconds and memory."""
     rows = []
-    for r in records:
+    for r, (_, _, method, setting_, sweep) in zip(records, row_keys(records)):
         if r.get(key) is not None:
             cost = run_cost(r)
-            rows.append({"task": r["task"], "method": r["method"], "x": r.get(key), "lds": r.get("lds"),
-                         "time": cost["total_s"], "mem": cost["peak_mem_mb"]})
+            rows.append({"task": r["task"], "method": row_label((None, None, method, setting_, sweep)),
+                         "x": r.get(key), "lds": r.get("lds"), "time": cost["total_s"],
+                         "mem": cost["peak_mem_mb"]})
     return pd.DataFrame(rows)
 
 

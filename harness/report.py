@@ -30,6 +30,7 @@ from tdabench.harness.leaderboard import (  # noqa: E402
     chosen_records,
     ground_truths,
     read_folders,
+    row_keys,
     row_label,
     shown_columns,
 )
@@ -126,12 +127,15 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
 
 
 def _by(records, key):
+    """One row per record with ``key`` set: task, row label without the ground truth (method,
+    setting, sweep: one line per label), x = the record's ``key``, LDS, seconds and memory."""
     rows = []
-    for r in records:
+    for r, (_, _, method, setting_, sweep) in zip(records, row_keys(records)):
         if r.get(key) is not None:
             cost = run_cost(r)
-            rows.append({"task": r["task"], "method": r["method"], "x": r.get(key), "lds": r.get("lds"),
-                         "time": cost["total_s"], "mem": cost["peak_mem_mb"]})
+            rows.append({"task": r["task"], "method": row_label((None, None, method, setting_, sweep)),
+                         "x": r.get(key), "lds": r.get("lds"), "time": cost["total_s"],
+                         "mem": cost["peak_mem_mb"]})
     return pd.DataFrame(rows)
 
 

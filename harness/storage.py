@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,17 +104,27 @@ def remove_verified(path: str | Path) -> None:
             pass
 
 
-def load_or_compute(path: str | Path, compute, what: str, log=print) -> Any:
+def load_or_compute(path: str | Path, compute, what: str, log=print, on_wait=None) -> Any:
     """Return the verified content of ``path``, or compute, save and return it.
 
     A file lock beside ``path`` makes concurrent processes that need the same content wait for
     the first one instead of computing it twice. A damaged file is reported and recomputed.
+    ``on_wait(seconds)``, if given, is called with the time spent waiting for another process's
+    lock (only when there was a wait).
     """
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        t0 = time.perf_counter()
+        lock.acquire()
+        if on_wait is not None:
+            on_wait(time.perf_counter() - t0)
+    try:
         if path.exists():
             try:
                 return load_verified(path)
@@ -123,3 +134,5 @@ def load_or_compute(path: str | Path, compute, what: str, log=print) -> Any:
         obj = compute()
         save_verified(obj, path)
         return obj
+    finally:
+        lock.release()

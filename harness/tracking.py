@@ -17,10 +17,10 @@ def summary_of(record: dict) -> dict:
     out = {"status": record["status"], "lds": record.get("lds")}
     if record.get("lds_ci"):
         out["lds_ci_low"], out["lds_ci_high"] = record["lds_ci"]
-    for phase, v in record.get("time_s", {}).items():
-        out[f"time_s/{phase}"] = v
-    for phase, v in record.get("peak_mem_mb", {}).items():
-        out[f"peak_mem_mb/{phase}"] = v
+    for key in ("time_s", "cpu_time_s", "flops", "peak_mem_mb", "peak_rss_mb", "load_avg"):
+        for phase, v in (record.get(key) or {}).items():
+            out[f"{key}/{phase}"] = v
+    out["overloaded"] = record.get("overloaded")
     for k, v in record.get("model_quality", {}).items():
         out[f"model/{k}"] = v
     return out

@@ -150,52 +150,55 @@ class CostMode(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._sizes: dict[int, list] = {}  # id(storage) -> [weak reference, bytes]
-        self._fresh: dict = {}  # operator -> whether its outputs are new storages
+        self._ops: dict = {}  # operator -> (FLOP formula or None, whether its outputs are new)
 
     def _release(self, key: int, _ref) -> None:
         entry = self._sizes.pop(key, None)
         if entry is not None:
             self.live -= entry[1]
 
-    def _returns_fresh(self, func) -> bool:
-        fresh = self._fresh.get(func)
-        if fresh is None:
-            fresh = all(r.alias_info is None for r in func._schema.returns)
-            self._fresh[func] = fresh
-        return fresh
+    def _op(self, func) -> tuple:
+        info = self._ops[func] = (flop_registry.get(func._overloadpacket),
+                                  all(r.alias_info is None for r in func._schema.returns))
+        return info
 
-    def _track(self, out, fresh: bool) -> None:
-        for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
-            try:
-                st = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):  # tensors without storage
-                continue
-            key = id(st)
-            entry = self._sizes.get(key)
+    def _track(self, t: torch.Tensor, fresh: bool) -> None:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensors without storage
+            return
+        key = id(st)
+        entry = self._sizes.get(key)
+        if entry is None:
+            if not fresh:
+                return  # a view or in-place result of storage allocated elsewhere
             n = st.nbytes()
-            if entry is None:
-                if not fresh:
-                    continue  # a view or in-place result of storage allocated elsewhere
-                self._sizes[key] = [weakref.ref(st, partial(self._release, key)), n]
-                self.live += n
-            elif entry[1] != n:
+            self._sizes[key] = [weakref.ref(st, partial(self._release, key)), n]
+            self.live += n
+            if self.live > self.peak:
+                self.peak = self.live
+        elif fresh is False:
+            n = st.nbytes()  # out= and in-place operators may have grown it
+            if n != entry[1]:
                 self.live += n - entry[1]
                 entry[1] = n
-        if self.live > self.peak:
-            self.peak = self.live
+                if self.live > self.peak:
+                    self.peak = self.live
 
     def reset_peak(self) -> None:
         self.peak = self.live
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        formula, fresh = self._ops.get(func) or self._op(func)
         if formula is not None:
-            self.flops += int(formula(*args, **kwargs, out_val=out))
-        self._track(out, self._returns_fresh(func))
+            self.flops += int(formula(*args, **(kwargs or {}), out_val=out))
+        if isinstance(out, torch.Tensor):
+            self._track(out, fresh)
+        elif isinstance(out, (tuple, list)):
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self._track(t, fresh)
         return out
 
 

@@ -7,7 +7,8 @@ from torch.func import hessian
 
 from harness.registry import METHODS
 from methods.base import Method
-from methods.gradients import flatten, functional, num_params, query_grads, train_grads, trainable_params
+from methods.gradients import (flatten, functional, num_params, query_grads, train_grad_dots, train_grads,
+                               trainable_params)
 
 
 @METHODS.register("random")
@@ -33,12 +34,10 @@ class GradDot(Method):
         super().__init__(seed)
         self.batch_size = batch_size
 
-    def _grads(self, task, model):
-        return (query_grads(task, model, self.batch_size), train_grads(task, model, self.batch_size))
-
     def score(self, task, model) -> torch.Tensor:
-        gq, gt = self._grads(task, model)
-        return -gq @ gt.T
+        """``[n_query, n_train]``; training gradients are streamed against the query gradients."""
+        gq = query_grads(task, model, self.batch_size)
+        return train_grad_dots(task, model, gq, self.batch_size).neg_()
 
 
 @METHODS.register("grad_cos")
@@ -46,10 +45,9 @@ class GradCos(GradDot):
     """Minus the cosine similarity of query and training gradients."""
 
     def score(self, task, model) -> torch.Tensor:
-        gq, gt = self._grads(task, model)
+        gq = query_grads(task, model, self.batch_size)
         gq = gq / gq.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        gt = gt / gt.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return -gq @ gt.T
+        return train_grad_dots(task, model, gq, self.batch_size, normalize=True).neg_()
 
 
 @METHODS.register("exact_if")

@@ -45,13 +45,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.storage import content_hash, load_or_compute
-from methods.gradients import (iter_per_example_grads, iter_per_token_grads, num_params,
-                               trainable_params)
+from methods.gradients import (GRAD_CHUNK_BYTES, gradient_chunk, iter_per_example_grads,
+                               iter_per_token_grads, num_params, train_grad_dots, trainable_params)
 
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
-#: bytes of per-example gradients held at once (chunks of examples are sized to it)
-GRAD_CHUNK_BYTES = 8 * 2**20
 
 
 class LayerSelectionError(ValueError):
@@ -460,12 +458,6 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
 
 
 # ----- scoring ---------------------------------------------------------------------------------------
-def gradient_chunk(model: nn.Module, batch_size: int) -> int:
-    """Examples per chunk of flat per-example gradients: at most ``batch_size`` and about
-    ``GRAD_CHUNK_BYTES`` of float32 gradients."""
-    return max(1, min(batch_size, GRAD_CHUNK_BYTES // (4 * num_params(model))))
-
-
 def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: float = 0.1,
                          damping_kind: str = "relative", strategy: str | None = None,
                          batch_size: int = 256, per_token: bool = False) -> torch.Tensor:
@@ -505,20 +497,17 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     """
     split = task.train_split
     n = len(split)
-    layout = GradientLayout(model) if curvature is not None else None
-    total = torch.empty(len(preconditioned), n, dtype=preconditioned.dtype)
-    per_layer = {name: torch.empty_like(total) for name in (curvature.layers if curvature else [])}
+    if curvature is None:
+        return train_grad_dots(task, model, preconditioned, batch_size).div_(-n)
+    layout = GradientLayout(model)
+    per_layer = {name: torch.empty(len(preconditioned), n, dtype=preconditioned.dtype)
+                 for name in curvature.layers}
     start = 0
     for g in iter_per_example_grads(task.per_example_loss, model, split.inputs, split.targets,
                                     gradient_chunk(model, batch_size)):
         stop = start + len(g)
-        if curvature is None:
-            total[:, start:stop] = preconditioned @ g.T
-        else:
-            for name, f in curvature.layers.items():
-                per_layer[name][:, start:stop] = torch.einsum(
-                    "qoi,boi->qb", layout.view(preconditioned, f), layout.view(g, f))
+        for name, f in curvature.layers.items():
+            per_layer[name][:, start:stop] = torch.einsum(
+                "qoi,boi->qb", layout.view(preconditioned, f), layout.view(g, f))
         start = stop
-    if curvature is not None:
-        return {name: -s / n for name, s in per_layer.items()}
-    return -total / n
+    return {name: -s / n for name, s in per_layer.items()}

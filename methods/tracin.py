@@ -21,7 +21,7 @@ import torch
 
 from harness.registry import METHODS
 from methods.base import Method
-from methods.gradients import query_grads, train_grads
+from methods.gradients import query_grads, train_grad_dots
 from methods.trajectory import effective_lr, snapshot_model
 
 
@@ -42,6 +42,5 @@ class TracIn(Method):
             m = snapshot_model(task, snap)
             step = effective_lr(task, snap.lr) * snap.steps / task.n_train
             gq = query_grads(task, m, self.batch_size).double()
-            gt = train_grads(task, m, self.batch_size).double()
-            scores -= step * (gq @ gt.T)
+            scores -= step * train_grad_dots(task, m, gq, self.batch_size)
         return scores.float()

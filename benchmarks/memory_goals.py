@@ -130,8 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default=os.environ.get("TDABENCH_CACHE"),
-                    help="cache folder for checkpoints and data (default: a temporary one)")
+    ap.add_argument("--cache", default=os.environ.get("TDABENCH_CACHE") or str(ROOT / ".cache/tdabench"),
+                    help="cache folder whose checkpoints and data are reused (curvature factors never are)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -141,8 +141,8 @@ def main() -> None:
         goals = []
         for key in args.tasks:
             cache = Path(tmp) / key
-            if args.cache:  # share trained checkpoints, never curvature factors
-                cache.mkdir(parents=True)
+            cache.mkdir(parents=True)
+            if Path(args.cache).is_dir():  # share trained checkpoints, never curvature factors
                 for sub in Path(args.cache).iterdir():
                     if sub.name != "curvature":
                         (cache / sub.name).symlink_to(sub)

@@ -55,7 +55,8 @@ class Projector:
         rows = min(self.block_rows, self.dim - j * self.block_rows)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + j)
         if self.kind == "rademacher":
-            r = torch.randint(0, 2, (rows, self.proj_dim), generator=gen).to(dtype).mul_(2).sub_(1)
+            # drawn directly in ``dtype``: the same values as int64 draws, without the int64 copy
+            r = torch.randint(0, 2, (rows, self.proj_dim), generator=gen, dtype=dtype).mul_(2).sub_(1)
         else:
             r = torch.randn(rows, self.proj_dim, generator=gen, dtype=dtype)
         r = r.div_(math.sqrt(self.proj_dim)).to(device)
@@ -166,7 +167,12 @@ class TRAK(Method):
         proj = member_projector(num_params(model), self.proj_dim, self.seed, member, self.projection)
         chunks = iter_per_example_grads(self._output_fn(task), model, split.inputs, split.targets,
                                         self.batch_size)
-        return torch.cat([proj(g).double().cpu() for g in chunks])
+        out = torch.empty(len(split), self.proj_dim, dtype=torch.float64)
+        start = 0
+        for g in chunks:
+            out[start:start + len(g)] = proj(g)
+            start += len(g)
+        return out
 
     def _members(self, task, model):
         return [model] if self.models == 1 else task.ensemble(self.models, self.ensemble_mode)

@@ -50,6 +50,8 @@ from methods.gradients import (GRAD_CHUNK_BYTES, gradient_chunk, iter_per_exampl
 
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
+#: bytes of one layer's input rows (for a Conv2d, unfolded) formed at once while fitting factors
+ROW_CHUNK_BYTES = 32 * 2**20
 
 
 class LayerSelectionError(ValueError):
@@ -307,18 +309,22 @@ def _layer_batches(task, model, layers, x, y, batch_size):
 
 def _layer_rows(layers, batch: dict[str, list]):
     """``(layer, (acts, grads))`` per layer of ``batch`` ({layer: [(input, output gradient)]}),
-    dropping each layer's tensors once its rows are formed."""
+    in chunks of examples whose input rows take about ``ROW_CHUNK_BYTES``, dropping each layer's
+    tensors once its rows are formed. Consumers sum over examples, so chunks add up."""
     for name in list(batch):
         pairs = batch.pop(name)
         module = layers[name]
-        acts = [_activation_rows(module, a) for a, _ in pairs]
-        grads = [_gradient_rows(module, g) for _, g in pairs]
+        per_example = sum(_activation_rows(module, a[:1]).numel() for a, _ in pairs) * 4
+        step = max(1, ROW_CHUNK_BYTES // per_example)
+        for j in range(0, len(pairs[0][0]), step):
+            acts = [_activation_rows(module, a[j:j + step]) for a, _ in pairs]
+            grads = [_gradient_rows(module, g[j:j + step]) for _, g in pairs]
+            rows = (acts[0] if len(acts) == 1 else torch.cat(acts, 1),
+                    grads[0] if len(grads) == 1 else torch.cat(grads, 1))
+            del acts, grads
+            yield name, rows
+            del rows
         del pairs
-        rows = (acts[0] if len(acts) == 1 else torch.cat(acts, 1),
-                grads[0] if len(grads) == 1 else torch.cat(grads, 1))
-        del acts, grads
-        yield name, rows
-        del rows
 
 
 def _fitting_data(task, cfg: CurvatureConfig, model, gen: torch.Generator):

@@ -122,6 +122,7 @@ class TRAK(Method):
         self.requires = frozenset({"checkpoint", "ensemble"} if models > 1 else {"checkpoint"})
         self._train: list[torch.Tensor] = []  # per member: Phi (Phi^T Phi + lambda I)^-1 [n_train, k]
         self._out_to_loss: torch.Tensor | None = None
+        self._projectors: dict[int, Projector] = {}  # per member
 
     def check(self, task) -> list[str]:
         p = check_trak_settings(self, task)
@@ -164,7 +165,10 @@ class TRAK(Method):
     # ----- features ---------------------------------------------------------------------------
     def _features(self, task, model, split, member: int) -> torch.Tensor:
         """Projected output-function gradients of ``split`` under ``model``: [len(split), k]."""
-        proj = member_projector(num_params(model), self.proj_dim, self.seed, member, self.projection)
+        proj = self._projectors.get(member)
+        if proj is None:  # kept for score: a small projection matrix is drawn once, in fit
+            proj = self._projectors[member] = member_projector(num_params(model), self.proj_dim,
+                                                               self.seed, member, self.projection)
         chunks = iter_per_example_grads(self._output_fn(task), model, split.inputs, split.targets,
                                         self.batch_size)
         out = torch.empty(len(split), self.proj_dim, dtype=torch.float64)
@@ -180,6 +184,7 @@ class TRAK(Method):
     def fit(self, task, model) -> None:
         """Per member: Phi (Phi^T Phi + lambda I)^-1 [n_train, k]; the mean out-to-loss term."""
         self._train, out_to_loss = [], []
+        self._projectors = {}
         for m, member in enumerate(self._members(task, model)):
             phi = self._features(task, member, task.train_split, m)
             gram = phi.T @ phi + self.lambda_reg * torch.eye(self.proj_dim, dtype=phi.dtype)

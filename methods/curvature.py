@@ -46,7 +46,7 @@ from torch import nn
 
 from harness.storage import content_hash, load_or_compute
 from methods.gradients import (GRAD_CHUNK_BYTES, gradient_chunk, iter_per_example_grads,
-                               iter_per_token_grads, num_params, train_grad_dots, trainable_params)
+                               iter_per_token_grads, train_grad_dots, trainable_params)
 
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")

@@ -134,6 +134,15 @@ def load_average() -> float | None:
         return None
 
 
+def _shape(x):
+    """Tensors (also inside lists and tuples) replaced by their shapes, for the FLOP formulas."""
+    if isinstance(x, torch.Tensor):
+        return x.shape
+    if isinstance(x, (list, tuple)):
+        return type(x)(_shape(v) for v in x)
+    return x
+
+
 class CostMode(TorchDispatchMode):
     """Counts FLOPs and live tensor bytes of the ATen operators run inside it (CPU or GPU).
 
@@ -158,8 +167,14 @@ class CostMode(TorchDispatchMode):
             self.live -= entry[1]
 
     def _op(self, func) -> tuple:
-        info = self._ops[func] = (flop_registry.get(func._overloadpacket),
-                                  all(r.alias_info is None for r in func._schema.returns))
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None and hasattr(formula, "__wrapped__"):
+            # a formula of shapes: call it with shapes directly instead of through its pytree
+            # wrapper, which would cost more than most small operators themselves
+            raw = formula.__wrapped__
+            formula = lambda *args, out_val=None, **kwargs: raw(  # noqa: E731
+                *map(_shape, args), **{k: _shape(v) for k, v in kwargs.items()}, out_shape=_shape(out_val))
+        info = self._ops[func] = (formula, all(r.alias_info is None for r in func._schema.returns))
         return info
 
     def _track(self, t: torch.Tensor, fresh: bool) -> None:
@@ -193,7 +208,16 @@ class CostMode(TorchDispatchMode):
         formula, fresh = self._ops.get(func) or self._op(func)
         if formula is not None:
             self.flops += int(formula(*args, **(kwargs or {}), out_val=out))
-        if isinstance(out, torch.Tensor):
+        if type(out) is torch.Tensor and fresh:  # the common case, inlined
+            st = out.untyped_storage()
+            key = id(st)
+            if key not in self._sizes:
+                n = st.nbytes()
+                self._sizes[key] = [weakref.ref(st, partial(self._release, key)), n]
+                self.live += n
+                if self.live > self.peak:
+                    self.peak = self.live
+        elif isinstance(out, torch.Tensor):
             self._track(out, fresh)
         elif isinstance(out, (tuple, list)):
             for t in tree_leaves(out):

@@ -152,3 +152,23 @@ def test_short_resident_spike_between_samples_is_counted():
         del a
     assert prof.peak_rss_mb["spike"] == pytest.approx(256, rel=0.25)
     assert prof.peak_mem_mb["spike"] == 0  # numpy memory is not tensor memory
+
+
+def test_flops_agree_with_torch_flop_counter_on_a_convolutional_net():
+    from torch.func import functional_call
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(8 * 8 * 8, 4))
+    x = torch.ones(5, 3, 8, 8)
+
+    def run():
+        m(x).sum().backward()
+        p = {k: v.detach() for k, v in m.named_parameters()}
+        vmap(grad(lambda p, xi: functional_call(m, p, (xi[None],)).sum()), in_dims=(None, 0))(p, x)
+
+    with FlopCounterMode(display=False) as reference:
+        run()
+    with CostMode() as mode:
+        run()
+    assert mode.flops == reference.get_total_flops() > 0

@@ -226,28 +226,29 @@ class CostMode(TorchDispatchMode):
         return out
 
 
-_WARM = False
+_WARMED: set[str] = set()
 
 
-def warm_up() -> None:
-    """Run, untimed and once per process, the machinery that every method shares: ``torch.func``
-    (``vmap``, ``grad``, ``jacrev``, ``hessian``, ``functional_call``), autograd, ``einsum``,
-    linear algebra (``eigh``, ``solve``, ``cholesky``), 2-D convolutions, and :class:`CostMode`.
+def warm_up(device: str = "cpu") -> None:
+    """Run, untimed and once per process and device, the machinery that every method shares:
+    ``torch.func`` (``vmap``, ``grad``, ``jacrev``, ``hessian``, ``functional_call``), autograd,
+    ``einsum``, linear algebra (``eigh``, ``solve``, ``cholesky``), 2-D convolutions, and
+    :class:`CostMode`.
 
     Lazy imports and first-call set-up of these then fall on no measured phase, so a method's cost
     does not depend on whether another method used them first. The global random state is left
     as it was.
     """
-    global _WARM
-    if _WARM:
+    if device in _WARMED:
         return
     from torch.func import functional_call, grad, hessian, jacrev, vmap
 
-    with torch.random.fork_rng(devices=[]), CostMode():
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), CostMode():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                    torch.nn.Linear(12, 3))
-        x, y = torch.randn(4, 2, 4, 4), torch.tensor([0, 1, 2, 0])
+                                    torch.nn.Linear(12, 3)).to(dev)
+        x, y = torch.randn(4, 2, 4, 4, device=dev), torch.tensor([0, 1, 2, 0], device=dev)
         params = {k: v.detach() for k, v in model.named_parameters()}
 
         def loss(p, xb, yb):
@@ -255,19 +256,21 @@ def warm_up() -> None:
 
         vmap(grad(lambda p, xi, yi: loss(p, xi[None], yi[None])), in_dims=(None, 0, 0))(params, x, y)
         vmap(jacrev(lambda p, xi: functional_call(model, p, (xi[None],))[0]), in_dims=(None, 0))(params, x)
-        hessian(lambda w: (w.sin() * w).sum())(torch.randn(5, dtype=torch.float64))
+        hessian(lambda w: (w.sin() * w).sum())(torch.randn(5, dtype=torch.float64, device=dev))
         model.zero_grad()
         loss(dict(model.named_parameters()), x, y).backward()
         model.zero_grad()
-        a = torch.randn(6, 6, dtype=torch.float64)
-        spd = a @ a.T + torch.eye(6, dtype=torch.float64)
+        a = torch.randn(6, 6, dtype=torch.float64, device=dev)
+        spd = a @ a.T + torch.eye(6, dtype=torch.float64, device=dev)
         torch.linalg.eigh(spd)
-        torch.linalg.solve(spd, torch.ones(6, 2, dtype=torch.float64))
+        torch.linalg.solve(spd, torch.ones(6, 2, dtype=torch.float64, device=dev))
         torch.linalg.cholesky(spd)
         torch.einsum("ij,jk->ik", spd.float(), spd.float())
         torch.nn.functional.unfold(x, 3)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     release_free_memory()
-    _WARM = True
+    _WARMED.add(device)
 
 
 class Profiler:

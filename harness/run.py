@@ -146,7 +146,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     ran before it in the process. Time spent waiting for another run's ground-truth lock is
     recorded as ``gt_wait_s`` and left out of the ground_truth phase's time; ``gt_cached`` says
     whether the ground truth was read as computed and assembled by an earlier or another run."""
-    warm_up()
+    warm_up(cfg["device"])
     with prof.phase("prepare"):
         model = task.checkpoint()
         record["num_params"] = num_params(model)

@@ -27,7 +27,6 @@ from harness.profiling import Profiler, warm_up
 from harness.results import append_record, provenance, read_records
 from harness.storage import content_hash, save_verified
 from harness.tracking import log_run
-from methods.gradients import num_params
 
 #: config keys that do not change a run's numbers (left out of its config hash)
 NON_DETERMINING = ("results_dir", "cache_dir", "wandb", "limits", "hydra", "force")
@@ -149,7 +148,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     warm_up(cfg["device"])
     with prof.phase("prepare"):
         model = task.checkpoint()
-        record["num_params"] = num_params(model)
+        record["num_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         record["model_quality"] = task.evaluate(model)
         record["trainings"] = method.trainings(task)
     if task.measures_lds:

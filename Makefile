@@ -30,6 +30,8 @@ test: $(STAMP)
 # Benchmarks: ratios measured in one run each (see README, Performance), then the slow tests.
 bench: $(STAMP)
 	@start=$$(date +%s); set -e; export OMP_NUM_THREADS=1 TQDM_DISABLE=1; \
+	$(BIN)/python benchmarks/cost_order.py; \
+	$(BIN)/python benchmarks/memory_goals.py; \
 	$(BIN)/python benchmarks/ground_truth_speed.py; \
 	$(BIN)/python benchmarks/bif_overhead.py --devinterp; \
 	$(BIN)/python benchmarks/curvature_vs_kronfluence.py --repeats 1; \

@@ -55,7 +55,7 @@ def worker(method_name: str, cfg: dict, cache_dir: Path, scores_path: Path, thre
     model = task.checkpoint()
     method = METHODS.get(method_name)()
     shutil.rmtree(cache_dir / "curvature", ignore_errors=True)  # no cached factors
-    prof = Profiler("cpu", interval=0.002)
+    prof = Profiler("cpu", interval=0.002, count=False)  # resident set, as described above
     with prof.phase("fit"):
         method.fit(task, model)
     with prof.phase("score"):

@@ -8,7 +8,8 @@ n_query]``, so the noise of retraining can be measured; the LDS uses their mean 
 Results are cached under a content hash of everything that determines them, written atomically
 with a checksum, and computed in shards (``gt.shard`` / ``gt.num_shards``) that any process can
 compute and any later run assembles. A file lock per shard keeps concurrent runs from computing
-the same shard twice.
+the same shard twice; the time a run spends waiting for another run's lock is kept apart
+(:attr:`GroundTruthBuilder.wait_s`), as is whether this run produced anything itself.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class GroundTruthBuilder:
         self.log = log or _log.info
         self.dir = Path(cache_dir) / "ground_truth" / f"{task.name}-{gt_key(task, gt)}"
         self.masks = make_masks(task.n_train, gt["subsets"], gt["alpha"], task.seed)
+        #: seconds spent waiting for another process that held a ground-truth lock
+        self.wait_s = 0.0
+        #: whether this builder computed a shard or assembled the ground truth itself
+        self.produced = False
+
+    def _waited(self, seconds: float) -> None:
+        self.wait_s += seconds
 
     def _retrain(self, subsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Observables of every query for each seed retrained on each subset, [len, K, n_query],
@@ -133,6 +141,7 @@ class GroundTruthBuilder:
         partial = self.partial_path(shard, num_shards)
 
         def compute():
+            self.produced = True
             desc = f"ground truth {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
             # models trained one at a time are saved after every subset; trained together, per batch
             together = self.gt.get("vectorize", True) and self.task.vectorizable
@@ -158,7 +167,7 @@ class GroundTruthBuilder:
             return {"ids": ids, "outcomes": torch.cat(outs), "degenerate": torch.cat(degs)}
 
         data = load_or_compute(self.shard_path(shard, num_shards), compute,
-                               f"ground truth shard {shard}/{num_shards}", self.log)
+                               f"ground truth shard {shard}/{num_shards}", self.log, self._waited)
         remove_verified(partial)
         return data
 
@@ -167,6 +176,7 @@ class GroundTruthBuilder:
         n = self.gt["num_shards"]
 
         def assemble():
+            self.produced = True
             outcomes = torch.empty(self.gt["subsets"], self.gt["seeds"], self.task.n_query)
             degenerate = torch.zeros(self.gt["subsets"], self.gt["seeds"], dtype=torch.bool)
             known = True
@@ -179,7 +189,8 @@ class GroundTruthBuilder:
                     degenerate[part["ids"]] = part["degenerate"]
             return {"masks": self.masks, "outcomes": outcomes, "degenerate": degenerate if known else None}
 
-        data = load_or_compute(self.dir / "ground_truth.pt", assemble, "ground truth", self.log)
+        data = load_or_compute(self.dir / "ground_truth.pt", assemble, "ground truth", self.log,
+                               self._waited)
         if not torch.equal(data["masks"], self.masks):
             raise RuntimeError(f"{self.dir}: cached masks differ from the config's; delete the folder")
         return GroundTruth(data["masks"], data["outcomes"], data.get("degenerate"))

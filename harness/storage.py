@@ -140,13 +140,15 @@ def _holder(fd: int) -> str:
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, what: str, log=None):
+def exclusive_lock(path: str | Path, what: str, log=None, on_wait=None):
     """Hold an exclusive ``flock`` on the file ``path`` for the ``with`` block.
 
     The holder writes its process id and host into the file. A waiter says after
     :data:`LOCK_REPORT_S` seconds (and then every ten times that) which process holds the lock and
     in what state, so a lock held by a stopped or hung process never makes a run wait without a
     word. The operating system releases the lock when its holder exits, however it exits.
+    ``on_wait(seconds)``, if given, is called with the time spent waiting for another process's
+    lock (only when there was a wait).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +156,7 @@ def exclusive_lock(path: str | Path, what: str, log=None):
     try:
         start = time.monotonic()
         report_at = LOCK_REPORT_S
+        contended = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -161,12 +164,15 @@ def exclusive_lock(path: str | Path, what: str, log=None):
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
+            contended = True
             waited = time.monotonic() - start
             if waited >= report_at:
                 (log or _log.warning)(f"waiting {waited:.0f} s for {what}: {path} is locked by "
                     f"{_holder(fd)}")
                 report_at = waited + 10 * LOCK_REPORT_S
             time.sleep(min(0.2, LOCK_REPORT_S / 10))
+        if contended and on_wait is not None:
+            on_wait(time.monotonic() - start)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -180,16 +186,16 @@ def exclusive_lock(path: str | Path, what: str, log=None):
         os.close(fd)
 
 
-def load_or_compute(path: str | Path, compute, what: str, log=None) -> Any:
+def load_or_compute(path: str | Path, compute, what: str, log=None, on_wait=None) -> Any:
     """Return the verified content of ``path``, or compute, save and return it.
 
     A lock file beside ``path`` (:func:`exclusive_lock`) makes concurrent processes that need the
     same content wait for the first one instead of computing it twice. A damaged file is reported
-    and recomputed.
+    and recomputed. ``on_wait(seconds)`` is told the time spent waiting for another process.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(str(path) + ".lock", f"the {what}", log):
+    with exclusive_lock(str(path) + ".lock", f"the {what}", log, on_wait):
         if path.exists():
             try:
                 return load_verified(path)

@@ -82,7 +82,7 @@ def summary_of(record: dict) -> dict:
         out["lds_ceiling_ci_low"], out["lds_ceiling_ci_high"] = record["lds_ceiling_ci"]
     out.update({k: v for k, v in run_cost(record).items() if v is not None})
     for field, suffix in (("time_s", "_s"), ("cpu_time_s", "_cpu_s"), ("peak_mem_mb", "_peak_mem_mb"),
-                          ("flops", "_flops")):
+                          ("flops", "_flops"), ("peak_rss_mb", "_peak_rss_mb"), ("load_avg", "_load_avg")):
         for phase, v in (record.get(field) or {}).items():
             out[f"{phase}{suffix}"] = v
     for k, v in (record.get("model_quality") or {}).items():

@@ -7,7 +7,7 @@ from torch.func import hessian
 
 from tdabench.harness.method import Method
 from tdabench.harness.training import num_params
-from tdabench.methods.gradients import flatten, functional, query_grads, train_grads, trainable_params
+from tdabench.methods.gradients import flatten, functional, query_grads, train_grad_dots, train_grads, trainable_params
 
 
 class RandomScores(Method):
@@ -31,22 +31,19 @@ class GradDot(Method):
         super().__init__(seed)
         self.batch_size = batch_size
 
-    def _grads(self, task, model):
-        return (query_grads(task, model, self.batch_size), train_grads(task, model, self.batch_size))
-
     def score(self, task, model) -> torch.Tensor:
-        gq, gt = self._grads(task, model)
-        return -gq @ gt.T
+        """``[n_query, n_train]``; training gradients are streamed against the query gradients."""
+        gq = query_grads(task, model, self.batch_size)
+        return train_grad_dots(task, model, gq, self.batch_size).neg_()
 
 
 class GradCos(GradDot):
     """Minus the cosine similarity of query and training gradients."""
 
     def score(self, task, model) -> torch.Tensor:
-        gq, gt = self._grads(task, model)
+        gq = query_grads(task, model, self.batch_size)
         gq = gq / gq.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        gt = gt / gt.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return -gq @ gt.T
+        return train_grad_dots(task, model, gq, self.batch_size, normalize=True).neg_()
 
 
 class ExactIF(Method):

@@ -45,13 +45,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdabench.harness.storage import content_hash, load_or_compute
-from tdabench.harness.training import num_params
-from tdabench.methods.gradients import iter_per_example_grads, iter_per_token_grads, trainable_params
+from tdabench.methods.gradients import (
+    GRAD_CHUNK_BYTES,
+    gradient_chunk,
+    iter_per_example_grads,
+    iter_per_token_grads,
+    train_grad_dots,
+    trainable_params,
+)
 
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
-#: bytes of per-example gradients held at once (chunks of examples are sized to it)
-GRAD_CHUNK_BYTES = 8 * 2**20
+#: bytes of one layer's input rows (for a Conv2d, unfolded) formed at once while fitting factors
+ROW_CHUNK_BYTES = 32 * 2**20
 
 
 class LayerSelectionError(ValueError):
@@ -266,8 +272,9 @@ class Curvature:
 
 
 class _LayerRecorder:
-    """Forward hooks that keep each selected layer's input rows and output tensor, so that one
-    ``autograd.grad`` call per batch gives the output gradients."""
+    """Forward hooks that keep each selected layer's input and output tensors, so that one
+    ``autograd.grad`` call per batch gives the output gradients (the input is the tensor autograd
+    saves anyway; its rows are formed later, one layer at a time)."""
 
     def __init__(self, layers: dict[str, nn.Module]):
         self.layers = layers
@@ -277,7 +284,7 @@ class _LayerRecorder:
     def __enter__(self):
         for name, module in self.layers.items():
             def hook(m, inputs, output, name=name):
-                self.records.append((name, _activation_rows(m, inputs[0].detach()), output))
+                self.records.append((name, inputs[0].detach(), output))
             self.handles.append(module.register_forward_hook(hook))
         return self
 
@@ -288,21 +295,42 @@ class _LayerRecorder:
 
 
 def _layer_batches(task, model, layers, x, y, batch_size):
-    """Per batch of the summed loss sum_i l_i(x_i, y_i), yield ``{layer: (acts [B, T, in (+1)],
-    grads [B, T, out])}`` with g = d l_i / d output (a layer called k times per example has its
-    calls concatenated along T)."""
+    """Per batch of the summed loss sum_i l_i(x_i, y_i), yield an iterator of ``(layer, (acts
+    [B, T, in (+1)], grads [B, T, out]))`` with g = d l_i / d output (a layer called k times per
+    example has its calls concatenated along T). Rows are formed one layer at a time as the
+    iterator is consumed, so only one layer's (for a Conv2d, unfolded) input rows are held."""
     with _LayerRecorder(layers) as rec:
         for i in range(0, len(x), batch_size):
             rec.records = []
             loss = task.per_example_loss(model, x[i:i + batch_size], y[i:i + batch_size]).sum()
             grads = torch.autograd.grad(loss, [r[2] for r in rec.records], allow_unused=True)
             batch: dict[str, list] = {}
-            for (name, acts, _), g in zip(rec.records, grads):
+            for (name, inputs, _), g in zip(rec.records, grads):
                 if g is not None:
-                    batch.setdefault(name, []).append((acts, _gradient_rows(layers[name], g.detach())))
+                    batch.setdefault(name, []).append((inputs, g.detach()))
             rec.records = []
-            yield {name: (torch.cat([a for a, _ in pairs], 1), torch.cat([g for _, g in pairs], 1))
-                   for name, pairs in batch.items()}
+            del grads
+            yield _layer_rows(layers, batch)
+
+
+def _layer_rows(layers, batch: dict[str, list]):
+    """``(layer, (acts, grads))`` per layer of ``batch`` ({layer: [(input, output gradient)]}),
+    in chunks of examples whose input rows take about ``ROW_CHUNK_BYTES``, dropping each layer's
+    tensors once its rows are formed. Consumers sum over examples, so chunks add up."""
+    for name in list(batch):
+        pairs = batch.pop(name)
+        module = layers[name]
+        per_example = sum(_activation_rows(module, a[:1]).numel() for a, _ in pairs) * 4
+        step = max(1, ROW_CHUNK_BYTES // per_example)
+        for j in range(0, len(pairs[0][0]), step):
+            acts = [_activation_rows(module, a[j:j + step]) for a, _ in pairs]
+            grads = [_gradient_rows(module, g[j:j + step]) for _, g in pairs]
+            rows = (acts[0] if len(acts) == 1 else torch.cat(acts, 1),
+                    grads[0] if len(grads) == 1 else torch.cat(grads, 1))
+            del acts, grads
+            yield name, rows
+            del rows
+        del pairs
 
 
 def _fitting_data(task, cfg: CurvatureConfig, model, gen: torch.Generator):
@@ -329,7 +357,7 @@ def _covariances(task, model, layers, x, y, batch_size, mean_positions=False):
     a_sum: dict[str, torch.Tensor] = {}
     s_sum: dict[str, torch.Tensor] = {}
     for batch in _layer_batches(task, model, layers, x, y, batch_size):
-        for name, (acts, grads) in batch.items():
+        for name, (acts, grads) in batch:
             positions = acts.shape[1]
             acts = acts.reshape(-1, acts.shape[2])
             grads = grads.reshape(-1, grads.shape[2])
@@ -338,6 +366,7 @@ def _covariances(task, model, layers, x, y, batch_size, mean_positions=False):
                 s_sum[name] = grads.new_zeros(grads.shape[1], grads.shape[1])
             a_sum[name].addmm_(acts.T, acts, alpha=1 / positions)
             s_sum[name].addmm_(grads.T, grads, alpha=1 / positions if mean_positions else 1)
+            del acts, grads  # before the next layer's rows are formed
     return a_sum, s_sum
 
 
@@ -396,9 +425,10 @@ def _correct_eigenvalues(task, model, layers, curv: Curvature, x, y, batch_size)
     sums = {name: torch.zeros(len(f.q_s), len(f.q_a), dtype=torch.float64)
             for name, f in curv.layers.items()}
     for batch in _layer_batches(task, model, layers, x, y, batch_size):
-        for name, (acts, grads) in batch.items():
+        for name, (acts, grads) in batch:
             f = curv.layers[name]
             ra, rg = acts @ f.q_a, grads @ f.q_s  # [B, T, in], [B, T, out]
+            del acts, grads  # before the next layer's rows are formed
             if ra.shape[1] == 1:
                 sums[name] += (rg[:, 0].square().T @ ra[:, 0].square()).double()
                 continue
@@ -406,6 +436,7 @@ def _correct_eigenvalues(task, model, layers, curv: Curvature, x, y, batch_size)
             for j in range(0, len(ra), step):
                 rot = torch.bmm(rg[j:j + step].transpose(1, 2), ra[j:j + step])  # [b, out, in]
                 sums[name] += rot.square().sum(0).double()
+                del rot
     for name, f in curv.layers.items():
         f.corrected = (sums[name] / len(x)).float()
 
@@ -460,12 +491,6 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
 
 
 # ----- scoring ---------------------------------------------------------------------------------------
-def gradient_chunk(model: nn.Module, batch_size: int) -> int:
-    """Examples per chunk of flat per-example gradients: at most ``batch_size`` and about
-    ``GRAD_CHUNK_BYTES`` of float32 gradients."""
-    return max(1, min(batch_size, GRAD_CHUNK_BYTES // (4 * num_params(model))))
-
-
 def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: float = 0.1,
                          damping_kind: str = "relative", strategy: str | None = None,
                          batch_size: int = 256, per_token: bool = False) -> torch.Tensor:
@@ -505,20 +530,17 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     """
     split = task.train_split
     n = len(split)
-    layout = GradientLayout(model) if curvature is not None else None
-    total = torch.empty(len(preconditioned), n, dtype=preconditioned.dtype)
-    per_layer = {name: torch.empty_like(total) for name in (curvature.layers if curvature else [])}
+    if curvature is None:
+        return train_grad_dots(task, model, preconditioned, batch_size).div_(-n)
+    layout = GradientLayout(model)
+    per_layer = {name: torch.empty(len(preconditioned), n, dtype=preconditioned.dtype)
+                 for name in curvature.layers}
     start = 0
     for g in iter_per_example_grads(task.per_example_loss, model, split.inputs, split.targets,
                                     gradient_chunk(model, batch_size)):
         stop = start + len(g)
-        if curvature is None:
-            total[:, start:stop] = preconditioned @ g.T
-        else:
-            for name, f in curvature.layers.items():
-                per_layer[name][:, start:stop] = torch.einsum(
-                    "qoi,boi->qb", layout.view(preconditioned, f), layout.view(g, f))
+        for name, f in curvature.layers.items():
+            per_layer[name][:, start:stop] = torch.einsum(
+                "qoi,boi->qb", layout.view(preconditioned, f), layout.view(g, f))
         start = stop
-    if curvature is not None:
-        return {name: -s / n for name, s in per_layer.items()}
-    return -total / n
+    return {name: -s / n for name, s in per_layer.items()}

@@ -5,6 +5,10 @@ respect to the model's trainable parameters, flattened in ``named_parameters`` o
 a ``[B, P]`` matrix. Work is chunked over examples so memory is ``chunk x P`` at a time.
 Functions with several outputs per example (per-token losses ``[B, T]``) give Jacobian rows
 ``[B, T, P]`` through :func:`iter_per_token_grads` (``vmap`` over ``jacrev``).
+
+Scores against every training example (:func:`train_grad_dots`) stream the training gradients
+in chunks of about ``GRAD_CHUNK_BYTES`` and dot them with the queries one parameter tensor at a
+time, so memory is the query gradients, one chunk of training gradients and the scores.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
+
+from tdabench.harness.training import num_params
+
+#: bytes of float32 per-example gradients held at once when they are streamed
+GRAD_CHUNK_BYTES = 8 * 2**20
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -70,6 +79,42 @@ def iter_per_token_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
         yield rows.view(b, -1, rows.shape[1])
 
 
+def gradient_chunk(model: nn.Module, batch_size: int) -> int:
+    """Examples per chunk of per-example gradients: at most ``batch_size`` and about
+    ``GRAD_CHUNK_BYTES`` of float32 gradients."""
+    return max(1, min(batch_size, GRAD_CHUNK_BYTES // (4 * num_params(model))))
+
+
+def train_grad_dots(task, model: nn.Module, queries: torch.Tensor, batch_size: int = 256,
+                    normalize: bool = False) -> torch.Tensor:
+    """``queries @ grad l_i`` for every training example i: ``[R, n_train]`` in the dtype of
+    ``queries [R, P]`` (rows flattened in ``named_parameters`` order, as :func:`flatten`).
+
+    Training gradients are computed in chunks of :func:`gradient_chunk` examples and never held
+    all at once nor flattened: each chunk's parameter tensors are dotted with the matching
+    columns of ``queries``. With ``normalize``, each training gradient is divided by its norm
+    (cosine similarity when the query rows are unit vectors)."""
+    split = task.train_split
+    out = torch.empty(len(queries), len(split), dtype=queries.dtype, device=queries.device)
+    start = 0
+    for b, tree in _iter_per_example(grad, task.per_example_loss, model, split.inputs, split.targets,
+                                     gradient_chunk(model, batch_size)):
+        block = torch.zeros(len(queries), b, dtype=queries.dtype, device=queries.device)
+        sq = torch.zeros(b, dtype=queries.dtype, device=queries.device) if normalize else None
+        col = 0
+        for g in tree.values():
+            g = g.reshape(b, -1).to(queries.dtype)
+            block.addmm_(queries[:, col:col + g.shape[1]], g.T)
+            if normalize:
+                sq += g.square().sum(1)
+            col += g.shape[1]
+        if normalize:
+            block /= sq.sqrt().clamp_min(1e-12)
+        out[:, start:start + b] = block
+        start += b
+    return out
+
+
 def per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
                       targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """All per-example gradients as one ``[B, P]`` matrix."""
@@ -83,6 +128,7 @@ def train_grads(task, model, chunk: int = 256) -> torch.Tensor:
 
 
 def query_grads(task, model, chunk: int = 256) -> torch.Tensor:
-    """Gradients of each query's observable phi_q: ``[n_query, P]``."""
+    """Gradients of each query's observable phi_q: ``[n_query, P]``, computed in chunks of at
+    most ``chunk`` examples (and about ``GRAD_CHUNK_BYTES``)."""
     s = task.query_split
-    return per_example_grads(task.observable, model, s.inputs, s.targets, chunk)
+    return per_example_grads(task.observable, model, s.inputs, s.targets, gradient_chunk(model, chunk))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.method import Method
-from tdabench.methods.gradients import query_grads, train_grads
+from tdabench.methods.gradients import query_grads, train_grad_dots
 from tdabench.methods.trajectory import effective_lr
 
 
@@ -40,6 +40,5 @@ class TracIn(Method):
             m = task.snapshot_model(snap)
             step = effective_lr(task, snap.lr) * snap.steps / task.n_train
             gq = query_grads(task, m, self.batch_size).double()
-            gt = train_grads(task, m, self.batch_size).double()
-            scores -= step * (gq @ gt.T)
+            scores -= step * train_grad_dots(task, m, gq, self.batch_size)
         return scores.float()

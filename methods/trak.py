@@ -55,7 +55,8 @@ class Projector:
         rows = min(self.block_rows, self.dim - j * self.block_rows)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + j)
         if self.kind == "rademacher":
-            r = torch.randint(0, 2, (rows, self.proj_dim), generator=gen).to(dtype).mul_(2).sub_(1)
+            # drawn directly in ``dtype``: the same values as int64 draws, without the int64 copy
+            r = torch.randint(0, 2, (rows, self.proj_dim), generator=gen, dtype=dtype).mul_(2).sub_(1)
         else:
             r = torch.randn(rows, self.proj_dim, generator=gen, dtype=dtype)
         r = r.div_(math.sqrt(self.proj_dim)).to(device)
@@ -120,6 +121,7 @@ class TRAK(Method):
         self.requires = frozenset({"checkpoint", "ensemble"} if models > 1 else {"checkpoint"})
         self._train: list[torch.Tensor] = []  # per member: Phi (Phi^T Phi + lambda I)^-1 [n_train, k]
         self._out_to_loss: torch.Tensor | None = None
+        self._projectors: dict[int, Projector] = {}  # per member
 
     def check(self, task) -> list[str]:
         p = check_trak_settings(self, task)
@@ -162,10 +164,18 @@ class TRAK(Method):
     # ----- features ---------------------------------------------------------------------------
     def _features(self, task, model, split, member: int) -> torch.Tensor:
         """Projected output-function gradients of ``split`` under ``model``: [len(split), k]."""
-        proj = member_projector(num_params(model), self.proj_dim, self.seed, member, self.projection)
+        proj = self._projectors.get(member)
+        if proj is None:  # kept for score: a small projection matrix is drawn once, in fit
+            proj = self._projectors[member] = member_projector(num_params(model), self.proj_dim,
+                                                               self.seed, member, self.projection)
         chunks = iter_per_example_grads(self._output_fn(task), model, split.inputs, split.targets,
                                         self.batch_size)
-        return torch.cat([proj(g).double().cpu() for g in chunks])
+        out = torch.empty(len(split), self.proj_dim, dtype=torch.float64)
+        start = 0
+        for g in chunks:
+            out[start:start + len(g)] = proj(g)
+            start += len(g)
+        return out
 
     def _members(self, task, model):
         return [model] if self.models == 1 else task.ensemble(self.models, self.ensemble_mode)
@@ -173,6 +183,7 @@ class TRAK(Method):
     def fit(self, task, model) -> None:
         """Per member: Phi (Phi^T Phi + lambda I)^-1 [n_train, k]; the mean out-to-loss term."""
         self._train, out_to_loss = [], []
+        self._projectors = {}
         for m, member in enumerate(self._members(task, model)):
             phi = self._features(task, member, task.train_split, m)
             gram = phi.T @ phi + self.lambda_reg * torch.eye(self.proj_dim, dtype=phi.dtype)

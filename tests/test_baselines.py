@@ -93,3 +93,17 @@ def test_missing_reference_library_names_the_install_command():
     msg = NeedsLib.available()
     assert "no_such_library_for_tdabench" in msg and "pip install -e '.[reference]'" in msg
     assert Method.available() is None
+
+
+def test_streamed_training_gradient_dots_match_the_full_product(small_digits):
+    from tdabench.methods.gradients import train_grad_dots, train_grads
+
+    model = small_digits.checkpoint()
+    gt = train_grads(small_digits, model)
+    q = torch.randn(5, gt.shape[1], dtype=torch.float64)
+    dots = train_grad_dots(small_digits, model, q, batch_size=7)  # chunks that do not divide n
+    assert dots.shape == (5, small_digits.n_train) and dots.dtype == torch.float64
+    assert torch.allclose(dots, q @ gt.double().T, rtol=1e-5, atol=1e-8)
+    cos = train_grad_dots(small_digits, model, q, batch_size=64, normalize=True)
+    unit = gt.double() / gt.double().norm(dim=1, keepdim=True)
+    assert torch.allclose(cos, q @ unit.T, rtol=1e-5, atol=1e-8)

@@ -51,7 +51,10 @@ def test_sweep_writes_one_ok_record_per_method(sweep):
         assert r["status"] == "ok"
         assert -1 <= r["lds"] <= 1 and r["lds_ci"][0] <= r["lds"] <= r["lds_ci"][1]
         assert set(r["time_s"]) == {"prepare", "ground_truth", "fit", "score", "lds"}
-        assert set(r["peak_mem_mb"]) == set(r["time_s"])
+        for key in ("peak_mem_mb", "cpu_time_s", "flops", "peak_rss_mb", "load_avg"):
+            assert set(r[key]) == set(r["time_s"]), key
+        assert r["flops"]["score"] > 0 if r["method"] != "random" else r["flops"]["score"] == 0
+        assert isinstance(r["overloaded"], bool) and r["gt_wait_s"] == 0
         for key in ("task", "n_train", "n_query", "config", "version", "git_sha", "timestamp",
                     "libraries", "device", "model_quality", "lds_per_query", "scores_file"):
             assert key in r, key

@@ -146,6 +146,7 @@ class ImageSource:
 # ----- the task ----------------------------------------------------------------------------------
 @TASKS.register("cifar10_resnet9")
 class CifarResNet9(Task):
+    capabilities = Task.capabilities | {"replayable"}
     default_classes: tuple[str, ...] = CIFAR10_CLASSES
 
     @classmethod

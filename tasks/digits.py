@@ -21,6 +21,7 @@ MIN_TEST = 100
 
 @TASKS.register("digits_mlp")
 class DigitsMLP(Task):
+    capabilities = Task.capabilities | {"replayable"}
     vectorizable = True
 
     @classmethod

@@ -8,7 +8,8 @@ from tests.conftest import SMALL_DIGITS
 
 import torch.nn.functional as F
 
-from methods.baselines import ExactIF, GradCos, GradDot, RandomScores
+from methods.baselines import GradCos, GradDot, RandomScores
+from methods.exact_if import ExactIF
 
 
 def test_shapes_and_determinism(small_digits):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from methods.baselines import ExactIF
+from methods.exact_if import ExactIF
 from methods.bif import BIF, CovarianceAccumulator, SGLDDivergenceError
 from tasks.base import Split, Task
 from tasks.digits import DigitsMLP

@@ -7,7 +7,8 @@ with H the exact Hessian of J (Koh & Liang 2017). Helpful examples score negativ
 ``solver`` picks how (H + damping I) x = grad phi_q is solved for every query at once:
 
 - ``dense``: H is built from Hessian-vector products in blocks of rows (float64, P x P) and solved
-  by LU; memory about 2 Hessians plus the model, so models above ``max_params`` are refused.
+  by LU; memory about 2 Hessians (the matrix and its LU factors) plus the model, so models above
+  ``max_params`` are refused.
 - ``cg``: conjugate gradients on all queries' systems together, each iteration one batched
   Hessian-vector product (``torch.func``: forward-over-reverse over the training set); memory a
   few ``n_query x P`` blocks, so it runs on the CIFAR ResNet-9. Stops at relative residual
@@ -33,12 +34,16 @@ SOLVERS = ("dense", "cg", "lissa")
 class TrainingHessian:
     """Products with H + (wd + damping) I of the training objective J at the model's parameters,
     for blocks of vectors ``V`` [r, P] (flattened in ``named_parameters`` order): ``V @ H`` [r, P]
-    (H is symmetric). Evaluated in eval mode over the training set in batches of ``batch_size``."""
+    (H is symmetric). Evaluated in eval mode over the training set in batches of ``batch_size``,
+    in ``dtype`` (float64 by default: the matrix-free solvers need products that are symmetric to
+    rounding, which float32 products on a near-singular Hessian are not)."""
 
-    def __init__(self, task, model, damping: float, batch_size: int):
-        self.task, self.model, self.batch_size = task, model, batch_size
-        self.params = trainable_params(model)
-        self.buffers = {k: v.detach() for k, v in model.named_buffers()}
+    def __init__(self, task, model, damping: float, batch_size: int,
+                 dtype: torch.dtype = torch.float64):
+        self.task, self.model, self.batch_size, self.dtype = task, model, batch_size, dtype
+        self.params = {k: v.to(dtype) for k, v in trainable_params(model).items()}
+        self.buffers = {k: v.detach().to(dtype) if v.is_floating_point() else v.detach()
+                        for k, v in model.named_buffers()}
         self.shapes = {k: v.shape for k, v in self.params.items()}
         self.sizes = [v.numel() for v in self.params.values()]
         self.flat = torch.cat([v.reshape(-1) for v in self.params.values()])
@@ -66,29 +71,32 @@ class TrainingHessian:
         def hvp(v, x, y):
             return jvp(lambda w: grad(objective)(w, x, y), (self.flat,), (v,))[1]
 
-        v32 = vectors.to(self.flat.dtype)
+        v = vectors.to(self.dtype)
         out = torch.zeros(vectors.shape, dtype=torch.float64, device=vectors.device)
         was = model.training
         model.eval()
         try:
             for i in range(0, n, self.batch_size):
                 x, y = s.inputs[i:i + self.batch_size], s.targets[i:i + self.batch_size]
-                out += vmap(hvp, in_dims=(0, None, None))(v32, x, y).double()
+                x = x.to(self.dtype) if x.is_floating_point() else x
+                out += vmap(hvp, in_dims=(0, None, None))(v, x, y).double()
         finally:
             model.train(was)
         self.calls += 1
         return (out + self.shift * vectors.double()).to(vectors.dtype)
 
 
-def dense_hessian(op: TrainingHessian, block: int = 512) -> torch.Tensor:
-    """H + shift I as a float64 [P, P] matrix, built in row blocks of ``block`` basis vectors."""
+def dense_hessian(op: TrainingHessian, block: int = 128) -> torch.Tensor:
+    """H + shift I as a float64 [P, P] matrix, built in place in row blocks of ``block`` basis
+    vectors (rows H e_i, symmetric up to rounding); beside the matrix only ``block`` rows and the
+    Hessian-vector products' activations are held."""
     p = op.size
     h = torch.empty(p, p, dtype=torch.float64, device=op.flat.device)
     for i in range(0, p, block):
         rows = torch.zeros(min(block, p - i), p, dtype=torch.float64, device=op.flat.device)
         rows[:, i:i + block].fill_diagonal_(1.0)
         h[i:i + block] = op.matmul(rows)
-    return (h + h.T).mul_(0.5)  # symmetric up to rounding
+    return h
 
 
 def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, dict]:

@@ -86,7 +86,7 @@ class TrainingHessian:
         return (out + self.shift * vectors.double()).to(vectors.dtype)
 
 
-def dense_hessian(op: TrainingHessian, block: int = 128) -> torch.Tensor:
+def dense_hessian(op: TrainingHessian, block: int = 32) -> torch.Tensor:
     """H + shift I as a float64 [P, P] matrix, built in place in row blocks of ``block`` basis
     vectors (rows H e_i, symmetric up to rounding); beside the matrix only ``block`` rows and the
     Hessian-vector products' activations are held."""

@@ -209,7 +209,9 @@ class Replay:
         self.inputs, self.targets = inputs, targets
         self.recipe = recipe
         self.names = [k for k, v in model.named_parameters() if v.requires_grad]
-        self.buffer_names = [k for k, _ in model.named_buffers()]
+        # every buffer, persistent or not (e.g. rotary frequencies), as the model holds it
+        self.init_buffers = {k: self.init_state.get(k, v).detach().clone()
+                             for k, v in model.named_buffers()}
         # the generator state before each step's draws, so any step's minibatch can be rebuilt
         gen = torch.Generator().manual_seed(seed)
         self._plan: list[tuple[torch.Tensor, float, torch.Tensor | None]] = []
@@ -229,7 +231,7 @@ class Replay:
         """(parameters, momentum buffers (zeros), model buffers) before step 0."""
         params = {k: self.init_state[k].clone() for k in self.names}
         momentum = {k: torch.zeros_like(v) for k, v in params.items()}
-        buffers = {k: self.init_state[k].clone() for k in self.buffer_names}
+        buffers = {k: v.clone() for k, v in self.init_buffers.items()}
         return params, momentum, buffers
 
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/trak_speed.py; \
 	$(BIN)/python benchmarks/trak_speed.py --models 5; \
 	$(BIN)/python benchmarks/pythia_cost.py; \
+	$(BIN)/python benchmarks/exact_if_memory.py --solvers dense; \
 	$(BIN)/python -m pytest -q -m slow -o addopts=""; \
 	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s"
 

@@ -10,7 +10,8 @@ The ``method`` config group is generated from the registry: each method's node h
 parameter of its constructor, with the value ``${tdabench.default:METHOD,KEY}``, which resolves to
 the task's ``method_defaults.METHOD.KEY`` when the task sets one (or, for the keys a method
 declares in ``shared_task_defaults``, another method's), else to the constructor's default
-(``seed`` follows the run's ``seed``). So ``method.KEY=VALUE`` works for any registered
+(or the run setting the method's ``follows`` names: ``seed`` follows the run's ``seed``).
+So ``method.KEY=VALUE`` works for any registered
 method, an unknown key is refused with the valid keys listed, and the record holds every value.
 """
 
@@ -41,8 +42,8 @@ def _method_default(method: str, key: str, _root_):
         value = OmegaConf.select(_root_, f"task.method_defaults.{source}.{key}", default=_MISSING)
         if value is not _MISSING:
             return value
-    if key == "seed":
-        return _root_.seed
+    if key in cls.follows:
+        return OmegaConf.select(_root_, cls.follows[key])
     return cls.defaults()[key]
 
 

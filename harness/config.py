@@ -65,6 +65,9 @@ def validate_settings(cfg: dict) -> list[str]:
         p.append(f"gt.shard={shard!r} must be null or an integer in [0, gt.num_shards={n_shards})")
     if gt.get("from_checkpoint") and (not _is_int(gt.get("finetune_epochs")) or gt["finetune_epochs"] < 1):
         p.append(f"gt.finetune_epochs={gt.get('finetune_epochs')!r} must be a positive integer")
+    if not isinstance(gt.get("same_seed", False), bool):
+        p.append(f"gt.same_seed={gt.get('same_seed')!r} must be true or false (true: retrain every "
+                 "subset with the reference run's seed and data order)")
     if not isinstance(gt.get("from_checkpoint"), bool):
         p.append(f"gt.from_checkpoint={gt.get('from_checkpoint')!r} must be true or false")
     threads = cfg.get("threads")

@@ -5,6 +5,13 @@ each subset, K models are retrained (from scratch by default, or fine-tuned from
 checkpoint) and every query's observable is recorded. Outcomes are kept per seed, ``[M, K,
 n_query]``, so the noise of retraining can be measured; the LDS uses their mean over seeds.
 
+With ``gt.same_seed`` every subset is retrained once, with the reference run's seed, data order
+and augmentation draws, the removed examples kept in the same minibatches with weight 0 (mode
+``same_seed``; outcomes ``[M, 1, n_query]``). Retraining noise is then absent, and the exact
+derivative of the reference run's training (exact unrolling) is the first-order prediction of
+every outcome. The default mode, ``fresh_seeds``, draws K new seeds per subset. Records carry the
+mode as ``gt_mode``.
+
 Results are cached under a content hash of everything that determines them, written atomically
 with a checksum, and computed in shards (``gt.shard`` / ``gt.num_shards``) that any process can
 compute and any later run assembles. A file lock per shard keeps concurrent runs from computing
@@ -73,9 +80,26 @@ def shard_ids(subsets: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, subsets, num_shards))
 
 
+def gt_mode(gt: dict) -> str:
+    """``same_seed`` (every subset retrained with the reference run's seed and data order) or
+    ``fresh_seeds`` (K new seeds per subset)."""
+    return "same_seed" if gt.get("same_seed") else "fresh_seeds"
+
+
+def effective_seeds(gt: dict) -> int:
+    """Retrainings per subset: ``gt.seeds``, or 1 in the same-seed mode (they would be equal)."""
+    return 1 if gt.get("same_seed") else gt["seeds"]
+
+
 def gt_key(task, gt: dict) -> str:
+    """Cache key of a ground truth; the same-seed mode is named and hashed in it (the default
+    mode's key is unchanged, so its caches stay valid)."""
     parts = {k: gt[k] for k in ("subsets", "alpha", "seeds", "from_checkpoint", "finetune_epochs")}
-    return content_hash({"task": task.fingerprint(), "gt": parts, "format": FORMAT_VERSION})
+    if gt.get("same_seed"):
+        parts["seeds"] = 1
+        parts["mode"] = "same_seed"
+    key = content_hash({"task": task.fingerprint(), "gt": parts, "format": FORMAT_VERSION})
+    return f"same_seed-{key}" if gt.get("same_seed") else key
 
 
 class GroundTruthBuilder:
@@ -91,6 +115,11 @@ class GroundTruthBuilder:
         self.wait_s = 0.0
         #: whether this builder computed a shard or assembled the ground truth itself
         self.produced = False
+        self.mode = gt_mode(gt)
+        self.seeds = effective_seeds(gt)
+        if gt.get("same_seed") and gt["seeds"] > 1:
+            self.log(f"gt.same_seed: one retraining per subset (gt.seeds={gt['seeds']} would "
+                "repeat the same run)")
 
     def _waited(self, seconds: float) -> None:
         self.wait_s += seconds
@@ -104,13 +133,21 @@ class GroundTruthBuilder:
             init = task.checkpoint().state_dict()
             recipe = task.recipe()
             recipe.epochs = gt["finetune_epochs"]
-        jobs = [(j, k) for j in subsets for k in range(gt["seeds"])]
-        idx = torch.stack([torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs])
-        seeds = [retrain_seed(task.seed, j, k) for j, k in jobs]
-        models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True))
+        if self.mode == "same_seed":
+            # the reference run's data order, with the removed examples at weight 0
+            idx = torch.arange(task.n_train).expand(len(subsets), -1)
+            seeds = [task.seed] * len(subsets)
+            weights = self.masks[subsets].float()
+        else:
+            jobs = [(j, k) for j in subsets for k in range(gt["seeds"])]
+            idx = torch.stack([torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs])
+            seeds = [retrain_seed(task.seed, j, k) for j, k in jobs]
+            weights = None
+        models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True),
+                               weights=weights)
         outs = torch.stack([task.query_observables(m).cpu() for m in models])
         degenerate = torch.tensor([degenerate_reason(task.evaluate(m)) is not None for m in models])
-        return outs.view(len(subsets), gt["seeds"], -1), degenerate.view(len(subsets), gt["seeds"])
+        return outs.view(len(subsets), self.seeds, -1), degenerate.view(len(subsets), self.seeds)
 
     def shard_path(self, shard: int, num_shards: int) -> Path:
         return self.dir / f"shard-{shard}-of-{num_shards}.pt"
@@ -145,7 +182,7 @@ class GroundTruthBuilder:
             desc = f"ground truth {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
             # models trained one at a time are saved after every subset; trained together, per batch
             together = self.gt.get("vectorize", True) and self.task.vectorizable
-            per_batch = max(1, self.gt.get("models_per_batch", 64) // self.gt["seeds"]) if together else 1
+            per_batch = max(1, self.gt.get("models_per_batch", 64) // self.seeds) if together else 1
             outs, degs = [], []
             part = self._resume(partial, ids)
             if part is not None:
@@ -153,14 +190,14 @@ class GroundTruthBuilder:
                 self.log(f"{desc}: continuing from {len(part['ids']) * self.gt['seeds']} "
                          f"retrained models of an interrupted run")
             start = len(part["ids"]) if part is not None else 0
-            with tqdm(total=len(ids) * self.gt["seeds"], initial=start * self.gt["seeds"], desc=desc,
+            with tqdm(total=len(ids) * self.seeds, initial=start * self.seeds, desc=desc,
                       unit="model", mininterval=2) as bar:
                 for i in range(start, len(ids), per_batch):
                     chunk = ids[i:i + per_batch]
                     out, deg = self._retrain(chunk)
                     outs.append(out)
                     degs.append(deg)
-                    bar.update(len(chunk) * self.gt["seeds"])
+                    bar.update(len(chunk) * self.seeds)
                     if i + len(chunk) < len(ids):
                         save_verified({"ids": ids[:i + len(chunk)], "outcomes": torch.cat(outs),
                                        "degenerate": torch.cat(degs)}, partial)
@@ -177,8 +214,8 @@ class GroundTruthBuilder:
 
         def assemble():
             self.produced = True
-            outcomes = torch.empty(self.gt["subsets"], self.gt["seeds"], self.task.n_query)
-            degenerate = torch.zeros(self.gt["subsets"], self.gt["seeds"], dtype=torch.bool)
+            outcomes = torch.empty(self.gt["subsets"], self.seeds, self.task.n_query)
+            degenerate = torch.zeros(self.gt["subsets"], self.seeds, dtype=torch.bool)
             known = True
             for s in range(n):
                 part = self.compute_shard(s, n)

@@ -37,6 +37,9 @@ class Method:
     #: parameters that take another method's per-task defaults when the task sets none of its own,
     #: e.g. ``{"bif": ("chains", "draws")}`` for a reference implementation of the BIF
     shared_task_defaults: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: parameters whose default is another setting of the run (a config key), e.g. the method's
+    #: ``seed`` follows the run's ``seed``; a task default or a command-line value still wins
+    follows: ClassVar[dict[str, str]] = {"seed": "seed"}
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)

@@ -249,7 +249,11 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     if task.measures_lds:
         with prof.phase("lds"):
             res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
-            record.update(ceiling_fields(gt.outcomes, res.lds, cfg))
+            if builder.mode == "same_seed":  # deterministic retraining: no noise, ceiling 1
+                record.update(gt_reliability=1.0, gt_reliability_ci=[1.0, 1.0], lds_ceiling=1.0,
+                              lds_ceiling_ci=[1.0, 1.0], normalized_lds=res.lds)
+            else:
+                record.update(ceiling_fields(gt.outcomes, res.lds, cfg))
         record.update(lds=res.lds, lds_ci=list(res.ci),
                       lds_per_query=[None if v != v else round(float(v), 6) for v in res.per_query],
                       constant_outcome_queries=res.constant_outcome_queries,
@@ -333,7 +337,8 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     record = new_record(**{
         "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
         "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
-        "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": cfg["gt"]["seeds"], "group": group,
+        "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": builder.seeds, "gt_mode": builder.mode,
+        "group": group,
         "config_hash": chash, "gt_key": builder.dir.name if task.measures_lds else None, "config": cfg,
     })
     scores = None

@@ -10,7 +10,9 @@ A task owns the learning problem and nothing about attribution. Methods see it t
   wrapper), so methods can use ``torch.func``;
 - ``checkpoint()`` (the reference model w*), ``trajectory()`` (snapshots along the reference run)
   and ``ensemble(k)`` (independently trained models), all cached on disk;
-- ``fit_model(idx, seed)``: the training recipe on a subset, used by the ground truth.
+- ``fit_model(idx, seed)``: the training recipe on a subset, used by the ground truth;
+- ``replay(seed)``: that training on the whole training split as a step-by-step differentiable
+  :class:`~tasks.training.Replay` (tasks with the capability ``replayable``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdabench.harness.storage import content_hash, load_or_compute
-from tdabench.harness.training import Recipe, Snapshot, TrainResult, recipe_problems, train, train_stacked
+from tdabench.harness.training import Recipe, Replay, Snapshot, TrainResult, recipe_problems, train, train_stacked
 
 _log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ class Task(ABC):
 
     name: ClassVar[str] = "task"
     #: what the task can provide to methods (see Method.requires); language-model tasks add
-    #: ``per_token``
+    #: ``per_token``; tasks whose training is :func:`tasks.training.train` unchanged add
+    #: ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit)
     capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
     #: whether many models can train at once with torch.func (no batch-norm running statistics,
     #: no augmentation); see tasks.training.train_stacked
@@ -179,35 +182,64 @@ class Task(ABC):
             model = self.build_model()
         return model.to(self.device)
 
+    def initial_state(self) -> dict | None:
+        """The state every training run starts from, or None for a fresh model (the seed's)."""
+        return None
+
     def fit_model(self, idx: torch.Tensor, seed: int, init_state: dict | None = None,
-                  snapshots: int = 0, recipe: Recipe | None = None) -> TrainResult:
+                  snapshots: int = 0, recipe: Recipe | None = None,
+                  weights: torch.Tensor | None = None) -> TrainResult:
         """Train on ``train_split[idx]`` with the task's recipe, from a fresh model initialized
-        with ``seed`` or from ``init_state``."""
+        with ``seed`` or from ``init_state`` (default :meth:`initial_state`). ``weights``
+        ([n_train] floats) weigh each example's loss in its minibatch (0 removes it from the same
+        batches); None is plain training."""
         model = self.new_model(seed)
+        init_state = self.initial_state() if init_state is None else init_state
         if init_state is not None:
             model.load_state_dict(init_state)
         split = self.train_split
         return train(model, self.per_example_loss, split.inputs, split.targets, idx.to(self.device),
-                     recipe or self.recipe(), seed, snapshots=snapshots, augment=self.augment)
+                     recipe or self.recipe(), seed, snapshots=snapshots, augment=self.augment,
+                     weights=None if weights is None else weights.to(self.device))
 
     def fit_many(self, idx: torch.Tensor, seeds: list[int], init_state: dict | None = None,
-                 recipe: Recipe | None = None, vectorize: bool = True) -> list[nn.Module]:
-        """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``;
-        equivalent to N calls of :meth:`fit_model`, trained at once when the task allows it."""
+                 recipe: Recipe | None = None, vectorize: bool = True,
+                 weights: torch.Tensor | None = None) -> list[nn.Module]:
+        """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``
+        and per-example weights ``weights[j]`` ([N, n_train], optional); equivalent to N calls of
+        :meth:`fit_model`, trained at once when the task allows it."""
         if not (vectorize and self.vectorizable):
-            return [self.fit_model(row, seed, init_state, recipe=recipe).model
-                    for row, seed in zip(idx, seeds)]
+            return [self.fit_model(row, seed, init_state, recipe=recipe,
+                                   weights=None if weights is None else weights[j]).model
+                    for j, (row, seed) in enumerate(zip(idx, seeds))]
+        init_state = self.initial_state() if init_state is None else init_state
         states = [init_state if init_state is not None else self.new_model(s).state_dict() for s in seeds]
         template = self.new_model(self.seed)
         split = self.train_split
         stacked = train_stacked(template, states, self.per_example_loss, split.inputs, split.targets,
-                                idx.to(self.device), recipe or self.recipe(), seeds)
+                                idx.to(self.device), recipe or self.recipe(), seeds,
+                                weights=None if weights is None else weights.to(self.device))
         models = []
         for j in range(len(seeds)):
             model = self.new_model(self.seed)
             model.load_state_dict({k: v[j] for k, v in stacked.items()}, strict=False)
             models.append(model.eval())
         return models
+
+    def replay(self, seed: int) -> Replay:
+        """The training run of ``fit_model(all examples, seed)`` as a step-by-step differentiable
+        :class:`~tasks.training.Replay` (capability ``replayable``). Its minibatch weights beta
+        index the examples of step t's batch (``replay.batch(t)[0]``, indices into train_split)."""
+        if "replayable" not in self.capabilities:
+            raise NotImplementedError(f"task {self.name} cannot replay its training")
+        model = self.new_model(seed)
+        init = self.initial_state()
+        if init is not None:
+            model.load_state_dict(init)
+        split = self.train_split
+        return Replay(model, model.state_dict(), self.per_example_loss, split.inputs, split.targets,
+                      torch.arange(self.n_train, device=self.device), self.recipe(), seed,
+                      self.augment)
 
     def _cache_path(self, kind: str, extra: dict | None = None) -> Path:
         key = content_hash({"fp": self.fingerprint(), "kind": kind, **(extra or {})})

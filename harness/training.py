@@ -1,8 +1,14 @@
-"""A plain minibatch SGD training loop shared by the tasks' recipes.
+"""A plain minibatch SGD training loop shared by the tasks' recipes, and its exact replay.
 
-Training minimizes ``sum_i w_i * loss_i / sum_i w_i`` over the selected examples (mean loss), with
-SGD + momentum, decoupled from data order by a seeded generator so the same seed gives the same
-model. Optionally returns snapshots along the way (a training trajectory for unrolling methods).
+Training minimizes the mean loss of each minibatch with SGD + momentum, decoupled from data order
+by a seeded generator so the same seed gives the same model. Optionally returns snapshots along
+the way (a training trajectory for unrolling methods). With per-example weights beta (``weights``)
+each minibatch's loss is ``sum_{i in batch} beta_i l_i / B`` (B the batch size), so beta = 1 is
+plain training and beta_i = 0 removes example i from the same batches.
+
+:class:`Replay` replays one training run step by step, bit for bit (same data order, same
+augmentation draws, same SGD arithmetic as ``torch.optim.SGD``), as a differentiable function of
+the parameters, the momentum buffers and the minibatch's weights beta: what exact unrolling needs.
 """
 
 from __future__ import annotations
@@ -89,6 +95,36 @@ class Snapshot:
     steps: int
 
 
+def minibatches(idx: torch.Tensor, recipe: Recipe, gen: torch.Generator, inputs: torch.Tensor,
+                targets: torch.Tensor, augment: Callable | None = None):
+    """The minibatches of one training run, in order: yields ``(step, batch, x, y, lr)`` with
+    ``batch`` the example indices [B], ``x`` the (augmented) inputs, ``y`` the targets and ``lr``
+    the step's learning rate. The order and the augmentation draws come from ``gen`` alone."""
+    n = len(idx)
+    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    total = recipe.epochs * steps_per_epoch
+    step = 0
+    for _ in range(recipe.epochs):
+        order = idx[torch.randperm(n, generator=gen)]
+        for b in range(steps_per_epoch):
+            batch = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
+            x, y = inputs[batch], targets[batch]
+            if augment is not None:
+                x = augment(x, gen)
+            yield step, batch, x, y, recipe.lr_at(step, total)
+            step += 1
+
+
+def total_steps(n: int, recipe: Recipe) -> int:
+    """Optimizer steps of a run on ``n`` examples."""
+    return recipe.epochs * max(1, math.ceil(n / recipe.batch_size))
+
+
+def batch_loss(losses: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+    """The minibatch objective: mean of ``losses`` [B], or ``sum(beta * losses) / B``."""
+    return losses.mean() if beta is None else (beta * losses).sum() / len(losses)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -98,56 +134,47 @@ class TrainResult:
 
 def train(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor,
           idx: torch.Tensor, recipe: Recipe, seed: int, snapshots: int = 0,
-          augment: Callable | None = None) -> TrainResult:
+          augment: Callable | None = None, weights: torch.Tensor | None = None) -> TrainResult:
     """Train ``model`` in place on ``inputs[idx]``, ``targets[idx]``.
 
     ``loss_fn(model, x, y)`` returns per-example losses [B]. ``snapshots`` > 0 splits training into
-    that many equal segments and records the parameters at the end of each.
+    that many equal segments and records the parameters at the end of each. ``weights`` (float
+    [len(inputs)], indexed like ``inputs``) weighs each example's loss in its minibatch (see
+    :func:`batch_loss`); None is plain training.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
-    n = len(idx)
-    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
-    total = recipe.epochs * steps_per_epoch
+    total = total_steps(len(idx), recipe)
     bounds = [round(total * (s + 1) / snapshots) for s in range(snapshots)] if snapshots else []
     result = TrainResult(model)
     seg_lrs: list[float] = []
-    step = 0
     model.train()
-    for _ in range(recipe.epochs):
-        order = idx[torch.randperm(n, generator=gen)]
-        for b in range(steps_per_epoch):
-            batch = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
-            x, y = inputs[batch], targets[batch]
-            if augment is not None:
-                x = augment(x, gen)
-            lr = recipe.lr_at(step, total)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = loss_fn(model, x, y).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} at step {step}; lower the task's learning "
-                    "rate or add weight decay"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            result.losses.append(loss.item())
-            seg_lrs.append(lr)
-            step += 1
-            if bounds and step == bounds[len(result.trajectory)]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                result.trajectory.append(Snapshot(state, sum(seg_lrs) / len(seg_lrs), len(seg_lrs)))
-                seg_lrs = []
+    for step, batch, x, y, lr in minibatches(idx, recipe, gen, inputs, targets, augment):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = batch_loss(loss_fn(model, x, y), None if weights is None else weights[batch])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {step}; lower the task's learning "
+                "rate or add weight decay"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        result.losses.append(loss.item())
+        seg_lrs.append(lr)
+        if bounds and step + 1 == bounds[len(result.trajectory)]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            result.trajectory.append(Snapshot(state, sum(seg_lrs) / len(seg_lrs), len(seg_lrs)))
+            seg_lrs = []
     model.eval()
     return result
 
 
 def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, inputs: torch.Tensor,
                   targets: torch.Tensor, idx: torch.Tensor, recipe: Recipe,
-                  seeds: list[int]) -> dict[str, torch.Tensor]:
+                  seeds: list[int], weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Train N models at once with ``torch.func`` and return their stacked parameters.
 
     ``states[j]`` is model j's initial state, ``idx[j]`` ([N, s]) its training subset and
@@ -155,7 +182,8 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
     give it (same minibatch order, SGD with momentum and weight decay as ``torch.optim.SGD``), so
     the results equal N separate calls to :func:`train` up to floating-point reassociation. Only
     for models without buffers that change in training (no running batch-norm statistics) and
-    tasks without augmentation.
+    tasks without augmentation. ``weights`` ([N, len(inputs)]) are model j's per-example weights
+    as in :func:`train`.
     """
     from torch.func import functional_call, grad, vmap
 
@@ -168,8 +196,8 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     total = recipe.epochs * steps_per_epoch
 
-    def loss_of(p, x, y):
-        return loss_fn(lambda inp: functional_call(model, (p, buffers), (inp,)), x, y).mean()
+    def loss_of(p, x, y, w=None):
+        return batch_loss(loss_fn(lambda inp: functional_call(model, (p, buffers), (inp,)), x, y), w)
 
     step_grad = vmap(grad(loss_of))
     step = 0
@@ -178,7 +206,10 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
         order = torch.stack([idx[j][torch.randperm(n, generator=gens[j])] for j in range(n_models)])
         for b in range(steps_per_epoch):
             batch = order[:, b * recipe.batch_size:(b + 1) * recipe.batch_size]
-            g = step_grad(params, inputs[batch], targets[batch])
+            if weights is None:
+                g = step_grad(params, inputs[batch], targets[batch])
+            else:
+                g = step_grad(params, inputs[batch], targets[batch], torch.gather(weights, 1, batch))
             lr = recipe.lr_at(step, total)
             with torch.no_grad():
                 for k in names:
@@ -192,3 +223,100 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
             raise FloatingPointError("training diverged (non-finite parameters); lower the task's "
                                      "learning rate or add weight decay")
     return params
+
+
+class Replay:
+    """One training run of :func:`train`, replayable step by step and differentiable.
+
+    Built from the same arguments as :func:`train` (initial state, per-example loss, data, subset
+    ``idx``, recipe, seed, augmentation). ``step(t, params, momentum, buffers, beta)`` applies
+    optimizer step t exactly as :func:`train` does (same minibatch, same augmentation draw, the
+    arithmetic of ``torch.optim.SGD`` with momentum and weight decay), as a function of the
+    parameters and momentum buffers before the step and of the minibatch's weights ``beta`` [B],
+    so reverse mode can go through it (``create_graph=True``). Buffers (batch-norm running
+    statistics) are updated in place and are not differentiated. Replaying every step from
+    :meth:`initial` reproduces the trained model bit for bit.
+    """
+
+    def __init__(self, model: nn.Module, init_state: dict, loss_fn: Callable, inputs: torch.Tensor,
+                 targets: torch.Tensor, idx: torch.Tensor, recipe: Recipe, seed: int,
+                 augment: Callable | None = None):
+        self.model = model
+        self.init_state = {k: v.detach().clone() for k, v in init_state.items()}
+        self.loss_fn = loss_fn
+        self.inputs, self.targets = inputs, targets
+        self.recipe = recipe
+        self.names = [k for k, v in model.named_parameters() if v.requires_grad]
+        # every buffer, persistent or not (e.g. rotary frequencies), as the model holds it
+        self.init_buffers = {k: self.init_state.get(k, v).detach().clone()
+                             for k, v in model.named_buffers()}
+        # the generator state before each step's draws, so any step's minibatch can be rebuilt
+        gen = torch.Generator().manual_seed(seed)
+        self._plan: list[tuple[torch.Tensor, float, torch.Tensor | None]] = []
+        aug_states: list[torch.Tensor | None] = []
+
+        def recording(x, g):
+            aug_states.append(g.get_state())
+            return augment(x, g)
+
+        for _, batch, _, _, lr in minibatches(idx, recipe, gen, inputs, targets,
+                                              recording if augment is not None else None):
+            self._plan.append((batch, lr, aug_states[-1] if augment is not None else None))
+        self.augment = augment
+        self.steps = len(self._plan)
+
+    def initial(self) -> tuple[dict, dict, dict]:
+        """(parameters, momentum buffers (zeros), model buffers) before step 0."""
+        params = {k: self.init_state[k].clone() for k in self.names}
+        momentum = {k: torch.zeros_like(v) for k, v in params.items()}
+        buffers = {k: v.clone() for k, v in self.init_buffers.items()}
+        return params, momentum, buffers
+
+    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step t's example indices [B], (augmented) inputs and targets, as training saw them."""
+        batch, _, aug_state = self._plan[t]
+        x, y = self.inputs[batch], self.targets[batch]
+        if aug_state is not None:
+            x = self.augment(x, torch.Generator().set_state(aug_state))
+        return batch, x, y
+
+    def lr(self, t: int) -> float:
+        return self._plan[t][1]
+
+    def call(self, params: dict, buffers: dict, inputs: torch.Tensor, training: bool) -> torch.Tensor:
+        """The model's output on ``inputs`` with ``params`` and ``buffers`` (train or eval mode)."""
+        from torch.func import functional_call
+
+        was = self.model.training
+        self.model.train(training)
+        try:
+            return functional_call(self.model, (params, buffers), (inputs,))
+        finally:
+            self.model.train(was)
+
+    def step(self, t: int, params: dict, momentum: dict, buffers: dict,
+             beta: torch.Tensor | None = None, create_graph: bool = False) -> tuple[dict, dict]:
+        """Optimizer step t: returns (parameters, momentum buffers) after it. ``beta`` [B] weighs
+        the minibatch's losses (None: all 1, bit-identical to training)."""
+        batch, x, y = self.batch(t)
+        lr, mu, wd = self.lr(t), self.recipe.momentum, self.recipe.weight_decay
+        losses = self.loss_fn(lambda inp: self.call(params, buffers, inp, True), x, y)
+        grads = torch.autograd.grad(batch_loss(losses, beta), [params[k] for k in self.names],
+                                    create_graph=create_graph)
+        new_params, new_momentum = {}, {}
+        for k, g in zip(self.names, grads):
+            d = g.add(params[k], alpha=wd) if wd else g
+            if mu:
+                d = d if t == 0 else momentum[k].mul(mu).add(d)
+            new_momentum[k] = d
+            new_params[k] = params[k].add(d, alpha=-lr)
+        return new_params, new_momentum
+
+    def run(self, until: int | None = None) -> tuple[dict, dict, dict]:
+        """Replay steps [0, until) without tracking gradients: (params, momentum, buffers)."""
+        params, momentum, buffers = self.initial()
+        for t in range(self.steps if until is None else until):
+            params = {k: v.requires_grad_() for k, v in params.items()}
+            params, momentum = self.step(t, params, momentum, buffers)
+            params = {k: v.detach() for k, v in params.items()}
+        return params, momentum, buffers

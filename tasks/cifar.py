@@ -144,6 +144,7 @@ class ImageSource:
 
 # ----- the task ----------------------------------------------------------------------------------
 class CifarResNet9(Task):
+    capabilities = Task.capabilities | {"replayable"}
     default_classes: tuple[str, ...] = CIFAR10_CLASSES
 
     @classmethod

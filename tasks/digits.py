@@ -19,6 +19,7 @@ MIN_TEST = 100
 
 
 class DigitsMLP(Task):
+    capabilities = Task.capabilities | {"replayable"}
     vectorizable = True
 
     @classmethod

@@ -60,6 +60,8 @@ def region_chunks(n_tokens: int, seq_len: int, heldout_fraction: float) -> tuple
 
 
 class TextNeoX(LanguageModelTask):
+    capabilities = LanguageModelTask.capabilities | {"replayable"}
+
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
         problems = super().validate(cfg)
@@ -169,8 +171,6 @@ class TextNeoX(LanguageModelTask):
         path = self.cache_dir / "models" / f"{self.name}-base-{key}.pt"
         return load_or_compute(path, compute, f"{self.name} base checkpoint", self.log)
 
-    def fit_model(self, idx, seed, init_state=None, snapshots=0, recipe=None):
-        """Train on ``train_split[idx]``; in the fine-tuning regime, start from the base."""
-        if init_state is None and self.cfg.get("regime", "scratch") == "finetune":
-            init_state = self.base_state()
-        return super().fit_model(idx, seed, init_state=init_state, snapshots=snapshots, recipe=recipe)
+    def initial_state(self) -> dict | None:
+        """In the fine-tuning regime every training run starts from the base checkpoint."""
+        return self.base_state() if self.cfg.get("regime", "scratch") == "finetune" else None

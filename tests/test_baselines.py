@@ -3,7 +3,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from tdabench.harness.task import Split
-from tdabench.methods.baselines import ExactIF, GradCos, GradDot, RandomScores
+from tdabench.methods.baselines import GradCos, GradDot, RandomScores
+from tdabench.methods.exact_if import ExactIF
 from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
 

@@ -10,8 +10,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from tdabench.harness.task import Split, Task
-from tdabench.methods.baselines import ExactIF
 from tdabench.methods.bif import BIF, CovarianceAccumulator, SGLDDivergenceError
+from tdabench.methods.exact_if import ExactIF
 from tdabench.tasks.digits import DigitsMLP
 
 

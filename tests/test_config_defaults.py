@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from tdabench.harness.cli import CONF_DIR, compose
 from tdabench.harness.registry import METHODS
@@ -31,7 +32,10 @@ def test_task_method_defaults_are_parameters_that_differ_from_the_method_default
 @pytest.mark.parametrize("name", METHODS.names())
 def test_generated_method_node_holds_every_parameter_with_its_default(name):
     cfg = compose([f"method={name}", "task=text_neox", "seed=7"])  # text_neox sets no method defaults
-    expected = {**METHODS.get(name).defaults(), "seed": 7}
+    cls = METHODS.get(name)
+    run = OmegaConf.create(cfg)
+    expected = {**cls.defaults(), **{k: OmegaConf.select(run, path) for k, path in cls.follows.items()}}
+    assert expected["seed"] == 7
     got = {k: v for k, v in cfg["method"].items() if k != "name"}
     assert got == {k: (list(v) if isinstance(v, tuple) else v) for k, v in expected.items()}
 

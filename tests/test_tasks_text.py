@@ -100,3 +100,18 @@ def test_byte_tokens_any_text_file(tmp_path):
                              seq_len=16), seed=0, cache_dir=tmp_path, log=lambda m: None)
     assert task.vocab_size() == 256
     assert task.new_model(0)(task.query_split.inputs).shape == (2, 16, 256)
+
+
+@needs_corpus
+def test_finetune_replay_starts_from_the_base_and_reproduces_the_checkpoint(tmp_path):
+    task = TextNeoX(text_cfg(regime="finetune", n_train=40, base_examples=40,
+                             base_recipe=dict(RECIPE, epochs=1), recipe=dict(RECIPE, epochs=1)),
+                    seed=0, cache_dir=tmp_path, log=lambda m: None)
+    assert "replayable" in task.capabilities
+    replay = task.replay(task.seed)
+    start, _, _ = replay.initial()
+    base = task.base_state()
+    assert all(torch.equal(start[k], base[k]) for k in start)
+    params, _, _ = replay.run()
+    stored = task.checkpoint().state_dict()
+    assert all(torch.equal(params[k], stored[k]) for k in params)

@@ -319,7 +319,7 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
         results_dir = Path(cfg["results_dir"])
         chash = config_hash(cfg)
         complete_pending_writes(results_dir, cfg["cache_dir"])
-        with exclusive_lock(results_dir / ".locks" / f"{chash}.lock", f"{task.name} / {method.name}", log):
+        with exclusive_lock(results_dir / ".locks" / f"{chash}.lock", f"{task.name} / {method.name}", log.warning):
             if not cfg.get("force", False):
                 done = [r for r in read_records(results_dir)
                         if r.get("config_hash") == chash and r.get("status") == "ok"]

@@ -29,7 +29,7 @@ def rec(method, lds, gt_key="digits_mlp-aaaaaaaaaaaa", subsets=100, seeds=3, par
             "lds": lds, "lds_ci": [lds - 0.02, lds + 0.02], "lds_per_query": per_query, "n_train": 1000,
             "n_query": 40, "gt_subsets": subsets, "gt_seeds": seeds, "gt_key": gt_key, "lds_ceiling": ceiling,
             "lds_ceiling_ci": [ceiling - 0.01, ceiling + 0.01], "gt_reliability": ceiling ** 2,
-            "normalized_lds": lds / ceiling, "trainings": 1, "group": "g1",
+            "normalized_lds": lds / ceiling, "trainings": 1, "group": "g1", "config_hash": f"h-{method}-{lds}",
             "config": {"task": {"name": "digits_mlp", "observable": "loss"},
                        "method": {"name": method, "seed": seed, **(params or {})},
                        "gt": {"subsets": subsets, "seeds": seeds, "alpha": 0.5},

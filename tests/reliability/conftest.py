@@ -1,11 +1,30 @@
-"""The fault-injection suite counts the distinct bad inputs and faults it tries and prints the
-total (checks of normal behaviour, such as determinism, are not counted)."""
+"""The fault-injection suite: a small digits configuration and a finished run shared by its
+modules; it counts the distinct bad inputs and faults it tries and prints the total (checks of
+normal behaviour, such as determinism, are not counted)."""
 
 from __future__ import annotations
 
 import pytest
 
+from tdabench.harness.cli import compose
+from tdabench.harness.run import execute
+
 TRIED: set[str] = set()
+SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
+         "gt.subsets=6", "gt.seeds=2", "lds.bootstrap=100", "wandb.mode=disabled"]
+
+
+def small_cfg(tmp_path, *extra):
+    return compose([*SMALL, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}", *extra])
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A finished small grad_dot run (its cache and results folders) and its record."""
+    base = tmp_path_factory.mktemp("done")
+    rec = execute(small_cfg(base, "method=grad_dot"))
+    assert rec["status"] == "ok"
+    return base, rec
 
 
 @pytest.fixture

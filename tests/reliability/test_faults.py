@@ -20,32 +20,16 @@ from tdabench.harness.cli import compose
 from tdabench.harness.config import ConfigError
 from tdabench.harness.results import read_records
 from tdabench.harness.run import execute, prepare
+from tests.reliability.conftest import SMALL, small_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
-         "gt.subsets=6", "gt.seeds=2", "lds.bootstrap=100", "wandb.mode=disabled"]
-
-
 def cli(*args, env=None, check=True):
     out = subprocess.run([str(BIN / "tdabench"), *args], cwd=ROOT, capture_output=True, text=True,
                          timeout=600, env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
     if check and out.returncode != 0:
         raise AssertionError(out.stderr[-3000:])
     return out
-
-
-def small_cfg(tmp_path, *extra):
-    return compose([*SMALL, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}", *extra])
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A finished small run: its cache and results folders."""
-    base = tmp_path_factory.mktemp("done")
-    rec = execute(small_cfg(base, "method=grad_dot"))
-    assert rec["status"] == "ok"
-    return base, rec
 
 
 # ---------------------------------------------------------------- damaged files ----------------

@@ -23,23 +23,15 @@ import torch
 
 import tdabench.harness.run as run
 from tdabench.harness import storage
-from tdabench.harness.cli import compose
 from tdabench.harness.ground_truth import GroundTruthBuilder
 from tdabench.harness.lds import LDSResult
 from tdabench.harness.results import append_record, read_records
 from tdabench.harness.run import execute, prepare
 from tdabench.harness.statistics import pairwise_table, tied_with_best
+from tests.reliability.conftest import SMALL, small_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
-         "gt.subsets=6", "gt.seeds=2", "lds.bootstrap=100", "wandb.mode=disabled"]
-
-
-def small_cfg(tmp_path, *extra):
-    return compose([*SMALL, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}", *extra])
-
-
 def strict_lines(results_dir: Path) -> list[dict]:
     """runs.jsonl parsed as standard JSON (a NaN or Infinity token fails)."""
     def refuse(token):
@@ -47,15 +39,6 @@ def strict_lines(results_dir: Path) -> list[dict]:
 
     return [json.loads(line, parse_constant=refuse)
             for line in (results_dir / "runs.jsonl").read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A finished small grad_dot run (its cache and results folders) and its scores."""
-    base = tmp_path_factory.mktemp("done")
-    rec = execute(small_cfg(base, "method=grad_dot"))
-    assert rec["status"] == "ok"
-    return base, rec
 
 
 def _grad_dot_scores(base, rec):

@@ -13,12 +13,10 @@ import pytest
 from tdabench.harness.cli import compose
 from tdabench.harness.config import ConfigError
 from tdabench.harness.run import prepare
+from tests.reliability.conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
-         "gt.subsets=6", "gt.seeds=2", "lds.bootstrap=100", "wandb.mode=disabled"]
-
 # settings of the task's recipe and model, seeds and subset sizes: (override, expected text)
 BAD = [
     ("task.recipe.lr=abc", "task.recipe.lr='abc' must be a positive number"),

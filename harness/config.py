@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
 
+COUNT_MODES = ("separate", "inline")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -84,6 +85,10 @@ def validate_settings(cfg: dict) -> list[str]:
     limit = cfg.get("limits", {}).get("max_seconds")
     if limit is not None and (not _is_num(limit) or limit <= 0):
         p.append(f"limits.max_seconds={limit!r} must be null or a positive number of seconds")
+    count = cfg.get("cost", {}).get("count", "separate")
+    if count not in COUNT_MODES:
+        p.append(f"cost.count={count!r}: use separate (FLOPs and tensor memory counted in an untimed "
+                 "replay of fit and score) or inline (counted during the timed phases)")
     boot = cfg.get("lds", {}).get("bootstrap")
     if not _is_int(boot) or boot < 1:
         p.append(f"lds.bootstrap={boot!r} must be a positive integer")

@@ -17,6 +17,7 @@ the system's temporary folder) and the next run on that ``results_dir`` writes t
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -58,6 +59,8 @@ from tdabench.harness.storage import (
     content_hash,
     exclusive_lock,
     load_verified,
+    recompute_caches,
+    record_cache_misses,
     remove_verified,
     save_verified,
 )
@@ -240,12 +243,17 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         record["quality_check"] = "exempt: the task measures cost only"
         log.info(f"{task.name} measures cost only: its model is not checked against chance "
             "(it may be untrained on purpose)")
-    with time_limit(cfg["limits"]["max_seconds"]):
-        with prof.phase("fit"):
+    separate = cfg.get("cost", {}).get("count", "separate") == "separate"
+    before = copy.deepcopy(method) if separate else None
+    rng = torch.get_rng_state()
+    with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed:
+        with prof.phase("fit", count=not separate):
             method.fit(task, model)
-        with prof.phase("score"):
+        with prof.phase("score", count=not separate):
             scores = method.score(task, model)
             check_scores(scores, task)
+    if separate:
+        _count_replay(before, task, model, rng, computed, prof)
     if task.measures_lds:
         with prof.phase("lds"):
             res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
@@ -271,6 +279,28 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
                 f"ground-truth outcome and a defined correlation ({len(res.constant_outcome_queries)} "
                 f"of {task.n_query} queries have constant outcomes); raise task.n_query or gt.subsets")
     return scores
+
+
+def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], prof: Profiler) -> None:
+    """Replay fit and score untimed, to count their FLOPs and tensor-level peak memory
+    (``cost.count: separate``): ``method`` is a copy of the method as it was before the timed fit,
+    the global random state is the one the timed fit started from, and caches the timed pass
+    computed (``computed``) are computed again rather than read. The random state after the
+    timed pass is restored afterwards. A replay that fails leaves the two phases uncounted."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(rng)
+        try:
+            with recompute_caches(computed):
+                with prof.counting("fit"):
+                    method.fit(task, model)
+                with prof.counting("score"):
+                    method.score(task, model)
+        except Exception as exc:  # noqa: BLE001 - the timed run already succeeded
+            log.warning(f"counting FLOPs and memory of {method.name} failed, the record has none "
+                        f"for fit and score: {type(exc).__name__}: {exc}")
+            for phase in ("fit", "score"):
+                prof.flops.pop(phase, None)
+                prof.peak_mem_mb[phase] = None
 
 
 def _summary(record: dict) -> str:

@@ -186,13 +186,45 @@ def exclusive_lock(path: str | Path, what: str, log=None, on_wait=None):
         os.close(fd)
 
 
+_MISS_RECORDERS: list[set[str]] = []
+_RECOMPUTE: set[str] = set()
+
+
+@contextmanager
+def record_cache_misses():
+    """Collect (as a set of paths) the caches that :func:`load_or_compute` computed inside the
+    block instead of reading them."""
+    misses: set[str] = set()
+    _MISS_RECORDERS.append(misses)
+    try:
+        yield misses
+    finally:
+        _MISS_RECORDERS.remove(misses)
+
+
+@contextmanager
+def recompute_caches(paths):
+    """Inside the block, :func:`load_or_compute` computes the content of ``paths`` again without
+    reading, locking or writing its file (a replay of work that computed them, for counting)."""
+    added = {str(p) for p in paths} - _RECOMPUTE
+    _RECOMPUTE.update(added)
+    try:
+        yield
+    finally:
+        _RECOMPUTE.difference_update(added)
+
+
 def load_or_compute(path: str | Path, compute, what: str, log=None, on_wait=None) -> Any:
     """Return the verified content of ``path``, or compute, save and return it.
 
     A lock file beside ``path`` (:func:`exclusive_lock`) makes concurrent processes that need the
     same content wait for the first one instead of computing it twice. A damaged file is reported
     and recomputed. ``on_wait(seconds)`` is told the time spent waiting for another process.
+    Inside :func:`recompute_caches` of ``path`` the content is computed and returned, nothing
+    else; inside :func:`record_cache_misses` a computed ``path`` is recorded.
     """
+    if str(path) in _RECOMPUTE:
+        return compute()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(str(path) + ".lock", f"the {what}", log, on_wait):
@@ -204,4 +236,6 @@ def load_or_compute(path: str | Path, compute, what: str, log=None, on_wait=None
                 remove_verified(path)
         obj = compute()
         save_verified(obj, path)
+        for misses in _MISS_RECORDERS:
+            misses.add(str(path))
         return obj

@@ -172,3 +172,35 @@ def test_flops_agree_with_torch_flop_counter_on_a_convolutional_net():
     with CostMode() as mode:
         run()
     assert mode.flops == reference.get_total_flops() > 0
+
+
+def test_counting_replay_sets_flops_and_tensor_peak_but_keeps_the_timed_phase():
+    prof = Profiler()
+    with prof.phase("fit", count=False):
+        _workload()
+    timed = (prof.time_s["fit"], prof.cpu_time_s["fit"], prof.load_avg["fit"])
+    assert "fit" not in prof.flops
+    with prof.counting("fit"):
+        time.sleep(0.05)  # the replay's own duration must not reach the record
+        _workload()
+    assert (prof.time_s["fit"], prof.cpu_time_s["fit"], prof.load_avg["fit"]) == timed
+    assert prof.flops["fit"] == 2 * 1024 * 2048 * 2048
+    assert 16 <= prof.peak_mem_mb["fit"] <= 16 + 16 + 0.1  # a and b (and the operand of the product)
+
+
+def test_replay_recomputes_the_caches_its_timed_pass_computed(tmp_path):
+    from tdabench.harness.storage import recompute_caches, record_cache_misses
+
+    computed = []
+    path, other = tmp_path / "factors.pt", tmp_path / "read.pt"
+    save_verified({"x": -1}, other)
+    with record_cache_misses() as misses:
+        load_or_compute(path, lambda: computed.append(1) or {"x": 1}, "factors")
+        load_or_compute(other, lambda: computed.append(2) or {"x": 2}, "read")
+    assert misses == {str(path)} and computed == [1]
+    stamp = path.stat().st_mtime_ns
+    with recompute_caches(misses):
+        assert load_or_compute(path, lambda: computed.append(3) or {"x": 3}, "factors") == {"x": 3}
+        assert load_or_compute(other, lambda: computed.append(4) or {"x": 4}, "read") == {"x": -1}
+    assert computed == [1, 3] and path.stat().st_mtime_ns == stamp
+    assert load_or_compute(path, lambda: computed.append(5), "factors") == {"x": 1}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch.func import functional_call, grad, jvp, vmap
+from tqdm import tqdm
 
 from tdabench.harness.method import Method
 from tdabench.methods.gradients import num_params, query_grads, train_grads, trainable_params
@@ -108,7 +109,10 @@ def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int) -> tuple[
     rs = (r * r).sum(1)
     b_norm = b.norm(dim=1).clamp_min(1e-300)
     it = 0
+    bar = tqdm(total=max_iter, desc="exact_if: conjugate gradients", unit="it", mininterval=5,
+               leave=False, disable=len(b[0]) < 50_000 or None)
     for it in range(1, max_iter + 1):
+        bar.update()
         ap = op(p)
         curv = (p * ap).sum(1)
         alpha = torch.where(curv.abs() > 0, rs / curv, torch.zeros_like(rs))
@@ -120,6 +124,8 @@ def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int) -> tuple[
             break
         p = r + (rs_new / rs.clamp_min(1e-300))[:, None] * p
         rs = rs_new
+        bar.set_postfix(residual=f"{float((rs.sqrt() / b_norm).max()):.2e}", refresh=False)
+    bar.close()
     return x, {"iterations": it, "relative_residual": float((rs.sqrt() / b_norm).max())}
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm import tqdm
 
 from tdabench.harness.method import Method
 
@@ -119,6 +120,8 @@ def metagradient(task, replay, queries: slice, segment: int | None = None,
     adj_m = {key: torch.zeros_like(v) for key, v in adj_w.items()}
     out = torch.zeros(nq, task.n_train, dtype=torch.float64, device=phi.device)
     names = list(final)
+    bar = tqdm(total=T, desc=f"magic: reverse steps, {nq} queries", unit="step", mininterval=5,
+               leave=False, disable=T < 50 or None)
     for start in sorted(checkpoints, reverse=True):
         stop = min(start + k, T)
         p, m, b = (_detached(x) for x in checkpoints[start])
@@ -142,4 +145,6 @@ def metagradient(task, replay, queries: slice, segment: int | None = None,
             adj_w = dict(zip(names, grads[:len(names)]))
             adj_m = dict(zip(names, grads[len(names):2 * len(names)]))
             out.index_add_(1, batch.to(out.device), grads[-1].double())
+            bar.update()
+    bar.close()
     return out

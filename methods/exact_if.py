@@ -110,7 +110,7 @@ def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int) -> tuple[
     b_norm = b.norm(dim=1).clamp_min(1e-300)
     it = 0
     bar = tqdm(total=max_iter, desc="exact_if: conjugate gradients", unit="it", mininterval=5,
-               leave=False, disable=len(b[0]) < 50_000 or None)
+               leave=False, disable=len(b[0]) < 50_000)
     for it in range(1, max_iter + 1):
         bar.update()
         ap = op(p)

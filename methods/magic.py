@@ -121,7 +121,7 @@ def metagradient(task, replay, queries: slice, segment: int | None = None,
     out = torch.zeros(nq, task.n_train, dtype=torch.float64, device=phi.device)
     names = list(final)
     bar = tqdm(total=T, desc=f"magic: reverse steps, {nq} queries", unit="step", mininterval=5,
-               leave=False, disable=T < 50 or None)
+               leave=False, disable=T < 50)
     for start in sorted(checkpoints, reverse=True):
         stop = min(start + k, T)
         p, m, b = (_detached(x) for x in checkpoints[start])

@@ -12,23 +12,36 @@ with H the exact Hessian of J (Koh & Liang 2017). Helpful examples score negativ
 - ``cg``: conjugate gradients on all queries' systems together, each iteration one batched
   Hessian-vector product (``torch.func``: forward-over-reverse over the training set); memory a
   few ``n_query x P`` blocks, so it runs on the CIFAR ResNet-9. Stops at relative residual
-  ``tol`` or after ``max_iter`` iterations.
+  ``tol`` or after ``max_iter`` iterations. An unfinished solve keeps its iterate in the task's
+  cache (``solver/``, saved at most once a minute) and the next run with the same task, model and
+  settings resumes from it, so a long solve can be spread over several runs (``limits.max_seconds``
+  ends one cleanly); the record's diagnostics say from which iteration it resumed.
 - ``lissa``: the Neumann-series iteration x <- v + x - (H + damping I) x / scale (Agarwal et al.
   2017, with full-batch products), ``max_iter`` terms; ``scale`` defaults to 1.1 x the largest
   eigenvalue of H + damping I from a few power iterations. Converges only where H + damping I is
   positive definite, and slowly (about scale / smallest eigenvalue terms).
+
+``dtype`` sets the precision of the Hessian-vector products: float64 (default) or float32, about
+2.7x cheaper on a CPU (CIFAR-10 ResNet-9, 500 images: 4.6 against 12.6 CPU seconds per vector) but
+symmetric only to float32 rounding, which limits how far CG can reduce the residual.
 """
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm import tqdm
 
 from tdabench.harness.method import Method
+from tdabench.harness.storage import CorruptFileError, content_hash, load_verified, remove_verified, save_verified
+from tdabench.methods.curvature import model_digest
 from tdabench.methods.gradients import num_params, query_grads, train_grads, trainable_params
 
 SOLVERS = ("dense", "cg", "lissa")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 class TrainingHessian:
@@ -100,19 +113,37 @@ def dense_hessian(op: TrainingHessian, block: int = 32) -> torch.Tensor:
     return h
 
 
-def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, dict]:
+def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int, state_path: Path | None = None,
+                       save_every_s: float = 60.0) -> tuple[torch.Tensor, dict]:
     """Solve op(x) = b for each row of ``b`` [r, P] (float64) by conjugate gradients, all rows
-    together; returns x and {iterations, relative residual (max over rows)}."""
+    together; returns x and {iterations, relative residual (max over rows), resumed_from}.
+
+    With ``state_path``, the iterate (x, residual, direction) is saved there (atomically, verified)
+    at most every ``save_every_s`` seconds, and a run that finds a state for the same ``b`` starts
+    from it: a long solve resumes after an interruption or a time limit. The state is removed once
+    the solve stops."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = (r * r).sum(1)
     b_norm = b.norm(dim=1).clamp_min(1e-300)
-    it = 0
-    bar = tqdm(total=max_iter, desc="exact_if: conjugate gradients", unit="it", mininterval=5,
-               leave=False, disable=len(b[0]) < 50_000)
-    for it in range(1, max_iter + 1):
+    it = start = 0
+    if state_path is not None and state_path.exists():
+        try:
+            st = load_verified(state_path)
+            if st["b"].shape == b.shape and torch.equal(st["b"], b):
+                x, r, p, rs, start = st["x"], st["r"], st["p"], st["rs"], st["iterations"]
+        except (CorruptFileError, KeyError):
+            remove_verified(state_path)
+    bar = tqdm(total=max_iter, initial=start, desc="exact_if: conjugate gradients", unit="it",
+               mininterval=5, leave=False, disable=len(b[0]) < 50_000)
+    saved = time.monotonic()
+    it = start
+    for it in range(start + 1, max_iter + 1):
         bar.update()
+        if state_path is not None and time.monotonic() - saved > save_every_s:
+            save_verified({"b": b, "x": x, "r": r, "p": p, "rs": rs, "iterations": it - 1}, state_path)
+            saved = time.monotonic()
         ap = op(p)
         curv = (p * ap).sum(1)
         alpha = torch.where(curv.abs() > 0, rs / curv, torch.zeros_like(rs))
@@ -126,7 +157,10 @@ def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int) -> tuple[
         rs = rs_new
         bar.set_postfix(residual=f"{float((rs.sqrt() / b_norm).max()):.2e}", refresh=False)
     bar.close()
-    return x, {"iterations": it, "relative_residual": float((rs.sqrt() / b_norm).max())}
+    if state_path is not None:
+        remove_verified(state_path)
+    return x, {"iterations": it, "relative_residual": float((rs.sqrt() / b_norm).max()),
+               "resumed_from": start}
 
 
 def lissa(op, b: torch.Tensor, scale: float, max_iter: int, tol: float) -> tuple[torch.Tensor, dict]:
@@ -165,8 +199,9 @@ class ExactIF(Method):
 
     def __init__(self, seed: int = 0, damping: float = 1e-3, max_params: int = 20000,
                  batch_size: int = 256, solver: str = "dense", tol: float = 1e-6,
-                 max_iter: int = 200, scale: float | None = None):
+                 max_iter: int = 200, scale: float | None = None, dtype: str = "float64"):
         super().__init__(seed)
+        self.dtype = dtype
         self.damping = damping
         self.max_params = max_params
         self.batch_size = batch_size
@@ -184,6 +219,9 @@ class ExactIF(Method):
             return [f"method.damping={self.damping} must be >= 0"]
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             return [f"method.max_iter={self.max_iter!r} must be a positive integer"]
+        if self.dtype not in DTYPES:
+            return [f"method.dtype={self.dtype!r}: use float64 (default) or float32 (Hessian-vector "
+                    "products about 2.7x cheaper on a CPU, symmetric only to float32 rounding)"]
         if self.scale is not None and not self.scale > 0:
             return [f"method.scale={self.scale!r} must be null (from a power iteration) or positive"]
         p = num_params(task.new_model(task.seed))
@@ -197,9 +235,16 @@ class ExactIF(Method):
         """H + (weight decay + damping) I at the model's parameters: float64 [P, P]."""
         return dense_hessian(TrainingHessian(task, model, self.damping, self.batch_size))
 
+    def state_path(self, task, model) -> Path:
+        """Where an unfinished conjugate-gradient solve keeps its iterate (in the task's cache,
+        keyed by the task, the model's parameters and the settings that change the iterates)."""
+        key = content_hash({"task": task.fingerprint(), "model": model_digest(model), "damping": self.damping,
+                            "dtype": self.dtype, "batch_size": self.batch_size})
+        return task.cache_dir / "solver" / f"{task.name}-exact_if-cg-{key}.pt"
+
     def fit(self, task, model) -> None:
         gq = query_grads(task, model, self.batch_size).double()  # [n_query, P]
-        op = TrainingHessian(task, model, self.damping, self.batch_size)
+        op = TrainingHessian(task, model, self.damping, self.batch_size, DTYPES[self.dtype])
         if self.solver == "dense":
             h = dense_hessian(op)
             self.h_inv_q = torch.linalg.solve(h, gq.T)  # [P, n_query]
@@ -207,7 +252,7 @@ class ExactIF(Method):
             self.diagnostics = {"solver": "dense", "hvp_calls": op.calls}
             return
         if self.solver == "cg":
-            x, info = conjugate_gradient(op.matmul, gq, self.tol, self.max_iter)
+            x, info = conjugate_gradient(op.matmul, gq, self.tol, self.max_iter, self.state_path(task, model))
         else:
             scale = self.scale or 1.1 * top_eigenvalue(op.matmul, op.size, seed=self.seed)
             x, info = lissa(op.matmul, gq, scale, self.max_iter, self.tol)

@@ -160,3 +160,33 @@ def test_exact_if_cg_and_lissa_agree_with_the_dense_solve(small_digits):
     assert rho(dense, neumann) > 0.99, info
     assert "method.solver='qr'" in ExactIF(solver="qr").check(small_digits)[0]
     assert ExactIF(max_params=100, solver="cg").check(small_digits) == []
+
+
+def test_interrupted_conjugate_gradient_resumes_where_it_stopped(tmp_path):
+    from tdabench.methods.exact_if import conjugate_gradient
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    a = a @ a.T + 0.1 * torch.eye(30, dtype=torch.float64)
+    b = torch.randn(3, 30, generator=g, dtype=torch.float64)
+    full, info = conjugate_gradient(lambda v: v @ a, b, 1e-12, 25)
+    calls = []
+
+    def interrupted(v):
+        calls.append(1)
+        if len(calls) > 10:
+            raise KeyboardInterrupt("stopped")
+        return v @ a
+
+    state = tmp_path / "cg.pt"
+    with pytest.raises(KeyboardInterrupt):
+        conjugate_gradient(interrupted, b, 1e-12, 25, state, save_every_s=0.0)
+    assert state.exists()
+    resumed, rinfo = conjugate_gradient(lambda v: v @ a, b, 1e-12, 25, state, save_every_s=0.0)
+    assert rinfo["resumed_from"] == 10 and rinfo["iterations"] == info["iterations"]
+    assert torch.allclose(resumed, full, rtol=1e-10, atol=1e-12) and not state.exists()
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        conjugate_gradient(interrupted, b, 1e-12, 25, state, save_every_s=0.0)
+    other, oinfo = conjugate_gradient(lambda v: v @ a, 2 * b, 1e-12, 25, state)  # another b: not used
+    assert oinfo["resumed_from"] == 0 and torch.allclose(other, 2 * full, rtol=1e-8, atol=1e-10)

@@ -28,12 +28,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tdabench.harness.cli import compose  # noqa: E402
 from tdabench.harness.profiling import MIB, Profiler, warm_up  # noqa: E402
 from tdabench.harness.registry import METHODS  # noqa: E402
 from tdabench.harness.run import prepare  # noqa: E402
@@ -48,9 +47,7 @@ NATIVE_VS_REFERENCE = (("ekfac", "ekfac_kronfluence"), ("kfac", "kfac_kronfluenc
 
 
 def config(task: str, method: str, overrides: list[str], cache_dir: str) -> dict:
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"task={task}", f"method={method}", *overrides])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = compose([f"task={task}", f"method={method}", *overrides])
     cfg.update(cache_dir=cache_dir, results_dir=tempfile.gettempdir(), threads=1)
     return cfg
 

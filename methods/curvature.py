@@ -58,6 +58,8 @@ STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
 #: bytes of one layer's input rows (for a Conv2d, unfolded) formed at once while fitting factors
 ROW_CHUNK_BYTES = 32 * 2**20
+#: bytes of flat gradient rows preconditioned at once (their temporaries are a few times this)
+PRECONDITION_ROW_BYTES = 2**18
 
 
 class LayerSelectionError(ValueError):
@@ -348,7 +350,8 @@ def _fitting_data(task, cfg: CurvatureConfig, model, gen: torch.Generator):
             xb = x[i:i + cfg.batch_size]
             xs.append(xb)
             ys.append(task.sample_targets(model, xb, gen))
-    return torch.cat(xs), torch.cat(ys)
+    # one draw per example: the inputs themselves, not a copy
+    return (x if cfg.fisher_samples == 1 else torch.cat(xs)), torch.cat(ys)
 
 
 def _covariances(task, model, layers, x, y, batch_size, mean_positions=False):
@@ -497,7 +500,10 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
     """(F + lambda)^-1 grad phi_q for every query: ``[n_query, P]``, chunk by chunk (gradients
     of the task's observable; see :meth:`Curvature.precondition` for the arguments). With
     ``per_token`` (tasks with capability ``per_token``), the gradients of each query token's
-    observable (``task.token_observables``) instead: ``[n_query, T, P]``."""
+    observable (``task.token_observables``) instead: ``[n_query, T, P]``. Each chunk of
+    gradients is written into the result and preconditioned there, ``PRECONDITION_ROW_BYTES`` of
+    rows at a time, so memory is the result, one chunk of gradients and one slice's
+    temporaries."""
     q = task.query_split
     layout = GradientLayout(model)
     chunk = gradient_chunk(model, batch_size)
@@ -511,10 +517,14 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
         out = torch.empty(len(q), layout.size)
     start = 0
     for g in grads:
-        rows = g.reshape(-1, layout.size)
-        out[start:start + len(g)] = curvature.precondition(
-            rows, layout, damping, damping_kind, strategy).view(g.shape)
+        out[start:start + len(g)] = g
         start += len(g)
+        del g
+    rows = out.view(-1, layout.size)
+    step = max(1, PRECONDITION_ROW_BYTES // (rows.element_size() * layout.size))
+    for lo in range(0, len(rows), step):
+        rows[lo:lo + step] = curvature.precondition(rows[lo:lo + step], layout, damping,
+                                                    damping_kind, strategy)
     return out
 
 
@@ -526,10 +536,14 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     R = n_query x T rows, reshaped by the caller). Returns ``-(1/n) pre @ grad l_i`` for every
     training example i: ``[R, n_train]``, the harness's d phi / d beta_i. With ``curvature`` given,
     returns per-layer scores instead, ``{layer name: [R, n_train]}`` (they sum to the total).
-    Training gradients come from :mod:`methods.gradients` in chunks of at most ``batch_size``.
+    Training gradients come from :mod:`methods.gradients` in chunks of at most ``batch_size``
+    and at most R examples: per-example gradients of every layer are formed at once, so a chunk
+    of them is kept no larger than the R preconditioned rows held beside it (memory: the rows,
+    one chunk of that size and the scores).
     """
     split = task.train_split
     n = len(split)
+    batch_size = max(1, min(batch_size, len(preconditioned)))
     if curvature is None:
         return train_grad_dots(task, model, preconditioned, batch_size).div_(-n)
     layout = GradientLayout(model)

@@ -29,7 +29,7 @@ import torch
 from tdabench.harness.method import Method
 from tdabench.harness.task import margin
 from tdabench.harness.training import num_params
-from tdabench.methods.gradients import iter_per_example_parts
+from tdabench.methods.gradients import CAST_BLOCK_BYTES, iter_per_example_parts
 
 OUTPUTS = ("auto", "margin", "loss")
 PROJECTIONS = ("rademacher", "gaussian")
@@ -235,7 +235,7 @@ class TRAK(Method):
     def score(self, task, model) -> torch.Tensor:
         """Scores [n_query, n_train] in the harness convention (d observable_q / d beta_i):
         per member, (Phi^T Phi + lambda I)^-1 phi_q^T [k, n_query] (float64), then the kernel
-        in blocks of ``batch_size`` training columns, averaged over members in float64 and
+        in blocks of training columns (``CAST_BLOCK_BYTES`` of float64 features), averaged over members in float64 and
         written to the float32 result block by block."""
         solved = []
         for m, member in enumerate(self._members(task, model)):
@@ -244,8 +244,9 @@ class TRAK(Method):
             del q
         out = torch.empty(task.n_query, task.n_train)
         sign = -self._observable_sign(task)
-        for lo in range(0, task.n_train, self.batch_size):
-            hi = min(lo + self.batch_size, task.n_train)
+        step = max(1, CAST_BLOCK_BYTES // (8 * self.proj_dim))  # float64 copies of Phi's rows
+        for lo in range(0, task.n_train, step):
+            hi = min(lo + step, task.n_train)
             kernel = torch.zeros(task.n_query, hi - lo, dtype=torch.float64)
             for x, phi in zip(solved, self._train):
                 kernel.addmm_(x.T, phi[lo:hi].double().T)

@@ -209,3 +209,22 @@ def test_correct_eigenvalues_refits_in_a_given_basis(small_digits):
     correct_eigenvalues(small_digits, model, curv)
     for name, f in curv.layers.items():
         torch.testing.assert_close(f.corrected, expected[name])
+
+
+def test_query_rows_preconditioned_in_slices_match_one_slice(small_digits, monkeypatch):
+    from tdabench.methods import curvature as curv_mod
+
+    task = small_digits
+    model = task.checkpoint()
+    curv = fit_curvature_uncached(task, model, CurvatureConfig(strategy="ekfac"))
+    whole = curv_mod.precondition_queries(task, model, curv)
+    direct = curv.precondition(per_example_grads(task.observable, model, task.query_split.inputs,
+                                                 task.query_split.targets), GradientLayout(model))
+    torch.testing.assert_close(whole, direct, rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(curv_mod, "PRECONDITION_ROW_BYTES", 1)  # one row at a time
+    torch.testing.assert_close(curv_mod.precondition_queries(task, model, curv), whole,
+                               rtol=1e-5, atol=1e-7)
+    # three rows take training gradients three examples at a time: the same scores
+    full = pairwise_scores(task, model, whole)[:3]
+    torch.testing.assert_close(pairwise_scores(task, model, whole[:3]), full, rtol=1e-4,
+                               atol=1e-5 * full.abs().max().item())

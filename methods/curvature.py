@@ -306,13 +306,20 @@ def _layer_batches(task, model, layers, x, y, batch_size):
             rec.records = []
             loss = task.per_example_loss(model, x[i:i + batch_size], y[i:i + batch_size]).sum()
             grads = torch.autograd.grad(loss, [r[2] for r in rec.records], allow_unused=True)
-            batch: dict[str, list] = {}
-            for (name, inputs, _), g in zip(rec.records, grads):
-                if g is not None:
-                    batch.setdefault(name, []).append((inputs, g.detach()))
+            batch = _pair_records(rec.records, grads)
             rec.records = []
-            del grads
+            del grads, loss  # nothing of this batch but ``batch`` outlives it
             yield _layer_rows(layers, batch)
+
+
+def _pair_records(records, grads) -> dict[str, list]:
+    """{layer: [(input, output gradient)]} of one batch's recorded calls (those that reached the
+    loss); a function of its own so that no loop variable keeps a tensor of the batch alive."""
+    batch: dict[str, list] = {}
+    for (name, inputs, _), g in zip(records, grads):
+        if g is not None:
+            batch.setdefault(name, []).append((inputs, g.detach()))
+    return batch
 
 
 def _layer_rows(layers, batch: dict[str, list]):

@@ -536,32 +536,72 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
 
 
 def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_size: int = 256,
-                    curvature: Curvature | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+                    curvature: Curvature | None = None,
+                    per_layer: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
     """Influence of each training example on each preconditioned query row.
 
     ``preconditioned [R, P]``: rows (F + lambda)^-1 grad phi (one per query; per-token queries are
     R = n_query x T rows, reshaped by the caller). Returns ``-(1/n) pre @ grad l_i`` for every
-    training example i: ``[R, n_train]``, the harness's d phi / d beta_i. With ``curvature`` given,
-    returns per-layer scores instead, ``{layer name: [R, n_train]}`` (they sum to the total).
-    Training gradients come from :mod:`methods.gradients` in chunks of at most ``batch_size``
-    and at most R examples: per-example gradients of every layer are formed at once, so a chunk
-    of them is kept no larger than the R preconditioned rows held beside it (memory: the rows,
-    one chunk of that size and the scores).
+    training example i: ``[R, n_train]``, the harness's d phi / d beta_i.
+
+    Without ``curvature``, every parameter counts and the training gradients come from
+    :mod:`methods.gradients` (all layers of a chunk of at most ``batch_size`` examples at once).
+    With ``curvature``, the rows must be zero outside its layers (as
+    :func:`precondition_queries` makes them) and only those layers are visited, one at a time:
+    per batch of ``batch_size`` examples, one forward and backward pass of the summed loss gives
+    each layer's inputs a and output gradients g, and the layer's per-example gradients
+    G_i = sum_t g_it a_it^T are formed for at most as many examples as fit in the bytes of the
+    rows (memory: the rows, the scores, one batch's layer inputs and one block of one layer's
+    per-example gradients). ``per_layer`` then returns ``{layer name: [R, n_train]}`` (they sum
+    to the total) instead of the total.
     """
     split = task.train_split
     n = len(split)
-    batch_size = max(1, min(batch_size, len(preconditioned)))
     if curvature is None:
+        if per_layer:
+            raise ValueError("per_layer scores need the curvature whose layers split them")
         return train_grad_dots(task, model, preconditioned, batch_size).div_(-n)
+    layers = {name: m for name, m in model.named_modules() if name in curvature.layers}
     layout = GradientLayout(model)
-    per_layer = {name: torch.empty(len(preconditioned), n, dtype=preconditioned.dtype)
-                 for name in curvature.layers}
-    start = 0
-    for g in iter_per_example_grads(task.per_example_loss, model, split.inputs, split.targets,
-                                    gradient_chunk(model, batch_size)):
-        stop = start + len(g)
-        for name, f in curvature.layers.items():
-            per_layer[name][:, start:stop] = torch.einsum(
-                "qoi,boi->qb", layout.view(preconditioned, f), layout.view(g, f))
-        start = stop
-    return {name: -s / n for name, s in per_layer.items()}
+    rows = len(preconditioned)
+    pre = {}  # views of the rows per layer: weight [R, out * in], bias [R, out] or None
+    for name, f in curvature.layers.items():
+        w0, wshape = layout.offsets[f.weight]
+        bias = None
+        if f.bias is not None:
+            b0 = layout.offsets[f.bias][0]
+            bias = preconditioned[:, b0:b0 + wshape[0]]
+        pre[name] = (preconditioned[:, w0:w0 + wshape.numel()], bias)
+    if per_layer:
+        out = {name: torch.zeros(rows, n, dtype=preconditioned.dtype) for name in layers}
+    else:
+        out = torch.zeros(rows, n, dtype=preconditioned.dtype)
+    budget = max(preconditioned.numel(), 1) * preconditioned.element_size()
+    was_training = model.training
+    model.eval()
+    try:
+        for b, batch in enumerate(_layer_batches(task, model, layers, split.inputs, split.targets,
+                                                 batch_size)):
+            seen: dict[str, int] = {}
+            for name, (acts, grads) in batch:
+                w, bias = pre[name]
+                if bias is not None:
+                    acts = acts[..., :-1]  # the homogeneous coordinate: the bias column
+                step = max(1, budget // (grads.shape[2] * acts.shape[2] * grads.element_size()))
+                for j in range(0, len(acts), step):
+                    g = grads[j:j + step]
+                    gw = torch.bmm(g.transpose(1, 2), acts[j:j + step])  # [k, out, in]
+                    block = w @ gw.reshape(len(gw), -1).T  # [R, k]
+                    del gw
+                    if bias is not None:
+                        block.addmm_(bias, g.sum(1).T)
+                    start = b * batch_size + seen.get(name, 0) + j
+                    (out[name] if per_layer else out)[:, start:start + len(block.T)] += block
+                    del g, block
+                seen[name] = seen.get(name, 0) + len(acts)
+                del acts, grads
+    finally:
+        model.train(was_training)
+    if per_layer:
+        return {name: s.div_(-n) for name, s in out.items()}
+    return out.div_(-n)

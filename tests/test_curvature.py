@@ -224,7 +224,13 @@ def test_query_rows_preconditioned_in_slices_match_one_slice(small_digits, monke
     monkeypatch.setattr(curv_mod, "PRECONDITION_ROW_BYTES", 1)  # one row at a time
     torch.testing.assert_close(curv_mod.precondition_queries(task, model, curv), whole,
                                rtol=1e-5, atol=1e-7)
-    # three rows take training gradients three examples at a time: the same scores
-    full = pairwise_scores(task, model, whole)[:3]
-    torch.testing.assert_close(pairwise_scores(task, model, whole[:3]), full, rtol=1e-4,
-                               atol=1e-5 * full.abs().max().item())
+    # layer by layer, in blocks of per-example gradients as small as one example: the same
+    # scores as the flat dot products with every parameter's gradient
+    flat = pairwise_scores(task, model, whole)
+    tol = {"rtol": 1e-4, "atol": 1e-5 * flat.abs().max().item()}
+    torch.testing.assert_close(pairwise_scores(task, model, whole, curvature=curv), flat, **tol)
+    torch.testing.assert_close(pairwise_scores(task, model, whole[:1], batch_size=7, curvature=curv),
+                               flat[:1], **tol)
+    parts = pairwise_scores(task, model, whole, batch_size=7, curvature=curv, per_layer=True)
+    assert set(parts) == set(curv.layers)
+    torch.testing.assert_close(sum(parts.values()), flat, **tol)

@@ -548,12 +548,12 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     :mod:`methods.gradients` (all layers of a chunk of at most ``batch_size`` examples at once).
     With ``curvature``, the rows must be zero outside its layers (as
     :func:`precondition_queries` makes them) and only those layers are visited, one at a time:
-    per batch of ``batch_size`` examples, one forward and backward pass of the summed loss gives
-    each layer's inputs a and output gradients g, and the layer's per-example gradients
-    G_i = sum_t g_it a_it^T are formed for at most as many examples as fit in the bytes of the
-    rows (memory: the rows, the scores, one batch's layer inputs and one block of one layer's
-    per-example gradients). ``per_layer`` then returns ``{layer name: [R, n_train]}`` (they sum
-    to the total) instead of the total.
+    per batch of :func:`methods.gradients.gradient_chunk` examples (at most ``batch_size``), one
+    forward and backward pass of the summed loss gives each layer's inputs a and output
+    gradients g, and the layer's per-example gradients G_i = sum_t g_it a_it^T are formed for at
+    most as many examples as fit in the bytes of the rows (memory: the rows, the scores, one
+    batch's layer inputs and one block of one layer's per-example gradients). ``per_layer``
+    then returns ``{layer name: [R, n_train]}`` (they sum to the total) instead of the total.
     """
     split = task.train_split
     n = len(split)
@@ -577,6 +577,9 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     else:
         out = torch.zeros(rows, n, dtype=preconditioned.dtype)
     budget = max(preconditioned.numel(), 1) * preconditioned.element_size()
+    # as many examples per pass as a chunk of per-example gradients: a pass holds every layer's
+    # inputs and output gradients, which for a convolutional network outweigh its parameters
+    batch_size = gradient_chunk(model, batch_size)
     was_training = model.training
     model.eval()
     try:

@@ -58,6 +58,8 @@ STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
 #: bytes of one layer's input rows (for a Conv2d, unfolded) formed at once while fitting factors
 ROW_CHUNK_BYTES = 32 * 2**20
+#: bytes of flat gradient rows preconditioned at once (their temporaries are a few times this)
+PRECONDITION_ROW_BYTES = 2**18
 
 
 class LayerSelectionError(ValueError):
@@ -304,13 +306,20 @@ def _layer_batches(task, model, layers, x, y, batch_size):
             rec.records = []
             loss = task.per_example_loss(model, x[i:i + batch_size], y[i:i + batch_size]).sum()
             grads = torch.autograd.grad(loss, [r[2] for r in rec.records], allow_unused=True)
-            batch: dict[str, list] = {}
-            for (name, inputs, _), g in zip(rec.records, grads):
-                if g is not None:
-                    batch.setdefault(name, []).append((inputs, g.detach()))
+            batch = _pair_records(rec.records, grads)
             rec.records = []
-            del grads
+            del grads, loss  # nothing of this batch but ``batch`` outlives it
             yield _layer_rows(layers, batch)
+
+
+def _pair_records(records, grads) -> dict[str, list]:
+    """{layer: [(input, output gradient)]} of one batch's recorded calls (those that reached the
+    loss); a function of its own so that no loop variable keeps a tensor of the batch alive."""
+    batch: dict[str, list] = {}
+    for (name, inputs, _), g in zip(records, grads):
+        if g is not None:
+            batch.setdefault(name, []).append((inputs, g.detach()))
+    return batch
 
 
 def _layer_rows(layers, batch: dict[str, list]):
@@ -348,7 +357,8 @@ def _fitting_data(task, cfg: CurvatureConfig, model, gen: torch.Generator):
             xb = x[i:i + cfg.batch_size]
             xs.append(xb)
             ys.append(task.sample_targets(model, xb, gen))
-    return torch.cat(xs), torch.cat(ys)
+    # one draw per example: the inputs themselves, not a copy
+    return (x if cfg.fisher_samples == 1 else torch.cat(xs)), torch.cat(ys)
 
 
 def _covariances(task, model, layers, x, y, batch_size, mean_positions=False):
@@ -497,7 +507,10 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
     """(F + lambda)^-1 grad phi_q for every query: ``[n_query, P]``, chunk by chunk (gradients
     of the task's observable; see :meth:`Curvature.precondition` for the arguments). With
     ``per_token`` (tasks with capability ``per_token``), the gradients of each query token's
-    observable (``task.token_observables``) instead: ``[n_query, T, P]``."""
+    observable (``task.token_observables``) instead: ``[n_query, T, P]``. Each chunk of
+    gradients is written into the result and preconditioned there, ``PRECONDITION_ROW_BYTES`` of
+    rows at a time, so memory is the result, one chunk of gradients and one slice's
+    temporaries."""
     q = task.query_split
     layout = GradientLayout(model)
     chunk = gradient_chunk(model, batch_size)
@@ -511,36 +524,87 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
         out = torch.empty(len(q), layout.size)
     start = 0
     for g in grads:
-        rows = g.reshape(-1, layout.size)
-        out[start:start + len(g)] = curvature.precondition(
-            rows, layout, damping, damping_kind, strategy).view(g.shape)
+        out[start:start + len(g)] = g
         start += len(g)
+        del g
+    rows = out.view(-1, layout.size)
+    step = max(1, PRECONDITION_ROW_BYTES // (rows.element_size() * layout.size))
+    for lo in range(0, len(rows), step):
+        rows[lo:lo + step] = curvature.precondition(rows[lo:lo + step], layout, damping,
+                                                    damping_kind, strategy)
     return out
 
 
 def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_size: int = 256,
-                    curvature: Curvature | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+                    curvature: Curvature | None = None,
+                    per_layer: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
     """Influence of each training example on each preconditioned query row.
 
     ``preconditioned [R, P]``: rows (F + lambda)^-1 grad phi (one per query; per-token queries are
     R = n_query x T rows, reshaped by the caller). Returns ``-(1/n) pre @ grad l_i`` for every
-    training example i: ``[R, n_train]``, the harness's d phi / d beta_i. With ``curvature`` given,
-    returns per-layer scores instead, ``{layer name: [R, n_train]}`` (they sum to the total).
-    Training gradients come from :mod:`methods.gradients` in chunks of at most ``batch_size``.
+    training example i: ``[R, n_train]``, the harness's d phi / d beta_i.
+
+    Without ``curvature``, every parameter counts and the training gradients come from
+    :mod:`methods.gradients` (all layers of a chunk of at most ``batch_size`` examples at once).
+    With ``curvature``, the rows must be zero outside its layers (as
+    :func:`precondition_queries` makes them) and only those layers are visited, one at a time:
+    per batch of :func:`methods.gradients.gradient_chunk` examples (at most ``batch_size``), one
+    forward and backward pass of the summed loss gives each layer's inputs a and output
+    gradients g, and the layer's per-example gradients G_i = sum_t g_it a_it^T are formed for at
+    most as many examples as fit in the bytes of the rows (memory: the rows, the scores, one
+    batch's layer inputs and one block of one layer's per-example gradients). ``per_layer``
+    then returns ``{layer name: [R, n_train]}`` (they sum to the total) instead of the total.
     """
     split = task.train_split
     n = len(split)
     if curvature is None:
+        if per_layer:
+            raise ValueError("per_layer scores need the curvature whose layers split them")
         return train_grad_dots(task, model, preconditioned, batch_size).div_(-n)
+    layers = {name: m for name, m in model.named_modules() if name in curvature.layers}
     layout = GradientLayout(model)
-    per_layer = {name: torch.empty(len(preconditioned), n, dtype=preconditioned.dtype)
-                 for name in curvature.layers}
-    start = 0
-    for g in iter_per_example_grads(task.per_example_loss, model, split.inputs, split.targets,
-                                    gradient_chunk(model, batch_size)):
-        stop = start + len(g)
-        for name, f in curvature.layers.items():
-            per_layer[name][:, start:stop] = torch.einsum(
-                "qoi,boi->qb", layout.view(preconditioned, f), layout.view(g, f))
-        start = stop
-    return {name: -s / n for name, s in per_layer.items()}
+    rows = len(preconditioned)
+    pre = {}  # views of the rows per layer: weight [R, out * in], bias [R, out] or None
+    for name, f in curvature.layers.items():
+        w0, wshape = layout.offsets[f.weight]
+        bias = None
+        if f.bias is not None:
+            b0 = layout.offsets[f.bias][0]
+            bias = preconditioned[:, b0:b0 + wshape[0]]
+        pre[name] = (preconditioned[:, w0:w0 + wshape.numel()], bias)
+    if per_layer:
+        out = {name: torch.zeros(rows, n, dtype=preconditioned.dtype) for name in layers}
+    else:
+        out = torch.zeros(rows, n, dtype=preconditioned.dtype)
+    budget = max(preconditioned.numel(), 1) * preconditioned.element_size()
+    # as many examples per pass as a chunk of per-example gradients: a pass holds every layer's
+    # inputs and output gradients, which for a convolutional network outweigh its parameters
+    batch_size = gradient_chunk(model, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        for b, batch in enumerate(_layer_batches(task, model, layers, split.inputs, split.targets,
+                                                 batch_size)):
+            seen: dict[str, int] = {}
+            for name, (acts, grads) in batch:
+                w, bias = pre[name]
+                if bias is not None:
+                    acts = acts[..., :-1]  # the homogeneous coordinate: the bias column
+                step = max(1, budget // (grads.shape[2] * acts.shape[2] * grads.element_size()))
+                for j in range(0, len(acts), step):
+                    g = grads[j:j + step]
+                    gw = torch.bmm(g.transpose(1, 2), acts[j:j + step])  # [k, out, in]
+                    block = w @ gw.reshape(len(gw), -1).T  # [R, k]
+                    del gw
+                    if bias is not None:
+                        block.addmm_(bias, g.sum(1).T)
+                    start = b * batch_size + seen.get(name, 0) + j
+                    (out[name] if per_layer else out)[:, start:start + len(block.T)] += block
+                    del g, block
+                seen[name] = seen.get(name, 0) + len(acts)
+                del acts, grads
+    finally:
+        model.train(was_training)
+    if per_layer:
+        return {name: s.div_(-n) for name, s in out.items()}
+    return out.div_(-n)

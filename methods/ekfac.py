@@ -96,7 +96,7 @@ class KroneckerIF(Method):
     def _scores(self, task, model, per_layer: bool):
         pq = self.preconditioned_queries(task, model)
         out = pairwise_scores(task, model, pq.flatten(0, -2), self.batch_size,
-                              curvature=self.curvature if per_layer else None)
+                              curvature=self.curvature, per_layer=per_layer)
         shape = (*pq.shape[:-1], -1)  # [n_query, (T,) n_train]
         if isinstance(out, dict):
             return {name: s.view(shape) for name, s in out.items()}

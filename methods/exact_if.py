@@ -7,8 +7,8 @@ with H the exact Hessian of J (Koh & Liang 2017). Helpful examples score negativ
 ``solver`` picks how (H + damping I) x = grad phi_q is solved for every query at once:
 
 - ``dense``: H is built from Hessian-vector products in blocks of rows (float64, P x P) and solved
-  by LU; memory about 2 Hessians (the matrix and its LU factors) plus the model, so models above
-  ``max_params`` are refused.
+  by LU, the factors written over the matrix; memory about 1 float64 Hessian plus the model and
+  one block's products, so models above ``max_params`` are refused.
 - ``cg``: conjugate gradients on all queries' systems together, each iteration one batched
   Hessian-vector product (``torch.func``: forward-over-reverse over the training set); memory a
   few ``n_query x P`` blocks, so it runs on the CIFAR ResNet-9. Stops at relative residual
@@ -247,7 +247,15 @@ class ExactIF(Method):
         op = TrainingHessian(task, model, self.damping, self.batch_size, DTYPES[self.dtype])
         if self.solver == "dense":
             h = dense_hessian(op)
-            self.h_inv_q = torch.linalg.solve(h, gq.T)  # [P, n_query]
+            # LU factors written over H itself: memory one Hessian, not two
+            pivots = torch.empty(op.size, dtype=torch.int32, device=h.device)
+            info = torch.empty((), dtype=torch.int32, device=h.device)
+            torch.linalg.lu_factor_ex(h, out=(h, pivots, info))
+            if int(info) > 0:
+                raise torch.linalg.LinAlgError(
+                    f"exact_if: H + damping I is singular (zero pivot {int(info)}) at "
+                    f"method.damping={self.damping}; raise method.damping")
+            self.h_inv_q = torch.linalg.lu_solve(h, pivots, gq.T)  # [P, n_query]
             del h
             self.diagnostics = {"solver": "dense", "hvp_calls": op.calls}
             return

@@ -40,5 +40,6 @@ class TracIn(Method):
             m = task.snapshot_model(snap)
             step = effective_lr(task, snap.lr) * snap.steps / task.n_train
             gq = query_grads(task, m, self.batch_size).double()
-            scores -= step * train_grad_dots(task, m, gq, self.batch_size)
+            train_grad_dots(task, m, gq, self.batch_size, out=scores, alpha=-step)
+            del gq
         return scores.float()

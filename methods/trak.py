@@ -22,55 +22,81 @@ Shapes of scores: [n_query, n_train].
 from __future__ import annotations
 
 import math
+from typing import Iterable, Iterator
 
 import torch
 
 from tdabench.harness.method import Method
 from tdabench.harness.task import margin
 from tdabench.harness.training import num_params
-from tdabench.methods.gradients import iter_per_example_grads
+from tdabench.methods.gradients import CAST_BLOCK_BYTES, iter_per_example_parts
 
 OUTPUTS = ("auto", "margin", "loss")
 PROJECTIONS = ("rademacher", "gaussian")
 
 
+#: bytes of the slice of a projection matrix drawn and applied at once
+PIECE_BYTES = 2**18
+
+
 class Projector:
     """A seeded random projection x -> x R / sqrt(k), R [dim, k] with i.i.d. Rademacher or
-    standard Gaussian entries, generated block of ``block_rows`` rows at a time from
-    ``(seed, block index)``. Blocks are kept while ``dim * k <= cache_entries`` (the whole matrix
-    is then small); otherwise each block is regenerated on every call, so memory stays at one
-    ``block_rows x k`` block besides the inputs and outputs."""
+    standard Gaussian entries. R is split into blocks of ``block_rows`` rows, block j drawn from a
+    generator seeded with ``(seed, j)``; a block is drawn in consecutive slices of at most
+    ``piece_bytes`` (a multiple of 16 rows, so Gaussian draws come out as in one call) and each
+    slice is applied and dropped at once. R is never held: memory is one slice besides the inputs
+    and outputs, and every call draws R afresh."""
 
     def __init__(self, dim: int, proj_dim: int, seed: int, kind: str = "rademacher",
-                 block_rows: int = 4096, cache_entries: int = 2 ** 24):
+                 block_rows: int = 4096, piece_bytes: int = PIECE_BYTES):
         if kind not in PROJECTIONS:
             raise ValueError(f"projection {kind!r}: use one of {', '.join(PROJECTIONS)}")
         self.dim, self.proj_dim, self.seed, self.kind = dim, proj_dim, seed, kind
         self.block_rows = block_rows
-        self.cache = {} if dim * proj_dim <= cache_entries else None
+        self.piece_bytes = piece_bytes
 
-    def _block(self, j: int, device, dtype) -> torch.Tensor:
-        if self.cache is not None and j in self.cache:
-            return self.cache[j]
-        rows = min(self.block_rows, self.dim - j * self.block_rows)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + j)
-        if self.kind == "rademacher":
-            # drawn directly in ``dtype``: the same values as int64 draws, without the int64 copy
-            r = torch.randint(0, 2, (rows, self.proj_dim), generator=gen, dtype=dtype).mul_(2).sub_(1)
-        else:
-            r = torch.randn(rows, self.proj_dim, generator=gen, dtype=dtype)
-        r = r.div_(math.sqrt(self.proj_dim)).to(device)
-        if self.cache is not None:
-            self.cache[j] = r
-        return r
+    def _pieces(self, device, dtype) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first row, R[first row:first row + rows])`` slices of R, in row order."""
+        size = torch.empty((), dtype=dtype).element_size()
+        piece_rows = max(16, self.piece_bytes // (size * self.proj_dim) // 16 * 16)
+        for j in range(math.ceil(self.dim / self.block_rows)):
+            first = j * self.block_rows
+            rows = min(self.block_rows, self.dim - first)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + j)
+            for lo in range(0, rows, piece_rows):
+                n = min(piece_rows, rows - lo)
+                if self.kind == "rademacher":
+                    # drawn directly in ``dtype``: the same values as int64 draws, without the copy
+                    r = torch.randint(0, 2, (n, self.proj_dim), generator=gen, dtype=dtype).mul_(2).sub_(1)
+                else:
+                    r = torch.randn(n, self.proj_dim, generator=gen, dtype=dtype)
+                yield first + lo, r.div_(math.sqrt(self.proj_dim)).to(device)
+                del r
+
+    def project_parts(self, parts: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Project rows split by columns: ``parts`` are ``[B, n_p]`` tensors whose concatenation
+        along dim 1 is ``x [B, dim]`` (e.g. per-example gradients parameter by parameter, never
+        flattened); returns ``x R`` [B, proj_dim]."""
+        spans, start = [], 0
+        for part in parts:
+            spans.append((start, part))
+            start += part.shape[1]
+        if start != self.dim:
+            raise ValueError(f"inputs have {start} columns; this projection takes {self.dim}")
+        first = spans[0][1]
+        out = torch.zeros(first.shape[0], self.proj_dim, dtype=first.dtype, device=first.device)
+        for lo, r in self._pieces(first.device, first.dtype):
+            hi = lo + len(r)
+            for off, part in spans:
+                a, b = max(lo, off), min(hi, off + part.shape[1])
+                if a < b:
+                    out.addmm_(part[:, a - off:b - off], r[a - lo:b - lo])
+            del r
+        return out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``x`` [B, dim] to [B, proj_dim]."""
-        out = torch.zeros(x.shape[0], self.proj_dim, dtype=x.dtype, device=x.device)
-        for j in range(math.ceil(self.dim / self.block_rows)):
-            lo = j * self.block_rows
-            out += x[:, lo:lo + self.block_rows] @ self._block(j, x.device, x.dtype)
-        return out
+        return self.project_parts([x])
 
 
 def member_projector(dim: int, proj_dim: int, seed: int, member: int,
@@ -119,9 +145,10 @@ class TRAK(Method):
         self.ensemble_mode = ensemble_mode
         self.batch_size = batch_size
         self.requires = frozenset({"checkpoint", "ensemble"} if models > 1 else {"checkpoint"})
-        self._train: list[torch.Tensor] = []  # per member: Phi (Phi^T Phi + lambda I)^-1 [n_train, k]
+        self._train: list[torch.Tensor] = []  # per member: Phi [n_train, k]
+        self._gram_lu: list[tuple[torch.Tensor, torch.Tensor]] = []  # per member: LU of Phi^T Phi + lambda I
         self._out_to_loss: torch.Tensor | None = None
-        self._projectors: dict[int, Projector] = {}  # per member
+        self._projectors: dict[int, Projector] = {}  # per member (seeds only: R is drawn per call)
 
     def check(self, task) -> list[str]:
         p = check_trak_settings(self, task)
@@ -163,38 +190,67 @@ class TRAK(Method):
 
     # ----- features ---------------------------------------------------------------------------
     def _features(self, task, model, split, member: int) -> torch.Tensor:
-        """Projected output-function gradients of ``split`` under ``model``: [len(split), k]."""
+        """Projected output-function gradients of ``split`` under ``model``: [len(split), k]
+        float32 (the precision of the gradients), one chunk of gradients at a time."""
         proj = self._projectors.get(member)
-        if proj is None:  # kept for score: a small projection matrix is drawn once, in fit
+        if proj is None:
             proj = self._projectors[member] = member_projector(num_params(model), self.proj_dim,
                                                                self.seed, member, self.projection)
-        chunks = iter_per_example_grads(self._output_fn(task), model, split.inputs, split.targets,
-                                        self.batch_size)
-        out = torch.empty(len(split), self.proj_dim, dtype=torch.float64)
+        out = None
         start = 0
-        for g in chunks:
-            out[start:start + len(g)] = proj(g)
-            start += len(g)
+        for parts in iter_per_example_parts(self._output_fn(task), model, split.inputs,
+                                            split.targets, self.batch_size):
+            feats = proj.project_parts(parts)
+            del parts
+            if out is None:
+                out = feats.new_empty(len(split), self.proj_dim)
+            out[start:start + len(feats)] = feats
+            start += len(feats)
+            del feats
         return out
 
     def _members(self, task, model):
         return [model] if self.models == 1 else task.ensemble(self.models, self.ensemble_mode)
 
     def fit(self, task, model) -> None:
-        """Per member: Phi (Phi^T Phi + lambda I)^-1 [n_train, k]; the mean out-to-loss term."""
-        self._train, out_to_loss = [], []
+        """Per member: Phi [n_train, k] (float32) and the LU factors of Phi^T Phi + lambda I
+        [k, k] (float64, the Gram matrix summed in float64 over row blocks); the mean
+        out-to-loss term. Scoring applies (Phi^T Phi + lambda I)^-1 to the queries' features,
+        so no [n_train, k] float64 matrix is held."""
+        self._train, self._gram_lu, out_to_loss = [], [], []
         self._projectors = {}
         for m, member in enumerate(self._members(task, model)):
             phi = self._features(task, member, task.train_split, m)
-            gram = phi.T @ phi + self.lambda_reg * torch.eye(self.proj_dim, dtype=phi.dtype)
-            self._train.append(torch.linalg.solve(gram, phi.T).T)
+            gram = self.lambda_reg * torch.eye(self.proj_dim, dtype=torch.float64, device=phi.device)
+            for lo in range(0, len(phi), self.batch_size):
+                rows = phi[lo:lo + self.batch_size].double()
+                gram.addmm_(rows.T, rows)
+                del rows
+            self._gram_lu.append(torch.linalg.lu_factor(gram))
+            del gram
+            self._train.append(phi)
             out_to_loss.append(self._out_to_loss_grad(task, member))
         self._out_to_loss = torch.stack(out_to_loss).mean(0)
 
     def score(self, task, model) -> torch.Tensor:
-        """Scores [n_query, n_train] in the harness convention (d observable_q / d beta_i)."""
-        kernel = torch.zeros(task.n_query, task.n_train, dtype=torch.float64)
+        """Scores [n_query, n_train] in the harness convention (d observable_q / d beta_i):
+        per member, (Phi^T Phi + lambda I)^-1 phi_q^T [k, n_query] (float64), then the kernel
+        in blocks of training columns (``CAST_BLOCK_BYTES`` of float64 features), averaged over members in float64 and
+        written to the float32 result block by block."""
+        solved = []
         for m, member in enumerate(self._members(task, model)):
-            kernel += self._features(task, member, task.query_split, m) @ self._train[m].T
-        kernel /= len(self._train)
-        return (-self._observable_sign(task) * kernel * self._out_to_loss).float()
+            q = self._features(task, member, task.query_split, m).double()
+            solved.append(torch.linalg.lu_solve(*self._gram_lu[m], q.T))
+            del q
+        out = torch.empty(task.n_query, task.n_train)
+        sign = -self._observable_sign(task)
+        step = max(1, CAST_BLOCK_BYTES // (8 * self.proj_dim))  # float64 copies of Phi's rows
+        for lo in range(0, task.n_train, step):
+            hi = min(lo + step, task.n_train)
+            kernel = torch.zeros(task.n_query, hi - lo, dtype=torch.float64)
+            for x, phi in zip(solved, self._train):
+                kernel.addmm_(x.T, phi[lo:hi].double().T)
+            kernel /= len(self._train)
+            out[:, lo:hi] = sign * kernel * self._out_to_loss[lo:hi]
+            del kernel
+        return out

@@ -108,3 +108,23 @@ def test_streamed_training_gradient_dots_match_the_full_product(small_digits):
     cos = train_grad_dots(small_digits, model, q, batch_size=64, normalize=True)
     unit = gt.double() / gt.double().norm(dim=1, keepdim=True)
     assert torch.allclose(cos, q @ unit.T, rtol=1e-5, atol=1e-8)
+
+
+def test_streamed_dots_cast_in_slices_and_accumulate_in_place(small_digits, monkeypatch):
+    from tdabench.methods import gradients
+    from tdabench.methods.gradients import per_example_grads, train_grad_dots, train_grads
+
+    model = small_digits.checkpoint()
+    q = torch.randn(4, train_grads(small_digits, model).shape[1], dtype=torch.float64)
+    whole = train_grad_dots(small_digits, model, q, batch_size=9)
+    monkeypatch.setattr(gradients, "CAST_BLOCK_BYTES", 8 * 9 * 5)  # float64 slices of 5 columns
+    sliced = train_grad_dots(small_digits, model, q, batch_size=9)
+    assert torch.allclose(sliced, whole, rtol=1e-12, atol=1e-14)
+    acc = torch.ones(4, small_digits.n_train, dtype=torch.float64)
+    out = train_grad_dots(small_digits, model, q, batch_size=9, out=acc, alpha=-0.5)
+    assert out is acc and torch.allclose(acc, 1 - 0.5 * whole, rtol=1e-12, atol=1e-14)
+    # gradients written chunk by chunk into one matrix equal those of a single chunk
+    s = small_digits.train_split
+    one = per_example_grads(small_digits.per_example_loss, model, s.inputs, s.targets, chunk=len(s))
+    chunked = per_example_grads(small_digits.per_example_loss, model, s.inputs, s.targets, chunk=7)
+    assert torch.allclose(chunked, one, rtol=1e-6, atol=1e-7)

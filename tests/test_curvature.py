@@ -209,3 +209,28 @@ def test_correct_eigenvalues_refits_in_a_given_basis(small_digits):
     correct_eigenvalues(small_digits, model, curv)
     for name, f in curv.layers.items():
         torch.testing.assert_close(f.corrected, expected[name])
+
+
+def test_query_rows_preconditioned_in_slices_match_one_slice(small_digits, monkeypatch):
+    from tdabench.methods import curvature as curv_mod
+
+    task = small_digits
+    model = task.checkpoint()
+    curv = fit_curvature_uncached(task, model, CurvatureConfig(strategy="ekfac"))
+    whole = curv_mod.precondition_queries(task, model, curv)
+    direct = curv.precondition(per_example_grads(task.observable, model, task.query_split.inputs,
+                                                 task.query_split.targets), GradientLayout(model))
+    torch.testing.assert_close(whole, direct, rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(curv_mod, "PRECONDITION_ROW_BYTES", 1)  # one row at a time
+    torch.testing.assert_close(curv_mod.precondition_queries(task, model, curv), whole,
+                               rtol=1e-5, atol=1e-7)
+    # layer by layer, in blocks of per-example gradients as small as one example: the same
+    # scores as the flat dot products with every parameter's gradient
+    flat = pairwise_scores(task, model, whole)
+    tol = {"rtol": 1e-4, "atol": 1e-5 * flat.abs().max().item()}
+    torch.testing.assert_close(pairwise_scores(task, model, whole, curvature=curv), flat, **tol)
+    torch.testing.assert_close(pairwise_scores(task, model, whole[:1], batch_size=7, curvature=curv),
+                               flat[:1], **tol)
+    parts = pairwise_scores(task, model, whole, batch_size=7, curvature=curv, per_layer=True)
+    assert set(parts) == set(curv.layers)
+    torch.testing.assert_close(sum(parts.values()), flat, **tol)

@@ -23,11 +23,18 @@ def per_query_spearman(a: torch.Tensor, b: torch.Tensor) -> list[float]:
 
 def test_projector_is_seeded_and_chunking_does_not_change_it():
     x = torch.randn(5, 1000, dtype=torch.float64)
-    whole = Projector(1000, 64, seed=3, block_rows=4096)(x)
-    chunked = Projector(1000, 64, seed=3, block_rows=4096, cache_entries=0)(x)
-    assert torch.equal(whole, chunked)
-    small_blocks = Projector(1000, 64, seed=3, block_rows=100, cache_entries=0)
-    assert small_blocks.cache is None  # nothing kept: one 100 x 64 block at a time
+    whole = Projector(1000, 64, seed=3, block_rows=4096, piece_bytes=2**30)(x)
+    for kind in ("rademacher", "gaussian"):
+        # drawn and applied in slices of 16 rows (the smallest): the same matrix as one draw
+        one = Projector(1000, 64, seed=3, kind=kind, piece_bytes=2**30)
+        sliced = Projector(1000, 64, seed=3, kind=kind, piece_bytes=1)
+        assert torch.allclose(one(x), sliced(x), rtol=1e-12, atol=1e-12)
+        # columns split into parts (per-parameter gradients) project like the whole rows
+        parts = [x[:, :7], x[:, 7:500], x[:, 500:]]
+        assert torch.allclose(sliced.project_parts(parts), one(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="999 columns"):
+        Projector(1000, 64, seed=3).project_parts([x[:, :999]])
+    small_blocks = Projector(1000, 64, seed=3, block_rows=100)
     assert small_blocks(x).shape == (5, 64)
     assert not torch.allclose(whole, Projector(1000, 64, seed=4)(x))
     # Rademacher entries scaled by 1/sqrt(k): squared norms are preserved on average

@@ -193,7 +193,7 @@ def _unknown_keys(overrides, keyed) -> list[str]:
     """Dotted keys that no composed config holds (for every ``task=`` choice of a sweep)."""
     from omegaconf import DictConfig
 
-    base = [f"{o.key_or_group}={o.value()}" for o in overrides
+    base = [o.input_line for o in overrides  # as given: `+sweep=NAME` keeps its `+`
             if "." not in o.key_or_group and not o.is_sweep_override() and o.value() is not None
             and o.key_or_group not in ("task", "method", "results_dir", "cache_dir")]
     problems = []

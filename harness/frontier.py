@@ -12,7 +12,8 @@ curve is undefined ("outside range"): nothing is extrapolated.
 truth, for every ground truth where some method ran at two or more settings:
 
 * ``settings``, ``best_lds``, ``best_setting``, ``s_min`` / ``s_max``, ``flops_min`` /
-  ``flops_max``: what was measured.
+  ``flops_max``: what was measured; ``cached_fits``: settings whose fit read curvature factors
+  cached by an earlier run (EK-FAC, K-FAC: their cost is a file read, not a fit).
 * ``ekfac_s`` / ``ekfac_flops``: EK-FAC's cost on that ground truth (its row at the default
   setting, else its costliest row; ``ekfac_row`` says which), and ``lds_at_ekfac_s`` (with
   ``_low`` / ``_high``, the curve through the interval bounds) and ``lds_at_ekfac_flops``: the
@@ -33,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from tdabench.harness.leaderboard import chosen_records, ground_truths
-from tdabench.harness.record_view import run_cost
+from tdabench.harness.record_view import fit_from_cache, run_cost
 from tdabench.harness.storage import atomic_write_bytes
 
 #: the cost axes: fit + score seconds, fit + score FLOPs
@@ -47,13 +48,15 @@ TARGET_FRACTION = 0.9
 @dataclass(frozen=True)
 class Point:
     """One setting of a method on one ground truth (``setting``: its leaderboard setting, or
-    "defaults"): LDS, its 95% interval, costs (None when the record has no such measurement)."""
+    "defaults"): LDS, its 95% interval, costs (None when the record has no such measurement) and
+    whether its fit was a read of cached curvature factors (its cost then understates a fit)."""
     setting: str
     lds: float
     low: float
     high: float
     s: float | None
     flops: float | None
+    cached_fit: bool = False  # the fit read curvature factors cached by an earlier run
 
     def cost(self, axis: str) -> float | None:
         value = getattr(self, axis)
@@ -75,7 +78,8 @@ def points(records: list[dict]) -> dict[str, dict[str, list[Point]]]:
         low, high = rec.get("lds_ci") or [lds, lds]
         cost = run_cost(rec)
         out.setdefault(gt, {}).setdefault(line_name(method, sweep), []).append(
-            Point(setting or "defaults", lds, float(low), float(high), cost["total_s"], cost["flops"]))
+            Point(setting or "defaults", lds, float(low), float(high), cost["total_s"], cost["flops"],
+                  fit_from_cache(rec)))
     for lines in out.values():
         for pts in lines.values():
             pts.sort(key=lambda p: (p.s is None, p.s or 0.0))
@@ -147,10 +151,9 @@ def reference_point(lines: dict[str, list[Point]]) -> tuple[Point | None, str]:
     if not rows:
         return None, ""
     default = [p for p in rows if p.setting == "defaults"]
-    if default:
-        return default[0], "default setting"
-    p = max(rows, key=lambda p: p.s or 0.0)
-    return p, f"[{p.setting}] (no row at the default setting: its costliest)"
+    p = default[0] if default else max(rows, key=lambda p: p.s or 0.0)
+    which = "default setting" if default else f"[{p.setting}] (no row at the default setting: its costliest)"
+    return p, which + ("; its fit read cached curvature factors, so its cost is a file read" if p.cached_fit else "")
 
 
 def table(records: list[dict]) -> pd.DataFrame:
@@ -166,7 +169,8 @@ def table(records: list[dict]) -> pd.DataFrame:
         for name, line in sorted(lines.items()):
             best = max(line, key=lambda p: p.lds)
             row = {"ground_truth": gt, "task": (gts.get(gt) or {}).get("task"), "method": name,
-                   "settings": len(line), "best_lds": best.lds, "best_setting": best.setting}
+                   "settings": len(line), "best_lds": best.lds, "best_setting": best.setting,
+                   "cached_fits": " ".join(f"[{p.setting}]" for p in line if p.cached_fit) or None}
             for axis in AXES:
                 costs = [p.cost(axis) for p in line if p.cost(axis) is not None]
                 row[f"{axis}_min"], row[f"{axis}_max"] = (min(costs), max(costs)) if costs else (None, None)
@@ -191,7 +195,7 @@ def table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-COLUMNS = ["ground_truth", "task", "method", "settings", "best_lds", "best_setting", "s_min", "s_max",
+COLUMNS = ["ground_truth", "task", "method", "settings", "best_lds", "best_setting", "cached_fits", "s_min", "s_max",
            "flops_min", "flops_max", "ekfac_row", "ekfac_s", "lds_at_ekfac_s", "lds_at_ekfac_s_low",
            "lds_at_ekfac_s_high", "lds_at_ekfac_s_note", "ekfac_flops", "lds_at_ekfac_flops",
            "lds_at_ekfac_flops_low", "lds_at_ekfac_flops_high", "lds_at_ekfac_flops_note", "lds_90pct",

@@ -243,7 +243,11 @@ def plot_frontier(records: list[dict], out: Path) -> list[Path]:
                 x = [p.cost(axis) for p in line]
                 y = np.array([p.lds for p in line])
                 err = [y - np.array([p.low for p in line]), np.array([p.high for p in line]) - y]
-                ax.errorbar(x, y, yerr=err, fmt="o-", ms=4, capsize=3, lw=1.2, label=name)
+                bar = ax.errorbar(x, y, yerr=err, fmt="o-", ms=4, capsize=3, lw=1.2, label=name)
+                cached = [(p.cost(axis), p.lds) for p in line if p.cached_fit]
+                if cached:  # a cached fit's cost is a file read
+                    ax.scatter(*zip(*cached), marker="x", s=60, color=bar[0].get_color(),
+                               label=f"{name}: fit read cached factors")
             front = pareto([p for line in lines.values() for p in line], axis)
             if front:
                 fx = [p.cost(axis) for p in front] + [max(p.cost(axis) for line in lines.values() for p in line

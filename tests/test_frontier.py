@@ -138,6 +138,13 @@ def test_without_an_ekfac_row_the_comparison_is_empty_with_a_note():
     assert (df["lds_at_ekfac_s_note"] == "no ekfac row on this ground truth").all()
 
 
+def test_a_fit_read_from_cached_factors_is_flagged():
+    cached = {**rec("ekfac", 0.50, 2.0, 2e9), "diagnostics": {"factors_from_cache": True}}
+    df = table([*[r for r in RECORDS if r["method"] != "ekfac"], cached]).set_index("method")
+    assert df.loc["ekfac", "cached_fits"] == "[defaults]" and pd.isna(df.loc["bif", "cached_fits"])
+    assert "its cost is a file read" in df.loc["bif", "ekfac_row"]
+
+
 def test_no_frontier_without_a_method_at_two_settings(tmp_path):
     assert table([rec("ekfac", 0.5, 2.0), rec("grad_dot", 0.1, 1.0)]).empty
 

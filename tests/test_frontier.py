@@ -39,6 +39,23 @@ def test_the_main_methods_have_ladders():
     assert METHODS.get("grad_dot").cost_ladder == ()
 
 
+def test_frontier_sweep_covers_every_rung_of_its_methods():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from tdabench.harness.cli import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["+sweep=frontier"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    methods = params["method"].split(",")
+    levels = [int(v) for v in str(params["frontier.level"]).split(",")]
+    assert {"bif", "trak", "ekfac"} <= set(methods) <= set(METHODS.names())
+    assert levels == list(range(max(len(METHODS.get(m).cost_ladder) for m in methods)))
+    assert cfg.frontier.level is None  # set per job by the sweep
+
+
 def test_level_selects_the_rung_over_task_and_class_defaults():
     base = compose(["method=bif"])
     assert (base["method"]["chains"], base["method"]["draws"]) == (8, 800)  # digits_mlp's default

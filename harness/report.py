@@ -27,7 +27,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tdabench.harness.frontier import AXES, frontier_ground_truths, pareto, points, reference_point  # noqa: E402
+from tdabench.harness.frontier import (  # noqa: E402
+    AXES,
+    frontier_ground_truths,
+    pareto,
+    points,
+    reference_point,
+)
+from tdabench.harness.frontier import table as frontier_table  # noqa: E402
 from tdabench.harness.leaderboard import (  # noqa: E402
     build,
     ceiling_text,
@@ -285,6 +292,11 @@ def _heading_breaks(name: str) -> str:
     return html.escape(str(name)).replace("_", "_<wbr>")
 
 
+#: frontier.csv columns shown in report.html
+FRONTIER_SHOWN = ["ground_truth", "method", "settings", "best_lds", "lds_at_ekfac_s", "lds_at_ekfac_s_note",
+                  "lds_90pct", "s_to_90pct", "s_to_90pct_note"]
+
+
 def write_report(results_dirs, out: str | Path | None = None) -> Path:
     """Write ``plots/*.png`` and ``report.html`` for the records of ``results_dirs`` (one folder or
     several) into ``out`` (default: the first folder); returns the report path."""
@@ -329,6 +341,15 @@ def write_report(results_dirs, out: str | Path | None = None) -> Path:
             matrix = cells.pivot(index="method_a", columns="method_b", values="cell")
             matrix = matrix.reindex(index=order[:-1], columns=order[1:]).fillna("")
             parts += [f"<h3>{html.escape(gt)}</h3>", f"<div class='scroll'>{matrix.to_html()}</div>"]
+    frontier = frontier_table(records)
+    if not frontier.empty:
+        shown = frontier[FRONTIER_SHOWN].map(
+            lambda v: "" if v is None or v != v else f"{v:.4g}" if isinstance(v, float) else v)
+        parts += ["<h2>Cost-quality frontier</h2>",
+                  "<p>Per method: its LDS at EK-FAC's fit + score seconds (interpolated in log-cost "
+                  "between its two nearest settings; never extrapolated) and the seconds at which it "
+                  "first reaches 90% of the best LDS on the ground truth. FLOPs and intervals are in "
+                  "frontier.csv.</p>", f"<div class='scroll'>{shown.to_html(index=False, escape=True)}</div>"]
     parts += ["<h2>Plots</h2>"] + [_img(p) for p in plots] + ["</body></html>"]
     path = out / "report.html"
     atomic_write_bytes(path, "\n".join(parts).encode())

@@ -176,7 +176,8 @@ def test_leaderboard_writes_frontier_csv_and_plot(tmp_path, capsys):
     assert len(df) == 4 and "lds_at_ekfac_s" in df and "flops_to_90pct" in df
     plots = list((folder / "plots").glob("frontier_*.png"))
     assert len(plots) == 1 and plots[0].stat().st_size > 10_000
-    assert "frontier_digits_mlp_aaaaaa" in (folder / "report.html").read_text()
+    report = (folder / "report.html").read_text()
+    assert "frontier_digits_mlp_aaaaaa" in report and "Cost-quality frontier" in report and ">nan<" not in report
 
 
 # ------------------------------------------------------------------ end to end ------------------

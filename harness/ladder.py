@@ -14,7 +14,8 @@ with a level (``method.eps=3e-4 frontier.level=2``).
 
 A method without a ladder runs at level 0 as at a null level (its one point on the frontier).
 A level beyond a method's ladder (any level above 0 for a method without one) raises
-:class:`LevelBeyondLadder`: a sweep skips that pairing with a one-line note and writes no record.
+:class:`LevelBeyondLadder`: a sweep skips that pairing with a one-line note and writes no record
+(a single run is refused).
 """
 
 from __future__ import annotations

@@ -93,6 +93,15 @@ def test_levels_past_the_ladder_and_bad_levels():
     assert apply_level(apply_level(cfg))["method"]["models"] == 2  # idempotent
 
 
+def test_a_single_run_past_the_ladder_is_refused_before_any_work(tmp_path):
+    out = subprocess.run([str(BIN / "tdabench"), "method=grad_dot", "frontier.level=1", "wandb.mode=disabled",
+                          f"results_dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "error: frontier.level=1: method grad_dot has no cost ladder" in out.stderr
+    assert not (tmp_path / "r" / "runs.jsonl").exists() and not list((tmp_path / "c").rglob("*.pt"))
+
+
 # ------------------------------------------------------------------ frontier.csv math ----------
 def rec(method, lds, s, flops=None, params=None, gt_key="digits_mlp-aaaaaaaaaaaa"):
     return {"run_id": f"{method}-{json.dumps(params)}", "task": "digits_mlp", "method": method, "status": "ok",

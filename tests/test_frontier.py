@@ -19,7 +19,7 @@ from tdabench.harness.frontier import Point, cost_to_reach, lds_at, pareto, tabl
 from tdabench.harness.ladder import LevelBeyondLadder, apply_level, ladder_problems, rung
 from tdabench.harness.leaderboard_cli import main as leaderboard_main
 from tdabench.harness.registry import METHODS
-from tdabench.harness.run import config_hash
+from tdabench.harness.run import config_hash, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -31,6 +31,19 @@ def test_every_ladder_names_real_parameters_with_valid_values(name):
     cls = METHODS.get(name)
     assert ladder_problems(cls) == []
     assert 0 <= len(cls.cost_ladder) <= 6
+
+
+def test_every_rung_passes_the_checks_on_the_default_task(tmp_path):
+    """Each rung is a valid setting on digits_mlp: prepare() validates the config and the pairing
+    (the method's check()) without training anything."""
+    for name in METHODS.names():
+        for level in range(len(METHODS.get(name).cost_ladder)):
+            cfg = compose([f"method={name}", f"frontier.level={level}", f"cache_dir={tmp_path}",
+                           f"results_dir={tmp_path / 'r'}"])
+            task, method = prepare(cfg)
+            assert task.name == "digits_mlp" and method.name == name
+            assert all(cfg["method"][k] == v for k, v in rung(METHODS.get(name), level).items())
+    assert not list(tmp_path.rglob("*.pt"))
 
 
 def test_the_main_methods_have_ladders():

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from tdabench.harness.config import ConfigError, UnsupportedPairingError, folder_problem
+from tdabench.harness.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
 from tdabench.harness.logs import setup as setup_logging
 from tdabench.harness.logs import take_verbosity_flags
 from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
@@ -81,7 +82,17 @@ def compose(overrides: list[str]) -> dict:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+    return resolve(cfg)
+
+
+def resolve(cfg) -> dict:
+    """The composed config ``cfg`` (an OmegaConf node) resolved, with the rung of the method's cost
+    ladder that ``frontier.level`` selects applied (:mod:`harness.ladder`; parameters set
+    explicitly are told apart from defaults before resolution). Raises ConfigError for a bad level
+    or a conflict, LevelBeyondLadder past the ladder's end."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    raw = OmegaConf.to_container(cfg.method, resolve=False) if "method" in cfg else {}
+    return apply_level(resolved, explicit_keys(raw))
 
 
 def _choices(overrides, key: str, default: list[str]) -> list[str]:
@@ -148,10 +159,34 @@ def precheck(argv: list[str]) -> list[str]:
             if key not in allowed:
                 problems.append(f"method.{key}: method {name} has no parameter {key!r}; its parameters: "
                                 f"{', '.join(allowed)}")
+    problems += _level_problems(overrides, keyed, methods)
     others = [o for o in keyed if not o.key_or_group.startswith("method.")]
     if others:
         problems += _unknown_keys(overrides, others)
     return problems
+
+
+def _level_problems(overrides, keyed, methods: list[str]) -> list[str]:
+    """Bad ``frontier.level`` values, and ``method.KEY=`` values that a chosen rung of a swept
+    method's cost ladder would also set (see :mod:`harness.ladder`)."""
+    levels = []
+    for choice in _choices(overrides, "frontier.level", []):
+        try:
+            level = None if choice in ("null", "None") else int(choice)
+        except ValueError:
+            level = choice
+        problem = level_problem(level)
+        if problem:
+            return [problem]
+        levels.append(level)
+    explicit = [o for o in keyed if o.key_or_group.startswith("method.")]
+    keys = [o.key_or_group.split(".", 1)[1] for o in explicit]
+    values = {k: o.value() for k, o in zip(keys, explicit) if not o.is_sweep_override()}
+    problems = []
+    for name in methods:
+        for level in [lv for lv in levels if lv is not None]:
+            problems += conflicts(METHODS.get(name), level, keys, values)
+    return list(dict.fromkeys(problems))
 
 
 def _unknown_keys(overrides, keyed) -> list[str]:
@@ -202,8 +237,19 @@ def _app(cfg) -> None:
 
     from tdabench.harness.run import execute, record_unsupported
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        resolved = resolve(cfg)
+    except LevelBeyondLadder as exc:
+        if not multirun:
+            print(f"tdabench: error: {exc.problems[0]}", file=sys.stderr)
+            sys.exit(2)
+        log.info(f"{cfg.task.name} / {cfg.method.name}: skipped, {exc.problems[0]}")  # no record
+        return
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"tdabench: error: {line}", file=sys.stderr)
+        sys.exit(2)
     group = _group(resolved)
     try:
         record = execute(resolved, group=group)

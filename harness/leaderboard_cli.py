@@ -2,8 +2,9 @@
 
 Writes the leaderboard of one results folder, or of several compared side by side (``--out``
 required; a ``sweep`` column tells their rows apart), into OUT (default: the one folder):
-``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (:mod:`harness.leaderboard`), prints the
-Markdown, and writes ``report.html`` with its plots (:mod:`harness.report`; ``--no-report`` skips
+``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (:mod:`harness.leaderboard`) and, when a
+method ran at two or more settings on a ground truth, ``frontier.csv`` (:mod:`harness.frontier`),
+prints the Markdown, and writes ``report.html`` with its plots (:mod:`harness.report`; ``--no-report`` skips
 them). ``--wandb`` also logs one summary run per ground truth into the wandb group, project and
 entity of the runs it summarises.
 """
@@ -14,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tdabench.harness.leaderboard import write
+from tdabench.harness.frontier import write as write_frontier
+from tdabench.harness.leaderboard import read_folders, write
 from tdabench.harness.logs import setup as setup_logging
 from tdabench.harness.report import log_to_wandb, write_report
 from tdabench.harness.results import one_line_errors
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or args.results_dirs[0])
     write(args.results_dirs, out)
     print((out / "leaderboard.md").read_text())
+    frontier = write_frontier(read_folders(args.results_dirs), out)
+    if frontier:
+        print(f"frontier: {frontier}")
     if not args.no_report:
         print(f"report: {write_report(args.results_dirs, out)}")
     if args.wandb:

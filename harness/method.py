@@ -40,6 +40,11 @@ class Method:
     #: parameters whose default is another setting of the run (a config key), e.g. the method's
     #: ``seed`` follows the run's ``seed``; a task default or a command-line value still wins
     follows: ClassVar[dict[str, str]] = {"seed": "seed"}
+    #: the method's cost knobs as an ordered ladder of settings, cheapest first: rung i is a
+    #: ``{parameter: value}`` dict that ``frontier.level=i`` applies over the task's and the
+    #: class's defaults (the cost-quality frontier, ``+sweep=frontier``); () when the method has
+    #: no knob that trades cost for quality
+    cost_ladder: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)

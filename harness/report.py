@@ -6,7 +6,10 @@ its size in the legend; LDS against compute (fit + score seconds; model training
 where they differ between rows), as in TRAK's main figure. Per task: LDS against n_train when a
 sweep varies it, time and peak memory against parameter count on log-log axes when a sweep varies
 model size. Per BIF row: its SGLD loss traces as the median over chains with a band from the
-lowest to the highest chain.
+lowest to the highest chain. Per ground truth where a method ran at two or more settings: the
+cost-quality frontier (:mod:`harness.frontier`), LDS with 95% error bars against fit + score
+seconds and against FLOPs (log x), one line per method, the Pareto front over every row marked and
+EK-FAC's cost as a dotted line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from tdabench.harness.frontier import (  # noqa: E402
+    AXES,
+    frontier_ground_truths,
+    pareto,
+    points,
+    reference_point,
+)
+from tdabench.harness.frontier import table as frontier_table  # noqa: E402
 from tdabench.harness.leaderboard import (  # noqa: E402
     build,
     ceiling_text,
@@ -213,9 +224,58 @@ def plot_traces(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+AXIS_LABELS = {"s": "fit + score seconds (log)", "flops": "FLOPs, fit + score (log)"}
+
+
+def plot_frontier(records: list[dict], out: Path) -> list[Path]:
+    """Per ground truth where some method ran at two or more settings: LDS (95% error bars)
+    against cost, one panel per cost axis that the rows measure (seconds, FLOPs), one line per
+    method through its settings, the Pareto front over every row (the highest LDS at no more
+    cost) as a dashed step line with ringed points, and EK-FAC's cost as a dotted line."""
+    pts = points(records)
+    gts = ground_truths(records)
+    paths = []
+    for gt in frontier_ground_truths(pts):
+        lines = pts[gt]
+        axes_shown = [a for a in AXES if sum(p.cost(a) is not None for line in lines.values() for p in line) >= 2]
+        if not axes_shown:
+            continue
+        ref, _ = reference_point(lines)
+        fig, axes = plt.subplots(1, len(axes_shown), figsize=(1.5 + 6 * len(axes_shown), 4.6), squeeze=False)
+        for ax, axis in zip(axes[0], axes_shown):
+            for name, line in sorted(lines.items()):
+                line = sorted((p for p in line if p.cost(axis) is not None), key=lambda p: p.cost(axis))
+                if not line:
+                    continue
+                x = [p.cost(axis) for p in line]
+                y = np.array([p.lds for p in line])
+                err = [y - np.array([p.low for p in line]), np.array([p.high for p in line]) - y]
+                bar = ax.errorbar(x, y, yerr=err, fmt="o-", ms=4, capsize=3, lw=1.2, label=name)
+                cached = [(p.cost(axis), p.lds) for p in line if p.cached_fit]
+                if cached:  # a cached fit's cost is a file read
+                    ax.scatter(*zip(*cached), marker="x", s=60, color=bar[0].get_color(),
+                               label=f"{name}: fit read cached factors")
+            front = pareto([p for line in lines.values() for p in line], axis)
+            if front:
+                fx = [p.cost(axis) for p in front] + [max(p.cost(axis) for line in lines.values() for p in line
+                                                          if p.cost(axis) is not None)]
+                fy = [p.lds for p in front] + [front[-1].lds]
+                ax.step(fx, fy, where="post", ls="--", c="k", lw=1, label="Pareto front (max LDS at <= cost)")
+                ax.scatter(fx[:-1], fy[:-1], s=90, facecolors="none", edgecolors="k", lw=1)
+            if ref is not None and ref.cost(axis) is not None:
+                ax.axvline(ref.cost(axis), ls=":", c="gray", lw=1, label="EK-FAC's cost")
+            ax.set_xscale("log")
+            ax.set_xlabel(AXIS_LABELS[axis])
+            ax.set_ylabel("LDS (95% interval)")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Cost-quality frontier: {gt}", fontsize=10)
+        paths.append(_save(fig, out / f"frontier_{gt_slug(gt, gts.get(gt, {}))}.png"))
+    return paths
+
+
 def make_plots(records: list[dict], out: Path) -> list[Path]:
-    return (plot_lds(records, out) + plot_cost(records, out) + plot_n_train(records, out)
-            + plot_scaling(records, out) + plot_traces(records, out))
+    return (plot_lds(records, out) + plot_cost(records, out) + plot_frontier(records, out)
+            + plot_n_train(records, out) + plot_scaling(records, out) + plot_traces(records, out))
 
 
 def _img(path: Path) -> str:
@@ -230,6 +290,11 @@ def _dirs(results_dirs) -> list[Path]:
 def _heading_breaks(name: str) -> str:
     """A column name that may wrap after its underscores (narrow tables that fit the page)."""
     return html.escape(str(name)).replace("_", "_<wbr>")
+
+
+#: frontier.csv columns shown in report.html
+FRONTIER_SHOWN = ["ground_truth", "method", "settings", "best_lds", "lds_at_ekfac_s", "lds_at_ekfac_s_note",
+                  "lds_90pct", "s_to_90pct", "s_to_90pct_note"]
 
 
 def write_report(results_dirs, out: str | Path | None = None) -> Path:
@@ -276,6 +341,15 @@ def write_report(results_dirs, out: str | Path | None = None) -> Path:
             matrix = cells.pivot(index="method_a", columns="method_b", values="cell")
             matrix = matrix.reindex(index=order[:-1], columns=order[1:]).fillna("")
             parts += [f"<h3>{html.escape(gt)}</h3>", f"<div class='scroll'>{matrix.to_html()}</div>"]
+    frontier = frontier_table(records)
+    if not frontier.empty:
+        shown = frontier[FRONTIER_SHOWN].map(
+            lambda v: "" if v is None or v != v else f"{v:.4g}" if isinstance(v, float) else v)
+        parts += ["<h2>Cost-quality frontier</h2>",
+                  "<p>Per method: its LDS at EK-FAC's fit + score seconds (interpolated in log-cost "
+                  "between its two nearest settings; never extrapolated) and the seconds at which it "
+                  "first reaches 90% of the best LDS on the ground truth. FLOPs and intervals are in "
+                  "frontier.csv.</p>", f"<div class='scroll'>{shown.to_html(index=False, escape=True)}</div>"]
     parts += ["<h2>Plots</h2>"] + [_img(p) for p in plots] + ["</body></html>"]
     path = out / "report.html"
     atomic_write_bytes(path, "\n".join(parts).encode())

@@ -43,6 +43,7 @@ from tdabench.harness.config import (
 )
 from tdabench.harness.data_paths import set_data_root
 from tdabench.harness.ground_truth import GroundTruthBuilder
+from tdabench.harness.ladder import apply_level
 from tdabench.harness.lds import lds
 from tdabench.harness.profiling import Profiler, warm_up
 from tdabench.harness.quality import (
@@ -68,7 +69,9 @@ from tdabench.harness.tracking import log_run
 from tdabench.harness.training import num_params
 
 #: config keys that do not change a run's numbers (left out of its config hash)
-NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "hydra", "force", "sweep_name")
+#: (``frontier`` only selects method parameters, which ``config.method`` holds as applied)
+NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "hydra", "force", "sweep_name",
+                   "frontier")
 
 
 log = logging.getLogger(__name__)
@@ -333,7 +336,11 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     a lock per pairing, so a concurrent identical run waits and then reports the same record.
     Tasks that measure cost only (``measures_lds = False``) skip the ground-truth and LDS phases.
     Ctrl-C raises :class:`UserInterrupt` (nothing is recorded; cached work is kept).
+    With ``frontier.level`` set, the rung of the method's cost ladder is applied to
+    ``cfg['method']`` (a config from :func:`harness.cli.compose` has it applied already, after
+    refusing conflicts with explicit values); past the ladder's end ``LevelBeyondLadder`` is raised.
     """
+    cfg = apply_level(cfg)
     task, method = prepare(cfg)
     set_threads(cfg.get("threads"))
     with user_interrupts():

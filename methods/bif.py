@@ -161,6 +161,11 @@ class _ChainModel:
 class BIF(Method):
     """Local Bayesian influence function by SGLD (see the module docstring)."""
 
+    #: chains x draws per chain, cheapest first (the top rung is digits_mlp's default; burn-in and
+    #: the spacing of draws keep their defaults)
+    cost_ladder = ({"chains": 2, "draws": 50}, {"chains": 4, "draws": 100}, {"chains": 4, "draws": 200},
+                   {"chains": 8, "draws": 400}, {"chains": 8, "draws": 800})
+
     def __init__(self, seed: int = 0, chains: int = 4, draws: int = 100, burn_in: int = 100,
                  steps_between_draws: int = 5, eps: float = 1e-4, gamma: float = 100.0,
                  nbeta: float | None = None, batch_size: int = 64, normalize: str = "covariance",

@@ -37,6 +37,9 @@ class KroneckerIF(Method):
     """Shared body of ``ekfac`` and ``kfac``; subclasses set ``strategy``."""
 
     strategy: ClassVar[str] = "ekfac"
+    #: training examples the curvature factors are fitted on, cheapest first (null: all of them)
+    cost_ladder = ({"max_examples": 100}, {"max_examples": 250}, {"max_examples": 500},
+                   {"max_examples": None})
 
     def __init__(self, seed: int = 0, damping: float = 0.1, damping_kind: str = "relative",
                  empirical_fisher: bool = False, fisher_samples: int = 1, layers: list[str] | None = None,

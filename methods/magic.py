@@ -39,6 +39,8 @@ SEED_STRIDE = 104729  # training seeds of magic: the reference seed, then seed +
 
 class Magic(Method):
     requires = frozenset({"checkpoint", "replayable"})
+    #: training runs averaged (one more replayed training each), cheapest first
+    cost_ladder = ({"seeds": 1}, {"seeds": 2}, {"seeds": 3})
 
     #: by default, as many training runs as the ground truth has seeds, and the reference run
     #: alone when the ground truth is the same-seed one

@@ -94,6 +94,8 @@ class SOURCE(Method):
     absolute)."""
 
     requires = frozenset({"checkpoint", "trajectory"})
+    #: segments of the reference run, cheapest first (at most the task's trajectory_checkpoints)
+    cost_ladder = ({"segments": 1}, {"segments": 2}, {"segments": 3}, {"segments": 5})
 
     def __init__(self, seed: int = 0, segments: int = 3, damping: float = 0.0,
                  damping_kind: str = "relative", strategy: str = "ekfac",

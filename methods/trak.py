@@ -133,6 +133,11 @@ class TRAK(Method):
     first train on random halves); ``batch_size`` examples per gradient chunk.
     """
 
+    #: projection size, then ensemble members (each one more model training), cheapest first
+    cost_ladder = ({"models": 1, "proj_dim": 128}, {"models": 1, "proj_dim": 512},
+                   {"models": 2, "proj_dim": 512}, {"models": 5, "proj_dim": 512},
+                   {"models": 10, "proj_dim": 512})
+
     def __init__(self, seed: int = 0, models: int = 1, proj_dim: int = 512,
                  projection: str = "rademacher", lambda_reg: float = 0.0, output: str = "auto",
                  ensemble_mode: str = "full", batch_size: int = 256):

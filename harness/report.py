@@ -144,27 +144,41 @@ def _by(records, key):
     for r, (_, _, method, setting_, sweep) in zip(records, row_keys(records)):
         if r.get(key) is not None:
             cost = run_cost(r)
+            ci = r.get("lds_ci") or [None, None]
             rows.append({"task": r["task"], "method": row_label((None, None, method, setting_, sweep)),
-                         "x": r.get(key), "lds": r.get("lds"), "time": cost["total_s"],
+                         "x": r.get(key), "lds": r.get("lds"), "lds_lo": ci[0], "lds_hi": ci[1],
+                         "normalized_lds": r.get("normalized_lds"), "time": cost["total_s"],
                          "mem": cost["peak_mem_mb"]})
     return pd.DataFrame(rows)
 
 
 def plot_n_train(records: list[dict], out: Path) -> list[Path]:
+    """Per task whose records vary n_train: LDS (95% interval) and normalized LDS (LDS over the
+    ground truth's ceiling; the same interval scaled by it) against n_train, one line per row."""
     df = _by(_ok(records), "n_train")
     paths = []
     for task, sub in (df.groupby("task") if not df.empty else []):
         if sub["x"].nunique() < 2:
             continue
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for method, m in sub.groupby("method"):
-            m = m.groupby("x")["lds"].last()
-            ax.plot(m.index, m.values, "o-", label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("n_train (log)")
-        ax.set_ylabel("LDS")
-        ax.set_title(f"{task}: LDS against training-set size")
-        ax.legend(fontsize=8)
+            m = m.groupby("x").last().sort_index()
+            for ax, col in zip(axes, ("lds", "normalized_lds")):
+                y = m[col].astype(float)
+                if y.isna().all():
+                    continue
+                scale = y / m["lds"].astype(float)  # 1 for LDS, 1 / ceiling for normalized LDS
+                lo = (m["lds"] - m["lds_lo"]).astype(float) * scale
+                hi = (m["lds_hi"] - m["lds"]).astype(float) * scale
+                ax.errorbar(m.index, y, yerr=[lo.fillna(0), hi.fillna(0)], fmt="o-", capsize=3,
+                            label=method)
+        for ax, label in zip(axes, ("LDS (95% interval)", "normalized LDS (LDS / ceiling)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("n_train (log)")
+            ax.set_ylabel(label)
+        axes[0].set_title(f"{task}: LDS against training-set size")
+        axes[1].set_title("normalized by each ground truth's ceiling")
+        axes[1].legend(fontsize=8)
         paths.append(_save(fig, out / f"n_train_{task}.png"))
     return paths
 

@@ -28,11 +28,13 @@ Sign convention: positive scores mean more weight on example i raises query q's 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from tdabench.harness.method import Method
+from tdabench.harness.storage import CorruptFileError, content_hash, load_verified, remove_verified, save_verified
 
 SEED_STRIDE = 104729  # training seeds of magic: the reference seed, then seed + stride * s
 
@@ -83,8 +85,16 @@ class Magic(Method):
             replay = task.replay(s)
             for q0 in range(0, task.n_query, self.query_batch):
                 q = slice(q0, min(q0 + self.query_batch, task.n_query))
-                scores[q] += metagradient(task, replay, q, self.segment, self.diagnostics_for(replay))
+                state = self.state_path(task, s, q)
+                scores[q] += metagradient(task, replay, q, self.segment, self.diagnostics_for(replay), state)
         return (scores / len(seeds)).float()
+
+    def state_path(self, task, seed: int, queries: slice) -> Path:
+        """Where an unfinished reverse pass keeps its adjoints (the task's cache, keyed by the task,
+        the training seed, the segment length and the queries)."""
+        key = content_hash({"task": task.fingerprint(), "seed": seed, "segment": self.segment,
+                            "queries": [queries.start, queries.stop]})
+        return task.cache_dir / "solver" / f"{task.name}-magic-{key}.pt"
 
     def diagnostics_for(self, replay) -> dict:
         k = self.segment or max(1, math.ceil(math.sqrt(replay.steps)))
@@ -98,10 +108,15 @@ def _detached(tree: dict, grad: bool = False) -> dict:
 
 
 def metagradient(task, replay, queries: slice, segment: int | None = None,
-                 diagnostics: dict | None = None) -> torch.Tensor:
+                 diagnostics: dict | None = None, state_path: Path | None = None) -> torch.Tensor:
     """d phi_q(w_T) / d beta_i of one replayed run for the queries ``queries``: float64
     ``[len(queries), n_train]``, by reverse mode through checkpointed segments of ``segment``
-    steps (default ceil(sqrt(steps)))."""
+    steps (default ceil(sqrt(steps))).
+
+    With ``state_path``, the adjoints and the partial result are saved there (atomically, verified)
+    after every segment of the reverse pass, and a run that finds them continues from the last
+    saved segment (the forward replay, a small part of the cost, is redone): a long reverse pass
+    resumes after an interruption. The state is removed when the pass completes."""
     T = replay.steps
     k = segment or max(1, math.ceil(math.sqrt(T)))
     # forward replay, keeping a checkpoint at every segment start
@@ -122,9 +137,19 @@ def metagradient(task, replay, queries: slice, segment: int | None = None,
     adj_m = {key: torch.zeros_like(v) for key, v in adj_w.items()}
     out = torch.zeros(nq, task.n_train, dtype=torch.float64, device=phi.device)
     names = list(final)
-    bar = tqdm(total=T, desc=f"magic: reverse steps, {nq} queries", unit="step", mininterval=5,
-               leave=False, disable=T < 50)
-    for start in sorted(checkpoints, reverse=True):
+    done_from = T  # the reverse pass has covered steps done_from .. T-1
+    if state_path is not None and state_path.exists():
+        try:
+            st = load_verified(state_path)
+            if st["steps"] == T and st["segment"] == k and st["out"].shape == out.shape:
+                adj_w, adj_m, out, done_from = st["adj_w"], st["adj_m"], st["out"], st["done_from"]
+                if diagnostics is not None:
+                    diagnostics["resumed_from_step"] = done_from
+        except (CorruptFileError, KeyError):
+            remove_verified(state_path)
+    bar = tqdm(total=T, initial=T - done_from, desc=f"magic: reverse steps, {nq} queries", unit="step",
+               mininterval=5, leave=False, disable=T < 50)
+    for start in sorted((c for c in checkpoints if c < done_from), reverse=True):
         stop = min(start + k, T)
         p, m, b = (_detached(x) for x in checkpoints[start])
         states = []
@@ -148,5 +173,10 @@ def metagradient(task, replay, queries: slice, segment: int | None = None,
             adj_m = dict(zip(names, grads[len(names):2 * len(names)]))
             out.index_add_(1, batch.to(out.device), grads[-1].double())
             bar.update()
+        if state_path is not None and start > 0:
+            save_verified({"steps": T, "segment": k, "done_from": start, "adj_w": adj_w,
+                           "adj_m": adj_m, "out": out}, state_path)
     bar.close()
+    if state_path is not None:
+        remove_verified(state_path)
     return out

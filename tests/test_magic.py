@@ -190,3 +190,30 @@ def test_interrupted_conjugate_gradient_resumes_where_it_stopped(tmp_path):
         conjugate_gradient(interrupted, b, 1e-12, 25, state, save_every_s=0.0)
     other, oinfo = conjugate_gradient(lambda v: v @ a, 2 * b, 1e-12, 25, state)  # another b: not used
     assert oinfo["resumed_from"] == 0 and torch.allclose(other, 2 * full, rtol=1e-8, atol=1e-10)
+
+
+def test_interrupted_reverse_pass_resumes_from_its_last_segment(tmp_path):
+    from tdabench.methods.magic import metagradient
+
+    task = tiny(tmp_path)
+    q = slice(0, 2)
+    full = metagradient(task, task.replay(task.seed), q, segment=3)
+    replay = task.replay(task.seed)
+    step, calls = replay.step, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if kwargs.get("create_graph") and sum(1 for _ in calls) > replay.steps + 8:
+            raise KeyboardInterrupt("stopped")
+        return step(*args, **kwargs)
+
+    replay.step = failing
+    state = tmp_path / "magic-state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        metagradient(task, replay, q, segment=3, state_path=state)
+    assert state.exists()
+    diagnostics = {}
+    resumed = metagradient(task, task.replay(task.seed), q, segment=3, diagnostics=diagnostics,
+                           state_path=state)
+    assert 0 < diagnostics["resumed_from_step"] < task.replay(task.seed).steps
+    assert torch.allclose(resumed, full, rtol=1e-9, atol=1e-12) and not state.exists()

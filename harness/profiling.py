@@ -344,7 +344,9 @@ class Profiler:
             torch.cuda.reset_peak_memory_stats()
             start_cuda = torch.cuda.memory_allocated()
         mode = CostMode() if count else None
-        sampler = _RssSampler(self.interval)
+        # the kernel's high-water mark, once reset, sees every peak: sample only where it cannot
+        # be reset (the sampling thread costs CPU time inside the phase)
+        sampler = _RssSampler(self.interval if not hwm_reset else 3600.0)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             with sampler:

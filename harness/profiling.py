@@ -125,15 +125,10 @@ class _RssSampler:
 
 def _inject_fault(phase: str) -> None:
     """Fault injection for the reliability suite: ``TDABENCH_FAULT=<phase>:<signal>`` makes the
-    process send itself that signal (INT, TERM, KILL) when the phase starts. An injected SIGINT
-    acts as a Ctrl-C at a terminal even where the process was started with SIGINT ignored (as a
-    shell's background jobs are)."""
+    process send itself that signal (INT, TERM, KILL) when the phase starts."""
     spec = os.environ.get("TDABENCH_FAULT", "")
     if spec.partition(":")[0] == phase:
-        sig = getattr(signal, "SIG" + (spec.partition(":")[2] or "INT"))
-        if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.kill(os.getpid(), sig)
+        os.kill(os.getpid(), getattr(signal, "SIG" + (spec.partition(":")[2] or "INT")))
 
 
 def cpu_count() -> int:

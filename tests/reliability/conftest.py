@@ -4,6 +4,8 @@ normal behaviour, such as determinism, are not counted)."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tdabench.harness.cli import compose
@@ -39,3 +41,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         verdict = "all handled" if not failed else f"{failed} test(s) failed"
         terminalreporter.write_line(
             f"reliability: {len(TRIED)} distinct bad inputs and faults tried, {verdict}")
+
+
+def terminal_sigint() -> None:
+    """``preexec_fn`` of a command-line process that is sent a simulated Ctrl-C: SIGINT handled as
+    at a terminal, also when the tests themselves run as a background job (whose processes start
+    with SIGINT ignored, so the harness rightly leaves it alone)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -20,13 +20,14 @@ from tdabench.harness.cli import compose
 from tdabench.harness.config import ConfigError
 from tdabench.harness.results import read_records
 from tdabench.harness.run import execute, prepare
-from tests.reliability.conftest import SMALL, small_cfg
+from tests.reliability.conftest import SMALL, small_cfg, terminal_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 def cli(*args, env=None, check=True):
     out = subprocess.run([str(BIN / "tdabench"), *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
+                         timeout=600, env={**os.environ, "WANDB_MODE": "disabled", **(env or {})},
+                         preexec_fn=terminal_sigint)
     if check and out.returncode != 0:
         raise AssertionError(out.stderr[-3000:])
     return out

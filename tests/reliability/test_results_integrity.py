@@ -28,7 +28,7 @@ from tdabench.harness.lds import LDSResult
 from tdabench.harness.results import append_record, read_records
 from tdabench.harness.run import execute, prepare
 from tdabench.harness.statistics import pairwise_table, tied_with_best
-from tests.reliability.conftest import SMALL, small_cfg
+from tests.reliability.conftest import SMALL, small_cfg, terminal_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -278,7 +278,7 @@ def test_ctrl_c_stops_in_one_line_without_traceback(tmp_path, tried):
                           f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1",
-                              "TDABENCH_FAULT": "ground_truth:INT"})
+                              "TDABENCH_FAULT": "ground_truth:INT"}, preexec_fn=terminal_sigint)
     assert out.returncode == 130 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.count("tdabench: interrupted") == 1
     assert not read_records(tmp_path / "r")  # the sweep stopped: no pairing went on

@@ -186,6 +186,22 @@ def exclusive_lock(path: str | Path, what: str, log=None, on_wait=None):
         os.close(fd)
 
 
+def load_state(path: str | Path | None, keys: tuple[str, ...], matches=lambda state: True) -> dict | None:
+    """The saved state of an interrupted computation (written by :func:`save_verified`): its dict
+    when ``path`` exists, is intact, holds every one of ``keys`` and ``matches(state)``; else None.
+    A damaged or incomplete file is removed, so the computation starts afresh."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        state = load_verified(path)
+    except CorruptFileError:
+        state = None
+    if not isinstance(state, dict) or not all(k in state for k in keys):
+        remove_verified(path)
+        return None
+    return state if matches(state) else None
+
+
 _MISS_RECORDERS: list[set[str]] = []
 _RECOMPUTE: set[str] = set()
 

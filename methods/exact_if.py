@@ -36,7 +36,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from tqdm import tqdm
 
 from tdabench.harness.method import Method
-from tdabench.harness.storage import CorruptFileError, content_hash, load_verified, remove_verified, save_verified
+from tdabench.harness.storage import content_hash, load_state, remove_verified, save_verified
 from tdabench.methods.curvature import model_digest
 from tdabench.methods.gradients import num_params, query_grads, train_grads, trainable_params
 
@@ -128,13 +128,10 @@ def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int, state_pat
     rs = (r * r).sum(1)
     b_norm = b.norm(dim=1).clamp_min(1e-300)
     it = start = 0
-    if state_path is not None and state_path.exists():
-        try:
-            st = load_verified(state_path)
-            if st["b"].shape == b.shape and torch.equal(st["b"], b):
-                x, r, p, rs, start = st["x"], st["r"], st["p"], st["rs"], st["iterations"]
-        except (CorruptFileError, KeyError):
-            remove_verified(state_path)
+    st = load_state(state_path, ("b", "x", "r", "p", "rs", "iterations"),
+                    lambda st: st["b"].shape == b.shape and torch.equal(st["b"], b))
+    if st is not None:
+        x, r, p, rs, start = st["x"], st["r"], st["p"], st["rs"], st["iterations"]
     bar = tqdm(total=max_iter, initial=start, desc="exact_if: conjugate gradients", unit="it",
                mininterval=5, leave=False, disable=len(b[0]) < 50_000)
     saved = time.monotonic()

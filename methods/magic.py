@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from tdabench.harness.method import Method
-from tdabench.harness.storage import CorruptFileError, content_hash, load_verified, remove_verified, save_verified
+from tdabench.harness.storage import content_hash, load_state, remove_verified, save_verified
 
 SEED_STRIDE = 104729  # training seeds of magic: the reference seed, then seed + stride * s
 
@@ -138,15 +138,12 @@ def metagradient(task, replay, queries: slice, segment: int | None = None,
     out = torch.zeros(nq, task.n_train, dtype=torch.float64, device=phi.device)
     names = list(final)
     done_from = T  # the reverse pass has covered steps done_from .. T-1
-    if state_path is not None and state_path.exists():
-        try:
-            st = load_verified(state_path)
-            if st["steps"] == T and st["segment"] == k and st["out"].shape == out.shape:
-                adj_w, adj_m, out, done_from = st["adj_w"], st["adj_m"], st["out"], st["done_from"]
-                if diagnostics is not None:
-                    diagnostics["resumed_from_step"] = done_from
-        except (CorruptFileError, KeyError):
-            remove_verified(state_path)
+    st = load_state(state_path, ("steps", "segment", "done_from", "adj_w", "adj_m", "out"),
+                    lambda st: st["steps"] == T and st["segment"] == k and st["out"].shape == out.shape)
+    if st is not None:
+        adj_w, adj_m, out, done_from = st["adj_w"], st["adj_m"], st["out"], st["done_from"]
+        if diagnostics is not None:
+            diagnostics["resumed_from_step"] = done_from
     bar = tqdm(total=T, initial=T - done_from, desc=f"magic: reverse steps, {nq} queries", unit="step",
                mininterval=5, leave=False, disable=T < 50)
     for start in sorted((c for c in checkpoints if c < done_from), reverse=True):

@@ -311,6 +311,11 @@ class Profiler:
         self.current: str | None = None
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether the phases run on a visible CUDA device (peaks from its allocator statistics)."""
+        return self.device.startswith("cuda") and torch.cuda.is_available()
+
+    @property
     def overloaded(self) -> bool:
         """Whether any measured phase ran while the load average exceeded the core count."""
         return any(v is not None and v > cpu_count() for v in self.load_avg.values())
@@ -329,7 +334,7 @@ class Profiler:
         count = self.count if count is None else count
         self.current = name
         _inject_fault(name)
-        cuda = self.device.startswith("cuda") and torch.cuda.is_available()
+        cuda = self.on_gpu
         release_free_memory()
         hwm_reset = _reset_high_water_mark()
         start_rss = psutil.Process().memory_info().rss
@@ -381,7 +386,7 @@ class Profiler:
         with mode:
             yield self
         self.flops[name] = mode.flops
-        if not (self.device.startswith("cuda") and torch.cuda.is_available()):
+        if not self.on_gpu:
             self.peak_mem_mb[name] = round(mode.peak / MIB, 2)  # on a GPU the timed phase's
             # allocator statistics stand: they cost nothing to read
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
 
-COUNT_MODES = ("separate", "inline")
+COUNT_MODES = ("separate", "inline", "off")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -88,7 +88,8 @@ def validate_settings(cfg: dict) -> list[str]:
     count = cfg.get("cost", {}).get("count", "separate")
     if count not in COUNT_MODES:
         p.append(f"cost.count={count!r}: use separate (FLOPs and tensor memory counted in an untimed "
-                 "replay of fit and score) or inline (counted during the timed phases)")
+                 "replay of fit and score), inline (counted during the timed phases) or off (no FLOPs; "
+                 "resident-set peak memory only)")
     boot = cfg.get("lds", {}).get("bootstrap")
     if not _is_int(boot) or boot < 1:
         p.append(f"lds.bootstrap={boot!r} must be a positive integer")

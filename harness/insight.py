@@ -26,6 +26,14 @@ query at every snapshot of the reference run (``task.trajectory()``; more snapsh
 those whose sign flips most strongly; crosses mark sign flips between consecutive snapshots and
 stars each curve's peak.
 
+``tokens`` (``token_agreement.png`` and ``token_agreement.json``): how far two methods' per-token
+scores agree, e.g. the BIF's and EK-FAC's on the same queries of a language task. For every query
+token, the Spearman correlation over training examples of the two methods' scores of that token
+(``--scores`` and ``--compare``, both ``[n_query, T, n_train]``), against the same correlation of
+their sequence scores (the mean over tokens): a histogram over all query tokens and, for the chosen
+queries, the query text coloured by each token's agreement. The JSON file holds the summary
+(mean, quantiles, per query) and the matrix of per-token correlations.
+
 The views that sample (``kernel``, ``stagewise``, and ``top`` with ``method=bif``) use the task's
 BIF settings with ``--chains`` x ``--draws`` (default 4 x 50: seconds per checkpoint on
 ``digits_mlp``). Runs on one thread unless ``threads=N`` is given.
@@ -46,7 +54,7 @@ import torch  # noqa: E402
 
 from tdabench.harness.results import one_line_errors  # noqa: E402
 
-VIEWS = ("top", "kernel", "stagewise")
+VIEWS = ("top", "kernel", "stagewise", "tokens")
 DPI = 80
 
 
@@ -222,6 +230,76 @@ def top_examples_view(task, scores: torch.Tensor, queries: list[int], top: int, 
     return [plot_top_text(task, scores, q, top, out / f"top_examples_q{q}.png") for q in queries]
 
 
+# ----- (d) agreement of two methods' per-token scores --------------------------------------------
+def token_agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Per-token and sequence-level Spearman agreement of two per-token score tensors
+    ``[n_query, T, n_train]``: ``per_token`` [n_query, T] (correlation over training examples of
+    each query token's scores; NaN where one method's scores of the token are constant),
+    ``sequence`` [n_query] (the same for the mean over tokens), and their summaries."""
+    from tdabench.harness.lds import columnwise_spearman
+
+    if a.dim() != 3 or a.shape != b.shape:
+        raise ValueError(f"per-token agreement needs two score tensors of the same shape "
+                         f"[n_query, T, n_train]; got {tuple(a.shape)} and {tuple(b.shape)}: give the "
+                         "scores of per-token methods (bif, ekfac) on a language task")
+    nq, t, n = a.shape
+    pt = columnwise_spearman(a.reshape(nq * t, n).T.double().numpy(),
+                             b.reshape(nq * t, n).T.double().numpy()).reshape(nq, t)
+    seq = columnwise_spearman(a.mean(1).T.double().numpy(), b.mean(1).T.double().numpy())
+    finite = pt[np.isfinite(pt)]
+    q = np.quantile(finite, [0.1, 0.25, 0.5, 0.75, 0.9]) if len(finite) else [float("nan")] * 5
+    return {"per_token": pt, "sequence": seq,
+            "per_token_mean": float(finite.mean()) if len(finite) else float("nan"),
+            "per_token_quantiles": dict(zip(("p10", "p25", "median", "p75", "p90"), map(float, q))),
+            "sequence_mean": float(np.nanmean(seq)),
+            "per_query_token_mean": [float(v) for v in np.nanmean(np.where(np.isfinite(pt), pt, np.nan), 1)],
+            "constant_tokens": int((~np.isfinite(pt)).sum())}
+
+
+def token_agreement_view(task, a: torch.Tensor, b: torch.Tensor, names: tuple[str, str],
+                         queries: list[int], out: Path, width: int = 48) -> list[Path]:
+    """Histogram of per-token agreement and the chosen queries coloured by it; JSON summary."""
+    import json
+
+    from tdabench.harness.storage import atomic_write_bytes
+
+    agree = token_agreement(a, b)
+    pt, seq = agree["per_token"], agree["sequence"]
+    decode = decoder(task)
+    strips = [(q, decode(task.query_split.targets[q])) for q in queries]
+    width = min(width, max(len(toks) for _, toks in strips))
+    rows = sum(-(-len(toks) // width) for _, toks in strips)
+    fig = plt.figure(figsize=(max(width * 0.2, 10.0), 3.2 + 0.45 * rows + 0.35 * len(strips)))
+    grid = fig.add_gridspec(1 + len(strips), 1, height_ratios=[3.0] + [
+        0.45 * -(-len(toks) // width) + 0.35 for _, toks in strips])
+    ax = fig.add_subplot(grid[0])
+    finite = pt[np.isfinite(pt)]
+    ax.hist(finite, bins=40, range=(-1, 1), color="tab:blue", alpha=0.8,
+            label=f"per query token (mean {agree['per_token_mean']:.3f}, n={len(finite)})")
+    ax.axvline(agree["per_token_mean"], color="tab:blue", ls="--")
+    ax.axvline(agree["sequence_mean"], color="black", ls="-",
+               label=f"sequence scores, mean over queries {agree['sequence_mean']:.3f}")
+    ax.set_xlabel(f"Spearman over training examples, {names[0]} vs {names[1]}")
+    ax.set_ylabel("query tokens")
+    ax.set_xlim(-1, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{task.name}: agreement of per-token attributions", fontsize=9)
+    for k, (q, toks) in enumerate(strips, start=1):
+        _token_strip(fig.add_subplot(grid[k]), toks, pt[q, : len(toks)], width, 1.0,
+                     f"query {q}: each token coloured by the agreement of its scores (red: agree, "
+                     f"blue: opposite; sequence-level {seq[q]:+.3f})")
+    fig.tight_layout()
+    png = out / "token_agreement.png"
+    fig.savefig(png, dpi=DPI)
+    plt.close(fig)
+    summary = {k: v for k, v in agree.items() if k not in ("per_token", "sequence")}
+    summary.update(methods=list(names), shape=list(a.shape), sequence=[float(v) for v in seq],
+                   per_token=[[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in pt])
+    js = out / "token_agreement.json"
+    atomic_write_bytes(js, (json.dumps(summary, indent=1) + "\n").encode())
+    return [png, js]
+
+
 # ----- (b) the BIF kernel ------------------------------------------------------------------------
 def bif_kernel(task, bif, model, idx: torch.Tensor) -> np.ndarray:
     """Correlation over SGLD draws of the training losses of examples ``idx``: [k, k]."""
@@ -354,11 +432,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tdabench-insight", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. task=digits_mlp method=bif")
     p.add_argument("--out", required=True, help="folder for the PNG files")
-    p.add_argument("--views", default=",".join(VIEWS), help=f"comma list of {', '.join(VIEWS)}")
+    p.add_argument("--views", default="top,kernel,stagewise",
+                   help=f"comma list of {', '.join(VIEWS)} (default: all but tokens)")
     p.add_argument("--queries", default="0,1,2", help="query indices for the top view")
     p.add_argument("--top", type=int, default=8, help="examples per side in the top view")
     p.add_argument("--scores", help="scores file RESULTS_DIR/scores/<run_id>.pt (key 'scores') "
                    "instead of computing them with the method of the overrides")
+    p.add_argument("--compare", help="a second scores file for the tokens view (per-token scores "
+                   "of another method on the same queries)")
     p.add_argument("--chains", type=int, default=4, help="SGLD chains of the sampling views")
     p.add_argument("--draws", type=int, default=50, help="SGLD draws per chain of the sampling views")
     p.add_argument("--kernel-examples", type=int, default=0,
@@ -419,6 +500,21 @@ def run(args: argparse.Namespace) -> list[Path]:
         check_scores(scores, task)
         written += top_examples_view(task, scores, queries, args.top, out)
         task.log(f"insight: top examples -> {', '.join(map(str, written))}")
+
+    if "tokens" in views:
+        if not (args.scores and args.compare):
+            _fail("--views tokens compares two saved per-token score files: give --scores FILE "
+                  "and --compare FILE (RESULTS_DIR/scores/<run_id>.pt of two runs on the same task)")
+        files = [load_verified(f) for f in (args.scores, args.compare)]
+        pair = [f["scores"].float() for f in files]
+        for sc in pair:
+            check_scores(sc, task)
+        names = tuple(str(f.get("method") or Path(p).stem) for f, p in zip(files, (args.scores, args.compare)))
+        try:
+            written += token_agreement_view(task, pair[0], pair[1], names, queries, out)
+        except ValueError as exc:
+            _fail(str(exc))
+        task.log(f"insight: per-token agreement -> {written[-2]}")
 
     if "kernel" in views:
         model = model if model is not None else task.checkpoint()

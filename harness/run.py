@@ -246,13 +246,14 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         record["quality_check"] = "exempt: the task measures cost only"
         log.info(f"{task.name} measures cost only: its model is not checked against chance "
             "(it may be untrained on purpose)")
-    separate = cfg.get("cost", {}).get("count", "separate") == "separate"
+    count = cfg.get("cost", {}).get("count", "separate")
+    separate = count == "separate"
     before = copy.deepcopy(method) if separate else None
     rng = torch.get_rng_state()
     with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed:
-        with prof.phase("fit", count=not separate):
+        with prof.phase("fit", count=count == "inline"):
             method.fit(task, model)
-        with prof.phase("score", count=not separate):
+        with prof.phase("score", count=count == "inline"):
             scores = method.score(task, model)
             check_scores(scores, task)
     if separate:
@@ -416,7 +417,7 @@ def _save(record: dict, scores: torch.Tensor | None, results_dir: Path) -> None:
     if scores is not None:
         path = results_dir / "scores" / f"{record['run_id']}.pt"
         save_verified({"scores": scores.detach().cpu(), "run_id": record["run_id"],
-                       "config_hash": record["config_hash"]}, path)
+                       "config_hash": record["config_hash"], "method": record["method"]}, path)
         record["scores_file"] = str(path.relative_to(results_dir))
     append_record(results_dir, record)
 

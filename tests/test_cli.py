@@ -64,6 +64,17 @@ def test_sweep_writes_one_ok_record_per_method(sweep):
     assert by["grad_dot"] > by["random"] and by["exact_if"] > by["random"]
 
 
+def test_cost_count_off_records_time_and_lds_without_flops(sweep, tmp_path):
+    tdabench("method=grad_dot", *SMALL, "cost.count=off", cache=sweep["cache"], results=tmp_path)
+    (r,) = records(tmp_path)
+    before = next(x for x in records(sweep["results"]) if x["method"] == "grad_dot")
+    assert r["status"] == "ok" and r["lds"] == before["lds"] and r["config"]["cost"]["count"] == "off"
+    assert "fit" not in r["flops"] and "score" not in r["flops"] and r["time_s"]["score"] > 0
+    bad = tdabench("method=grad_dot", *SMALL, "cost.count=sometimes", cache=sweep["cache"],
+                   results=tmp_path, check=False)
+    assert bad.returncode != 0 and "cost.count='sometimes'" in bad.stderr and "off" in bad.stderr
+
+
 def test_second_sweep_reuses_ground_truth_and_reproduces_lds(sweep):
     recs = records(sweep["results"])
     first, second = recs[:3], recs[3:]

@@ -84,3 +84,50 @@ def test_bif_keeps_per_draw_training_losses_without_changing_scores(small_digits
     acc = keeping._acc
     mean = (acc.sx / acc.n + acc.shift_x)[keep].float()
     assert torch.allclose(draws.mean(0), mean, atol=1e-5)
+
+
+def test_token_agreement_of_identical_opposite_and_mismatched_scores():
+    from tdabench.harness.insight import token_agreement
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 5, 40, generator=g)
+    same = token_agreement(a, 2 * a + 1)
+    assert torch.allclose(torch.from_numpy(same["per_token"]), torch.ones(3, 5, dtype=torch.float64))
+    assert same["sequence_mean"] == pytest.approx(1.0) and same["per_token_mean"] == pytest.approx(1.0)
+    assert token_agreement(a, -a)["per_token_mean"] == pytest.approx(-1.0)
+    # agreement of each token, not of the sequence: independent noise per token averages out of
+    # the sequence score, so the sequence agreement is higher than the per-token one
+    shared = torch.randn(3, 1, 40, generator=g)
+    b1, b2 = shared + torch.randn(3, 5, 40, generator=g), shared + torch.randn(3, 5, 40, generator=g)
+    mixed = token_agreement(b1, b2)
+    assert 0.2 < mixed["per_token_mean"] < mixed["sequence_mean"]
+    with pytest.raises(ValueError, match="same shape"):
+        token_agreement(a, a[:, :4])
+    with pytest.raises(ValueError, match="per-token"):
+        token_agreement(a.mean(1), a.mean(1))
+
+
+@pytest.mark.skipif(shared_file("tinyshakespeare.txt") is None,
+                    reason="../shared/data/tinyshakespeare.txt is absent")
+def test_text_token_agreement_view_from_two_saved_score_files(tmp_path, capsys):
+    import json
+
+    from tdabench.harness.storage import save_verified
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 32, 120, generator=g)
+    b = a + 0.5 * torch.randn(4, 32, 120, generator=g)
+    save_verified({"scores": a, "run_id": "a", "method": "bif"}, tmp_path / "scores" / "a.pt")
+    save_verified({"scores": b, "run_id": "b", "method": "ekfac"}, tmp_path / "scores" / "b.pt")
+    out = tmp_path / "out"
+    base = [*TEXT, f"cache_dir={tmp_path / 'cache'}", "--out", str(out), "--views", "tokens",
+            "--queries", "0,2"]
+    with pytest.raises(SystemExit):
+        main([*base, "--scores", str(tmp_path / "scores" / "a.pt")])
+    assert "--compare FILE" in capsys.readouterr().err
+    main([*base, "--scores", str(tmp_path / "scores" / "a.pt"), "--compare", str(tmp_path / "scores" / "b.pt")])
+    assert_png(out / "token_agreement.png")
+    summary = json.loads((out / "token_agreement.json").read_text())
+    assert summary["methods"] == ["bif", "ekfac"] and summary["shape"] == [4, 32, 120]
+    assert 0.75 < summary["per_token_mean"] < 0.95 and summary["sequence_mean"] > summary["per_token_mean"]
+    assert len(summary["per_token"]) == 4 and len(summary["per_token"][0]) == 32

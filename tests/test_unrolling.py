@@ -99,3 +99,19 @@ def test_source_beats_gradient_dot_product_on_lds(small_digits, digits_cache):
         values[method.name] = lds(method.score(small_digits, model), gt.masks, gt.mean_outcomes, 10).lds
     assert values["source"] > values["grad_dot"] + 0.05, values
     assert values["tracin"] > 0.1, values
+
+
+def test_lanczos_probe_finds_the_extreme_eigenvalues_of_an_indefinite_matrix():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hessian_spectrum.py"
+    spec = importlib.util.spec_from_file_location("hessian_spectrum", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
+    eig = torch.cat([torch.tensor([-0.5]), torch.linspace(0.01, 2.0, 59, dtype=torch.float64)])
+    h = q @ torch.diag(eig) @ q.T
+    ritz, k = mod.lanczos_extremes(lambda v: v @ h, 60, 40)
+    assert k == 40 and abs(ritz[0] + 0.5) < 1e-6 and abs(ritz[-1] - 2.0) < 1e-6

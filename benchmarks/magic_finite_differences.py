@@ -32,15 +32,12 @@ sys.path.insert(0, str(ROOT))
 from tdabench.harness.cli import compose  # noqa: E402
 from tdabench.harness.run import prepare  # noqa: E402
 from tdabench.harness.storage import load_verified  # noqa: E402
-from tdabench.harness.training import train  # noqa: E402
 
 
 def observables(task, weights: torch.Tensor) -> torch.Tensor:
-    """Query observables after the reference run retrained with per-example loss weights."""
-    model = task.new_model(task.seed)
-    split = task.train_split
-    train(model, task.per_example_loss, split.inputs, split.targets, torch.arange(task.n_train),
-          task.recipe(), task.seed, augment=task.augment, weights=weights)
+    """Query observables after the reference run retrained with per-example loss weights (as the
+    same-seed ground truth retrains it)."""
+    model = task.fit_model(torch.arange(task.n_train), task.seed, weights=weights).model
     return task.query_observables(model).double()
 
 

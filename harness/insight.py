@@ -252,7 +252,7 @@ def token_agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
             "per_token_mean": float(finite.mean()) if len(finite) else float("nan"),
             "per_token_quantiles": dict(zip(("p10", "p25", "median", "p75", "p90"), map(float, q))),
             "sequence_mean": float(np.nanmean(seq)),
-            "per_query_token_mean": [float(v) for v in np.nanmean(np.where(np.isfinite(pt), pt, np.nan), 1)],
+            "per_query_token_mean": [float(v) for v in np.nanmean(pt, 1)],
             "constant_tokens": int((~np.isfinite(pt)).sum())}
 
 

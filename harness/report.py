@@ -148,7 +148,7 @@ def _by(records, key):
             rows.append({"task": r["task"], "method": row_label((None, None, method, setting_, sweep)),
                          "x": r.get(key), "lds": r.get("lds"), "lds_lo": ci[0], "lds_hi": ci[1],
                          "normalized_lds": r.get("normalized_lds"), "time": cost["total_s"],
-                         "mem": cost["peak_mem_mb"]})
+                         "mem": cost["peak_mem_mb"], "flops": cost["flops"]})
     return pd.DataFrame(rows)
 
 
@@ -190,12 +190,16 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
     for task, sub in (df.groupby("task") if not df.empty else []):
         if sub["x"].nunique() < 2:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        panels = [("time", "fit + score seconds"), ("mem", "peak memory above start (MiB)")]
+        if sub["flops"].notna().any():  # counted FLOPs: the machine-independent cost
+            panels.append(("flops", "fit + score FLOPs"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
         for method, m in sub.groupby("method"):
-            m = m.groupby("x")[["time", "mem"]].last()
-            axes[0].plot(m.index, m["time"], "o-", label=method)
-            axes[1].plot(m.index, m["mem"].clip(lower=1), "o-", label=method)
-        for ax, label in ((axes[0], "fit + score seconds"), (axes[1], "peak memory above start (MiB)")):
+            m = m.groupby("x")[[k for k, _ in panels]].last()
+            for ax, (k, _) in zip(axes, panels):
+                y = m[k].astype(float).dropna()
+                ax.plot(y.index, y.clip(lower=1) if k == "mem" else y, "o-", label=method)
+        for ax, (_, label) in zip(axes, panels):
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("parameters")

@@ -255,6 +255,8 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
             method.fit(task, model)
         with prof.phase("score", count=count == "inline"):
             scores = method.score(task, model)
+            if isinstance(scores, torch.Tensor) and scores.device.type != "cpu":
+                scores = scores.cpu()  # LDS, storage and the checks work on the host
             check_scores(scores, task)
     if separate:
         _count_replay(before, task, model, rng, computed, prof)

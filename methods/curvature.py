@@ -432,7 +432,7 @@ def _correct_eigenvalues(task, model, layers, curv: Curvature, x, y, batch_size)
     """EK-FAC: Lambda = E_i[(Q_S^T G_i Q_A)^2] with G_i = sum_t g_it a_it^T, computed in the
     eigenbasis from the rotated rows Q_S^T g_it and Q_A^T a_it. With one position (T = 1) G_i is
     rank one and Lambda = E_i[(Q_S^T g_i)^2 (Q_A^T a_i)^2^T], without forming G_i."""
-    sums = {name: torch.zeros(len(f.q_s), len(f.q_a), dtype=torch.float64)
+    sums = {name: torch.zeros(len(f.q_s), len(f.q_a), dtype=torch.float64, device=f.q_s.device)
             for name, f in curv.layers.items()}
     for batch in _layer_batches(task, model, layers, x, y, batch_size):
         for name, (acts, grads) in batch:
@@ -514,14 +514,15 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
     q = task.query_split
     layout = GradientLayout(model)
     chunk = gradient_chunk(model, batch_size)
+    device = next(model.parameters()).device
     if per_token:
         n_tokens = q.targets.shape[1]
         grads = iter_per_token_grads(task.token_observables, model, q.inputs, q.targets,
                                      max(1, chunk // n_tokens))
-        out = torch.empty(len(q), n_tokens, layout.size)
+        out = torch.empty(len(q), n_tokens, layout.size, device=device)
     else:
         grads = iter_per_example_grads(task.observable, model, q.inputs, q.targets, chunk)
-        out = torch.empty(len(q), layout.size)
+        out = torch.empty(len(q), layout.size, device=device)
     start = 0
     for g in grads:
         out[start:start + len(g)] = g
@@ -573,9 +574,10 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
             bias = preconditioned[:, b0:b0 + wshape[0]]
         pre[name] = (preconditioned[:, w0:w0 + wshape.numel()], bias)
     if per_layer:
-        out = {name: torch.zeros(rows, n, dtype=preconditioned.dtype) for name in layers}
+        out = {name: torch.zeros(rows, n, dtype=preconditioned.dtype, device=preconditioned.device)
+               for name in layers}
     else:
-        out = torch.zeros(rows, n, dtype=preconditioned.dtype)
+        out = torch.zeros(rows, n, dtype=preconditioned.dtype, device=preconditioned.device)
     budget = max(preconditioned.numel(), 1) * preconditioned.element_size()
     # as many examples per pass as a chunk of per-example gradients: a pass holds every layer's
     # inputs and output gradients, which for a convolutional network outweigh its parameters

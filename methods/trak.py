@@ -252,10 +252,10 @@ class TRAK(Method):
         step = max(1, CAST_BLOCK_BYTES // (8 * self.proj_dim))  # float64 copies of Phi's rows
         for lo in range(0, task.n_train, step):
             hi = min(lo + step, task.n_train)
-            kernel = torch.zeros(task.n_query, hi - lo, dtype=torch.float64)
+            kernel = torch.zeros(task.n_query, hi - lo, dtype=torch.float64, device=solved[0].device)
             for x, phi in zip(solved, self._train):
                 kernel.addmm_(x.T, phi[lo:hi].double().T)
             kernel /= len(self._train)
-            out[:, lo:hi] = sign * kernel * self._out_to_loss[lo:hi]
+            out[:, lo:hi] = (sign * kernel * self._out_to_loss[lo:hi].to(kernel.device)).cpu()
             del kernel
         return out

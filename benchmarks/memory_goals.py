@@ -62,6 +62,8 @@ def measure(task_name: str, method: str, overrides: list[str], cache_dir: str) -
         getattr(task, split)  # the data are loaded before fit, as a run's prepare phase does
     if "trajectory" in m.requires:
         task.trajectory()
+    if "ensemble" in m.requires:  # members trained (and cached) first: attribution memory only
+        task.ensemble(m.models, getattr(m, "ensemble_mode", "full"))
     shutil.rmtree(Path(cache_dir) / "curvature", ignore_errors=True)  # factors are fitted
     prof = Profiler()
     with prof.phase("fit"):

@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tdabench.harness.cli import compose  # noqa: E402
 from tdabench.harness.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.lds import lds  # noqa: E402
 from tdabench.harness.registry import METHODS  # noqa: E402
@@ -33,9 +32,7 @@ from tdabench.harness.run import prepare  # noqa: E402
 
 
 def config(task: str, method: str, overrides: dict) -> dict:
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"task={task}", f"method={method}"])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = compose([f"task={task}", f"method={method}"])  # the method group is generated
     if not os.path.isabs(cfg["cache_dir"]):
         cfg["cache_dir"] = str(ROOT / cfg["cache_dir"])
     cfg["results_dir"] = "/tmp"

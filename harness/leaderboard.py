@@ -18,6 +18,7 @@ a table of every run's cost by size. Writes ``leaderboard.md``, ``leaderboard.cs
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from tdabench.harness.record_view import (
     ground_truth_label,
     ground_truth_prefix,
     method_defaults,
+    method_params,
     run_cost,
     setting,
 )
@@ -93,8 +95,24 @@ def row_keys(records: list[dict]) -> list[tuple]:
     for rec in records:
         by_method.setdefault(rec.get("method"), []).append(rec)
     defaults = {m: method_defaults(m, recs) for m, recs in by_method.items()}
-    return [(gt, rec.get("task"), rec.get("method"), setting(rec, defaults[rec.get("method")]), rec.get(SWEEP))
+    keys = [(gt, rec.get("task"), rec.get("method"), setting(rec, defaults[rec.get("method")]), rec.get(SWEEP))
             for gt, rec in zip(ground_truth_labels(records), records)]
+    # A setting is relative to the task's method defaults as each record saw them, so records made
+    # before and after a task changed its defaults can share a label with different parameters.
+    # Such rows are told apart by their parameters against the class's own defaults.
+    params: dict[tuple, set] = {}
+    for key, rec in zip(keys, records):
+        params.setdefault(key, set()).add(json.dumps(method_params(rec), sort_keys=True, default=str))
+    return [key if len(params[key]) == 1 else
+            (*key[:3], _explicit_setting(rec, defaults[rec.get("method")]), key[4])
+            for key, rec in zip(keys, records)]
+
+
+def _explicit_setting(rec: dict, defaults: dict) -> str:
+    """The record's parameters that differ from ``defaults`` alone (no task defaults), or
+    'class defaults' when none does."""
+    own = dict(rec, task=None, config={**(rec.get("config") or {}), "task": {}})
+    return setting(own, defaults) or "class defaults"
 
 
 def chosen_records(records: list[dict]) -> dict[tuple, tuple[dict, list[dict]]]:
@@ -261,8 +279,9 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
                       "comparable with the other rows", ""]
         cached = sorted(info.get("cached_fits", []))
         if cached:
-            parts += [f"fit_s of {', '.join(cached)}: curvature factors read from the cache of an "
-                      "earlier run (a file read, not the cost of fitting them)", ""]
+            parts += [f"fit_s and score_s of {', '.join(cached)}: work read from the cache of an "
+                      "earlier run (curvature factors or ensemble members; a file read, not the cost "
+                      "of computing them)", ""]
         if not pairs.empty and (pairs["ground_truth"] == gt).any():
             p = pairs[pairs["ground_truth"] == gt].drop(columns="ground_truth")
             parts += [f"Pairwise comparisons ({gt}): mean per-query LDS difference a - b, paired "

@@ -55,6 +55,8 @@ class RunRecord(TypedDict, total=False):
     time_s: dict[str, float]
     peak_mem_mb: dict[str, float]
     diagnostics: dict[str, Any] | None
+    cached_work: list[str]       # work fit and score read from the cache (ensemble members,
+                                 # curvature factors) instead of computing it; absent when none
     scores_file: str             # relative to the results folder
     wandb_dir: str | None
     version: str                 # tdabench's version

@@ -8,16 +8,25 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   against different retraining outcomes and are never ranked in one table.
 * ``setting``: the method parameters whose values differ from the method's defaults, e.g.
   ``chains=2 draws=50``; empty for a run at the defaults. The defaults are those of the method
-  class's signature, updated by the task's per-method defaults (``task.method_defaults.<method>``
-  in the record's config); ``seed`` is never part of a setting (runs over method seeds are one row
-  with a spread). For a method no longer registered (an old record of a removed plugin), the
-  defaults are the most common value of each parameter among that method's records.
+  class's signature, updated by the task's per-method defaults as the task sets them now (its
+  ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
+  the record's config), including those a reference implementation shares with its native method
+  (``Method.shared_task_defaults``). A record made before a task changed a default is therefore
+  labelled by what differs from today's default. ``seed`` is never part of a setting (runs over
+  method seeds are one row with a spread). For a method no longer registered (an old record of a
+  removed plugin), the defaults are the most common value of each parameter among that method's
+  records.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
+from pathlib import Path
+
+#: the task configs shipped with the harness (``tdabench/conf/task``)
+TASK_CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "task"
 
 #: method config keys that never make a setting: the registry name and the method seed
 NOT_A_SETTING = ("name", "seed")
@@ -109,12 +118,62 @@ def _fmt(v) -> str:
     return str(v)
 
 
+@functools.lru_cache(maxsize=64)
+def current_task_defaults(task: str | None) -> dict | None:
+    """``method_defaults`` of task ``task`` as it is configured now (its YAML in conf/task, else
+    its class's ``default_config``); None when the task is not installed."""
+    if not task:
+        return None
+    path = TASK_CONF_DIR / f"{task}.yaml"
+    if path.exists():
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    else:
+        from tdabench.harness.registry import TASKS, UnknownNameError
+
+        try:
+            node = TASKS.get(task).default_config or {}
+        except (UnknownNameError, ImportError):
+            return None
+    return dict(node.get("method_defaults") or {})
+
+
+def task_method_defaults(rec: dict) -> dict:
+    """The task's defaults for the record's method: as the task sets them now (see the module
+    docstring), else as the record's config held them; with the keys the method shares from
+    another method's task defaults (a reference implementation reading its native method's) and
+    the values of the run settings its defaults follow (``Method.follows``, e.g. magic's seeds
+    follow ``gt.seeds``)."""
+    method = rec.get("method")
+    by_method = current_task_defaults(rec.get("task"))
+    if by_method is None:
+        by_method = ((rec.get("config") or {}).get("task") or {}).get("method_defaults") or {}
+    out = {}
+    from tdabench.harness.registry import METHODS, UnknownNameError
+
+    try:
+        cls = METHODS.get(method)
+        shared, follows = cls.shared_task_defaults, cls.follows
+    except (UnknownNameError, ImportError, AttributeError):
+        shared, follows = {}, {}
+    for key, path in follows.items():  # a default that is another setting of the run
+        node = rec.get("config") or {}
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            out[key] = node
+    for source, keys in shared.items():
+        out.update({k: v for k, v in (by_method.get(source) or {}).items() if k in keys})
+    out.update(by_method.get(method) or {})
+    return out
+
+
 def setting(rec: dict, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
-    from ``defaults`` updated by the task's ``method_defaults`` for this method; '' at defaults."""
-    task_defaults = (((rec.get("config") or {}).get("task") or {}).get("method_defaults") or {}).get(
-        rec.get("method")) or {}
-    base = {**defaults, **task_defaults}
+    from ``defaults`` updated by the task's ``method_defaults`` for this method
+    (:func:`task_method_defaults`); '' at defaults."""
+    base = {**defaults, **task_method_defaults(rec)}
     return " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
                     if k not in base or not _same(v, base[k]))
 
@@ -141,6 +200,6 @@ def run_cost(rec: dict) -> dict:
 
 
 def fit_from_cache(rec: dict) -> bool:
-    """Whether the run's fit read curvature factors cached by an earlier run (its fit time is then
-    a file read, not the cost of fitting)."""
-    return bool((rec.get("diagnostics") or {}).get("factors_from_cache"))
+    """Whether the run's fit or score read work cached by an earlier run (curvature factors,
+    ensemble members): its time is then partly a file read, not the cost of that work."""
+    return bool((rec.get("diagnostics") or {}).get("factors_from_cache") or rec.get("cached_work"))

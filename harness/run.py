@@ -62,6 +62,7 @@ from tdabench.harness.storage import (
     load_verified,
     recompute_caches,
     record_cache_misses,
+    record_cache_reads,
     remove_verified,
     save_verified,
 )
@@ -250,7 +251,8 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     separate = count == "separate"
     before = copy.deepcopy(method) if separate else None
     rng = torch.get_rng_state()
-    with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed:
+    with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed, \
+            record_cache_reads() as reads:
         with prof.phase("fit", count=count == "inline"):
             method.fit(task, model)
         with prof.phase("score", count=count == "inline"):
@@ -258,6 +260,9 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
             if isinstance(scores, torch.Tensor) and scores.device.type != "cpu":
                 scores = scores.cpu()  # LDS, storage and the checks work on the host
             check_scores(scores, task)
+    earlier = sorted({what for path, what in reads if path not in computed})
+    if earlier:  # work an earlier run paid for: this run's fit and score seconds leave it out
+        record["cached_work"] = earlier
     if separate:
         _count_replay(before, task, model, rng, computed, prof)
     if task.measures_lds:

@@ -203,7 +203,20 @@ def load_state(path: str | Path | None, keys: tuple[str, ...], matches=lambda st
 
 
 _MISS_RECORDERS: list[set[str]] = []
+_READ_RECORDERS: list[set[tuple[str, str]]] = []
 _RECOMPUTE: set[str] = set()
+
+
+@contextmanager
+def record_cache_reads():
+    """Collect (as a set of (path, description) pairs, e.g. 'ensemble member 3') the work that
+    :func:`load_or_compute` read from its cache inside the block instead of computing it."""
+    reads: set[tuple[str, str]] = set()
+    _READ_RECORDERS.append(reads)
+    try:
+        yield reads
+    finally:
+        _READ_RECORDERS.remove(reads)
 
 
 @contextmanager
@@ -246,7 +259,10 @@ def load_or_compute(path: str | Path, compute, what: str, log=None, on_wait=None
     with exclusive_lock(str(path) + ".lock", f"the {what}", log, on_wait):
         if path.exists():
             try:
-                return load_verified(path)
+                obj = load_verified(path)
+                for reads in _READ_RECORDERS:
+                    reads.add((str(path), what))
+                return obj
             except CorruptFileError as exc:
                 (log or _log.warning)(f"cached {what} is damaged, recomputing: {exc}")
                 remove_verified(path)

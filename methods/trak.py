@@ -133,10 +133,8 @@ class TRAK(Method):
     first train on random halves); ``batch_size`` examples per gradient chunk.
     """
 
-    #: projection size, then ensemble members (each one more model training), cheapest first
-    cost_ladder = ({"models": 1, "proj_dim": 128}, {"models": 1, "proj_dim": 512},
-                   {"models": 2, "proj_dim": 512}, {"models": 5, "proj_dim": 512},
-                   {"models": 10, "proj_dim": 512})
+    #: ensemble members (each one more model training), cheapest first, at the task's proj_dim
+    cost_ladder = ({"models": 1}, {"models": 2}, {"models": 5}, {"models": 10}, {"models": 20})
 
     def __init__(self, seed: int = 0, models: int = 1, proj_dim: int = 512,
                  projection: str = "rademacher", lambda_reg: float = 0.0, output: str = "auto",
@@ -239,23 +237,24 @@ class TRAK(Method):
 
     def score(self, task, model) -> torch.Tensor:
         """Scores [n_query, n_train] in the harness convention (d observable_q / d beta_i):
-        per member, (Phi^T Phi + lambda I)^-1 phi_q^T [k, n_query] (float64), then the kernel
-        in blocks of training columns (``CAST_BLOCK_BYTES`` of float64 features), averaged over members in float64 and
-        written to the float32 result block by block."""
-        solved = []
+        per member, (Phi^T Phi + lambda I)^-1 phi_q^T [k, n_query] (float64), then that member's
+        kernel in blocks of training columns (``CAST_BLOCK_BYTES`` of float64 features), added
+        to the float32 result block by block. One member's solved queries are held at a time,
+        so memory is the result, one chunk of query gradients (while projecting) and one block."""
+        sign = -self._observable_sign(task)
+        out = torch.zeros(task.n_query, task.n_train)
+        step = max(1, CAST_BLOCK_BYTES // (8 * self.proj_dim))  # float64 copies of Phi's rows
+        n_members = len(self._train)
         for m, member in enumerate(self._members(task, model)):
             q = self._features(task, member, task.query_split, m).double()
-            solved.append(torch.linalg.lu_solve(*self._gram_lu[m], q.T))
+            solved = torch.linalg.lu_solve(*self._gram_lu[m], q.T)  # [k, n_query]
             del q
-        out = torch.empty(task.n_query, task.n_train)
-        sign = -self._observable_sign(task)
-        step = max(1, CAST_BLOCK_BYTES // (8 * self.proj_dim))  # float64 copies of Phi's rows
-        for lo in range(0, task.n_train, step):
-            hi = min(lo + step, task.n_train)
-            kernel = torch.zeros(task.n_query, hi - lo, dtype=torch.float64, device=solved[0].device)
-            for x, phi in zip(solved, self._train):
-                kernel.addmm_(x.T, phi[lo:hi].double().T)
-            kernel /= len(self._train)
-            out[:, lo:hi] = (sign * kernel * self._out_to_loss[lo:hi].to(kernel.device)).cpu()
-            del kernel
+            phi = self._train[m]
+            for lo in range(0, task.n_train, step):
+                hi = min(lo + step, task.n_train)
+                kernel = solved.T @ phi[lo:hi].double().T  # [n_query, block]
+                kernel *= self._out_to_loss[lo:hi].to(kernel.device) * (sign / n_members)
+                out[:, lo:hi] += kernel.float().cpu()
+                del kernel
+            del solved
         return out

@@ -75,6 +75,19 @@ def test_cost_count_off_records_time_and_lds_without_flops(sweep, tmp_path):
     assert bad.returncode != 0 and "cost.count='sometimes'" in bad.stderr and "off" in bad.stderr
 
 
+def test_ensemble_members_read_from_the_cache_are_recorded(sweep, tmp_path):
+    # the first TRAK run trains its second member; the next one reads it and says so
+    args = ("method=trak", *SMALL, "method.models=2", "method.proj_dim=32", "cost.count=off")
+    tdabench(*args, cache=sweep["cache"], results=tmp_path)
+    tdabench(*args, "method.projection=gaussian", cache=sweep["cache"], results=tmp_path)
+    first, second = records(tmp_path)
+    assert first["status"] == second["status"] == "ok"
+    assert "cached_work" not in first and second["cached_work"] == ["ensemble member 1"]
+    from tdabench.harness.record_view import fit_from_cache
+
+    assert not fit_from_cache(first) and fit_from_cache(second)
+
+
 def test_second_sweep_reuses_ground_truth_and_reproduces_lds(sweep):
     recs = records(sweep["results"])
     first, second = recs[:3], recs[3:]

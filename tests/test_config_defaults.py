@@ -41,7 +41,7 @@ def test_generated_method_node_holds_every_parameter_with_its_default(name):
 
 
 def test_task_default_and_command_line_override_in_that_order():
-    assert compose(["method=bif"])["method"]["draws"] == 800            # digits_mlp's own default
+    assert compose(["method=bif"])["method"]["draws"] == 400            # digits_mlp's own default
     assert compose(["method=bif", "method.draws=7"])["method"]["draws"] == 7
-    assert compose(["method=bif_devinterp"])["method"]["draws"] == 800  # shares the BIF's task defaults
+    assert compose(["method=bif_devinterp"])["method"]["draws"] == 400  # shares the BIF's task defaults
     assert compose(["method=ekfac_kronfluence", "task=pythia_scaling"])["method"]["exclude"] == ["lm.lm_head"]

@@ -71,15 +71,15 @@ def test_frontier_sweep_covers_every_rung_of_its_methods():
 
 def test_level_selects_the_rung_over_task_and_class_defaults():
     base = compose(["method=bif"])
-    assert (base["method"]["chains"], base["method"]["draws"]) == (8, 800)  # digits_mlp's default
+    assert (base["method"]["chains"], base["method"]["draws"]) == (8, 400)  # digits_mlp's default
     for level, settings in enumerate(METHODS.get("bif").cost_ladder):
         cfg = compose(["method=bif", f"frontier.level={level}"])
         assert {k: cfg["method"][k] for k in settings} == settings
         assert cfg["method"]["burn_in"] == base["method"]["burn_in"]  # knobs the rung leaves alone
     hashes = {config_hash(compose(["method=bif", f"frontier.level={i}"])) for i in range(5)}
     assert len(hashes) == 5  # each rung is its own setting
-    # the top rung equals digits_mlp's default: the same run as one without a level
-    assert config_hash(compose(["method=bif", "frontier.level=4"])) == config_hash(base)
+    # the rung at digits_mlp's default (its knee, 8 x 400) is the same run as one without a level
+    assert config_hash(compose(["method=bif", "frontier.level=3"])) == config_hash(base)
 
 
 def test_explicit_parameters_combine_or_are_refused():

@@ -21,16 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rec(method, lds, gt_key="digits_mlp-aaaaaaaaaaaa", subsets=100, seeds=3, params=None, shift=0.0,
-        ceiling=0.9, status="ok", seed=0, **extra):
+        ceiling=0.9, status="ok", seed=0, task="digits_mlp", **extra):
     """A synthetic ok record whose per-query LDS is ``lds`` plus a fixed pattern plus ``shift``."""
     rng = np.random.default_rng(abs(hash((method, gt_key, json.dumps(params, sort_keys=True)))) % 2**32)
     per_query = (lds + shift + 0.05 * rng.standard_normal(40)).round(6).tolist()
-    return {"run_id": f"{method}-{len(str(params))}", "task": "digits_mlp", "method": method, "status": status,
+    return {"run_id": f"{method}-{len(str(params))}", "task": task, "method": method, "status": status,
             "lds": lds, "lds_ci": [lds - 0.02, lds + 0.02], "lds_per_query": per_query, "n_train": 1000,
             "n_query": 40, "gt_subsets": subsets, "gt_seeds": seeds, "gt_key": gt_key, "lds_ceiling": ceiling,
             "lds_ceiling_ci": [ceiling - 0.01, ceiling + 0.01], "gt_reliability": ceiling ** 2,
             "normalized_lds": lds / ceiling, "trainings": 1, "group": "g1", "config_hash": f"h-{method}-{lds}",
-            "config": {"task": {"name": "digits_mlp", "observable": "loss"},
+            "config": {"task": {"name": task, "observable": "loss"},
                        "method": {"name": method, "seed": seed, **(params or {})},
                        "gt": {"subsets": subsets, "seeds": seeds, "alpha": 0.5},
                        "wandb": {"project": "proj", "entity": None}},
@@ -67,10 +67,41 @@ def test_seeds_of_one_setting_are_one_row_with_a_spread():
 
 
 def test_setting_uses_the_class_signature_and_the_task_defaults():
-    r = rec("bif", 0.5, params={"chains": 4, "draws": 100, "eps": 1e-4, "gamma": 30.0})
+    r = rec("bif", 0.5, params={"chains": 4, "draws": 100, "eps": 1e-4, "gamma": 30.0}, task="gone_task")
     assert record_setting(r) == "gamma=30"  # the other values are BIF's signature defaults
     r["config"]["task"]["method_defaults"] = {"bif": {"gamma": 30.0, "chains": 8}}
     assert record_setting(r) == "chains=4"  # gamma is this task's default; chains differs from it
+
+
+def test_setting_follows_the_task_defaults_of_today_and_the_shared_ones():
+    import yaml
+
+    today = yaml.safe_load((ROOT / "conf" / "task" / "digits_mlp.yaml").read_text())["method_defaults"]
+    at_today = {**today["bif"]}
+    r = rec("bif", 0.5, params=at_today)
+    r["config"]["task"]["method_defaults"] = {"bif": {"draws": 12345}}  # what the run saw
+    assert record_setting(r) == ""  # labelled against the task's defaults as they are now
+    r["config"]["method"]["draws"] = 12345
+    assert record_setting(r) == "draws=12345"
+    # a reference implementation reads the native method's task defaults (trak -> trak_traker)
+    t = rec("trak_traker", 0.3, params={k: v for k, v in today["trak"].items()})
+    assert record_setting(t) == ""
+
+
+def test_rows_made_under_different_task_defaults_are_not_merged():
+    # the same label '' (at its task's defaults) for two parameter sets: a task changed its defaults
+    # (a task that is not installed here: its defaults are those its records hold)
+    old = rec("bif", 0.55, params={"chains": 8, "draws": 800}, task="gone_task")
+    old["config"]["task"]["method_defaults"] = {"bif": {"chains": 8, "draws": 800}}
+    new = rec("bif", 0.52, params={"chains": 8, "draws": 400}, task="gone_task")
+    new["config"]["task"]["method_defaults"] = {"bif": {"chains": 8, "draws": 400}}
+    assert record_setting(old) == record_setting(new) == ""
+    keys = [k[3] for k in row_keys([old, new])]
+    assert keys == ["chains=8 draws=800", "chains=8 draws=400"]
+    df, _, _ = build([old, new])
+    assert len(df) == 2
+    # records at one parameter set keep the short label
+    assert [k[3] for k in row_keys([old, dict(old)])] == ["", ""]
 
 
 def test_setting_of_an_unregistered_method_compares_with_its_most_common_values():

@@ -118,4 +118,4 @@ def test_cost_by_size_lists_every_size_and_marks_cached_fits():
     assert costs[costs["method"] == "bif"]["status"].tolist() == ["ok", "timeout"]
     md = render_markdown(*build(records), costs)
     assert "Cost by model size (pythia_scaling)" in md and "| 31m" in md
-    assert "fit_s of ekfac: curvature factors read from the cache" in md  # the shown ekfac run
+    assert "fit_s and score_s of ekfac: work read from the cache" in md  # the shown ekfac run

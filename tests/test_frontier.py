@@ -103,7 +103,7 @@ def test_levels_past_the_ladder_and_bad_levels():
     with pytest.raises(ConfigError, match="frontier.level=-1 must be null"):
         apply_level({"method": {"name": "bif"}, "frontier": {"level": -1}})
     cfg = {"method": {"name": "trak", "models": 1}, "frontier": {"level": 2}}
-    assert apply_level(apply_level(cfg))["method"]["models"] == 2  # idempotent
+    assert apply_level(apply_level(cfg))["method"]["models"] == 5  # idempotent
 
 
 def test_a_single_run_past_the_ladder_is_refused_before_any_work(tmp_path):

@@ -97,9 +97,10 @@ def row_keys(records: list[dict]) -> list[tuple]:
     defaults = {m: method_defaults(m, recs) for m, recs in by_method.items()}
     keys = [(gt, rec.get("task"), rec.get("method"), setting(rec, defaults[rec.get("method")]), rec.get(SWEEP))
             for gt, rec in zip(ground_truth_labels(records), records)]
-    # A setting is relative to the task's method defaults as each record saw them, so records made
-    # before and after a task changed its defaults can share a label with different parameters.
-    # Such rows are told apart by their parameters against the class's own defaults.
+    # A record of a task that is not installed is labelled against the task defaults its own
+    # config holds, so records made before and after that task changed its defaults can share a
+    # label with different parameters. Such rows are told apart by their parameters against the
+    # class's own defaults.
     params: dict[tuple, set] = {}
     for key, rec in zip(keys, records):
         params.setdefault(key, set()).add(json.dumps(method_params(rec), sort_keys=True, default=str))

@@ -203,6 +203,7 @@ def test_leaderboard_writes_frontier_csv_and_plot(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ end to end ------------------
+@pytest.mark.slow  # a whole frontier sweep: run by `make bench`
 def test_frontier_sweep_end_to_end(tmp_path):
     """bif and ekfac at two rungs each, a level past grad_dot's ladder skipped without a record."""
     results, cache = tmp_path / "r", os.environ.get("TDABENCH_CACHE") or str(tmp_path / "cache")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
@@ -27,6 +29,7 @@ def lds_by_method(results: Path) -> dict:
             if r["status"] == "ok"}
 
 
+@pytest.mark.slow  # whole sweeps through a launcher: run by `make bench`
 def test_joblib_two_workers_match_sequential_and_compute_ground_truth_once(tmp_path):
     seq = run("-m", "method=random,grad_dot,grad_cos", *SMALL, f"cache_dir={tmp_path / 'c1'}",
               f"results_dir={tmp_path / 'seq'}")
@@ -40,6 +43,7 @@ def test_joblib_two_workers_match_sequential_and_compute_ground_truth_once(tmp_p
     assert (seq.stderr + par.stderr).count("ground truth digits_mlp") >= 1
 
 
+@pytest.mark.slow  # whole sweeps through a launcher: run by `make bench`
 def test_submitit_job_array_computes_shards_that_a_sweep_assembles(tmp_path):
     common = [*SMALL, "method=grad_dot", "gt.num_shards=3", f"cache_dir={tmp_path / 'cache'}",
               f"results_dir={tmp_path / 'r'}"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -27,10 +26,9 @@ from tdabench.harness.config import ConfigError, UnsupportedPairingError, folder
 from tdabench.harness.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
 from tdabench.harness.logs import setup as setup_logging
 from tdabench.harness.logs import take_verbosity_flags
-from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
+from tdabench.harness.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 
 #: the Hydra config tree, shipped inside the package (tdabench/conf beside tdabench/harness)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("tdabench")
 _MISSING = object()
 

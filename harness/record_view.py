@@ -23,10 +23,6 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from pathlib import Path
-
-#: the task configs shipped with the harness (``tdabench/conf/task``)
-TASK_CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "task"
 
 #: method config keys that never make a setting: the registry name and the method seed
 NOT_A_SETTING = ("name", "seed")
@@ -122,16 +118,16 @@ def _fmt(v) -> str:
 def current_task_defaults(task: str | None) -> dict | None:
     """``method_defaults`` of task ``task`` as it is configured now (its YAML in conf/task, else
     its class's ``default_config``); None when the task is not installed."""
+    from tdabench.harness.registry import CONF_DIR, TASKS, UnknownNameError
+
     if not task:
         return None
-    path = TASK_CONF_DIR / f"{task}.yaml"
+    path = CONF_DIR / "task" / f"{task}.yaml"
     if path.exists():
         from omegaconf import OmegaConf
 
         node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
     else:
-        from tdabench.harness.registry import TASKS, UnknownNameError
-
         try:
             node = TASKS.get(task).default_config or {}
         except (UnknownNameError, ImportError):

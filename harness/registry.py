@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Generic, TypeVar
+
+#: the config tree shipped with the harness (``tdabench/conf``: config.yaml, task/, sweep/)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

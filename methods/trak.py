@@ -245,15 +245,18 @@ class TRAK(Method):
         out = torch.zeros(task.n_query, task.n_train)
         step = max(1, CAST_BLOCK_BYTES // (8 * self.proj_dim))  # float64 copies of Phi's rows
         n_members = len(self._train)
+        out_to_loss = None  # on the device the features live on, moved once
         for m, member in enumerate(self._members(task, model)):
             q = self._features(task, member, task.query_split, m).double()
             solved = torch.linalg.lu_solve(*self._gram_lu[m], q.T)  # [k, n_query]
             del q
             phi = self._train[m]
+            if out_to_loss is None:
+                out_to_loss = self._out_to_loss.to(solved.device)
             for lo in range(0, task.n_train, step):
                 hi = min(lo + step, task.n_train)
                 kernel = solved.T @ phi[lo:hi].double().T  # [n_query, block]
-                kernel *= self._out_to_loss[lo:hi].to(kernel.device) * (sign / n_members)
+                kernel *= out_to_loss[lo:hi] * (sign / n_members)
                 out[:, lo:hi] += kernel.float().cpu()
                 del kernel
             del solved

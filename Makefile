@@ -23,9 +23,10 @@ demo: $(STAMP)
 	$(BIN)/tdabench -m threads=1 results_dir=results/demo
 	$(BIN)/tdabench-leaderboard results/demo
 
+# two pytest workers (pytest-xdist): most tests are end-to-end runs in subprocesses, one thread each
 test: $(STAMP)
 	$(BIN)/ruff check .
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=15
 
 # Benchmarks: ratios measured in one run each (see README, Performance), then the slow tests.
 bench: $(STAMP)

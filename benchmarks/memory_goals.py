@@ -9,9 +9,10 @@ fitted, never read from a cache. Printed per task, with each goal (PASS when rat
 
 - ekfac / ekfac_kronfluence and kfac / kfac_kronfluence: fit and score peaks (goal 1);
 - exact_if: fit and score peaks / (3 x its float32 Hessian P^2 + the model) (goal 1; MLP only);
-- grad_dot, tracin, trak: score peak / the gradients they must hold at once (goal 1.5): the query
-  gradients and one chunk of training gradients for grad_dot and tracin (tracin keeps its query
-  gradients in float64), one chunk of gradients for trak;
+- grad_dot, tracin, trak: score peak, less the score matrix the phase returns (output, not working
+  memory), / the gradients they must hold at once (goal 1.5): the query gradients and one chunk of
+  training gradients for grad_dot and tracin (tracin keeps its query gradients in float64), one
+  chunk of query gradients for trak. The ratio with the score matrix counted is printed beside it;
 - trak / trak_traker: fit + score peak (goal 1).
 
 and each method's FLOPs per phase. The CIFAR task is cifar2_resnet9 with 400 training images
@@ -69,8 +70,9 @@ def measure(task_name: str, method: str, overrides: list[str], cache_dir: str) -
     with prof.phase("fit"):
         m.fit(task, model)
     with prof.phase("score"):
-        m.score(task, model)
+        scores = m.score(task, model)
     return {"task": task, "model": model, "method": m,
+            "result_mib": scores.numel() * scores.element_size() / MIB,
             **{p: (prof.time_s[p], prof.peak_mem_mb[p], prof.flops[p]) for p in ("fit", "score")}}
 
 
@@ -117,13 +119,17 @@ def report(key: str, cache_dir: str, log=print) -> list[tuple[str, float, float]
                           runs["exact_if"][phase][1] / budget, 1.0))
     for name in ("grad_dot", "tracin", "trak"):
         if runs[name]:
-            goals.append((f"{task_name} {name} score peak / gradients held at once",
-                          runs[name]["score"][1] / held_gradients_mib(name, runs[name]), 1.5))
+            held = held_gradients_mib(name, runs[name])
+            peak, result = runs[name]["score"][1], runs[name]["result_mib"]
+            log(f"  {name}: score peak {peak:.2f} MiB, of which its score matrix {result:.2f} MiB; "
+                f"gradients held {held:.2f} MiB; peak / held {peak / held:.2f} with the matrix")
+            goals.append((f"{task_name} {name} score peak less its scores / gradients held",
+                          (peak - result) / held, 1.5))
     if runs["trak"] and runs["trak_traker"]:
         peak = [max(runs[n]["fit"][1], runs[n]["score"][1]) for n in ("trak", "trak_traker")]
         goals.append((f"{task_name} trak / trak_traker peak", peak[0] / max(peak[1], 0.01), 1.0))
     for goal, ratio, limit in goals:
-        log(f"  {goal:62s} {ratio:6.2f}  (goal <= {limit:g}) {'PASS' if ratio <= limit else 'FAIL'}")
+        log(f"  {goal:68s} {ratio:6.2f}  (goal <= {limit:g}) {'PASS' if ratio <= limit else 'FAIL'}")
     return goals
 
 

@@ -22,7 +22,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -287,9 +287,14 @@ class Task(ABC):
     def ensemble(self, k: int, mode: str = "full") -> list[nn.Module]:
         """``k`` independently trained models; member 0 is the reference checkpoint. With
         ``mode='half'`` members after the first train on seeded random halves of the data."""
+        return list(self.ensemble_members(k, mode))
+
+    def ensemble_members(self, k: int, mode: str = "full") -> Iterator[nn.Module]:
+        """The members of :meth:`ensemble` one at a time (each trained, or read from the cache,
+        when it is reached), so that a caller that drops a member holds one model at a time."""
         if mode not in ("full", "half"):
             raise ValueError(f"ensemble mode {mode!r}: use full or half")
-        models = [self.checkpoint()]
+        yield self.checkpoint()
         for m in range(1, k):
             seed = self.seed + 7919 * m
 
@@ -303,8 +308,8 @@ class Task(ABC):
 
             state = load_or_compute(self._cache_path("ensemble", {"member": m, "mode": mode}),
                                     compute, f"ensemble member {m}", self.log)
-            models.append(self._model_from_state(state))
-        return models
+            yield self._model_from_state(state)
+            del state
 
     # ----- evaluation -----------------------------------------------------------------------
     @torch.no_grad()

@@ -521,7 +521,8 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
                                      max(1, chunk // n_tokens))
         out = torch.empty(len(q), n_tokens, layout.size, device=device)
     else:
-        grads = iter_per_example_grads(task.observable, model, q.inputs, q.targets, chunk)
+        grads = iter_per_example_grads(task.observable, model, q.inputs, q.targets, chunk,
+                                       held_bytes=4 * len(q) * layout.size)  # the result
         out = torch.empty(len(q), layout.size, device=device)
     start = 0
     for g in grads:

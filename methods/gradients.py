@@ -9,10 +9,21 @@ Functions with several outputs per example (per-token losses ``[B, T]``) give Ja
 Scores against every training example (:func:`train_grad_dots`) stream the training gradients
 in chunks of about ``GRAD_CHUNK_BYTES`` and dot them with the queries one parameter tensor at a
 time, so memory is the query gradients, one chunk of training gradients and the scores.
+
+Computing an example's gradient needs more than the gradient: the activations autograd keeps for
+the backward pass and the backward pass's own intermediates (its *workspace*). On a small MLP that
+is a fraction of the gradient; on a convolutional network it is about twice the gradient (the
+CIFAR ResNet-9: 0.55 MiB of gradient, about 1.2 MiB of workspace per example). A chunk is
+therefore computed in ``vmap`` calls over as many examples as keep their gradients and workspace
+within ``WORKSPACE_FRACTION`` of the gradients the caller holds at once (:func:`micro_batch`),
+and assembled in a buffer when that is fewer than the chunk; calls of one or two examples are plain
+backward passes, one example at a time. Smaller calls cost time (on the ResNet-9 on one CPU
+thread: 4 ms an example in calls of 14, 9 ms one at a time).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterator
 
 import torch
@@ -25,6 +36,12 @@ from tdabench.harness.training import num_params
 GRAD_CHUNK_BYTES = 8 * 2**20
 #: bytes of a slice of per-example gradients cast to another dtype at once (float32 -> float64)
 CAST_BLOCK_BYTES = 2**18
+#: the gradients and workspace of one ``vmap`` call, at most this fraction of the gradients held
+WORKSPACE_FRACTION = 0.5
+#: calls of at most this many examples are made as plain backward passes, one example at a time
+#: (on the CIFAR ResNet-9 on one CPU thread, 9 ms an example against 19 and 12 ms for ``vmap``
+#: over 1 and 2 examples, 8 ms over 4; and one example's workspace in memory instead of two)
+LOOP_MICRO = 2
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -43,10 +60,95 @@ def functional(model: nn.Module, params: dict, buffers: dict | None = None) -> C
     return lambda x: functional_call(model, (params, buffers), (x,))
 
 
+def workspace_bytes(fn: Callable, model: nn.Module, inputs: torch.Tensor,
+                    targets: torch.Tensor) -> int:
+    """Estimated bytes that computing one example's gradient of ``fn`` needs beyond the gradient:
+    twice the bytes autograd saves for the backward pass on the first example (the saved
+    activations, and about as much again for the backward pass's intermediates; measured on the
+    CIFAR ResNet-9: 0.62 MiB saved, 1.15 MiB of workspace). Parameters and buffers are not
+    counted. Costs one forward pass of one example."""
+    if len(inputs) == 0:
+        return 0
+    own = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    seen: dict[int, torch.UntypedStorage] = {}  # kept alive until the end, so no address repeats
+
+    def pack(t: torch.Tensor) -> None:
+        # the storage is kept, not the tensor: the backward pass never runs, and keeping a saved
+        # output would tie it to its own graph in a reference cycle that outlives this call
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen.setdefault(storage.data_ptr(), storage)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
+            fn(model, inputs[:1].clone(), targets[:1].clone())
+    finally:
+        model.train(was_training)
+    return 2 * sum(storage.nbytes() for storage in seen.values())
+
+
+def micro_batch(model: nn.Module, workspace: int, chunk: int, held_bytes: int = 0,
+                buffered: bool = True) -> int:
+    """Examples per ``vmap`` call when ``chunk`` examples' gradients are computed while the caller
+    holds ``held_bytes`` of other gradients, given each example's ``workspace``
+    (:func:`workspace_bytes`).
+
+    ``buffered``: the chunk's gradients are held together (in one call's output, or in a buffer
+    that smaller calls fill), so they count as held. A call over the whole chunk then adds its
+    workspace only, and is made if that is within ``WORKSPACE_FRACTION`` of all gradients held;
+    otherwise each call adds its own gradients (copied into the buffer) and workspace, and takes
+    as many examples as fit in that fraction. Unbuffered (the caller writes each call's gradients
+    into ``held_bytes`` it already holds), a call's gradients and workspace fit in the fraction."""
+    grad_bytes = next(model.parameters()).element_size() * num_params(model)
+    if buffered:
+        budget = WORKSPACE_FRACTION * (held_bytes + chunk * grad_bytes)
+        if chunk * workspace <= budget:
+            return chunk
+    else:
+        budget = WORKSPACE_FRACTION * held_bytes
+    return int(max(1, min(chunk, budget // (grad_bytes + workspace))))
+
+
+def _one_by_one(fn: Callable, model: nn.Module, names: list[str], x: torch.Tensor,
+                y: torch.Tensor, out: torch.Tensor | None = None) -> dict[str, torch.Tensor] | None:
+    """Per-example gradients of ``fn`` by a plain backward pass per example: with ``out``
+    ``[len(x), P]``, written into its rows (memory: one example's gradient and workspace at a
+    time); otherwise returned as ``{name: [len(x), ...]}``."""
+    params = dict(model.named_parameters())
+    rows = []
+    with torch.enable_grad():
+        for i in range(len(x)):
+            loss = fn(model, x[i:i + 1], y[i:i + 1])[0]
+            grads = torch.autograd.grad(loss, [params[k] for k in names])
+            del loss
+            if out is None:
+                rows.append(grads)
+                continue
+            col = 0
+            for v in grads:
+                out[i, col:col + v.numel()] = v.reshape(-1)
+                col += v.numel()
+            del grads
+    if out is not None:
+        return None
+    if len(rows) == 1:
+        return {k: g.unsqueeze(0) for k, g in zip(names, rows[0])}
+    return {k: torch.stack([r[j] for r in rows]) for j, k in enumerate(names)}
+
+
 def _iter_per_example(transform: Callable, fn: Callable, model: nn.Module, inputs: torch.Tensor,
-                      targets: torch.Tensor, chunk: int) -> Iterator[tuple[int, dict]]:
+                      targets: torch.Tensor, chunk: int, held_bytes: int = 0,
+                      micro: int | None = None) -> Iterator[tuple[int, dict]]:
     """``vmap(transform(one example's fn))`` over chunks of examples, in eval mode: yields
-    ``(chunk length, {parameter name: derivative})``."""
+    ``(chunk length, {parameter name: derivative})``.
+
+    For ``grad``, each chunk is computed in calls of ``micro`` examples (by default
+    :func:`micro_batch` for a buffered chunk beside ``held_bytes``); when that is fewer than the
+    chunk, the calls fill a ``[chunk, P]`` buffer, yielded as ``{"": buffer}`` (columns in
+    ``named_parameters`` order). Calls of at most ``LOOP_MICRO`` examples are plain backward
+    passes, one example at a time."""
     params = trainable_params(model)
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
@@ -54,12 +156,30 @@ def _iter_per_example(transform: Callable, fn: Callable, model: nn.Module, input
         return fn(functional(model, p, buffers), x[None], y[None])[0]
 
     g = vmap(transform(one), in_dims=(None, 0, 0))
+    if transform is not grad:
+        micro = chunk
+    elif micro is None:
+        micro = micro_batch(model, workspace_bytes(fn, model, inputs, targets),
+                            max(1, min(chunk, len(inputs))), held_bytes)
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(inputs), chunk):
-            x = inputs[i:i + chunk]
-            yield len(x), g(params, x, targets[i:i + chunk])
+            x, y = inputs[i:i + chunk], targets[i:i + chunk]
+            if micro >= len(x):
+                yield len(x), (_one_by_one(fn, model, list(params), x, y)
+                               if len(x) == 1 and transform is grad else g(params, x, y))
+                continue
+            flat = next(iter(params.values())).new_empty(len(x), num_params(model))
+            if micro <= LOOP_MICRO:
+                _one_by_one(fn, model, list(params), x, y, out=flat)
+            else:
+                for j in range(0, len(x), micro):
+                    tree = g(params, x[j:j + micro], y[j:j + micro])
+                    _write_rows(flat[j:j + micro], tree)
+                    del tree
+            yield len(x), {"": flat}
+            del flat
     finally:
         model.train(was_training)
 
@@ -78,25 +198,32 @@ def _write_rows(out: torch.Tensor, tree: dict[str, torch.Tensor]) -> None:
 
 
 def iter_per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
-                           targets: torch.Tensor, chunk: int = 256) -> Iterator[torch.Tensor]:
-    """Yield ``[b, P]`` gradient chunks of ``fn(model, inputs, targets) -> [B]`` per example.
+                           targets: torch.Tensor, chunk: int = 256,
+                           held_bytes: int = 0) -> Iterator[torch.Tensor]:
+    """Yield ``[b, P]`` gradient chunks of ``fn(model, inputs, targets) -> [B]`` per example
+    (``held_bytes``: other gradients the caller holds meanwhile, see :func:`micro_batch`).
     A yielded chunk is not referenced here once the next one is requested, so a consumer that
     drops it keeps one chunk alive at a time."""
     p = num_params(model)
-    for b, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk):
-        flat = next(iter(tree.values())).new_empty(b, p)
-        _write_rows(flat, tree)
+    for b, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk, held_bytes):
+        if list(tree) == [""]:
+            flat = tree.pop("")
+        else:
+            flat = next(iter(tree.values())).new_empty(b, p)
+            _write_rows(flat, tree)
         del tree
         yield flat
         del flat
 
 
 def iter_per_example_parts(fn: Callable, model: nn.Module, inputs: torch.Tensor,
-                           targets: torch.Tensor, chunk: int = 256) -> Iterator[list[torch.Tensor]]:
+                           targets: torch.Tensor, chunk: int = 256,
+                           held_bytes: int = 0) -> Iterator[list[torch.Tensor]]:
     """Like :func:`iter_per_example_grads`, without the flattening copy: yield each chunk as a
     list of ``[b, n_p]`` gradients, one per trainable parameter in ``named_parameters`` order
-    (their concatenation along dim 1 is the ``[b, P]`` chunk)."""
-    for b, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk):
+    (their concatenation along dim 1 is the ``[b, P]`` chunk; a single ``[b, P]`` part when the
+    chunk was assembled in a buffer)."""
+    for b, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk, held_bytes):
         parts = [v.reshape(b, -1) for v in tree.values()]
         del tree
         yield parts
@@ -138,8 +265,9 @@ def train_grad_dots(task, model: nn.Module, queries: torch.Tensor, batch_size: i
     if out is None:
         out = torch.zeros(len(queries), len(split), dtype=queries.dtype, device=queries.device)
     start = 0
+    held = queries.numel() * queries.element_size() + out.numel() * out.element_size()
     for b, tree in _iter_per_example(grad, task.per_example_loss, model, split.inputs, split.targets,
-                                     gradient_chunk(model, batch_size)):
+                                     gradient_chunk(model, batch_size), held):
         block = torch.zeros(len(queries), b, dtype=queries.dtype, device=queries.device)
         sq = torch.zeros(b, dtype=queries.dtype, device=queries.device) if normalize else None
         col = 0
@@ -166,11 +294,22 @@ def train_grad_dots(task, model: nn.Module, queries: torch.Tensor, batch_size: i
 def per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
                       targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """All per-example gradients as one ``[B, P]`` matrix, filled chunk by chunk (memory: the
-    matrix and one chunk of ``chunk x P``)."""
+    matrix and one chunk of at most ``chunk x P``, fewer where the chunk's workspace would exceed
+    ``WORKSPACE_FRACTION`` of the matrix, see :func:`micro_batch`)."""
     first = next(iter(trainable_params(model).values()))
     out = first.new_empty(len(inputs), num_params(model))
+    chunk = micro_batch(model, workspace_bytes(fn, model, inputs, targets), max(1, min(chunk, len(inputs))),
+                        out.numel() * out.element_size(), buffered=False)
+    if chunk <= LOOP_MICRO:
+        was_training = model.training
+        model.eval()
+        try:
+            _one_by_one(fn, model, list(trainable_params(model)), inputs, targets, out=out)
+        finally:
+            model.train(was_training)
+        return out
     start = 0
-    for b, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk):
+    for b, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk, micro=chunk):
         _write_rows(out[start:start + b], tree)
         start += b
         del tree

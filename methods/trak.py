@@ -22,8 +22,11 @@ Shapes of scores: [n_query, n_train].
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from tdabench.harness.method import Method
@@ -149,6 +152,7 @@ class TRAK(Method):
         self.batch_size = batch_size
         self.requires = frozenset({"checkpoint", "ensemble"} if models > 1 else {"checkpoint"})
         self._train: list[torch.Tensor] = []  # per member: Phi [n_train, k]
+        self._store: tempfile.TemporaryDirectory | None = None  # files behind Phi on the CPU
         self._gram_lu: list[tuple[torch.Tensor, torch.Tensor]] = []  # per member: LU of Phi^T Phi + lambda I
         self._out_to_loss: torch.Tensor | None = None
         self._projectors: dict[int, Projector] = {}  # per member (seeds only: R is drawn per call)
@@ -192,14 +196,28 @@ class TRAK(Method):
         return 1.0 if same else -1.0
 
     # ----- features ---------------------------------------------------------------------------
-    def _features(self, task, model, split, member: int) -> torch.Tensor:
+    def _train_buffer(self, member: int, rows: int, device: torch.device) -> torch.Tensor:
+        """Room for one member's Phi [rows, k] float32: on the CPU a tensor over a memory-mapped
+        file in a temporary folder that lives as long as the fitted method (as traker keeps its
+        features), so the members' features need not stay in memory between fit and score; on
+        another device, a tensor there."""
+        if device.type != "cpu":
+            return torch.empty(rows, self.proj_dim, device=device)
+        if self._store is None:
+            self._store = tempfile.TemporaryDirectory(prefix="tdabench-trak-")
+        path = Path(self._store.name) / f"phi_{member}.npy"
+        return torch.from_numpy(np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                          shape=(rows, self.proj_dim)))
+
+    def _features(self, task, model, split, member: int,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
         """Projected output-function gradients of ``split`` under ``model``: [len(split), k]
-        float32 (the precision of the gradients), one chunk of gradients at a time."""
+        float32 (the precision of the gradients), one chunk of gradients at a time, written into
+        ``out`` when given."""
         proj = self._projectors.get(member)
         if proj is None:
             proj = self._projectors[member] = member_projector(num_params(model), self.proj_dim,
                                                                self.seed, member, self.projection)
-        out = None
         start = 0
         for parts in iter_per_example_parts(self._output_fn(task), model, split.inputs,
                                             split.targets, self.batch_size):
@@ -213,17 +231,20 @@ class TRAK(Method):
         return out
 
     def _members(self, task, model):
-        return [model] if self.models == 1 else task.ensemble(self.models, self.ensemble_mode)
+        """The ensemble's models, one at a time (member 0 is ``model``)."""
+        return iter([model]) if self.models == 1 else task.ensemble_members(self.models, self.ensemble_mode)
 
     def fit(self, task, model) -> None:
-        """Per member: Phi [n_train, k] (float32) and the LU factors of Phi^T Phi + lambda I
-        [k, k] (float64, the Gram matrix summed in float64 over row blocks); the mean
-        out-to-loss term. Scoring applies (Phi^T Phi + lambda I)^-1 to the queries' features,
-        so no [n_train, k] float64 matrix is held."""
+        """Per member: Phi [n_train, k] (float32; on the CPU in a memory-mapped file) and the LU
+        factors of Phi^T Phi + lambda I [k, k] (float64, the Gram matrix summed in float64 over
+        row blocks); the mean out-to-loss term. Scoring applies (Phi^T Phi + lambda I)^-1 to the
+        queries' features, so no [n_train, k] float64 matrix is held."""
         self._train, self._gram_lu, out_to_loss = [], [], []
         self._projectors = {}
         for m, member in enumerate(self._members(task, model)):
-            phi = self._features(task, member, task.train_split, m)
+            device = next(member.parameters()).device
+            phi = self._features(task, member, task.train_split, m,
+                                 out=self._train_buffer(m, task.n_train, device))
             gram = self.lambda_reg * torch.eye(self.proj_dim, dtype=torch.float64, device=phi.device)
             for lo in range(0, len(phi), self.batch_size):
                 rows = phi[lo:lo + self.batch_size].double()

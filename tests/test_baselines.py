@@ -128,3 +128,64 @@ def test_streamed_dots_cast_in_slices_and_accumulate_in_place(small_digits, monk
     one = per_example_grads(small_digits.per_example_loss, model, s.inputs, s.targets, chunk=len(s))
     chunked = per_example_grads(small_digits.per_example_loss, model, s.inputs, s.targets, chunk=7)
     assert torch.allclose(chunked, one, rtol=1e-6, atol=1e-7)
+
+
+def test_chunks_computed_in_smaller_calls_equal_whole_chunks(small_digits, monkeypatch):
+    """Where a chunk's workspace exceeds the budget, its gradients come from smaller vmap calls
+    (or single-example backward passes) assembled in a buffer; the values do not change."""
+    from tdabench.methods import gradients
+    from tdabench.methods.gradients import (
+        iter_per_example_grads,
+        iter_per_example_parts,
+        per_example_grads,
+        train_grad_dots,
+    )
+
+    model = small_digits.checkpoint()
+    s = small_digits.train_split
+    whole = per_example_grads(small_digits.per_example_loss, model, s.inputs, s.targets)
+    q = torch.randn(3, whole.shape[1], dtype=torch.float64)
+    dots = train_grad_dots(small_digits, model, q, batch_size=16)
+    for micro in (1, 5):  # a plain backward pass per example; vmap calls of 5 into chunks of 16
+        chunks = list(gradients._iter_per_example(gradients.grad, small_digits.per_example_loss, model,
+                                                  s.inputs, s.targets, 16, micro=micro))
+        assert [list(tree) for _, tree in chunks[:1]] == [[""]]  # one [16, P] buffer
+        flat = torch.cat([tree[""] for _, tree in chunks])
+        assert torch.allclose(flat, whole, rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(gradients, "WORKSPACE_FRACTION", 0.0)  # every call takes one example
+    assert gradients.micro_batch(model, 1, 16, held_bytes=10**9) == 1
+    assert torch.allclose(torch.cat(list(iter_per_example_grads(small_digits.per_example_loss, model,
+                                                                s.inputs, s.targets, 16))), whole,
+                          rtol=1e-5, atol=1e-7)
+    parts = list(iter_per_example_parts(small_digits.per_example_loss, model, s.inputs, s.targets, 16))
+    assert torch.allclose(torch.cat([torch.cat(p, 1) for p in parts]), whole, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(train_grad_dots(small_digits, model, q, batch_size=16), dots,
+                          rtol=1e-5, atol=1e-6)  # float32 gradients by another route
+    assert torch.allclose(per_example_grads(small_digits.per_example_loss, model, s.inputs, s.targets),
+                          whole, rtol=1e-5, atol=1e-7)
+
+
+def test_micro_batches_follow_the_workspace_of_the_model(small_digits):
+    """An MLP's workspace is a fraction of its gradient, so a chunk is one call; a convolutional
+    network keeps activations larger than its gradient, so its chunks are split."""
+    from tdabench.methods.gradients import micro_batch, workspace_bytes
+
+    model = small_digits.checkpoint()
+    s = small_digits.train_split
+    w = workspace_bytes(small_digits.per_example_loss, model, s.inputs, s.targets)
+    assert 0 < w < 4 * sum(p.numel() for p in model.parameters())
+    assert micro_batch(model, w, 64) == 64
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+
+    def loss(m, xb, yb):
+        return torch.nn.functional.cross_entropy(m(xb), yb, reduction="none")
+
+    wc = workspace_bytes(loss, conv, x, y)
+    grad_bytes = 4 * sum(p.numel() for p in conv.parameters())
+    assert wc > 10 * grad_bytes  # 32x32 activations of 8 channels against 900 weights
+    m = micro_batch(conv, wc, 64, held_bytes=0)
+    assert 1 <= m < 64 and m * (grad_bytes + wc) <= 0.5 * 64 * grad_bytes or m == 1

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tdabench.harness.cli import CONF_DIR
+from tdabench.harness.cli import CONF_DIR, register_configs
 from tdabench.harness.config import ConfigError
 from tdabench.harness.run import prepare
 from tdabench.methods.gradients import per_example_grads
@@ -149,6 +149,7 @@ def test_folder_with_a_missing_class_is_rejected_before_training(tmp_path):
         for c in CIFAR10_CLASSES[:-1]:  # no truck
             (tmp_path / split / c).mkdir(parents=True)
             Image.new("RGB", (32, 32)).save(tmp_path / split / c / "0.jpg")
+    register_configs()  # the method group, as the CLI registers it (the test may run alone)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "task=cifar10_resnet9", f"task.data_dir={tmp_path}", f"results_dir={tmp_path / 'r'}",

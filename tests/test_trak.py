@@ -129,3 +129,23 @@ def test_trak_lds_rises_with_the_number_of_models(small_digits, digits_cache):
         method.fit(small_digits, model)
         values.append(lds(method.score(small_digits, model), gt.masks, gt.mean_outcomes, 10).lds)
     assert values[0] < values[1] < values[2], values
+
+
+def test_trak_keeps_member_features_in_memory_mapped_files(small_digits):
+    """On the CPU each member's Phi lives in a file of the fitted method's own temporary folder
+    (as traker keeps its features); scores equal those of features held in memory, and the folder
+    goes with the method."""
+    import gc
+    from pathlib import Path
+
+    model = small_digits.checkpoint()
+    method = TRAK(proj_dim=32, models=3)
+    method.fit(small_digits, model)
+    folder = Path(method._store.name)
+    assert sorted(p.name for p in folder.iterdir()) == ["phi_0.npy", "phi_1.npy", "phi_2.npy"]
+    mapped = method.score(small_digits, model)
+    method._train = [phi.clone() for phi in method._train]  # the same features, in memory
+    assert torch.equal(method.score(small_digits, model), mapped)
+    del method
+    gc.collect()
+    assert not folder.exists()

@@ -287,11 +287,18 @@ class Task(ABC):
     def ensemble(self, k: int, mode: str = "full") -> list[nn.Module]:
         """``k`` independently trained models; member 0 is the reference checkpoint. With
         ``mode='half'`` members after the first train on seeded random halves of the data."""
-        return list(self.ensemble_members(k, mode))
+        return list(self._trained_members(k, mode))
 
     def ensemble_members(self, k: int, mode: str = "full") -> Iterator[nn.Module]:
         """The members of :meth:`ensemble` one at a time (each trained, or read from the cache,
-        when it is reached), so that a caller that drops a member holds one model at a time."""
+        when it is reached), so that a caller that drops a member holds one model at a time. A
+        task that overrides :meth:`ensemble` gets its members from there."""
+        if type(self).ensemble is not Task.ensemble:
+            yield from self.ensemble(k, mode)
+        else:
+            yield from self._trained_members(k, mode)
+
+    def _trained_members(self, k: int, mode: str) -> Iterator[nn.Module]:
         if mode not in ("full", "half"):
             raise ValueError(f"ensemble mode {mode!r}: use full or half")
         yield self.checkpoint()
@@ -308,8 +315,10 @@ class Task(ABC):
 
             state = load_or_compute(self._cache_path("ensemble", {"member": m, "mode": mode}),
                                     compute, f"ensemble member {m}", self.log)
-            yield self._model_from_state(state)
+            model = self._model_from_state(state)
             del state
+            yield model
+            del model
 
     # ----- evaluation -----------------------------------------------------------------------
     @torch.no_grad()

@@ -101,7 +101,8 @@ def micro_batch(model: nn.Module, workspace: int, chunk: int, held_bytes: int = 
     otherwise each call adds its own gradients (copied into the buffer) and workspace, and takes
     as many examples as fit in that fraction. Unbuffered (the caller writes each call's gradients
     into ``held_bytes`` it already holds), a call's gradients and workspace fit in the fraction."""
-    grad_bytes = next(model.parameters()).element_size() * num_params(model)
+    first = next(iter(trainable_params(model).values()), None)
+    grad_bytes = (first.element_size() if first is not None else 4) * num_params(model)
     if buffered:
         budget = WORKSPACE_FRACTION * (held_bytes + chunk * grad_bytes)
         if chunk * workspace <= budget:
@@ -121,7 +122,8 @@ def _one_by_one(fn: Callable, model: nn.Module, names: list[str], x: torch.Tenso
     with torch.enable_grad():
         for i in range(len(x)):
             loss = fn(model, x[i:i + 1], y[i:i + 1])[0]
-            grads = torch.autograd.grad(loss, [params[k] for k in names])
+            grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True,
+                                        materialize_grads=True)  # zeros, as vmap(grad) gives
             del loss
             if out is None:
                 rows.append(grads)

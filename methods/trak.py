@@ -157,6 +157,15 @@ class TRAK(Method):
         self._out_to_loss: torch.Tensor | None = None
         self._projectors: dict[int, Projector] = {}  # per member (seeds only: R is drawn per call)
 
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickle) holds its features in memory: the files belong to
+        this object's folder, which goes with it."""
+        state = dict(self.__dict__)
+        if state.get("_store") is not None:
+            state["_train"] = [phi.clone() for phi in self._train]
+            state["_store"] = None
+        return state
+
     def check(self, task) -> list[str]:
         p = check_trak_settings(self, task)
         if self.projection not in PROJECTIONS:
@@ -204,7 +213,7 @@ class TRAK(Method):
         if device.type != "cpu":
             return torch.empty(rows, self.proj_dim, device=device)
         if self._store is None:
-            self._store = tempfile.TemporaryDirectory(prefix="tdabench-trak-")
+            self._store = tempfile.TemporaryDirectory(prefix="tdabench-trak-", ignore_cleanup_errors=True)
         path = Path(self._store.name) / f"phi_{member}.npy"
         return torch.from_numpy(np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                                           shape=(rows, self.proj_dim)))
@@ -241,6 +250,7 @@ class TRAK(Method):
         queries' features, so no [n_train, k] float64 matrix is held."""
         self._train, self._gram_lu, out_to_loss = [], [], []
         self._projectors = {}
+        self._store = None  # a fresh folder: features of an earlier fit stay as they were
         for m, member in enumerate(self._members(task, model)):
             device = next(member.parameters()).device
             phi = self._features(task, member, task.train_split, m,

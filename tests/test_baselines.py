@@ -189,3 +189,23 @@ def test_micro_batches_follow_the_workspace_of_the_model(small_digits):
     assert wc > 10 * grad_bytes  # 32x32 activations of 8 channels against 900 weights
     m = micro_batch(conv, wc, 64, held_bytes=0)
     assert 1 <= m < 64 and m * (grad_bytes + wc) <= 0.5 * 64 * grad_bytes or m == 1
+
+
+def test_a_parameter_outside_the_graph_gets_zero_gradients_on_every_path():
+    """vmap(grad) gives zeros for a parameter the loss does not use; so must the single-example
+    backward pass (a last chunk of one example, or calls of one)."""
+    from tdabench.methods.gradients import per_example_grads
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model.register_parameter("unused", torch.nn.Parameter(torch.ones(5)))
+    x, y = torch.randn(7, 4), torch.tensor([0, 1, 0, 1, 1, 0, 1])
+
+    def loss(m, xb, yb):
+        return torch.nn.functional.cross_entropy(m(xb), yb, reduction="none")
+
+    whole = per_example_grads(loss, model, x, y, chunk=7)
+    tail = per_example_grads(loss, model, x, y, chunk=3)  # chunks 3, 3 and 1
+    assert torch.allclose(tail, whole, rtol=1e-5, atol=1e-7)
+    assert [n for n, _ in model.named_parameters()][0] == "unused"  # the first 5 columns
+    assert torch.equal(whole[:, :5], torch.zeros(7, 5)) and whole[:, 5:].abs().sum() > 0

@@ -149,3 +149,29 @@ def test_trak_keeps_member_features_in_memory_mapped_files(small_digits):
     del method
     gc.collect()
     assert not folder.exists()
+
+
+def test_a_copy_of_a_fitted_trak_keeps_its_features_and_a_task_ensemble_override_is_used(
+        small_digits, monkeypatch):
+    import copy
+    import gc
+
+    from tdabench.harness.task import Task
+
+    model = small_digits.checkpoint()
+    method = TRAK(proj_dim=16, models=2)
+    method.fit(small_digits, model)
+    scores = method.score(small_digits, model)
+    first = method._store.name
+    twin = copy.deepcopy(method)
+    assert twin._store is None
+    del method
+    gc.collect()
+    assert torch.equal(twin.score(small_digits, model), scores)  # the original's folder is gone
+    twin.fit(small_digits, model)  # a refit writes a fresh folder
+    assert twin._store.name != first and torch.equal(twin.score(small_digits, model), scores)
+    # a task that defines its own ensemble (e.g. pythia_scaling, untrained copies) is used as is
+    own = [small_digits.checkpoint(), small_digits.checkpoint()]
+    monkeypatch.setattr(type(small_digits), "ensemble", lambda self, k, mode="full": own[:k])
+    assert type(small_digits).ensemble is not Task.ensemble
+    assert list(small_digits.ensemble_members(2)) == own

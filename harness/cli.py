@@ -28,7 +28,6 @@ from tdabench.harness.logs import setup as setup_logging
 from tdabench.harness.logs import take_verbosity_flags
 from tdabench.harness.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 
-#: the Hydra config tree, shipped inside the package (tdabench/conf beside tdabench/harness)
 log = logging.getLogger("tdabench")
 _MISSING = object()
 

@@ -47,6 +47,7 @@ from torch import nn
 from tdabench.harness.storage import content_hash, load_or_compute
 from tdabench.methods.gradients import (
     GRAD_CHUNK_BYTES,
+    eval_mode,
     gradient_chunk,
     iter_per_example_grads,
     iter_per_token_grads,
@@ -401,9 +402,7 @@ def fit_curvature_uncached(task, model: nn.Module, cfg: CurvatureConfig) -> Curv
     layers = select_layers(model, cfg.layers, cfg.exclude)
     _check_bias(layers)
     pnames = _param_names(model, layers)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         gen = torch.Generator(device=task.train_split.inputs.device).manual_seed(cfg.seed)
         x, y = _fitting_data(task, cfg, model, gen)
         n = len(x)
@@ -423,8 +422,6 @@ def fit_curvature_uncached(task, model: nn.Module, cfg: CurvatureConfig) -> Curv
             # fresh targets for the eigenvalue pass, as in kronfluence
             _correct_eigenvalues(task, model, layers, curv, *_fitting_data(task, cfg, model, gen),
                                  cfg.batch_size)
-    finally:
-        model.train(was_training)
     return curv
 
 
@@ -462,13 +459,9 @@ def correct_eigenvalues(task, model: nn.Module, curvature: Curvature,
         generator = torch.Generator(device=task.train_split.inputs.device).manual_seed(cfg.seed)
     layers = {name: m for name, m in select_layers(model, cfg.layers, cfg.exclude).items()
               if name in curvature.layers}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x, y = _fitting_data(task, cfg, model, generator)
         _correct_eigenvalues(task, model, layers, curvature, x, y, cfg.batch_size)
-    finally:
-        model.train(was_training)
 
 
 def model_digest(model: nn.Module) -> str:
@@ -583,9 +576,7 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
     # as many examples per pass as a chunk of per-example gradients: a pass holds every layer's
     # inputs and output gradients, which for a convolutional network outweigh its parameters
     batch_size = gradient_chunk(model, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for b, batch in enumerate(_layer_batches(task, model, layers, split.inputs, split.targets,
                                                  batch_size)):
             seen: dict[str, int] = {}
@@ -606,8 +597,6 @@ def pairwise_scores(task, model: nn.Module, preconditioned: torch.Tensor, batch_
                     del g, block
                 seen[name] = seen.get(name, 0) + len(acts)
                 del acts, grads
-    finally:
-        model.train(was_training)
     if per_layer:
         return {name: s.div_(-n) for name, s in out.items()}
     return out.div_(-n)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from tdabench.harness.method import Method
 from tdabench.harness.storage import content_hash, load_state, remove_verified, save_verified
 from tdabench.methods.curvature import model_digest
-from tdabench.methods.gradients import num_params, query_grads, train_grads, trainable_params
+from tdabench.methods.gradients import eval_mode, num_params, query_grads, train_grads, trainable_params
 
 SOLVERS = ("dense", "cg", "lissa")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -87,15 +87,11 @@ class TrainingHessian:
 
         v = vectors.to(self.dtype)
         out = torch.zeros(vectors.shape, dtype=torch.float64, device=vectors.device)
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             for i in range(0, n, self.batch_size):
                 x, y = s.inputs[i:i + self.batch_size], s.targets[i:i + self.batch_size]
                 x = x.to(self.dtype) if x.is_floating_point() else x
                 out += vmap(hvp, in_dims=(0, None, None))(v, x, y).double()
-        finally:
-            model.train(was)
         self.calls += 1
         return (out + self.shift * vectors.double()).to(vectors.dtype)
 

@@ -24,6 +24,7 @@ thread: 4 ms an example in calls of 14, 9 ms one at a time).
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -54,6 +55,17 @@ def flatten(tree: dict[str, torch.Tensor], batched: bool = True) -> torch.Tensor
     return torch.cat([v.reshape(-1) for v in tree.values()])
 
 
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block, its previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def functional(model: nn.Module, params: dict, buffers: dict | None = None) -> Callable:
     """``model`` as a callable of its inputs with parameters ``params`` (for torch.func)."""
     buffers = dict(model.named_buffers()) if buffers is None else buffers
@@ -79,13 +91,9 @@ def workspace_bytes(fn: Callable, model: nn.Module, inputs: torch.Tensor,
         if storage.data_ptr() not in own:
             seen.setdefault(storage.data_ptr(), storage)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
             fn(model, inputs[:1].clone(), targets[:1].clone())
-    finally:
-        model.train(was_training)
     return 2 * sum(storage.nbytes() for storage in seen.values())
 
 
@@ -163,9 +171,7 @@ def _iter_per_example(transform: Callable, fn: Callable, model: nn.Module, input
     elif micro is None:
         micro = micro_batch(model, workspace_bytes(fn, model, inputs, targets),
                             max(1, min(chunk, len(inputs))), held_bytes)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(0, len(inputs), chunk):
             x, y = inputs[i:i + chunk], targets[i:i + chunk]
             if micro >= len(x):
@@ -182,8 +188,6 @@ def _iter_per_example(transform: Callable, fn: Callable, model: nn.Module, input
                     del tree
             yield len(x), {"": flat}
             del flat
-    finally:
-        model.train(was_training)
 
 
 def _write_rows(out: torch.Tensor, tree: dict[str, torch.Tensor]) -> None:
@@ -303,12 +307,8 @@ def per_example_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
     chunk = micro_batch(model, workspace_bytes(fn, model, inputs, targets), max(1, min(chunk, len(inputs))),
                         out.numel() * out.element_size(), buffered=False)
     if chunk <= LOOP_MICRO:
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             _one_by_one(fn, model, list(trainable_params(model)), inputs, targets, out=out)
-        finally:
-            model.train(was_training)
         return out
     start = 0
     for b, tree in _iter_per_example(grad, fn, model, inputs, targets, chunk, micro=chunk):

@@ -241,7 +241,7 @@ class TRAK(Method):
 
     def _members(self, task, model):
         """The ensemble's models, one at a time (member 0 is ``model``)."""
-        return iter([model]) if self.models == 1 else task.ensemble_members(self.models, self.ensemble_mode)
+        return [model] if self.models == 1 else task.ensemble_members(self.models, self.ensemble_mode)
 
     def fit(self, task, model) -> None:
         """Per member: Phi [n_train, k] (float32; on the CPU in a memory-mapped file) and the LU

@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tdabench.harness.cli import compose  # noqa: E402
-from tdabench.harness.ground_truth import GroundTruthBuilder  # noqa: E402
-from tdabench.harness.lds import lds  # noqa: E402
-from tdabench.harness.registry import METHODS  # noqa: E402
-from tdabench.harness.run import prepare  # noqa: E402
+from tdabench.harness.core.registry import METHODS  # noqa: E402
+from tdabench.harness.engine.cli import compose  # noqa: E402
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
+from tdabench.harness.engine.run import prepare  # noqa: E402
+from tdabench.harness.read.lds import lds  # noqa: E402
 
 #: name -> method overrides; the task's own defaults apply to everything not named
 SETTINGS = {

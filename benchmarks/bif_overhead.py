@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bif_draws import config  # noqa: E402
 
-from tdabench.harness.profiling import Profiler  # noqa: E402
-from tdabench.harness.run import prepare  # noqa: E402
+from tdabench.harness.engine.profiling import Profiler  # noqa: E402
+from tdabench.harness.engine.run import prepare  # noqa: E402
 from tdabench.methods.bif import _ChainModel  # noqa: E402
 from tdabench.methods.gradients import trainable_params  # noqa: E402
 

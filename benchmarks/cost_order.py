@@ -94,8 +94,8 @@ def counting_overhead(task_name: str, methods: list[str], cache: Path, repeats: 
     from contextlib import nullcontext
 
     from benchmarks.memory_goals import config
-    from tdabench.harness.profiling import Profiler, warm_up
-    from tdabench.harness.run import prepare
+    from tdabench.harness.engine.profiling import Profiler, warm_up
+    from tdabench.harness.engine.run import prepare
 
     torch.set_num_threads(1)
     warm_up()

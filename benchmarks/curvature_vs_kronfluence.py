@@ -5,7 +5,7 @@ native / kronfluence ratios (below 1: native is cheaper), plus the per-query Spe
 their scores. Each implementation runs as the harness runs a method: in a fresh process that loads
 the task and checkpoint, warms up on a 32-example copy of the task (imports and first-call set-up
 are not the algorithm's cost), then profiles ``fit`` and ``score`` (peak memory = resident set
-size above the phase's start, harness/profiling.py, with glibc's mmap threshold fixed at 64 KiB
+size above the phase's start, harness/engine/profiling.py, with glibc's mmap threshold fixed at 64 KiB
 so that freed blocks leave the resident set). Every run is repeated ``--repeats`` times and the least
 time and memory per phase are kept (other processes only ever add to them).
 
@@ -42,8 +42,8 @@ def make_task(cfg: dict, cache_dir: Path) -> DigitsMLP:
 
 def worker(method_name: str, cfg: dict, cache_dir: Path, scores_path: Path, threads: int) -> dict:
     """One harness-like run of ``method_name``: {phase: [seconds, peak MiB]}; saves the scores."""
-    from tdabench.harness.profiling import Profiler
-    from tdabench.harness.registry import METHODS
+    from tdabench.harness.core.registry import METHODS
+    from tdabench.harness.engine.profiling import Profiler
 
     torch.set_num_threads(threads)
     # warm-up on a 32-example copy of the task: lazy imports and first-call set-up are left out

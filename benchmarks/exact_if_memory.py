@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.trak_models import config  # noqa: E402
-from tdabench.harness.profiling import Profiler  # noqa: E402
-from tdabench.harness.run import prepare  # noqa: E402
+from tdabench.harness.engine.profiling import Profiler  # noqa: E402
+from tdabench.harness.engine.run import prepare  # noqa: E402
 from tdabench.methods.gradients import num_params  # noqa: E402
 
 

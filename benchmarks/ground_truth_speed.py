@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from tdabench.harness.cli import compose
-from tdabench.harness.ground_truth import GroundTruthBuilder
-from tdabench.harness.lds import lds
-from tdabench.harness.registry import METHODS
-from tdabench.harness.run import prepare
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.run import prepare
+from tdabench.harness.read.lds import lds
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tdabench.harness.cli import compose  # noqa: E402
-from tdabench.harness.run import prepare  # noqa: E402
+from tdabench.harness.engine.cli import compose  # noqa: E402
+from tdabench.harness.engine.run import prepare  # noqa: E402
 from tdabench.methods.exact_if import DTYPES, TrainingHessian  # noqa: E402
 
 

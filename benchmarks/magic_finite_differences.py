@@ -29,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tdabench.harness.cli import compose  # noqa: E402
-from tdabench.harness.run import prepare  # noqa: E402
-from tdabench.harness.storage import load_verified  # noqa: E402
+from tdabench.harness.core.storage import load_verified  # noqa: E402
+from tdabench.harness.engine.cli import compose  # noqa: E402
+from tdabench.harness.engine.run import prepare  # noqa: E402
 
 
 def observables(task, weights: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/memory_goals.py [--tasks digits cifar] [--threads 1]
 
-Every method runs fit and score as the harness runs them, profiled by harness/profiling.py:
+Every method runs fit and score as the harness runs them, profiled by harness/engine/profiling.py:
 ``peak_mem_mb`` is the tensor-level peak (live bytes of tensors allocated in the phase), which
 does not depend on what ran before, so all methods share one process. Curvature factors are
 fitted, never read from a cache. Printed per task, with each goal (PASS when ratio <= goal):
@@ -33,10 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tdabench.harness.cli import compose  # noqa: E402
-from tdabench.harness.profiling import MIB, Profiler, warm_up  # noqa: E402
-from tdabench.harness.registry import METHODS  # noqa: E402
-from tdabench.harness.run import prepare  # noqa: E402
+from tdabench.harness.core.registry import METHODS  # noqa: E402
+from tdabench.harness.engine.cli import compose  # noqa: E402
+from tdabench.harness.engine.profiling import MIB, Profiler, warm_up  # noqa: E402
+from tdabench.harness.engine.run import prepare  # noqa: E402
 from tdabench.methods.gradients import gradient_chunk, num_params  # noqa: E402
 
 TASKS = {

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.trak_models import config  # noqa: E402
-from tdabench.harness.profiling import Profiler  # noqa: E402
-from tdabench.harness.run import prepare  # noqa: E402
+from tdabench.harness.engine.profiling import Profiler  # noqa: E402
+from tdabench.harness.engine.run import prepare  # noqa: E402
 
 SHORT_BIF = {"chains": 1, "burn_in": 3, "draws": 5, "steps_between_draws": 1, "batch_size": 4,
              "draw_batch_size": 4}

@@ -5,14 +5,8 @@ A plugin subclasses :class:`Method` or :class:`Task` and names its class in the 
 ``tdabench.methods`` or ``tdabench.tasks`` of its own pyproject.toml.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from tdabench.harness.method import Method
-from tdabench.harness.task import Split, Task
-
-try:
-    __version__ = version("tdabench")
-except PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "0+unknown"
+from tdabench.harness.core.version import __version__
+from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.task import Split, Task
 
 __all__ = ["Method", "Split", "Task", "__version__"]

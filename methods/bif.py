@@ -41,7 +41,7 @@ import math
 import torch
 from torch.func import functional_call, vmap
 
-from tdabench.harness.method import Method, MethodDivergedError
+from tdabench.harness.engine.method import Method, MethodDivergedError
 from tdabench.methods.gradients import trainable_params
 
 NORMALIZE = ("covariance", "correlation")

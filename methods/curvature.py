@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdabench.harness.storage import content_hash, load_or_compute
+from tdabench.harness.core.storage import content_hash, load_or_compute
 from tdabench.methods.gradients import (
     GRAD_CHUNK_BYTES,
     eval_mode,

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from tdabench.harness.method import Method
+from tdabench.harness.engine.method import Method
 from tdabench.methods.curvature import (
     DAMPING_KINDS,
     Curvature,

@@ -35,8 +35,8 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm import tqdm
 
-from tdabench.harness.method import Method
-from tdabench.harness.storage import content_hash, load_state, remove_verified, save_verified
+from tdabench.harness.core.storage import content_hash, load_state, remove_verified, save_verified
+from tdabench.harness.engine.method import Method
 from tdabench.methods.curvature import model_digest
 from tdabench.methods.gradients import eval_mode, num_params, query_grads, train_grads, trainable_params
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tdabench.harness.method import Method
-from tdabench.harness.storage import content_hash, load_state, remove_verified, save_verified
+from tdabench.harness.core.storage import content_hash, load_state, remove_verified, save_verified
+from tdabench.harness.engine.method import Method
 
 SEED_STRIDE = 104729  # training seeds of magic: the reference seed, then seed + stride * s
 

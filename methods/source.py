@@ -33,7 +33,7 @@ from dataclasses import replace
 
 import torch
 
-from tdabench.harness.method import Method
+from tdabench.harness.engine.method import Method
 from tdabench.methods.curvature import (
     DAMPING_KINDS,
     Curvature,

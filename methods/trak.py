@@ -29,9 +29,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from tdabench.harness.method import Method
-from tdabench.harness.task import margin
-from tdabench.harness.training import num_params
+from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.task import margin
+from tdabench.harness.engine.training import num_params
 from tdabench.methods.gradients import CAST_BLOCK_BYTES, iter_per_example_parts
 
 OUTPUTS = ("auto", "margin", "loss")

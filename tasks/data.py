@@ -1,7 +1,7 @@
 """Where tasks find their data: the shared data folder beside the project, and helpers to unpack
 archives into a cache once and to draw seeded, class-balanced subsamples.
 
-Data files are looked up by :func:`tdabench.harness.data_paths.find_data_file`: the run's
+Data files are looked up by :func:`tdabench.harness.core.data_paths.find_data_file`: the run's
 ``data_root`` setting, ``$TDABENCH_DATA``, then ``../shared/data`` beside a source checkout. They
 are optional: tasks fall back to their normal sources (a download, a user's folder).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tdabench.harness.data_paths import find_data_file
+from tdabench.harness.core.data_paths import find_data_file
 
 _log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tdabench.harness.task import Split
+from tdabench.harness.engine.task import Split
 from tdabench.tasks.lm import CausalLM, LanguageModelTask
 
 VOCAB = 50304

@@ -9,8 +9,8 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from tdabench.harness.logs import setup as setup_logging  # noqa: E402
-from tdabench.harness.registry import METHODS, TASKS  # noqa: E402
+from tdabench.harness.core.logs import setup as setup_logging  # noqa: E402
+from tdabench.harness.core.registry import METHODS, TASKS  # noqa: E402
 from tdabench.tasks.digits import DigitsMLP  # noqa: E402
 
 setup_logging(0)  # messages on stderr as the command-line tools show them

@@ -13,8 +13,8 @@ import itertools
 import pytest
 import torch
 
-from tdabench.harness.ground_truth import GroundTruthBuilder
-from tdabench.harness.registry import METHODS
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
 

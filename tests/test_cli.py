@@ -83,7 +83,7 @@ def test_ensemble_members_read_from_the_cache_are_recorded(sweep, tmp_path):
     first, second = records(tmp_path)
     assert first["status"] == second["status"] == "ok"
     assert "cached_work" not in first and second["cached_work"] == ["ensemble member 1"]
-    from tdabench.harness.record_view import fit_from_cache
+    from tdabench.harness.read.record_view import fit_from_cache
 
     assert not fit_from_cache(first) and fit_from_cache(second)
 
@@ -104,9 +104,9 @@ def test_rerun_skips_pairings_already_done(sweep):
 
 
 def test_scores_on_disk_reproduce_the_recorded_lds(sweep):
-    from tdabench.harness.ground_truth import GroundTruthBuilder
-    from tdabench.harness.lds import lds
-    from tdabench.harness.storage import load_verified
+    from tdabench.harness.core.storage import load_verified
+    from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+    from tdabench.harness.read.lds import lds
     from tdabench.tasks.digits import DigitsMLP
 
     rec = records(sweep["results"])[1]
@@ -133,7 +133,7 @@ def test_leaderboard(sweep):
 
 
 def test_wandb_offline_run_carries_the_summary(sweep):
-    from tdabench.harness.tracking import read_offline_run
+    from tdabench.harness.read.tracking import read_offline_run
 
     runs = sorted((sweep["results"] / "wandb").glob("offline-run-*"))
     assert len(runs) == 6
@@ -171,9 +171,9 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, message):
-    from tdabench.harness.cli import compose
-    from tdabench.harness.config import ConfigError
-    from tdabench.harness.run import prepare
+    from tdabench.harness.engine.cli import compose
+    from tdabench.harness.engine.config import ConfigError
+    from tdabench.harness.engine.run import prepare
 
     cfg = compose([*args, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"])
     with pytest.raises(ConfigError) as err:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tdabench.harness.cli import CONF_DIR, compose
-from tdabench.harness.registry import METHODS
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import CONF_DIR, compose
 
 TASK_FILES = sorted((CONF_DIR / "task").glob("*.yaml"))
 

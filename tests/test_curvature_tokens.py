@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdabench.harness.lds import sequence_scores
+from tdabench.harness.read.lds import sequence_scores
 from tdabench.methods.ekfac import EKFAC, KFAC
 from tdabench.methods.gradients import iter_per_token_grads
 from tdabench.tasks.data import shared_file

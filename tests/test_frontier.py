@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tdabench.harness.cli import compose, precheck
-from tdabench.harness.config import ConfigError
-from tdabench.harness.frontier import Point, cost_to_reach, lds_at, pareto, table
-from tdabench.harness.ladder import LevelBeyondLadder, apply_level, ladder_problems, rung
-from tdabench.harness.leaderboard_cli import main as leaderboard_main
-from tdabench.harness.registry import METHODS
-from tdabench.harness.run import config_hash, prepare
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import compose, precheck
+from tdabench.harness.engine.config import ConfigError
+from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, ladder_problems, rung
+from tdabench.harness.engine.run import config_hash, prepare
+from tdabench.harness.read.frontier import Point, cost_to_reach, lds_at, pareto, table
+from tdabench.harness.read.leaderboard_cli import main as leaderboard_main
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -56,7 +56,7 @@ def test_frontier_sweep_covers_every_rung_of_its_methods():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from tdabench.harness.cli import CONF_DIR, register_configs
+    from tdabench.harness.engine.cli import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

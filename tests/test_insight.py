@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdabench.harness.insight import main
+from tdabench.harness.views.insight import main
 from tdabench.tasks.data import shared_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,7 +43,7 @@ def test_digits_views_from_computed_and_saved_scores(tmp_path, capsys):
     for name in ("top_examples.png", "bif_kernel.png", "stagewise.png"):
         assert_png(out / name)
     # the top view from a saved scores file, as a tdabench run writes it
-    from tdabench.harness.storage import save_verified
+    from tdabench.harness.core.storage import save_verified
     scores = torch.randn(20, 200)
     save_verified({"scores": scores, "run_id": "x"}, tmp_path / "scores" / "x.pt")
     main([*DIGITS, f"cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "saved"),
@@ -87,7 +87,7 @@ def test_bif_keeps_per_draw_training_losses_without_changing_scores(small_digits
 
 
 def test_token_agreement_of_identical_opposite_and_mismatched_scores():
-    from tdabench.harness.insight import token_agreement
+    from tdabench.harness.views.insight import token_agreement
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 5, 40, generator=g)
@@ -112,7 +112,7 @@ def test_token_agreement_of_identical_opposite_and_mismatched_scores():
 def test_text_token_agreement_view_from_two_saved_score_files(tmp_path, capsys):
     import json
 
-    from tdabench.harness.storage import save_verified
+    from tdabench.harness.core.storage import save_verified
 
     g = torch.Generator().manual_seed(1)
     a = torch.randn(4, 32, 120, generator=g)

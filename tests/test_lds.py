@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from tdabench.harness.ground_truth import make_masks
-from tdabench.harness.lds import ConstantOutcomeError, bootstrap_ci, columnwise_spearman, lds
+from tdabench.harness.engine.ground_truth import make_masks
+from tdabench.harness.read.lds import ConstantOutcomeError, bootstrap_ci, columnwise_spearman, lds
 
 
 def test_columnwise_spearman_matches_scipy():

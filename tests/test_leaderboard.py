@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdabench.harness.leaderboard import build, render_markdown, row_keys
-from tdabench.harness.leaderboard_cli import main
-from tdabench.harness.record_view import ground_truth_label, record_setting, setting
-from tdabench.harness.statistics import holm, pairwise_table, tied_with_best
-from tdabench.harness.tracking import summary_of, sweep_group
+from tdabench.harness.read.leaderboard import build, render_markdown, row_keys
+from tdabench.harness.read.leaderboard_cli import main
+from tdabench.harness.read.record_view import ground_truth_label, record_setting, setting
+from tdabench.harness.read.statistics import holm, pairwise_table, tied_with_best
+from tdabench.harness.read.tracking import summary_of, sweep_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ def test_tie_marks_use_the_holm_adjusted_p_value():
 
 
 def test_reference_records_read_and_give_the_same_lds_table():
-    from tdabench.harness.results import read_records
+    from tdabench.harness.read.results import read_records
 
     for folder, top, lds in (("demo", "magic", 0.7515), ("cifar10_n500", "ekfac", 0.316)):
         records = read_records(ROOT / "results" / "reference" / folder)
@@ -190,7 +190,7 @@ def test_sweep_group_is_named_stored_and_kept(tmp_path):
 
 
 def test_wandb_run_name_carries_the_setting():
-    from tdabench.harness.tracking import run_name
+    from tdabench.harness.read.tracking import run_name
 
     r = rec("bif", 0.5, params={"draws": 50})
     assert run_name(r, record_setting(r)) == "digits_mlp/bif [draws=50]"
@@ -203,8 +203,8 @@ def test_wandb_run_name_carries_the_setting():
 
 
 def test_list_prints_every_registered_method_and_task(capsys):
-    from tdabench.harness.listing import print_listing
-    from tdabench.harness.registry import METHODS, TASKS
+    from tdabench.harness.core.registry import METHODS, TASKS
+    from tdabench.harness.engine.listing import print_listing
 
     print_listing()
     out = capsys.readouterr().out.splitlines()
@@ -214,7 +214,7 @@ def test_list_prints_every_registered_method_and_task(capsys):
 
 
 def test_shard_jobs_do_not_multiply_by_the_method_list():
-    from tdabench.harness.cli import shard_overrides
+    from tdabench.harness.engine.cli import shard_overrides
 
     argv = ["-m", "hydra/launcher=slurm", "gt.num_shards=8", "gt.shard=0,1,2,3,4,5,6,7"]
     assert shard_overrides(argv) == [*argv, "method=grad_dot"]

@@ -8,11 +8,11 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from tdabench.harness.config import validate_pairing
-from tdabench.harness.ground_truth import GroundTruthBuilder, gt_key
-from tdabench.harness.lds import lds
-from tdabench.harness.task import Split, Task
-from tdabench.harness.training import train
+from tdabench.harness.engine.config import validate_pairing
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder, gt_key
+from tdabench.harness.engine.task import Split, Task
+from tdabench.harness.engine.training import train
+from tdabench.harness.read.lds import lds
 from tdabench.methods.exact_if import ExactIF
 from tdabench.methods.magic import Magic
 from tests.conftest import SMALL_DIGITS

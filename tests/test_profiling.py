@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
-from tdabench.harness.profiling import CostMode, Profiler, warm_up
-from tdabench.harness.storage import load_or_compute, save_verified
+from tdabench.harness.core.storage import load_or_compute, save_verified
+from tdabench.harness.engine.profiling import CostMode, Profiler, warm_up
 
 MIB = 1024 * 1024
 
@@ -79,7 +79,7 @@ def test_record_fields_cover_every_phase():
 
 
 def test_overloaded_when_the_load_exceeds_the_core_count(monkeypatch):
-    import tdabench.harness.profiling as profiling
+    import tdabench.harness.engine.profiling as profiling
     monkeypatch.setattr(profiling, "load_average", lambda: 1000.0)
     prof = Profiler()
     with prof.phase("fit"):
@@ -189,7 +189,7 @@ def test_counting_replay_sets_flops_and_tensor_peak_but_keeps_the_timed_phase():
 
 
 def test_replay_recomputes_the_caches_its_timed_pass_computed(tmp_path):
-    from tdabench.harness.storage import recompute_caches, record_cache_misses
+    from tdabench.harness.core.storage import recompute_caches, record_cache_misses
 
     computed = []
     path, other = tmp_path / "factors.pt", tmp_path / "read.pt"

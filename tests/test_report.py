@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tdabench.harness.cli import compose
-from tdabench.harness.report import log_to_wandb, write_report
-from tdabench.harness.run import execute
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.run import execute
+from tdabench.harness.read.report import log_to_wandb, write_report
 
 SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
          "gt.subsets=6", "gt.seeds=2", "lds.bootstrap=100", "wandb.mode=disabled"]
@@ -43,7 +43,7 @@ def test_report_has_table_and_every_plot(results):
 
 
 def test_leaderboard_logs_a_wandb_summary_run(results):
-    from tdabench.harness.tracking import _offline_records, read_offline_run
+    from tdabench.harness.read.tracking import _offline_records, read_offline_run
 
     run_dirs = [Path(d).parent for d in log_to_wandb(results, "offline")]
     assert len(run_dirs) == 2  # one summary run per ground truth
@@ -89,7 +89,7 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
 def test_adequacy_curves_from_saved_scores(results):
     import pandas as pd
 
-    from tdabench.harness.adequacy import adequacy
+    from tdabench.harness.views.adequacy import adequacy
 
     paths = adequacy(results, "digits_mlp")
     assert [p.name for p in paths] == ["adequacy_digits_mlp.png"]
@@ -101,7 +101,7 @@ def test_adequacy_curves_from_saved_scores(results):
 
 
 def test_cost_by_size_lists_every_size_and_marks_cached_fits():
-    from tdabench.harness.leaderboard import build, cost_by_size, render_markdown
+    from tdabench.harness.read.leaderboard import build, cost_by_size, render_markdown
 
     def rec(method, params, size, fit, cached=None, status="ok"):
         return {"task": "pythia_scaling", "method": method, "status": status, "num_params": params,

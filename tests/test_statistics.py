@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tdabench.harness.lds import columnwise_spearman
-from tdabench.harness.statistics import noise_ceiling, paired_comparison, seed_splits, tied_with_best
+from tdabench.harness.read.lds import columnwise_spearman
+from tdabench.harness.read.statistics import noise_ceiling, paired_comparison, seed_splits, tied_with_best
 
 
 def synthetic_outcomes(rng, subsets=200, seeds=4, queries=60, noise=1.0):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tdabench.harness.storage import CorruptFileError, load_or_compute, load_verified, save_verified
+from tdabench.harness.core.storage import CorruptFileError, load_or_compute, load_verified, save_verified
 
 
 def test_roundtrip_and_checksum(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tdabench.harness.cli import CONF_DIR, register_configs
-from tdabench.harness.registry import METHODS
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import CONF_DIR, register_configs
 
 
 def composed(name: str):
@@ -37,7 +37,7 @@ def test_sweep_command_passes_the_command_line_check(name):
     """The checks made before Hydra starts accept `+sweep=NAME` with other settings (an added
     group keeps its `+` when the keys are checked against the composed config) and still catch
     a misspelt key beside it."""
-    from tdabench.harness.cli import precheck
+    from tdabench.harness.engine.cli import precheck
 
     assert precheck(["-m", f"+sweep={name}", "gt.subsets=10", "threads=1"]) == []
     assert any("gt.subset:" in p for p in precheck(["-m", f"+sweep={name}", "gt.subset=10"]))

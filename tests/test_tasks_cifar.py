@@ -10,9 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tdabench.harness.cli import CONF_DIR, register_configs
-from tdabench.harness.config import ConfigError
-from tdabench.harness.run import prepare
+from tdabench.harness.engine.cli import CONF_DIR, register_configs
+from tdabench.harness.engine.config import ConfigError
+from tdabench.harness.engine.run import prepare
 from tdabench.methods.gradients import per_example_grads
 from tdabench.tasks.cifar import CIFAR10_CLASSES, Cifar2ResNet9, CifarResNet9, resnet9
 from tdabench.tasks.data import shared_file, unpack_once

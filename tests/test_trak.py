@@ -6,9 +6,9 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from tdabench.harness.config import validate_pairing
-from tdabench.harness.ground_truth import GroundTruthBuilder
-from tdabench.harness.lds import lds
+from tdabench.harness.engine.config import validate_pairing
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.read.lds import lds
 from tdabench.methods.trak import TRAK, Projector
 from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
@@ -156,7 +156,7 @@ def test_a_copy_of_a_fitted_trak_keeps_its_features_and_a_task_ensemble_override
     import copy
     import gc
 
-    from tdabench.harness.task import Task
+    from tdabench.harness.engine.task import Task
 
     model = small_digits.checkpoint()
     method = TRAK(proj_dim=16, models=2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdabench.harness.config import validate_pairing
-from tdabench.harness.ground_truth import GroundTruthBuilder
-from tdabench.harness.lds import lds
+from tdabench.harness.engine.config import validate_pairing
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.read.lds import lds
 from tdabench.methods.baselines import GradDot
 from tdabench.methods.ekfac import EKFAC
 from tdabench.methods.source import SOURCE

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from tdabench.harness.method import Method
+from tdabench.harness.engine.method import Method
 
 HINT = "bif_devinterp needs devinterp: pip install -e '.[reference]'"
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from tdabench.harness.method import Method
+from tdabench.harness.engine.method import Method
 from tdabench.methods.curvature import LayerSelectionError, select_layers
 
 

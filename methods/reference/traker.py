@@ -27,8 +27,8 @@ import tempfile
 
 import torch
 
-from tdabench.harness.method import Method
-from tdabench.harness.training import num_params
+from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.training import num_params
 from tdabench.methods.trak import check_trak_settings, member_projector
 
 PROJECTORS = ("basic", "native")

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from tdabench.harness.cli import compose
-from tdabench.harness.run import execute
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.run import execute
 
 TRIED: set[str] = set()
 SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",

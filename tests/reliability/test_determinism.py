@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdabench.harness.cli import compose
-from tdabench.harness.registry import METHODS
-from tdabench.harness.run import prepare
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.run import prepare
 
 SMALL = ["task.n_train=120", "task.n_query=8", "task.hidden=16", "task.recipe.epochs=10",
          "wandb.mode=disabled", "method.seed=3"]

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdabench.harness import storage
-from tdabench.harness.cli import compose
-from tdabench.harness.config import ConfigError
-from tdabench.harness.results import read_records
-from tdabench.harness.run import execute, prepare
+from tdabench.harness.core import storage
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.config import ConfigError
+from tdabench.harness.engine.run import execute, prepare
+from tdabench.harness.read.results import read_records
 from tests.reliability.conftest import SMALL, small_cfg, terminal_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def test_torn_record_line_is_skipped_and_later_records_survive(done, tmp_path, t
     runs = tmp_path / "runs.jsonl"
     line = json.dumps(rec)
     runs.write_text(line + "\n" + line[: len(line) // 2])  # a writer died mid-line
-    from tdabench.harness.results import append_record
+    from tdabench.harness.read.results import append_record
 
     append_record(tmp_path, dict(rec, run_id="after"))
     recs = read_records(tmp_path)
@@ -267,7 +267,7 @@ def test_malformed_override_gives_one_clear_line(tmp_path, override, expected, t
 
 def test_too_little_disk_for_the_ground_truth_is_refused_up_front(tmp_path, tried, monkeypatch):
     tried("disk too small for the ground truth")
-    import tdabench.harness.config as config
+    import tdabench.harness.engine.config as config
 
     monkeypatch.setattr(config, "free_disk_mb", lambda path: 50.0)
     with pytest.raises(ConfigError) as err:

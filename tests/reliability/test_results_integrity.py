@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-import tdabench.harness.run as run
-from tdabench.harness import storage
-from tdabench.harness.ground_truth import GroundTruthBuilder
-from tdabench.harness.lds import LDSResult
-from tdabench.harness.results import append_record, read_records
-from tdabench.harness.run import execute, prepare
-from tdabench.harness.statistics import pairwise_table, tied_with_best
+import tdabench.harness.engine.run as run
+import tdabench.harness.engine.writing as writing
+from tdabench.harness.core import storage
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.run import execute, prepare
+from tdabench.harness.read.lds import LDSResult
+from tdabench.harness.read.results import append_record, read_records
+from tdabench.harness.read.statistics import pairwise_table, tied_with_best
 from tests.reliability.conftest import SMALL, small_cfg, terminal_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +127,7 @@ def test_chance_level_model_is_never_benchmarked(tmp_path, tried):
 
 def test_constant_predictor_is_degenerate(tmp_path, tried):
     tried("model that predicts one class")
-    from tdabench.harness.quality import degenerate_reason
+    from tdabench.harness.engine.quality import degenerate_reason
 
     assert degenerate_reason({"test_acc": 0.104, "test_loss": 2.29, "chance_acc": 0.104,
                               "uniform_loss": math.log(10), "n_test": 700})
@@ -140,7 +141,7 @@ def test_constant_predictor_is_degenerate(tmp_path, tried):
 
 def test_ground_truth_of_degenerate_retrained_models_is_refused(tmp_path, tried, monkeypatch):
     tried("ground truth whose retrained models are at chance")
-    import tdabench.harness.ground_truth as ground_truth
+    import tdabench.harness.engine.ground_truth as ground_truth
 
     monkeypatch.setattr(ground_truth, "degenerate_reason", lambda quality: "at chance")
     rec = execute(small_cfg(tmp_path, "method=grad_dot"))
@@ -171,19 +172,19 @@ def test_failed_result_write_keeps_the_result_and_the_next_run_writes_it(done, t
     tried(f"results folder write fails mid-sweep ({errno.errorcode[err]})")
     base, _ = done
     shutil.copytree(base / "cache", tmp_path / "cache")
-    real = run.append_record
+    real = writing.append_record
 
     def failing(results_dir, record):
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(run, "append_record", failing)
+    monkeypatch.setattr(writing, "append_record", failing)
     recs = [execute(small_cfg(tmp_path, f"method={m}")) for m in ("grad_dot", "grad_cos")]
     lines = [line for line in capfd.readouterr().err.splitlines() if "could not write" in line]
     assert len(lines) == 2 and "grad_dot" in lines[0] and "grad_cos" in lines[1]  # each job its own
     assert all(os.strerror(err) in line and "kept in" in line for line in lines)
     assert all(r["status"] == "ok" and r["write_error"] for r in recs)
     assert len(list((tmp_path / "cache" / "pending").glob("*.pt"))) == 2
-    monkeypatch.setattr(run, "append_record", real)
+    monkeypatch.setattr(writing, "append_record", real)
     again = execute(small_cfg(tmp_path, "method=grad_dot"))  # writes both, then finds grad_dot done
     assert "already done" in capfd.readouterr().err
     written = read_records(tmp_path / "r")
@@ -229,7 +230,7 @@ def test_a_lock_held_by_a_stopped_process_is_reported_with_its_pid(tmp_path, tri
     monkeypatch.setattr(storage, "LOCK_REPORT_S", 0.5)
     lock = tmp_path / "shard.pt.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from harness.storage import exclusive_lock\n"
+        "import sys, time; from tdabench.harness.core.storage import exclusive_lock\n"
         f"with exclusive_lock({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(600)")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

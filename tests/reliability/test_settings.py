@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tdabench.harness.cli import compose
-from tdabench.harness.config import ConfigError
-from tdabench.harness.run import prepare
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.config import ConfigError
+from tdabench.harness.engine.run import prepare
 from tests.reliability.conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import os
 import uuid
 from pathlib import Path
 
-from tdabench.harness.registry import METHODS, TASKS, UnknownNameError
+from tdabench.harness.core.registry import METHODS, TASKS, UnknownNameError
 
 COUNT_MODES = ("separate", "inline", "off")
 WANDB_MODES = ("offline", "online", "disabled")

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from tdabench.harness.config import ConfigError
-from tdabench.harness.registry import METHODS, UnknownNameError
+from tdabench.harness.core.registry import METHODS, UnknownNameError
+from tdabench.harness.engine.config import ConfigError
 
 #: the value a method parameter has in the composed config unless something set it explicitly
 DEFAULT_PREFIX = "${tdabench.default:"

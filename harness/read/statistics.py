@@ -23,7 +23,7 @@ from itertools import combinations
 import numpy as np
 from scipy.stats import wilcoxon
 
-from tdabench.harness.lds import bootstrap_ci, columnwise_spearman
+from tdabench.harness.read.lds import bootstrap_ci, columnwise_spearman
 
 
 @dataclass

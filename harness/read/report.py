@@ -27,15 +27,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tdabench.harness.frontier import (  # noqa: E402
+from tdabench.harness.core.storage import atomic_write_bytes  # noqa: E402
+from tdabench.harness.read.frontier import (  # noqa: E402
     AXES,
     frontier_ground_truths,
     pareto,
     points,
     reference_point,
 )
-from tdabench.harness.frontier import table as frontier_table  # noqa: E402
-from tdabench.harness.leaderboard import (  # noqa: E402
+from tdabench.harness.read.frontier import table as frontier_table  # noqa: E402
+from tdabench.harness.read.leaderboard import (  # noqa: E402
     build,
     ceiling_text,
     chosen_records,
@@ -45,8 +46,7 @@ from tdabench.harness.leaderboard import (  # noqa: E402
     row_label,
     shown_columns,
 )
-from tdabench.harness.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
-from tdabench.harness.storage import atomic_write_bytes  # noqa: E402
+from tdabench.harness.read.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
 
 
 def _ok(records: list[dict]) -> list[dict]:

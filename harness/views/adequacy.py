@@ -23,14 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tdabench.harness.ground_truth import GroundTruthBuilder  # noqa: E402
-from tdabench.harness.lds import lds  # noqa: E402
-from tdabench.harness.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
-from tdabench.harness.logs import setup as setup_logging  # noqa: E402
-from tdabench.harness.registry import TASKS  # noqa: E402
-from tdabench.harness.results import one_line_errors, read_records  # noqa: E402
-from tdabench.harness.statistics import noise_ceiling  # noqa: E402
-from tdabench.harness.storage import CorruptFileError, load_verified  # noqa: E402
+from tdabench.harness.core.logs import setup as setup_logging  # noqa: E402
+from tdabench.harness.core.registry import TASKS  # noqa: E402
+from tdabench.harness.core.storage import CorruptFileError, load_verified  # noqa: E402
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
+from tdabench.harness.read.lds import lds  # noqa: E402
+from tdabench.harness.read.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
+from tdabench.harness.read.results import one_line_errors, read_records  # noqa: E402
+from tdabench.harness.read.statistics import noise_ceiling  # noqa: E402
 
 
 class AdequacyError(RuntimeError):

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tdabench.harness.quality import degenerate_reason
-from tdabench.harness.storage import (
+from tdabench.harness.core.storage import (
     CorruptFileError,
     content_hash,
     load_or_compute,
@@ -38,6 +37,7 @@ from tdabench.harness.storage import (
     remove_verified,
     save_verified,
 )
+from tdabench.harness.engine.quality import degenerate_reason
 
 _log = logging.getLogger(__name__)
 

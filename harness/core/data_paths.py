@@ -13,7 +13,7 @@ from pathlib import Path
 
 ENV_VAR = "TDABENCH_DATA"
 #: ``../shared/data`` beside a source checkout (absent, and harmless, in an installed copy)
-CHECKOUT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+CHECKOUT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 _configured: Path | None = None
 
 

@@ -17,7 +17,7 @@ import os
 from datetime import date
 from pathlib import Path
 
-from tdabench.harness.record_view import ground_truth_label, record_setting, run_cost
+from tdabench.harness.read.record_view import ground_truth_label, record_setting, run_cost
 
 FILTER_KEYS = ("task", "method", "n_train", "n_query", "gt_subsets", "gt_seeds", "num_params")
 ID_KEYS = ("run_id", "config_hash", "gt_key", "git_sha", "version", "group")
@@ -30,7 +30,7 @@ def sweep_group(results_dir: str | Path, sweep_name: str | None, today: date | N
     for later runs into the folder), else the group stored in ``RESULTS_DIR/wandb_group.json`` by
     the folder's first run, else a new readable name, ``<folder>-<YYYY-MM-DD>``, stored there.
     So every run into one results folder, a resumed sweep's included, lands in one group."""
-    from tdabench.harness.storage import atomic_write_bytes
+    from tdabench.harness.core.storage import atomic_write_bytes
 
     path = Path(results_dir) / GROUP_FILE
     if sweep_name:

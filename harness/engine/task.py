@@ -28,8 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdabench.harness.storage import content_hash, load_or_compute
-from tdabench.harness.training import Recipe, Replay, Snapshot, TrainResult, recipe_problems, train, train_stacked
+from tdabench.harness.core.storage import content_hash, load_or_compute
+from tdabench.harness.engine.training import (
+    Recipe,
+    Replay,
+    Snapshot,
+    TrainResult,
+    recipe_problems,
+    train,
+    train_stacked,
+)
 
 _log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from tdabench.harness.frontier import write as write_frontier
-from tdabench.harness.leaderboard import read_folders, write
-from tdabench.harness.logs import setup as setup_logging
-from tdabench.harness.report import log_to_wandb, write_report
-from tdabench.harness.results import one_line_errors
+from tdabench.harness.core.logs import setup as setup_logging
+from tdabench.harness.read.frontier import write as write_frontier
+from tdabench.harness.read.leaderboard import read_folders, write
+from tdabench.harness.read.report import log_to_wandb, write_report
+from tdabench.harness.read.results import one_line_errors
 
 
 @one_line_errors("tdabench-leaderboard")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from tdabench.harness.registry import METHODS, TASKS
+from tdabench.harness.core.registry import METHODS, TASKS
 
 WIDTH = 100  # longest description shown
 

@@ -52,7 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tdabench.harness.results import one_line_errors  # noqa: E402
+from tdabench.harness.read.results import one_line_errors  # noqa: E402
 
 VIEWS = ("top", "kernel", "stagewise", "tokens")
 DPI = 80
@@ -96,9 +96,9 @@ def decoder(task):
 def make_bif(overrides: list[str], chains: int, draws: int):
     """A ``bif`` method with the task's BIF settings (and any ``method.*`` overrides when the
     overrides choose ``method=bif``), sampling ``chains`` x ``draws``."""
-    from tdabench.harness.cli import compose
-    from tdabench.harness.config import method_params
-    from tdabench.harness.registry import METHODS
+    from tdabench.harness.core.registry import METHODS
+    from tdabench.harness.engine.cli import compose
+    from tdabench.harness.engine.config import method_params
 
     chosen = [o for o in overrides if o.startswith("method=")]
     is_bif = bool(chosen) and chosen[-1] == "method=bif"
@@ -236,7 +236,7 @@ def token_agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
     ``[n_query, T, n_train]``: ``per_token`` [n_query, T] (correlation over training examples of
     each query token's scores; NaN where one method's scores of the token are constant),
     ``sequence`` [n_query] (the same for the mean over tokens), and their summaries."""
-    from tdabench.harness.lds import columnwise_spearman
+    from tdabench.harness.read.lds import columnwise_spearman
 
     if a.dim() != 3 or a.shape != b.shape:
         raise ValueError(f"per-token agreement needs two score tensors of the same shape "
@@ -261,7 +261,7 @@ def token_agreement_view(task, a: torch.Tensor, b: torch.Tensor, names: tuple[st
     """Histogram of per-token agreement and the chosen queries coloured by it; JSON summary."""
     import json
 
-    from tdabench.harness.storage import atomic_write_bytes
+    from tdabench.harness.core.storage import atomic_write_bytes
 
     agree = token_agreement(a, b)
     pt, seq = agree["per_token"], agree["sequence"]
@@ -369,7 +369,7 @@ def kernel_view(task, bif, model, out: Path, n_examples: int, seed: int) -> Path
 def stagewise_scores(task, make) -> tuple[np.ndarray, torch.Tensor]:
     """BIF sequence scores at every trajectory snapshot: cumulative steps [S] and scores
     [S, n_query, n_train] (NaN at a snapshot where SGLD diverged)."""
-    from tdabench.harness.method import MethodDivergedError
+    from tdabench.harness.engine.method import MethodDivergedError
 
     snaps = task.trajectory()
     steps = np.cumsum([s.steps for s in snaps])
@@ -457,10 +457,10 @@ def _fail(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Produce the chosen views; returns the written files."""
-    from tdabench.harness.cli import compose
-    from tdabench.harness.config import ConfigError
-    from tdabench.harness.run import check_scores, prepare
-    from tdabench.harness.storage import load_verified
+    from tdabench.harness.core.storage import load_verified
+    from tdabench.harness.engine.cli import compose
+    from tdabench.harness.engine.config import ConfigError
+    from tdabench.harness.engine.run import check_scores, prepare
 
     views = [v for v in args.views.split(",") if v]
     bad = [v for v in views if v not in VIEWS]
@@ -532,8 +532,8 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    from tdabench.harness.logs import setup as setup_logging
-    from tdabench.harness.logs import take_verbosity_flags
+    from tdabench.harness.core.logs import setup as setup_logging
+    from tdabench.harness.core.logs import take_verbosity_flags
 
     verbosity, rest = take_verbosity_flags(sys.argv[1:] if argv is None else argv)
     setup_logging(verbosity)

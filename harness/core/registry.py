@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 #: the config tree shipped with the harness (``tdabench/conf``: config.yaml, task/, sweep/)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tdabench.harness.leaderboard import chosen_records, ground_truths
-from tdabench.harness.record_view import fit_from_cache, run_cost
-from tdabench.harness.storage import atomic_write_bytes
+from tdabench.harness.core.storage import atomic_write_bytes
+from tdabench.harness.read.leaderboard import chosen_records, ground_truths
+from tdabench.harness.read.record_view import fit_from_cache, run_cost
 
 #: the cost axes: fit + score seconds, fit + score FLOPs
 AXES = ("s", "flops")

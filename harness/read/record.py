@@ -1,8 +1,8 @@
 """The run record: the contract between a run and every reader of its results.
 
 A run writes one :class:`RunRecord` as a JSON line to ``RESULTS_DIR/runs.jsonl``
-(:func:`tdabench.harness.results.append_record`); the leaderboard, report, adequacy, insight and
-tracking read them through :func:`tdabench.harness.results.read_records`, which passes every line
+(:func:`tdabench.harness.read.results.append_record`); the leaderboard, report, adequacy, insight and
+tracking read them through :func:`tdabench.harness.read.results.read_records`, which passes every line
 through :func:`upgrade`, so records written by earlier versions read as the current schema.
 
 Units: seconds for ``time_s`` and ``cpu_time_s``, MiB for ``peak_mem_mb``, floating-point

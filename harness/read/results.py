@@ -6,7 +6,7 @@ checksum) so LDS can be recomputed without rerunning the method.
 
 Lines are standard JSON (a non-finite number is written as null). A reader skips, with a count,
 lines that are not complete JSON, JSON values that are not objects, and records missing the keys
-every reader relies on (:data:`tdabench.harness.record.REQUIRED`).
+every reader relies on (:data:`tdabench.harness.read.record.REQUIRED`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from tdabench.harness import __version__
-from tdabench.harness.record import REQUIRED, RunRecord, upgrade
+from tdabench.harness.core.version import __version__
+from tdabench.harness.read.record import REQUIRED, RunRecord, upgrade
 
 _log = logging.getLogger(__name__)
 #: an ``ok`` record with an LDS also has these keys (besides :data:`REQUIRED`)
@@ -37,7 +37,7 @@ LIBRARIES = ("torch", "numpy", "scipy", "hydra-core", "wandb", "kronfluence", "t
 
 @lru_cache(maxsize=1)
 def git_sha() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5)
@@ -106,7 +106,7 @@ def one_line_errors(prog: str):
     def wrap(main):
         @functools.wraps(main)
         def run(*args, **kwargs):
-            from tdabench.harness.storage import CorruptFileError
+            from tdabench.harness.core.storage import CorruptFileError
 
             try:
                 return main(*args, **kwargs)
@@ -130,7 +130,7 @@ def missing_keys(record: dict) -> list[str]:
 
 
 def read_records(results_dir: str | Path) -> list[RunRecord]:
-    """All complete records, in the current schema (:func:`tdabench.harness.record.upgrade`).
+    """All complete records, in the current schema (:func:`tdabench.harness.read.record.upgrade`).
     Damaged lines (a torn last line), JSON values that are not objects and records missing required
     keys are skipped, with one note per kind giving the count and the first line numbers."""
     path = Path(results_dir) / "runs.jsonl"

@@ -60,7 +60,7 @@ def method_params(rec: dict) -> dict:
 
 def signature_defaults(method: str) -> dict | None:
     """Parameter defaults of the registered method class ``method``; None when not registered."""
-    from tdabench.harness.registry import METHODS, UnknownNameError
+    from tdabench.harness.core.registry import METHODS, UnknownNameError
 
     try:
         cls = METHODS.get(method)
@@ -118,7 +118,7 @@ def _fmt(v) -> str:
 def current_task_defaults(task: str | None) -> dict | None:
     """``method_defaults`` of task ``task`` as it is configured now (its YAML in conf/task, else
     its class's ``default_config``); None when the task is not installed."""
-    from tdabench.harness.registry import CONF_DIR, TASKS, UnknownNameError
+    from tdabench.harness.core.registry import CONF_DIR, TASKS, UnknownNameError
 
     if not task:
         return None
@@ -146,7 +146,7 @@ def task_method_defaults(rec: dict) -> dict:
     if by_method is None:
         by_method = ((rec.get("config") or {}).get("task") or {}).get("method_defaults") or {}
     out = {}
-    from tdabench.harness.registry import METHODS, UnknownNameError
+    from tdabench.harness.core.registry import METHODS, UnknownNameError
 
     try:
         cls = METHODS.get(method)

@@ -20,18 +20,21 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import signal
-import tempfile
-import threading
 import traceback
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from tdabench.harness.config import (
+from tdabench.harness.core.data_paths import set_data_root
+from tdabench.harness.core.storage import (
+    content_hash,
+    exclusive_lock,
+    recompute_caches,
+    record_cache_misses,
+    record_cache_reads,
+)
+from tdabench.harness.engine.config import (
     ConfigError,
     UnsupportedPairingError,
     method_params,
@@ -41,33 +44,23 @@ from tdabench.harness.config import (
     validate_pairing,
     validate_settings,
 )
-from tdabench.harness.data_paths import set_data_root
-from tdabench.harness.ground_truth import GroundTruthBuilder
-from tdabench.harness.ladder import apply_level
-from tdabench.harness.lds import lds
-from tdabench.harness.profiling import Profiler, warm_up
-from tdabench.harness.quality import (
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
+from tdabench.harness.engine.ladder import apply_level
+from tdabench.harness.engine.profiling import Profiler, warm_up
+from tdabench.harness.engine.quality import (
     MAX_DEGENERATE_SHARE,
     DegenerateModelError,
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.record import new_record
-from tdabench.harness.results import append_record, provenance, read_records
-from tdabench.harness.statistics import noise_ceiling
-from tdabench.harness.storage import (
-    CorruptFileError,
-    content_hash,
-    exclusive_lock,
-    load_verified,
-    recompute_caches,
-    record_cache_misses,
-    record_cache_reads,
-    remove_verified,
-    save_verified,
-)
-from tdabench.harness.tracking import log_run
-from tdabench.harness.training import num_params
+from tdabench.harness.engine.training import num_params
+from tdabench.harness.engine.writing import complete_pending_writes, write_result
+from tdabench.harness.read.lds import lds
+from tdabench.harness.read.record import new_record
+from tdabench.harness.read.results import provenance, read_records
+from tdabench.harness.read.statistics import noise_ceiling
+from tdabench.harness.read.tracking import log_run
 
 #: config keys that do not change a run's numbers (left out of its config hash)
 #: (``frontier`` only selects method parameters, which ``config.method`` holds as applied)
@@ -76,52 +69,6 @@ NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "
 
 
 log = logging.getLogger(__name__)
-
-
-class TimeLimitExceeded(Exception):
-    pass
-
-
-@contextmanager
-def time_limit(seconds: float | None):
-    """Raise :class:`TimeLimitExceeded` after ``seconds`` (main thread only; no-op otherwise)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise TimeLimitExceeded(f"the run exceeded limits.max_seconds={seconds}")
-
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-class UserInterrupt(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) from the user during a run: the sweep stops. A ``KeyboardInterrupt`` raised
-    by a method's own code is a failure of that pairing instead, recorded like any other."""
-
-
-@contextmanager
-def user_interrupts():
-    """While active (main thread only), SIGINT raises :class:`UserInterrupt`."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-
-    def handler(signum, frame):
-        raise UserInterrupt("interrupted by the user (Ctrl-C)")
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class InvalidScoresError(ValueError):
@@ -416,83 +363,3 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
     log.info(f"{task.name} / {method.name}: {_summary(record)}")
     return record
-
-
-# ---------------------------------------------------------------- writing results --------------
-def _save(record: dict, scores: torch.Tensor | None, results_dir: Path) -> None:
-    """Write the scores (for an ok record) and append the record; raises OSError."""
-    if scores is not None:
-        path = results_dir / "scores" / f"{record['run_id']}.pt"
-        save_verified({"scores": scores.detach().cpu(), "run_id": record["run_id"],
-                       "config_hash": record["config_hash"], "method": record["method"]}, path)
-        record["scores_file"] = str(path.relative_to(results_dir))
-    append_record(results_dir, record)
-
-
-def pending_dirs(cache_dir: str | Path) -> list[Path]:
-    """Where results that could not be written are kept, in order of preference."""
-    return [Path(cache_dir) / "pending", Path(tempfile.gettempdir()) / "tdabench-pending"]
-
-
-def write_result(record: dict, scores: torch.Tensor | None, results_dir: Path,
-                 cache_dir: str | Path) -> bool:
-    """Save ``scores`` and append ``record``; True when both are in ``results_dir``.
-
-    On a write error (full disk, read-only folder) the run says so in one line, keeps the record
-    and scores in the first of :func:`pending_dirs` that takes them, and the next run on
-    ``results_dir`` writes them (:func:`complete_pending_writes`). ``record["write_error"]`` then
-    holds the message.
-    """
-    try:
-        _save(record, scores, results_dir)
-        return True
-    except OSError as exc:
-        reason = f"{exc.strerror or exc} [errno {exc.errno}]" if exc.errno else str(exc)
-        record.pop("scores_file", None)
-    kept = None
-    for folder in pending_dirs(cache_dir):
-        try:
-            kept = save_verified({"record": record, "scores": None if scores is None else scores.detach().cpu(),
-                                  "results_dir": str(results_dir.resolve())}, folder / f"{record['run_id']}.pt")
-            break
-        except OSError:
-            continue
-    where = (f"the record and scores are kept in {kept}; the next run on {results_dir} writes them"
-             if kept else "they could not be kept anywhere: free space and rerun")
-    record["write_error"] = f"could not write to {results_dir} ({reason}); {where}"
-    log.warning(f"{record['task']} / {record['method']}: {record['write_error']}")
-    return False
-
-
-def complete_pending_writes(results_dir: Path, cache_dir: str | Path) -> int:
-    """Write the results an earlier run kept aside for ``results_dir``; return how many."""
-    target = str(Path(results_dir).resolve())
-    written = 0
-    for folder in pending_dirs(cache_dir):
-        for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
-            claimed = path.with_name(f"{path.name}.{os.getpid()}.claimed")
-            try:
-                data = load_verified(path)
-                if data.get("results_dir") != target:
-                    continue
-                os.replace(Path(str(path) + ".sha256"), Path(str(claimed) + ".sha256"))
-                os.replace(path, claimed)  # another run completing the same write skips it now
-            except (OSError, CorruptFileError):
-                continue
-            record = data["record"]
-            try:
-                known = {r.get("run_id") for r in read_records(results_dir)}
-                if record["run_id"] not in known:
-                    record.pop("write_error", None)
-                    _save(record, data["scores"], Path(results_dir))
-            except OSError as exc:
-                os.replace(claimed, path)
-                os.replace(Path(str(claimed) + ".sha256"), Path(str(path) + ".sha256"))
-                log.warning(f"still cannot write to {results_dir} ({exc.strerror or exc}); the result "
-                    f"of run {record['run_id']} stays in {path}")
-                continue
-            remove_verified(claimed)
-            written += 1
-            log.info(f"wrote run {record['run_id']} ({record['task']} / {record['method']}), kept "
-                f"in {folder} after an earlier write to {results_dir} failed")
-    return written

@@ -22,11 +22,11 @@ import sys
 
 from omegaconf import OmegaConf
 
-from tdabench.harness.config import ConfigError, UnsupportedPairingError, folder_problem
-from tdabench.harness.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
-from tdabench.harness.logs import setup as setup_logging
-from tdabench.harness.logs import take_verbosity_flags
-from tdabench.harness.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
+from tdabench.harness.core.logs import setup as setup_logging
+from tdabench.harness.core.logs import take_verbosity_flags
+from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
+from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
+from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
 
 log = logging.getLogger("tdabench")
 _MISSING = object()
@@ -213,7 +213,7 @@ def _unknown_keys(overrides, keyed) -> list[str]:
 
 
 def _group(cfg: dict) -> str:
-    from tdabench.harness.tracking import sweep_group
+    from tdabench.harness.read.tracking import sweep_group
 
     return sweep_group(cfg["results_dir"], cfg.get("sweep_name"))
 
@@ -232,7 +232,7 @@ def _app(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from tdabench.harness.run import execute, record_unsupported
+    from tdabench.harness.engine.run import execute, record_unsupported
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -269,7 +269,7 @@ def main() -> None:
     import hydra
 
     if "--list" in sys.argv[1:]:
-        from tdabench.harness.listing import print_listing
+        from tdabench.harness.engine.listing import print_listing
 
         print_listing()
         return

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tdabench.harness.record_view import (
+from tdabench.harness.core.storage import atomic_write_bytes
+from tdabench.harness.read.record_view import (
     fit_from_cache,
     ground_truth_label,
     ground_truth_prefix,
@@ -33,9 +34,8 @@ from tdabench.harness.record_view import (
     run_cost,
     setting,
 )
-from tdabench.harness.results import read_records
-from tdabench.harness.statistics import pairwise_table, tied_with_best
-from tdabench.harness.storage import atomic_write_bytes
+from tdabench.harness.read.results import read_records
+from tdabench.harness.read.statistics import pairwise_table, tied_with_best
 
 COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
            "lds_ci_low", "lds_ci_high", "normalized_lds", "tied_with_best", "lds_sd_over_seeds",

@@ -1,0 +1,3 @@
+"""The run path: the command line, configuration, one run of a pairing, the ground truth,
+training, the Task and Method interfaces, profiling. It may import the core and the read side's
+record, result and statistics modules (a run writes records); the read side never imports it."""

@@ -116,8 +116,21 @@ def ceiling_fields(outcomes: torch.Tensor, lds_value: float, cfg: dict) -> dict:
     return out
 
 
+def _metric_names(cfg: dict) -> list[str]:
+    names = cfg.get("metric", "lds")
+    return [names] if isinstance(names, str) else list(names)
+
+
 def config_hash(cfg: dict) -> str:
-    return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING})
+    """The hash of the settings that determine a run's numbers. Settings added after records were
+    first hashed (``metric``, ``loo``, ``mislabel``, ``tune``) count only where they change the
+    run, so a run at their defaults keeps the hash of a record written before them."""
+    metrics = _metric_names(cfg)
+    unused = {"metric"} if metrics == ["lds"] else set()
+    unused |= {"loo"} if "loo" not in metrics else set()
+    unused |= {"mislabel"} if "mislabel_auc" not in metrics else set()
+    unused |= {"tune"} if not (cfg.get("tune") or {}).get("trials") else set()
+    return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING and k not in unused})
 
 
 def prepare(cfg: dict):

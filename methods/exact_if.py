@@ -35,7 +35,7 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm import tqdm
 
-from tdabench.harness.core.storage import content_hash, load_state, remove_verified, save_verified
+from tdabench.harness.core.storage import load_state, remove_verified, save_verified
 from tdabench.harness.engine.method import Method
 from tdabench.methods.curvature import model_digest
 from tdabench.methods.gradients import eval_mode, num_params, query_grads, train_grads, trainable_params
@@ -231,9 +231,8 @@ class ExactIF(Method):
     def state_path(self, task, model) -> Path:
         """Where an unfinished conjugate-gradient solve keeps its iterate (in the task's cache,
         keyed by the task, the model's parameters and the settings that change the iterates)."""
-        key = content_hash({"task": task.fingerprint(), "model": model_digest(model), "damping": self.damping,
-                            "dtype": self.dtype, "batch_size": self.batch_size})
-        return task.cache_dir / "solver" / f"{task.name}-exact_if-cg-{key}.pt"
+        return task.cache_path("solver", "exact_if-cg", {"model": model_digest(model), "damping": self.damping,
+                                                         "dtype": self.dtype, "batch_size": self.batch_size})
 
     def fit(self, task, model) -> None:
         gq = query_grads(task, model, self.batch_size).double()  # [n_query, P]

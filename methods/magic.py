@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tdabench.harness.core.storage import content_hash, load_state, remove_verified, save_verified
+from tdabench.harness.core.storage import load_state, remove_verified, save_verified
 from tdabench.harness.engine.method import Method
 
 SEED_STRIDE = 104729  # training seeds of magic: the reference seed, then seed + stride * s
@@ -92,9 +92,8 @@ class Magic(Method):
     def state_path(self, task, seed: int, queries: slice) -> Path:
         """Where an unfinished reverse pass keeps its adjoints (the task's cache, keyed by the task,
         the training seed, the segment length and the queries)."""
-        key = content_hash({"task": task.fingerprint(), "seed": seed, "segment": self.segment,
-                            "queries": [queries.start, queries.stop]})
-        return task.cache_dir / "solver" / f"{task.name}-magic-{key}.pt"
+        return task.cache_path("solver", "magic", {"seed": seed, "segment": self.segment,
+                                                   "queries": [queries.start, queries.stop]})
 
     def diagnostics_for(self, replay) -> dict:
         k = self.segment or max(1, math.ceil(math.sqrt(replay.steps)))

@@ -121,7 +121,7 @@ class SOURCE(Method):
                      "mean eigenvalue) or absolute")
         if not isinstance(self.damping, (int, float)) or isinstance(self.damping, bool) or self.damping < 0:
             p.append(f"method.damping={self.damping!r} must be a number >= 0")
-        snaps = int(task.cfg.get("trajectory_checkpoints", 5))
+        snaps = task.trajectory_checkpoints
         if not isinstance(self.segments, int) or isinstance(self.segments, bool) or not 1 <= self.segments <= snaps:
             p.append(f"method.segments={self.segments!r} must be an integer from 1 to the task's "
                      f"task.trajectory_checkpoints={snaps}; lower method.segments or raise "

@@ -2,7 +2,10 @@
 
 A method owns one attribution algorithm and nothing about a task's internals. The harness calls
 ``check(task)`` before any expensive work, then ``fit(task, model)`` (precompute) and
-``score(task, model)`` (queries x training examples), profiled separately.
+``score(task, model)`` (queries x training examples), profiled separately. ``task`` is an
+:class:`~tdabench.harness.engine.attribution_task.AttributionTask`: a method uses only its
+members (never the task's config, cache folder or fingerprint; a file it caches gets its path from
+``task.cache_path``).
 
 Sign convention: ``scores[q, i]`` estimates d observable_q / d beta_i, the first-order change of
 query q's observable when training example i gets more weight. With loss as the observable,
@@ -19,6 +22,8 @@ import typing
 from typing import Any, ClassVar, Literal, Union
 
 import torch
+
+from tdabench.harness.engine.attribution_task import AttributionTask
 
 
 class MethodDivergedError(FloatingPointError):
@@ -97,18 +102,18 @@ class Method:
                     f"installed: pip install -e '.[{cls.extra}]'")
         return None
 
-    def check(self, task) -> list[str]:
+    def check(self, task: AttributionTask) -> list[str]:
         """Problems with running on ``task`` (cheap; called before any expensive work)."""
         return []
 
-    def trainings(self, task) -> int:
+    def trainings(self, task: AttributionTask) -> int:
         """How many full model trainings the method consumes (cost accounting)."""
         return 1
 
-    def fit(self, task, model) -> None:
+    def fit(self, task: AttributionTask, model) -> None:
         """Precompute what scoring needs (curvature, features, samples)."""
 
-    def score(self, task, model) -> torch.Tensor:
+    def score(self, task: AttributionTask, model) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -1,18 +1,22 @@
-"""The task interface: data, model, training recipe, per-example loss and observable.
+"""The task interface: what a learning problem is (data, model, training recipe, per-example loss
+and observable), written by a task's author.
 
-A task owns the learning problem and nothing about attribution. Methods see it through:
+A subclass provides ``load_splits()`` (train, query and test :class:`Split`: ``inputs`` and
+``targets`` tensors whose first dimension indexes examples) and ``build_model()``; it may override
+``validate``, ``recipe``, ``per_example_loss(model, inputs, targets) -> [B]`` (the training loss
+l_i), ``observable(model, inputs, targets) -> [B]`` (the query observable phi_q; per-example loss
+by default), ``token_observables``, ``sample_targets``, ``augment``, ``initial_state``,
+``decode_tokens`` and ``evaluate``. ``model`` is anything callable on ``inputs`` (an
+``nn.Module`` or a functional wrapper), so methods can use ``torch.func``.
 
-- ``train``, ``query`` and ``test`` splits (:class:`Split`: ``inputs`` and ``targets`` tensors
-  whose first dimension indexes examples);
-- ``per_example_loss(model, inputs, targets) -> [B]`` (the training loss l_i) and
-  ``observable(model, inputs, targets) -> [B]`` (the query observable phi_q; per-example loss by
-  default). ``model`` is anything callable on ``inputs`` (an ``nn.Module`` or a functional
-  wrapper), so methods can use ``torch.func``;
-- ``checkpoint()`` (the reference model w*), ``trajectory()`` (snapshots along the reference run)
-  and ``ensemble(k)`` (independently trained models), all cached on disk;
-- ``fit_model(idx, seed)``: the training recipe on a subset, used by the ground truth;
-- ``replay(seed)``: that training on the whole training split as a step-by-step differentiable
-  :class:`~tasks.training.Replay` (tasks with the capability ``replayable``).
+Training and caching models is a separate service, :class:`~tdabench.harness.engine.models.ModelCache`
+(``task.models``, owning the cache folder and the task's fingerprint): ``fit_model`` and
+``fit_many`` (the recipe on subsets, for the ground truth), ``checkpoint()`` (the reference model
+w*), ``trajectory()`` (snapshots along the reference run), ``ensemble(k)`` (independently trained
+models), ``replay(seed)`` (the training as a step-by-step differentiable
+:class:`~tdabench.harness.engine.training.Replay`, capability ``replayable``) and
+``cache_path`` hand on to it. Methods see a task only through
+:class:`~tdabench.harness.engine.attribution_task.AttributionTask`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -28,16 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdabench.harness.core.storage import content_hash, load_or_compute
-from tdabench.harness.engine.training import (
-    Recipe,
-    Replay,
-    Snapshot,
-    TrainResult,
-    recipe_problems,
-    train,
-    train_stacked,
-)
+from tdabench.harness.engine.models import ModelCache
+from tdabench.harness.engine.training import Recipe, Replay, Snapshot, TrainResult, recipe_problems
 
 _log = logging.getLogger(__name__)
 
@@ -71,11 +67,11 @@ class Task(ABC):
 
     name: ClassVar[str] = "task"
     #: what the task can provide to methods (see Method.requires); language-model tasks add
-    #: ``per_token``; tasks whose training is :func:`tasks.training.train` unchanged add
-    #: ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit)
+    #: ``per_token``; tasks whose training is :func:`~tdabench.harness.engine.training.train`
+    #: unchanged add ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit)
     capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
     #: whether many models can train at once with torch.func (no batch-norm running statistics,
-    #: no augmentation); see tasks.training.train_stacked
+    #: no augmentation); see :func:`~tdabench.harness.engine.training.train_stacked`
     vectorizable: ClassVar[bool] = False
     #: False for tasks that measure cost only (no retraining ground truth, no LDS)
     measures_lds: ClassVar[bool] = True
@@ -94,7 +90,8 @@ class Task(ABC):
         self.n_query = int(self.cfg["n_query"])
         self.observable_kind = self.cfg.get("observable", "loss")
         self._splits: tuple[Split, Split, Split] | None = None
-        self._reference: dict | None = None
+        #: the service that trains this task's models and caches them under ``cache_dir``
+        self.models = ModelCache(self, self.cache_dir)
 
     # ----- what a subclass provides -------------------------------------------------------
     @classmethod
@@ -178,10 +175,14 @@ class Task(ABC):
     def test_split(self) -> Split:
         return self._load()[2]
 
+    @property
+    def trajectory_checkpoints(self) -> int:
+        """How many snapshots :meth:`trajectory` holds (``task.trajectory_checkpoints``, 5 by default)."""
+        return int(self.cfg.get("trajectory_checkpoints", 5))
+
     def fingerprint(self) -> dict:
         """Everything that determines the task's data, models and outcomes (for cache keys)."""
-        cfg = {k: v for k, v in self.cfg.items() if k not in ("method_defaults",)}
-        return {"task": self.name, "cfg": cfg, "seed": self.seed}
+        return self.models.fingerprint()
 
     # ----- models ---------------------------------------------------------------------------
     def new_model(self, seed: int) -> nn.Module:
@@ -193,80 +194,6 @@ class Task(ABC):
     def initial_state(self) -> dict | None:
         """The state every training run starts from, or None for a fresh model (the seed's)."""
         return None
-
-    def fit_model(self, idx: torch.Tensor, seed: int, init_state: dict | None = None,
-                  snapshots: int = 0, recipe: Recipe | None = None,
-                  weights: torch.Tensor | None = None) -> TrainResult:
-        """Train on ``train_split[idx]`` with the task's recipe, from a fresh model initialized
-        with ``seed`` or from ``init_state`` (default :meth:`initial_state`). ``weights``
-        ([n_train] floats) weigh each example's loss in its minibatch (0 removes it from the same
-        batches); None is plain training."""
-        model = self.new_model(seed)
-        init_state = self.initial_state() if init_state is None else init_state
-        if init_state is not None:
-            model.load_state_dict(init_state)
-        split = self.train_split
-        return train(model, self.per_example_loss, split.inputs, split.targets, idx.to(self.device),
-                     recipe or self.recipe(), seed, snapshots=snapshots, augment=self.augment,
-                     weights=None if weights is None else weights.to(self.device))
-
-    def fit_many(self, idx: torch.Tensor, seeds: list[int], init_state: dict | None = None,
-                 recipe: Recipe | None = None, vectorize: bool = True,
-                 weights: torch.Tensor | None = None) -> list[nn.Module]:
-        """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``
-        and per-example weights ``weights[j]`` ([N, n_train], optional); equivalent to N calls of
-        :meth:`fit_model`, trained at once when the task allows it."""
-        if not (vectorize and self.vectorizable):
-            return [self.fit_model(row, seed, init_state, recipe=recipe,
-                                   weights=None if weights is None else weights[j]).model
-                    for j, (row, seed) in enumerate(zip(idx, seeds))]
-        init_state = self.initial_state() if init_state is None else init_state
-        states = [init_state if init_state is not None else self.new_model(s).state_dict() for s in seeds]
-        template = self.new_model(self.seed)
-        split = self.train_split
-        stacked = train_stacked(template, states, self.per_example_loss, split.inputs, split.targets,
-                                idx.to(self.device), recipe or self.recipe(), seeds,
-                                weights=None if weights is None else weights.to(self.device))
-        models = []
-        for j in range(len(seeds)):
-            model = self.new_model(self.seed)
-            model.load_state_dict({k: v[j] for k, v in stacked.items()}, strict=False)
-            models.append(model.eval())
-        return models
-
-    def replay(self, seed: int) -> Replay:
-        """The training run of ``fit_model(all examples, seed)`` as a step-by-step differentiable
-        :class:`~tasks.training.Replay` (capability ``replayable``). Its minibatch weights beta
-        index the examples of step t's batch (``replay.batch(t)[0]``, indices into train_split)."""
-        if "replayable" not in self.capabilities:
-            raise NotImplementedError(f"task {self.name} cannot replay its training")
-        model = self.new_model(seed)
-        init = self.initial_state()
-        if init is not None:
-            model.load_state_dict(init)
-        split = self.train_split
-        return Replay(model, model.state_dict(), self.per_example_loss, split.inputs, split.targets,
-                      torch.arange(self.n_train, device=self.device), self.recipe(), seed,
-                      self.augment)
-
-    def _cache_path(self, kind: str, extra: dict | None = None) -> Path:
-        key = content_hash({"fp": self.fingerprint(), "kind": kind, **(extra or {})})
-        return self.cache_dir / "models" / f"{self.name}-{kind}-{key}.pt"
-
-    def _reference_run(self) -> dict:
-        if self._reference is None:
-            snapshots = int(self.cfg.get("trajectory_checkpoints", 5))
-
-            def compute():
-                self.log(f"training the reference {self.name} model")
-                res = self.fit_model(torch.arange(self.n_train), self.seed, snapshots=snapshots)
-                return {"state": res.model.state_dict(), "losses": res.losses,
-                        "trajectory": [asdict(s) for s in res.trajectory]}
-
-            self._reference = load_or_compute(
-                self._cache_path("reference", {"snapshots": snapshots}), compute,
-                "reference checkpoint", self.log)
-        return self._reference
 
     def _model_from_state(self, state: dict) -> nn.Module:
         model = self.new_model(self.seed)
@@ -283,14 +210,41 @@ class Task(ABC):
         a vocabulary override this, the default shows the ids."""
         return [f"<{int(i)}>" for i in ids]
 
+    # ----- trained and cached models (the service in ``self.models``) ------------------------
+    def fit_model(self, idx: torch.Tensor, seed: int, init_state: dict | None = None,
+                  snapshots: int = 0, recipe: Recipe | None = None,
+                  weights: torch.Tensor | None = None) -> TrainResult:
+        """Train on ``train_split[idx]`` with the task's recipe, from a fresh model initialized
+        with ``seed`` or from ``init_state`` (default :meth:`initial_state`). ``weights``
+        ([n_train] floats) weigh each example's loss in its minibatch (0 removes it from the same
+        batches); None is plain training."""
+        return self.models.fit_model(idx, seed, init_state, snapshots, recipe, weights)
+
+    def fit_many(self, idx: torch.Tensor, seeds: list[int], init_state: dict | None = None,
+                 recipe: Recipe | None = None, vectorize: bool = True,
+                 weights: torch.Tensor | None = None) -> list[nn.Module]:
+        """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``
+        and per-example weights ``weights[j]`` ([N, n_train], optional); equivalent to N calls of
+        :meth:`fit_model`, trained at once when the task allows it."""
+        return self.models.fit_many(idx, seeds, init_state, recipe, vectorize, weights)
+
+    def replay(self, seed: int) -> Replay:
+        """The training run of ``fit_model(all examples, seed)`` as a step-by-step differentiable
+        :class:`~tdabench.harness.engine.training.Replay` (capability ``replayable``). Its
+        minibatch weights beta index the examples of step t's batch (``replay.batch(t)[0]``,
+        indices into train_split)."""
+        if "replayable" not in self.capabilities:
+            raise NotImplementedError(f"task {self.name} cannot replay its training")
+        return self.models.replay(seed)
+
     def checkpoint(self) -> nn.Module:
         """The reference model w*: trained on the whole training split with ``self.seed``."""
-        return self._model_from_state(self._reference_run()["state"])
+        return self._model_from_state(self.models.reference_run()["state"])
 
     def trajectory(self) -> list[Snapshot]:
         """Snapshots along the reference run (``task.trajectory_checkpoints`` segments), each with
         its segment's mean learning rate and step count; the last equals the checkpoint."""
-        return [Snapshot(**s) for s in self._reference_run()["trajectory"]]
+        return [Snapshot(**s) for s in self.models.reference_run()["trajectory"]]
 
     def ensemble(self, k: int, mode: str = "full") -> list[nn.Module]:
         """``k`` independently trained models; member 0 is the reference checkpoint. With
@@ -310,23 +264,21 @@ class Task(ABC):
         if mode not in ("full", "half"):
             raise ValueError(f"ensemble mode {mode!r}: use full or half")
         yield self.checkpoint()
-        for m in range(1, k):
-            seed = self.seed + 7919 * m
-
-            def compute(seed=seed):
-                self.log(f"training ensemble member {m} of {self.name}")
-                idx = torch.arange(self.n_train)
-                if mode == "half":
-                    g = torch.Generator().manual_seed(seed)
-                    idx = torch.randperm(self.n_train, generator=g)[: self.n_train // 2].sort().values
-                return self.fit_model(idx, seed).model.state_dict()
-
-            state = load_or_compute(self._cache_path("ensemble", {"member": m, "mode": mode}),
-                                    compute, f"ensemble member {m}", self.log)
+        for state in self.models.member_states(k, mode):
             model = self._model_from_state(state)
             del state
             yield model
             del model
+
+    def cache_path(self, folder: str, label: str, key: dict) -> Path:
+        """Where a method keeps a file it computed for this task: ``<cache_dir>/<folder>/<task
+        name>-<label>-<hash>.pt``, the hash covering the task's fingerprint and ``key`` (see
+        :meth:`ModelCache.cache_path <tdabench.harness.engine.models.ModelCache.cache_path>`)."""
+        return self.models.cache_path(folder, label, key)
+
+    def scratch_dir(self) -> Path:
+        """A folder for a method's temporary files, on the cache's disk (created)."""
+        return self.models.scratch_dir()
 
     # ----- evaluation -----------------------------------------------------------------------
     @torch.no_grad()

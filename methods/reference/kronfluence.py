@@ -85,8 +85,7 @@ class KronfluenceIF(Method):
         names = list(select_layers(model, self.layers, self.exclude))
         ktask = _kronfluence_task(task, model, names, self.seed)
         tracked = prepare_model(copy.deepcopy(model), ktask)  # kronfluence wraps modules in place
-        (task.cache_dir / "tmp").mkdir(parents=True, exist_ok=True)
-        self._tmp = tempfile.TemporaryDirectory(prefix="kronfluence-", dir=task.cache_dir / "tmp")
+        self._tmp = tempfile.TemporaryDirectory(prefix="kronfluence-", dir=task.scratch_dir())
         self._analyzer = Analyzer(analysis_name=task.name, model=tracked, task=ktask, cpu=True,
                                   output_dir=self._tmp.name, disable_tqdm=True, log_level=40)
         torch.manual_seed(self.seed)

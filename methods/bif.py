@@ -161,6 +161,8 @@ class _ChainModel:
 class BIF(Method):
     """Local Bayesian influence function by SGLD (see the module docstring)."""
 
+    #: the kernel and stagewise views of tdabench-insight sample with it (see Method.offers)
+    offers = frozenset({"training_loss_draws"})
     #: chains x draws per chain, cheapest first (the top rung is digits_mlp's default; burn-in and
     #: the spacing of draws keep their defaults)
     cost_ladder = ({"chains": 2, "draws": 50}, {"chains": 4, "draws": 100}, {"chains": 4, "draws": 200},
@@ -387,6 +389,13 @@ class BIF(Method):
             "vectorized": vectorized,
             "settled": self._settled(task, start, draw_trace),
         }
+
+    def training_loss_draws(self, task, model, idx: torch.Tensor) -> torch.Tensor:
+        """Run the chains at ``model`` (as :meth:`fit`) and return the losses of training examples
+        ``idx`` [k] at every draw: ``[chains * draws, k]`` (nats; rows grouped by draw, not by
+        chain). :meth:`score` then gives the scores of the same draws."""
+        self.fit(task, model, keep_train_losses=idx)
+        return self.train_loss_draws
 
     def _settled(self, task, start: torch.Tensor, draw_trace: torch.Tensor) -> bool:
         """Whether the pooled draw-time training loss stopped drifting; logs a warning if not."""

@@ -50,6 +50,11 @@ class Method:
     #: class's defaults (the cost-quality frontier, ``+sweep=frontier``); () when the method has
     #: no knob that trades cost for quality
     cost_ladder: ClassVar[tuple[dict[str, Any], ...]] = ()
+    #: what the method offers views beyond its scores. ``training_loss_draws``: the method samples
+    #: models around the checkpoint (``chains`` x ``draws`` of them, both constructor parameters)
+    #: and :meth:`training_loss_draws` returns every training loss it saw at each draw (the BIF
+    #: kernel and stagewise views of ``tdabench-insight`` find such a method by this capability)
+    offers: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -115,6 +120,13 @@ class Method:
 
     def score(self, task: AttributionTask, model) -> torch.Tensor:
         raise NotImplementedError
+
+    def training_loss_draws(self, task: AttributionTask, model, idx: torch.Tensor) -> torch.Tensor:
+        """Capability ``training_loss_draws`` (see :attr:`offers`): fit at ``model`` and return the
+        training losses of examples ``idx`` ([k] indices into the training split) at every draw
+        of the method's sampler: ``[draws, k]`` float (nats). :meth:`score` afterwards gives the
+        scores of the same draws."""
+        raise NotImplementedError(f"method {self.name} does not offer training_loss_draws")
 
 
 def _fits(hint, value) -> bool:

@@ -131,3 +131,39 @@ def test_text_token_agreement_view_from_two_saved_score_files(tmp_path, capsys):
     assert summary["methods"] == ["bif", "ekfac"] and summary["shape"] == [4, 32, 120]
     assert 0.75 < summary["per_token_mean"] < 0.95 and summary["sequence_mean"] > summary["per_token_mean"]
     assert len(summary["per_token"]) == 4 and len(summary["per_token"][0]) == 32
+
+
+def test_sampling_views_find_their_method_by_capability(monkeypatch):
+    """The kernel and stagewise views use a method that offers training_loss_draws: the one the
+    overrides choose if it does, else the first registered one that does (the BIF among the
+    built-ins); no method is looked up by name."""
+    from tdabench.harness.core.registry import METHODS
+    from tdabench.harness.views.insight import sampler_name
+    from tdabench.methods.bif import BIF
+
+    assert sampler_name(["method=grad_dot"]) == sampler_name([]) == "bif"
+    assert "training_loss_draws" not in METHODS.get("bif_devinterp").offers
+
+    class PluginSampler(BIF):
+        name = "a_plugin_sampler"
+
+    monkeypatch.setitem(METHODS._items, "a_plugin_sampler", PluginSampler)
+    assert sampler_name(["method=bif"]) == "bif"
+    assert sampler_name(["method=grad_dot"]) == "a_plugin_sampler"
+    monkeypatch.setattr(PluginSampler, "offers", frozenset())
+    assert sampler_name([]) == "bif"
+
+
+def test_training_loss_draws_capability_matches_the_kept_losses(small_digits):
+    from tdabench.harness.engine.method import Method
+    from tdabench.methods.bif import BIF
+
+    model = small_digits.checkpoint()
+    settings = dict(seed=0, chains=2, draws=6, burn_in=5, steps_between_draws=2, eps=3e-4)
+    direct, kept = BIF(**settings), BIF(**settings)
+    idx = torch.tensor([0, 5, 9])
+    losses = direct.training_loss_draws(small_digits, model, idx)
+    kept.fit(small_digits, model, keep_train_losses=idx)
+    assert losses.shape == (12, 3) and torch.equal(losses, kept.train_loss_draws)
+    with pytest.raises(NotImplementedError, match="does not offer training_loss_draws"):
+        Method().training_loss_draws(small_digits, model, idx)

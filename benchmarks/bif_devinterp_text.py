@@ -13,18 +13,14 @@ native one is faster) and the Pearson correlation of the sequence-level scores o
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tdabench.methods.bif import BIF  # noqa: E402
-from tdabench.methods.reference.devinterp import DevinterpBIF  # noqa: E402
-from tdabench.tasks.text import TextNeoX  # noqa: E402
+from tdabench.methods.bif import BIF
+from tdabench.methods.reference.devinterp import DevinterpBIF
+from tdabench.tasks.text import TextNeoX
 
 
 def tiny_text(n_train: int, n_query: int, seq_len: int) -> dict:

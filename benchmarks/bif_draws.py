@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.run import prepare
+from tdabench.harness.read.lds import lds
 
-from tdabench.harness.core.registry import METHODS  # noqa: E402
-from tdabench.harness.engine.cli import compose  # noqa: E402
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
-from tdabench.harness.read.lds import lds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: name -> method overrides; the task's own defaults apply to everything not named
 SETTINGS = {
@@ -40,22 +39,13 @@ SETTINGS = {
 }
 
 
-def config(task: str, method: str, overrides: dict) -> dict:
-    cfg = compose([f"task={task}", f"method={method}"])  # the method group is generated
-    cfg["cache_dir"] = str(ROOT / cfg["cache_dir"]) if not os.path.isabs(cfg["cache_dir"]) else cfg["cache_dir"]
-    cfg["results_dir"] = "/tmp"
-    for k, v in overrides.items():
-        cfg["method"][k] = v
-    return cfg
-
-
 def checkpoints(max_draws: int) -> list[int]:
     marks = [d for d in (10, 25, 50, 100, 200, 400, 800, 1600, 3200) if d < max_draws]
     return marks + [max_draws]
 
 
 def trace_setting(task_name: str, name: str, overrides: dict, max_draws: int, log) -> list[dict]:
-    cfg = config(task_name, "bif", {**overrides, "draws": max_draws, "parallel_chains": None})
+    cfg = pairing_config(task_name, "bif", {**overrides, "draws": max_draws, "parallel_chains": None})
     task, method = prepare(cfg)
     gt = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log).build()
     model = task.checkpoint()
@@ -82,7 +72,7 @@ def trace_setting(task_name: str, name: str, overrides: dict, max_draws: int, lo
 def reference_lds(task_name: str, method_name: str, log) -> float | None:
     if method_name not in METHODS.names():
         return None
-    cfg = config(task_name, method_name, {})
+    cfg = pairing_config(task_name, method_name, {})
     task, method = prepare(cfg)
     gt = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log).build()
     model = task.checkpoint()

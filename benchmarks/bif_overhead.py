@@ -21,25 +21,18 @@ Prints, from one run on the same model and settings (the task's ``method_default
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bif_draws import config  # noqa: E402
-
-from tdabench.harness.engine.profiling import Profiler  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
-from tdabench.methods.bif import _ChainModel  # noqa: E402
-from tdabench.methods.gradients import trainable_params  # noqa: E402
+from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.profiling import Profiler
+from tdabench.harness.engine.run import prepare
+from tdabench.methods.bif import _ChainModel
+from tdabench.methods.gradients import trainable_params
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -129,7 +122,7 @@ def main() -> None:
         over["draw_batch_size"] = args.draw_batch_size
     if args.eps:
         over["eps"] = args.eps
-    cfg = config(args.task, "bif", over)
+    cfg = pairing_config(args.task, "bif", over)
     if args.hidden:
         cfg["task"]["hidden"] = args.hidden
     task, method = prepare(cfg)
@@ -167,7 +160,7 @@ def main() -> None:
     if args.devinterp:
         from scipy.stats import pearsonr
 
-        dcfg = config(args.task, "bif_devinterp", {k: v for k, v in over.items() if k in ("draws", "eps")})
+        dcfg = pairing_config(args.task, "bif_devinterp", {k: v for k, v in over.items() if k in ("draws", "eps")})
         _, ref = prepare(dcfg)
         t_ref = timed(lambda: ref.fit(task, model))
         t_ref += timed(lambda: ref.score(task, model))

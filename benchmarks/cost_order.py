@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEMO = "exact_if,ekfac,grad_dot,bif,ekfac_kronfluence,kfac_kronfluence"
 TDABENCH = str(Path(sys.executable).with_name("tdabench"))
@@ -93,7 +92,7 @@ def counting_overhead(task_name: str, methods: list[str], cache: Path, repeats: 
     (with it), alternating, best of ``repeats``."""
     from contextlib import nullcontext
 
-    from benchmarks.memory_goals import config
+    from tdabench.harness.engine.cli import pairing_config
     from tdabench.harness.engine.profiling import Profiler, warm_up
     from tdabench.harness.engine.run import prepare
 
@@ -104,7 +103,7 @@ def counting_overhead(task_name: str, methods: list[str], cache: Path, repeats: 
     log(f"  {'method':18s} {'bare':>8s} {'separate':>9s} {'inline':>8s}  overhead separate / inline")
     worst = 0.0
     for name in methods:
-        task, method = prepare(config(task_name, name, [], str(cache)))
+        task, method = prepare(pairing_config(task_name, name, overrides=["threads=1"], cache_dir=str(cache)))
         model = task.checkpoint()
         method.fit(task, model)  # untimed: the method's own first-call set-up
         method.score(task, model)

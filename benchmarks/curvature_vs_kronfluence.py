@@ -28,10 +28,9 @@ import torch
 import yaml
 from scipy.stats import spearmanr
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tdabench.tasks.digits import DigitsMLP
 
-from tdabench.tasks.digits import DigitsMLP  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PAIRS = {"ekfac": ("ekfac", "ekfac_kronfluence"), "kfac": ("kfac", "kfac_kronfluence")}
 

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.trak_models import config  # noqa: E402
-from tdabench.harness.engine.profiling import Profiler  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
-from tdabench.methods.gradients import num_params  # noqa: E402
+from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.profiling import Profiler
+from tdabench.harness.engine.run import prepare
+from tdabench.methods.gradients import num_params
 
 
 def main() -> None:
@@ -33,13 +28,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "disabled")
-    task, _ = prepare(config(args.task, "exact_if", {}))
+    task, _ = prepare(pairing_config(args.task, "exact_if", {}))
     model = task.checkpoint()
     p = num_params(model)
     hessian_mb, model_mb = 8 * p * p / 2**20, 4 * p / 2**20
     print(f"{args.task}: {p} parameters, float64 Hessian {hessian_mb:.1f} MiB")
     for solver in args.solvers.split(","):
-        _, method = prepare(config(args.task, "exact_if", {}))
+        _, method = prepare(pairing_config(args.task, "exact_if", {}))
         method.solver = solver
         method.fit(task, model)  # warm-up
         prof = Profiler()

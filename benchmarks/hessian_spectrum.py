@@ -18,18 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tdabench.harness.engine.cli import compose  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
-from tdabench.methods.exact_if import DTYPES, TrainingHessian  # noqa: E402
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.run import prepare
+from tdabench.methods.exact_if import DTYPES, TrainingHessian
 
 
 def lanczos_extremes(matmul, size: int, steps: int, seed: int = 0) -> tuple[torch.Tensor, int]:

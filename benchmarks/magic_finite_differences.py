@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tdabench.harness.core.storage import load_verified  # noqa: E402
-from tdabench.harness.engine.cli import compose  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
+from tdabench.harness.core.storage import load_verified
+from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.run import prepare
 
 
 def observables(task, weights: torch.Tensor) -> torch.Tensor:

@@ -24,20 +24,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.profiling import MIB, Profiler, warm_up
+from tdabench.harness.engine.run import prepare
+from tdabench.methods.gradients import gradient_chunk, num_params
 
-from tdabench.harness.core.registry import METHODS  # noqa: E402
-from tdabench.harness.engine.cli import compose  # noqa: E402
-from tdabench.harness.engine.profiling import MIB, Profiler, warm_up  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
-from tdabench.methods.gradients import gradient_chunk, num_params  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = {
     "digits": ("digits_mlp", []),
@@ -47,17 +45,11 @@ TASKS = {
 NATIVE_VS_REFERENCE = (("ekfac", "ekfac_kronfluence"), ("kfac", "kfac_kronfluence"))
 
 
-def config(task: str, method: str, overrides: list[str], cache_dir: str) -> dict:
-    cfg = compose([f"task={task}", f"method={method}", *overrides])
-    cfg.update(cache_dir=cache_dir, results_dir=tempfile.gettempdir(), threads=1)
-    return cfg
-
-
 def measure(task_name: str, method: str, overrides: list[str], cache_dir: str) -> dict | None:
     """{phase: (seconds, peak MiB, FLOPs)} of one method's fit and score; None if unavailable."""
     if method not in METHODS.names() or METHODS.get(method).available():
         return None
-    task, m = prepare(config(task_name, method, overrides, cache_dir))
+    task, m = prepare(pairing_config(task_name, method, overrides=[*overrides, "threads=1"], cache_dir=cache_dir))
     model = task.checkpoint()
     for split in ("train_split", "query_split", "test_split"):
         getattr(task, split)  # the data are loaded before fit, as a run's prepare phase does

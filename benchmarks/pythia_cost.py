@@ -29,12 +29,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.profiling import Profiler
+from tdabench.harness.engine.run import prepare
 
-from benchmarks.trak_models import config  # noqa: E402
-from tdabench.harness.engine.profiling import Profiler  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SHORT_BIF = {"chains": 1, "burn_in": 3, "draws": 5, "steps_between_draws": 1, "batch_size": 4,
              "draw_batch_size": 4}
@@ -46,7 +45,7 @@ def job_config(size: str, method: str, args) -> dict:
         # the dense projection (params x proj_dim random signs, regenerated block by block on
         # every call) dominates TRAK's CPU cost; a small proj_dim keeps the benchmark in budget
         over = {"proj_dim": 64}
-    cfg = config("pythia_scaling", method, over)
+    cfg = pairing_config("pythia_scaling", method, over)
     cfg["task"].update(size=size, n_train=args.n_train, n_query=args.n_query, n_test=args.n_query,
                        seq_len=args.seq_len)
     return cfg

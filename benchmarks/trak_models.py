@@ -21,27 +21,17 @@ from pathlib import Path
 
 import torch
 
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.run import prepare
+from tdabench.harness.read.lds import lds
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tdabench.harness.core.registry import METHODS  # noqa: E402
-from tdabench.harness.engine.cli import compose  # noqa: E402
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
-from tdabench.harness.read.lds import lds  # noqa: E402
-
-
-def config(task: str, method: str, overrides: dict) -> dict:
-    cfg = compose([f"task={task}", f"method={method}"])  # the method group is generated
-    if not os.path.isabs(cfg["cache_dir"]):
-        cfg["cache_dir"] = str(ROOT / cfg["cache_dir"])
-    cfg["results_dir"] = "/tmp"
-    cfg["method"].update(overrides)
-    return cfg
 
 
 def run(task_name: str, method: str, overrides: dict, log) -> dict:
-    cfg = config(task_name, method, overrides)
+    cfg = pairing_config(task_name, method, overrides)
     task, m = prepare(cfg)
     gt = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"], log).build()
     model = task.checkpoint()

@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.trak_models import config  # noqa: E402
-from tdabench.harness.engine.profiling import Profiler  # noqa: E402
-from tdabench.harness.engine.run import prepare  # noqa: E402
+from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.profiling import Profiler
+from tdabench.harness.engine.run import prepare
 
 
 def timed(method, task, model) -> tuple[float, float]:
@@ -47,8 +42,8 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("TQDM_DISABLE", "1")
     params = {"models": args.models, "proj_dim": args.proj_dim}
-    task, native = prepare(config(args.task, "trak", params))
-    _, ref = prepare(config(args.task, "trak_traker", params))
+    task, native = prepare(pairing_config(args.task, "trak", params))
+    _, ref = prepare(pairing_config(args.task, "trak_traker", params))
     model = task.checkpoint()
     task.ensemble(args.models)
     timed(native, task, model)  # warm-up: torch.func's first call, caches

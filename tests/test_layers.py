@@ -141,3 +141,21 @@ def test_a_task_instance_satisfies_the_protocol_and_keys_method_caches(small_dig
     other_seed = type(small_digits)(small_digits.cfg, seed=1, cache_dir=small_digits.cache_dir)
     assert a != other_seed.cache_path("curvature", "ekfac", {"model": "m1"})
     assert small_digits.scratch_dir().is_dir()
+
+
+def test_benchmarks_import_the_installed_package_only():
+    """Benchmark scripts import tdabench as installed: no sys.path edits, no imports of each other
+    (a helper two scripts share belongs to the package)."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    siblings = {p.stem for p in scripts} | {"benchmarks"}
+    problems = []
+    for path in scripts:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id == "sys":
+                problems.append(f"{path.name}:{node.lineno}: sys.path")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            problems += [f"{path.name}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] in siblings]
+    assert not problems, "; ".join(problems)

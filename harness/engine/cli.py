@@ -18,7 +18,9 @@ method, an unknown key is refused with the valid keys listed, and the record hol
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 
 from omegaconf import OmegaConf
 
@@ -82,9 +84,23 @@ def compose(overrides: list[str]) -> dict:
     return resolve(cfg)
 
 
+def pairing_config(task: str, method: str, params: dict | None = None, overrides: list[str] = (),
+                   cache_dir: str | None = None) -> dict:
+    """The resolved config of one pairing for a script (a benchmark, a notebook): what
+    ``tdabench task=<task> method=<method> *overrides`` composes, with the method parameters
+    ``params`` set over the task's and the class's defaults, ``cache_dir`` (default: the config's)
+    made absolute (relative to the working directory) and ``results_dir`` the system's temporary
+    folder (a script writes its own outputs)."""
+    cfg = compose([f"task={task}", f"method={method}", *overrides])
+    cfg["cache_dir"] = os.path.abspath(cache_dir or cfg["cache_dir"])
+    cfg["results_dir"] = tempfile.gettempdir()
+    cfg["method"].update(params or {})
+    return cfg
+
+
 def resolve(cfg) -> dict:
     """The composed config ``cfg`` (an OmegaConf node) resolved, with the rung of the method's cost
-    ladder that ``frontier.level`` selects applied (:mod:`harness.ladder`; parameters set
+    ladder that ``frontier.level`` selects applied (:mod:`harness.engine.ladder`; parameters set
     explicitly are told apart from defaults before resolution). Raises ConfigError for a bad level
     or a conflict, LevelBeyondLadder past the ladder's end."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -165,7 +181,7 @@ def precheck(argv: list[str]) -> list[str]:
 
 def _level_problems(overrides, keyed, methods: list[str]) -> list[str]:
     """Bad ``frontier.level`` values, and ``method.KEY=`` values that a chosen rung of a swept
-    method's cost ladder would also set (see :mod:`harness.ladder`)."""
+    method's cost ladder would also set (see :mod:`harness.engine.ladder`)."""
     levels = []
     for choice in _choices(overrides, "frontier.level", []):
         try:

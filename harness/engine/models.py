@@ -42,7 +42,8 @@ class ModelCache:
     # ----- keys and files ---------------------------------------------------------------------
     def fingerprint(self) -> dict:
         """Everything that determines the task's data, models and outcomes (for cache keys): its
-        name, its config (without the methods' per-task defaults) and its seed."""
+        name, its config (without the methods' per-task defaults) and its seed. Keys are made from
+        ``task.fingerprint()``, which is this unless the task overrides it."""
         cfg = {k: v for k, v in self.task.cfg.items() if k not in ("method_defaults",)}
         return {"task": self.task.name, "cfg": cfg, "seed": self.task.seed}
 
@@ -50,7 +51,8 @@ class ModelCache:
         """``<cache_dir>/<folder>/<task name>-<label>-<hash>.pt``, the hash of the task's
         fingerprint and ``key`` (JSON-serializable: what else determines the file's content). The
         folder is not created; :func:`~tdabench.harness.core.storage.load_or_compute` does that."""
-        return self.dir / folder / f"{self.task.name}-{label}-{content_hash({'task': self.fingerprint(), **key})}.pt"
+        digest = content_hash({"task": self.task.fingerprint(), **key})
+        return self.dir / folder / f"{self.task.name}-{label}-{digest}.pt"
 
     def scratch_dir(self) -> Path:
         """``<cache_dir>/tmp``, created: a folder for temporary files on the cache's disk (a caller
@@ -60,7 +62,7 @@ class ModelCache:
         return path
 
     def _model_path(self, kind: str, extra: dict | None = None) -> Path:
-        key = content_hash({"fp": self.fingerprint(), "kind": kind, **(extra or {})})
+        key = content_hash({"fp": self.task.fingerprint(), "kind": kind, **(extra or {})})
         return self.dir / "models" / f"{self.task.name}-{kind}-{key}.pt"
 
     # ----- training -----------------------------------------------------------------------------

@@ -45,6 +45,11 @@ class Method:
     #: class's defaults (the cost-quality frontier, ``+sweep=frontier``); () when the method has
     #: no knob that trades cost for quality
     cost_ladder: ClassVar[tuple[dict[str, Any], ...]] = ()
+    #: the parameters ``tune.trials`` searches, ``{parameter: Float | Int | Categorical}`` (see
+    #: :mod:`tdabench.harness.engine.space`): settings that change what the method computes, not
+    #: how much it spends (those are the cost ladder's); every range contains the default; {} when
+    #: the method has nothing to tune
+    search_space: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)

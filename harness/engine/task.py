@@ -13,10 +13,17 @@ A task owns the learning problem and nothing about attribution. Methods see it t
 - ``fit_model(idx, seed)``: the training recipe on a subset, used by the ground truth;
 - ``replay(seed)``: that training on the whole training split as a step-by-step differentiable
   :class:`~tasks.training.Replay` (tasks with the capability ``replayable``).
+
+Query sets: the queries every record is scored on are the *test* queries. For tuning, a task
+also gives *validation* queries (:meth:`Task.validation_view`): ``n_query`` examples drawn,
+seeded, from the held-out test split, so they are disjoint from the training set and from the
+test queries, and the test queries stay what they were. Both are named by their indices into the
+task's held-out pool (:meth:`Task.query_ids`), so anyone can check that they are disjoint.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -24,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,6 +103,9 @@ class Task(ABC):
         self.observable_kind = self.cfg.get("observable", "loss")
         self._splits: tuple[Split, Split, Split] | None = None
         self._reference: dict | None = None
+        #: which queries ``query_split`` holds: ``test`` (what records are scored on) or
+        #: ``validation`` (for tuning; see :meth:`validation_view`)
+        self.queries = "test"
 
     # ----- what a subclass provides -------------------------------------------------------
     @classmethod
@@ -163,8 +174,47 @@ class Task(ABC):
     # ----- data -----------------------------------------------------------------------------
     def _load(self) -> tuple[Split, Split, Split]:
         if self._splits is None:
-            self._splits = tuple(s.to(self.device) for s in self.load_splits())
+            train, query, test = self.load_splits()
+            if self.queries == "validation":
+                pick = self._validation_positions(len(test))
+                query = Split(test.inputs[pick], test.targets[pick])
+            self._splits = tuple(s.to(self.device) for s in (train, query, test))
         return self._splits
+
+    def heldout_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the test queries [n_query] and of the test split's examples [n_test] in the
+        task's held-out pool, in split order. By default the pool is the query split followed by
+        the test split (positions 0..n_query-1, then n_query onwards); a task whose splits come
+        from one numbered source overrides this with the source's indices."""
+        n_test = len(self.load_splits()[2]) if self._splits is None else len(self._splits[2])
+        return torch.arange(self.n_query), self.n_query + torch.arange(n_test)
+
+    def _validation_positions(self, n_test: int) -> torch.Tensor:
+        """Positions in the test split of the validation queries: ``n_query`` of them, drawn
+        with a generator seeded from the task's seed and sorted."""
+        if n_test <= self.n_query:
+            raise ValueError(f"task {self.name}: the test split has {n_test} examples, too few to draw "
+                             f"{self.n_query} validation queries and keep some for evaluation; "
+                             "lower task.n_query or raise the test split's size")
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 1]).generate_state(1)[0]))
+        return torch.randperm(n_test, generator=g)[: self.n_query].sort().values
+
+    def query_ids(self) -> list[int]:
+        """Indices into the held-out pool (:meth:`heldout_ids`) of the queries ``query_split``
+        holds (test or validation, after :attr:`queries`)."""
+        query, test = self.heldout_ids()
+        if self.queries == "validation":
+            return test[self._validation_positions(len(test))].tolist()
+        return query.tolist()
+
+    def validation_view(self) -> "Task":
+        """This task with the validation queries as its query split (``queries = 'validation'``):
+        same training set, models and test split; its :meth:`fingerprint` differs, so ground
+        truths and query-dependent caches keyed by it are its own."""
+        view = copy.copy(self)
+        view.queries = "validation"
+        view._splits = None
+        return view
 
     @property
     def train_split(self) -> Split:
@@ -181,7 +231,8 @@ class Task(ABC):
     def fingerprint(self) -> dict:
         """Everything that determines the task's data, models and outcomes (for cache keys)."""
         cfg = {k: v for k, v in self.cfg.items() if k not in ("method_defaults",)}
-        return {"task": self.name, "cfg": cfg, "seed": self.seed}
+        fp = {"task": self.name, "cfg": cfg, "seed": self.seed}
+        return fp if self.queries == "test" else {**fp, "queries": self.queries}
 
     # ----- models ---------------------------------------------------------------------------
     def new_model(self, seed: int) -> nn.Module:
@@ -250,7 +301,9 @@ class Task(ABC):
                       self.augment)
 
     def _cache_path(self, kind: str, extra: dict | None = None) -> Path:
-        key = content_hash({"fp": self.fingerprint(), "kind": kind, **(extra or {})})
+        # models do not depend on the queries: the validation view shares the test view's
+        fp = {k: v for k, v in self.fingerprint().items() if k != "queries"}
+        key = content_hash({"fp": fp, "kind": kind, **(extra or {})})
         return self.cache_dir / "models" / f"{self.name}-{kind}-{key}.pt"
 
     def _reference_run(self) -> dict:

@@ -6,7 +6,8 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   digits of the ground truth's content hash (``gt_key``), e.g.
   ``digits_mlp n=1000 100x3 alpha=0.5 loss #ee711b``. Records with different labels were scored
   against different retraining outcomes and are never ranked in one table.
-* ``setting``: the method parameters whose values differ from the method's defaults, e.g.
+* ``setting``: ``tuned (N trials)`` for a tuned record; else the method parameters whose values
+  differ from the method's defaults, e.g.
   ``chains=2 draws=50``; empty for a run at the defaults. The defaults are those of the method
   class's signature, updated by the task's per-method defaults as the task sets them now (its
   ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
@@ -165,10 +166,19 @@ def task_method_defaults(rec: dict) -> dict:
     return out
 
 
+def tuned_label(tuned: dict) -> str:
+    """The setting of a tuned record: ``tuned (N trials)``, with the per-trial CPU cap if any."""
+    cap = tuned.get("max_cpu_s")
+    return f"tuned ({tuned.get('trials')} trials{f', <= {cap:g} CPU s' if cap else ''})"
+
+
 def setting(rec: dict, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
     from ``defaults`` updated by the task's ``method_defaults`` for this method
-    (:func:`task_method_defaults`); '' at defaults."""
+    (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
+    :func:`tuned_label` (its parameters are the study's best, in ``tuned.best_params``)."""
+    if rec.get("tuned"):
+        return tuned_label(rec["tuned"])
     base = {**defaults, **task_method_defaults(rec)}
     return " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
                     if k not in base or not _same(v, base[k]))

@@ -196,11 +196,13 @@ def _phase_sum(d: dict | None, phases=("fit", "score")):
 
 
 def run_cost(rec: dict) -> dict:
-    """A record's fit and score seconds, their sum, the larger of their peak memories (MiB) and,
-    when recorded, their FLOPs (fit + score); None where the record has no such measurement."""
+    """A record's fit and score seconds, their sum, their CPU seconds (``cpu_s``), the larger of
+    their peak memories (MiB) and, when recorded, their FLOPs (fit + score); None where the record
+    has no such measurement."""
     t, m = rec.get("time_s") or {}, rec.get("peak_mem_mb") or {}
     return {"fit_s": t.get("fit"), "score_s": t.get("score"),
             "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
+            "cpu_s": _phase_sum(rec.get("cpu_time_s")),
             "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
             "flops": _phase_sum(rec.get("flops"))}
 

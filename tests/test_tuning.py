@@ -11,7 +11,7 @@ from tdabench.harness.engine.config import tune_problems
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
 from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
-from tdabench.harness.engine.tuning import tune
+from tdabench.harness.engine.tuning import TuningFailed, tune
 from tdabench.harness.read.record_view import record_setting
 
 QUICK = ["task=digits_mlp", "task.n_train=200", "gt.subsets=20", "gt.seeds=2", "tune.val_subsets=20",
@@ -108,6 +108,15 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
     tune(task, type(method), more, study_key(more))
     study = optuna.load_study(study_name=first.info["study"], storage=first.info["storage"])
     assert len(study.trials) == 3 and len({t.params["damping"] for t in study.trials}) == 3
+    # the tuned frontier chooses from the same study under a CPU cap, running no new trial
+    capped = {**more, "tune": {**more["tune"], "select_cpu_s": 1e-9}}
+    assert study_key(capped) == study_key(more)
+    with pytest.raises(TuningFailed, match="select_cpu_s"):
+        tune(task, type(method), capped, study_key(capped))
+    loose = {**more, "tune": {**more["tune"], "select_cpu_s": 1e9}}
+    chosen = tune(task, type(method), loose, study_key(loose))
+    assert chosen.info["best_trial"] == study.best_trial.number and chosen.info["best_cpu_s"] > 0
+    assert "chosen at <= 1e+09 CPU s" in record_setting({"tuned": chosen.info})
 
 
 def test_tuned_run_record_and_journal_storage(tmp_path):

@@ -129,9 +129,10 @@ def tune_problems(tune: dict) -> list[str]:
         v = tune.get(key, least)
         if not _is_int(v) or v < least:
             p.append(f"tune.{key}={v!r} must be an integer >= {least} ({meaning})")
-    cap = tune.get("max_cpu_s")
-    if cap is not None and (not _is_num(cap) or cap <= 0):
-        p.append(f"tune.max_cpu_s={cap!r} must be null or a positive number of CPU seconds")
+    for key in ("max_cpu_s", "select_cpu_s"):
+        cap = tune.get(key)
+        if cap is not None and (not _is_num(cap) or cap <= 0):
+            p.append(f"tune.{key}={cap!r} must be null or a positive number of CPU seconds")
     storage = tune.get("storage")
     if storage is not None and not (isinstance(storage, str)
                                     and (storage.endswith(".journal") or "://" in storage)):

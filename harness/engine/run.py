@@ -117,9 +117,11 @@ def config_hash(cfg: dict) -> str:
 
 def study_key(cfg: dict) -> str:
     """The hash of the settings that define a tuned pairing's Optuna study: those of
-    :func:`config_hash` with every ``tune`` setting but the trial count and the storage."""
+    :func:`config_hash` with every ``tune`` setting but the trial count, the storage and the cap
+    of the final choice (``select_cpu_s``: every cap chooses from the same study)."""
     kept = {k: v for k, v in cfg.items() if k not in NON_DETERMINING and k != "tune"}
-    return content_hash({**kept, "tune": {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage")}})
+    tune_cfg = {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
+    return content_hash({**kept, "tune": tune_cfg})
 
 
 def prepare(cfg: dict):

@@ -14,6 +14,13 @@ validation. Only the method's :attr:`Method.search_space` is searched; a method 
 its single setting once. A trial is failed (not scored) when the method refuses the setting, when
 fit or score raises, or when its fit + score CPU seconds exceed ``tune.max_cpu_s``.
 
+The tuned frontier: with ``tune.select_cpu_s`` set, the setting evaluated on test is the best
+trial whose fit + score took at most that many CPU seconds. The cap is not part of the study's
+name, so a ladder of caps (for example 1, 3, 10, 30 and 100 times EK-FAC's CPU seconds) chooses
+from one study: matched tuning effort at every cost. A trial's CPU seconds are those it measured;
+work it read from a cache written by an earlier trial (curvature factors, ensemble members) is
+named in its ``cached_work`` attribute.
+
 Where studies live: ``tune.storage`` null keeps them in ``<results_dir>/studies.db`` (SQLite, one
 machine); a path ending in ``.journal`` uses Optuna's journal file (workers on a shared file
 system); any other URL is passed to Optuna. A study is named ``<task>-<method>-<hash>``, the hash
@@ -33,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tdabench.harness.core.storage import record_cache_misses, record_cache_reads
 from tdabench.harness.engine.config import ConfigError, method_params
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import UserInterrupt, time_limit
@@ -91,11 +99,15 @@ def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
         raise ConfigError(problems)
     model = view.checkpoint()
     prof = Profiler(cfg["device"], count=False)
-    with time_limit(cfg["limits"]["max_seconds"]):
+    with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed, \
+            record_cache_reads() as reads:
         with prof.phase("fit"):
             method.fit(view, model)
         with prof.phase("score"):
             scores = method.score(view, model)
+    earlier = sorted({what for path, what in reads if path not in computed})
+    if earlier:
+        trial.set_user_attr("cached_work", earlier)
     scores = scores.cpu() if isinstance(scores, torch.Tensor) else scores
     check_scores(scores, view)
     cpu = sum(prof.cpu_time_s.values())
@@ -158,12 +170,19 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
         errors = [t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")]
         raise TuningFailed(f"no trial of study {name} succeeded ({len(study.trials)} trials); first error: "
                            f"{errors[0] if errors else 'none recorded'}")
-    best = study.best_trial
+    select = cfg["tune"].get("select_cpu_s")
+    within = [t for t in done if select is None or t.user_attrs.get("cpu_s", math.inf) <= select]
+    if not within:
+        cheapest = min(t.user_attrs.get("cpu_s", math.inf) for t in done)
+        raise TuningFailed(f"no trial of study {name} took at most tune.select_cpu_s={select} CPU s (the "
+                           f"cheapest took {cheapest:.3g}); raise the cap or add trials")
+    best = max(within, key=lambda t: (t.value, -t.number))  # the earliest of equal values
     params = {k: to_param(space[k], v, task.n_train) for k, v in best.params.items()}
     info = {"trials": trials, "search_space": describe(space), "best_params": params,
             "best_trial": best.number, "val_lds": best.value, "val_gt_key": builder.dir.name,
             "val_query_ids": view.query_ids(), "val_subsets": cfg["tune"]["val_subsets"],
             "val_seeds": cfg["tune"]["val_seeds"], "max_cpu_s": cfg["tune"].get("max_cpu_s"),
+            "select_cpu_s": select, "best_cpu_s": best.user_attrs.get("cpu_s"),
             "completed_trials": len(done), "study": name, "storage": where}
     log.info(f"{task.name} / {method_cls.name}: best of {len(study.trials)} trials {params}, "
              f"validation LDS {best.value:.4f}")

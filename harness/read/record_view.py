@@ -167,9 +167,14 @@ def task_method_defaults(rec: dict) -> dict:
 
 
 def tuned_label(tuned: dict) -> str:
-    """The setting of a tuned record: ``tuned (N trials)``, with the per-trial CPU cap if any."""
-    cap = tuned.get("max_cpu_s")
-    return f"tuned ({tuned.get('trials')} trials{f', <= {cap:g} CPU s' if cap else ''})"
+    """The setting of a tuned record: ``tuned (N trials)``, with the per-trial CPU cap and the cap
+    of the final choice (the tuned frontier) if any."""
+    parts = [f"{tuned.get('trials')} trials"]
+    if tuned.get("max_cpu_s"):
+        parts.append(f"<= {tuned['max_cpu_s']:g} CPU s per trial")
+    if tuned.get("select_cpu_s"):
+        parts.append(f"chosen at <= {tuned['select_cpu_s']:g} CPU s")
+    return f"tuned ({', '.join(parts)})"
 
 
 def setting(rec: dict, defaults: dict) -> str:

@@ -190,12 +190,8 @@ class Task(ABC):
         return torch.arange(self.n_query), self.n_query + torch.arange(n_test)
 
     def _validation_positions(self, n_test: int) -> torch.Tensor:
-        """Positions in the test split of the validation queries: ``n_query`` of them, drawn
-        with a generator seeded from the task's seed and sorted."""
-        if n_test <= self.n_query:
-            raise ValueError(f"task {self.name}: the test split has {n_test} examples, too few to draw "
-                             f"{self.n_query} validation queries and keep some for evaluation; "
-                             "lower task.n_query or raise the test split's size")
+        """Positions in the test split of the validation queries: ``n_query`` of them (all of the
+        test split when it is smaller), drawn with a generator seeded from the task's seed, sorted."""
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 1]).generate_state(1)[0]))
         return torch.randperm(n_test, generator=g)[: self.n_query].sort().values
 
@@ -210,9 +206,17 @@ class Task(ABC):
     def validation_view(self) -> "Task":
         """This task with the validation queries as its query split (``queries = 'validation'``):
         same training set, models and test split; its :meth:`fingerprint` differs, so ground
-        truths and query-dependent caches keyed by it are its own."""
+        truths and query-dependent caches keyed by it are its own. It has ``n_query``
+        validation queries, or the whole test split where that is smaller (digits at 1597
+        training images keeps 100 test images). The test split also measures model quality
+        (:meth:`evaluate`), which informs no choice, so sharing it is harmless."""
+        n_test = len(self.test_split)
+        if n_test < 2:
+            raise ValueError(f"task {self.name}: the test split has {n_test} examples, too few for "
+                             "validation queries; lower task.n_train or task.n_query")
         view = copy.copy(self)
         view.queries = "validation"
+        view.n_query = min(self.n_query, n_test)
         view._splits = None
         return view
 

@@ -138,3 +138,24 @@ def test_a_trial_over_the_cpu_cap_fails(tmp_path):
     rec = execute(cfg)
     assert rec["status"] == "error" and "no trial of study" in rec["message"]
     assert "tune.max_cpu_s" in rec["message"]
+
+
+def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
+    from tdabench.harness.engine import tuning
+    from tdabench.harness.engine.interrupts import UserInterrupt
+
+    cfg = _cfg(tmp_path, "method=ekfac", "tune.trials=2")
+    task, method = prepare(cfg)
+
+    def stop(*args):
+        raise UserInterrupt("Ctrl-C")
+
+    with monkeypatch.context() as m:
+        m.setattr(tuning, "_evaluate", stop)
+        with pytest.raises(UserInterrupt):
+            tune(task, type(method), cfg, study_key(cfg))
+    done = tune(task, type(method), cfg, study_key(cfg))
+    study = optuna.load_study(study_name=done.info["study"], storage=done.info["storage"])
+    assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
+    assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
+    assert done.info["completed_trials"] == 2

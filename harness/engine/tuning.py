@@ -27,7 +27,9 @@ system); any other URL is passed to Optuna. A study is named ``<task>-<method>-<
 of every setting that determines the run except the trial count, so rerunning with more trials
 continues the study and runs only the missing trials. Inspect one with ``optuna-dashboard
 sqlite:///results/studies.db`` or ``optuna.load_study(study_name=..., storage=...)``; each trial
-carries user attributes ``cpu_s``, ``wall_s``, ``peak_mem_mb`` and, if it failed, ``error``.
+carries user attributes ``cpu_s``, ``wall_s``, ``peak_mem_mb`` and, if it failed, ``error``. A
+trial stopped by Ctrl-C is marked ``interrupted`` and does not count: the resumed study runs
+its place again.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ from tdabench.harness.engine.config import ConfigError, method_params
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import UserInterrupt, time_limit
 from tdabench.harness.engine.profiling import Profiler
-from tdabench.harness.engine.quality import check_scores
+from tdabench.harness.engine.quality import (
+    DegenerateModelError,
+    check_scores,
+    degenerate_model_message,
+    degenerate_reason,
+)
 from tdabench.harness.engine.space import default_point, describe, to_param
 from tdabench.harness.read.lds import lds
 
@@ -89,6 +96,12 @@ def storage_of(cfg: dict):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path))), str(path)
     return where, where
+
+
+def _counted(study) -> int:
+    """Trials that count against the budget: every trial but those a user interrupted (a trial
+    that a killed process left running counts: it may be another worker's)."""
+    return sum(not t.user_attrs.get("interrupted") for t in study.trials)
 
 
 def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
@@ -135,15 +148,18 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
     view = task.validation_view()
     builder = GroundTruthBuilder(view, validation_gt(cfg), cfg["cache_dir"])
     gt = builder.build()
+    reason = degenerate_reason(task.evaluate(task.checkpoint()))
+    if reason:  # checked before any trial, as the run checks it before the test ground truth
+        raise DegenerateModelError(degenerate_model_message(task.name, reason))
     storage, where = storage_of(cfg)
     name = f"{task.name}-{method_cls.name}-{study_key}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     budget = trials if space else 1  # without a search space every trial would be the same setting
-    held = len(study.trials)
-    seed = int(np.random.SeedSequence([cfg["seed"], held]).generate_state(1)[0])
+    held = _counted(study)
+    seed = int(np.random.SeedSequence([cfg["seed"], len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 3)))
     base = method_params(cfg)
-    if not held:
+    if not held and not study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
         study.enqueue_trial(default_point(space, base, task.n_train))
 
     def objective(trial) -> float:
@@ -151,7 +167,8 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
         params = {**base, **{k: to_param(space[k], v, task.n_train) for k, v in values.items()}}
         try:
             value = _evaluate(method_cls, params, view, gt, cfg, trial)
-        except UserInterrupt:
+        except UserInterrupt:  # not counted: a resumed study runs this trial's place again
+            trial.set_user_attr("interrupted", True)
             raise
         except Exception as exc:  # a failed trial, counted in the budget
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
@@ -163,8 +180,11 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
     if budget > held:
         log.info(f"tuning {method_cls.name} on {task.name}: {budget - held} of {budget} trials to run "
                  f"(study {name} in {where})")
-        study.optimize(objective, n_trials=budget - held,
-                       callbacks=[optuna.study.MaxTrialsCallback(budget, states=None)])
+        def enough(study, _trial) -> None:  # workers sharing the study stop at the budget together
+            if _counted(study) >= budget:
+                study.stop()
+
+        study.optimize(objective, n_trials=budget - held, callbacks=[enough])
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         errors = [t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")]
@@ -183,7 +203,8 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
             "val_query_ids": view.query_ids(), "val_subsets": cfg["tune"]["val_subsets"],
             "val_seeds": cfg["tune"]["val_seeds"], "max_cpu_s": cfg["tune"].get("max_cpu_s"),
             "select_cpu_s": select, "best_cpu_s": best.user_attrs.get("cpu_s"),
-            "completed_trials": len(done), "study": name, "storage": where}
+            "completed_trials": len(done), "study": name, "storage": where,
+            "trials_cpu_s": round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3)}
     log.info(f"{task.name} / {method_cls.name}: best of {len(study.trials)} trials {params}, "
              f"validation LDS {best.value:.4f}")
     return Tuned(params, info)

@@ -13,6 +13,7 @@ from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
 from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.engine.tuning import TuningFailed, tune
 from tdabench.harness.read.record_view import record_setting
+from tdabench.harness.read.tracking import summary_of
 
 QUICK = ["task=digits_mlp", "task.n_train=200", "gt.subsets=20", "gt.seeds=2", "tune.val_subsets=20",
          "tune.val_seeds=2", "threads=1", "wandb.mode=disabled", "cost.count=off", "lds.bootstrap=50"]
@@ -128,6 +129,7 @@ def test_tuned_run_record_and_journal_storage(tmp_path):
     assert t["storage"] == str(journal) and journal.exists() and t["val_gt_key"] != rec["gt_key"]
     assert rec["config"]["method"]["damping"] == t["best_params"]["damping"]
     assert record_setting(rec).startswith("tuned (2 trials")
+    assert summary_of(rec)["val_lds"] == t["val_lds"] and summary_of(rec)["tune_trials"] == 2
     untuned = execute(_cfg(tmp_path, "method=ekfac"))
     assert untuned["gt_key"] == rec["gt_key"] and untuned["query_ids"] == rec["query_ids"]
     assert "tuned" not in untuned

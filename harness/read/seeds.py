@@ -8,7 +8,8 @@ seed's LDS the mean over its queries, NaNs dropped), the per-seed values and a 9
 two-level bootstrap: resample the seeds with replacement, then the queries within each drawn
 seed, and average. Pairwise differences of two rows use the seeds both have and the per-query
 differences within each seed (the same queries), with the same two-level interval and a two-sided
-bootstrap p-value (twice the smaller share of resampled means on either side of 0),
+bootstrap p-value (twice the smaller share of resampled means on either side of 0, counted as
+(k + 1) / (B + 1) so that it is never 0),
 Holm-adjusted over the pairs of one ground truth (:func:`harness.read.statistics.holm`).
 Written as ``leaderboard_seeds.csv`` and ``pairwise_seeds.csv``.
 """
@@ -108,7 +109,8 @@ def _pairs(label: str, rows: dict[tuple, dict]) -> list[dict]:
                 continue
             boot = two_level_bootstrap(diffs)
             lo, hi = _interval(boot)
-            p = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+            tail = min((boot <= 0).sum(), (boot >= 0).sum())
+            p = float(min(1.0, 2 * (tail + 1) / (len(boot) + 1)))  # never 0 from finitely many draws
             out.append({"ground_truth": label, "a": name(a), "b": name(b), "seeds": len(diffs),
                         "mean_diff": float(np.mean([d.mean() for d in diffs])), "ci_low": lo,
                         "ci_high": hi, "p_value": p})

@@ -118,6 +118,9 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
     chosen = tune(task, type(method), loose, study_key(loose))
     assert chosen.info["best_trial"] == study.best_trial.number and chosen.info["best_cpu_s"] > 0
     assert "chosen at <= 1e+09 CPU s" in record_setting({"tuned": chosen.info})
+    rung = {"method": "ekfac", "tuned": chosen.info,
+            "config": {"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}}}
+    assert record_setting(rung).endswith(") max_examples=100")  # a rung stays in the label
 
 
 def test_tuned_run_record_and_journal_storage(tmp_path):

@@ -181,12 +181,15 @@ def setting(rec: dict, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
     from ``defaults`` updated by the task's ``method_defaults`` for this method
     (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
-    :func:`tuned_label` (its parameters are the study's best, in ``tuned.best_params``)."""
-    if rec.get("tuned"):
-        return tuned_label(rec["tuned"])
+    :func:`tuned_label` followed by the parameters outside its search space that differ (a rung
+    of the cost ladder, e.g. ``tuned (16 trials) chains=2 draws=50``); the tuned parameters are
+    the study's best, in ``tuned.best_params``."""
     base = {**defaults, **task_method_defaults(rec)}
-    return " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
-                    if k not in base or not _same(v, base[k]))
+    tuned = rec.get("tuned") or {}
+    searched = set(tuned.get("search_space") or {})
+    differ = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
+                      if k not in searched and (k not in base or not _same(v, base[k])))
+    return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
 
 
 def record_setting(rec: dict) -> str:

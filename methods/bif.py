@@ -42,6 +42,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from tdabench.harness.engine.method import Method, MethodDivergedError
+from tdabench.harness.engine.space import Float, Int
 from tdabench.methods.gradients import trainable_params
 
 NORMALIZE = ("covariance", "correlation")
@@ -158,6 +159,17 @@ class _ChainModel:
         return torch.stack([one({k: v[c] for k, v in params.items()}) for c in range(n_chains)])
 
 
+#: what the BIF's tuning searches (chains x draws are its cost ladder): the localization ``gamma``
+#: (issue: its best value moves with n_train, as nbeta = n does, so no one value fits every size),
+#: the SGLD step ``eps`` (too small: the chain does not mix in the draws given; too large: it
+#: diverges), the inverse temperature ``nbeta`` as a multiple of n_train (null = 1 x n_train;
+#: it sets the posterior's width against gamma's), the burn-in and the steps between draws
+#: (autocorrelation of the draws); log scales where the plausible values span decades
+BIF_SPACE = {"gamma": Float(1.0, 1000.0, log=True), "eps": Float(1e-5, 1e-3, log=True),
+             "nbeta": Float(0.1, 10.0, log=True, per_n_train=True, null=1.0),
+             "burn_in": Int(0, 500), "steps_between_draws": Int(1, 20, log=True)}
+
+
 class BIF(Method):
     """Local Bayesian influence function by SGLD (see the module docstring)."""
 
@@ -167,6 +179,7 @@ class BIF(Method):
     #: the spacing of draws keep their defaults)
     cost_ladder = ({"chains": 2, "draws": 50}, {"chains": 4, "draws": 100}, {"chains": 4, "draws": 200},
                    {"chains": 8, "draws": 400}, {"chains": 8, "draws": 800})
+    search_space = BIF_SPACE
 
     def __init__(self, seed: int = 0, chains: int = 4, draws: int = 100, burn_in: int = 100,
                  steps_between_draws: int = 5, eps: float = 1e-4, gamma: float = 100.0,

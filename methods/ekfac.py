@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 
 from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.space import Float
 from tdabench.methods.curvature import (
     DAMPING_KINDS,
     Curvature,
@@ -40,6 +41,11 @@ class KroneckerIF(Method):
     #: training examples the curvature factors are fitted on, cheapest first (null: all of them)
     cost_ladder = ({"max_examples": 100}, {"max_examples": 250}, {"max_examples": 500},
                    {"max_examples": None})
+    #: the damping added to each eigenvalue, relative to a layer's mean eigenvalue by default:
+    #: it trades the fidelity of the inverse curvature against the noise of its small
+    #: eigenvalues, and its best value depends on the model and the query set (log scale: the
+    #: useful values span decades)
+    search_space = {"damping": Float(1e-4, 10.0, log=True)}
 
     def __init__(self, seed: int = 0, damping: float = 0.1, damping_kind: str = "relative",
                  empirical_fisher: bool = False, fisher_samples: int = 1, layers: list[str] | None = None,

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from tdabench.harness.core.storage import load_state, remove_verified, save_verified
 from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.space import Float
 from tdabench.methods.curvature import model_digest
 from tdabench.methods.gradients import eval_mode, num_params, query_grads, train_grads, trainable_params
 
@@ -189,6 +190,10 @@ def top_eigenvalue(op, p: int, iters: int = 20, seed: int = 0) -> float:
 class ExactIF(Method):
     """Classical influence function with the exact Hessian of the training objective; see the
     module docstring for the solvers. ``max_params`` bounds the dense solve only."""
+
+    #: the damping added to the Hessian (beyond the weight decay): a trained network's Hessian has
+    #: small and negative eigenvalues, whose inverse the damping bounds; log scale
+    search_space = {"damping": Float(1e-6, 1.0, log=True)}
 
     def __init__(self, seed: int = 0, damping: float = 1e-3, max_params: int = 20000,
                  batch_size: int = 256, solver: str = "dense", tol: float = 1e-6,

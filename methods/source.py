@@ -34,6 +34,7 @@ from dataclasses import replace
 import torch
 
 from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.space import Categorical
 from tdabench.methods.curvature import (
     DAMPING_KINDS,
     Curvature,
@@ -96,6 +97,9 @@ class SOURCE(Method):
     requires = frozenset({"checkpoint", "trajectory"})
     #: segments of the reference run, cheapest first (at most the task's trajectory_checkpoints)
     cost_ladder = ({"segments": 1}, {"segments": 2}, {"segments": 3}, {"segments": 5})
+    #: the damping of each segment's curvature, relative to its mean eigenvalue: the default is
+    #: none (0), which a log range cannot hold, so the choices are 0 and values a decade apart
+    search_space = {"damping": Categorical((0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0))}
 
     def __init__(self, seed: int = 0, segments: int = 3, damping: float = 0.0,
                  damping_kind: str = "relative", strategy: str = "ekfac",

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.space import Categorical, Int
 from tdabench.harness.engine.task import margin
 from tdabench.harness.engine.training import num_params
 from tdabench.methods.gradients import CAST_BLOCK_BYTES, iter_per_example_parts
@@ -126,6 +127,10 @@ def check_trak_settings(method, task) -> list[str]:
     return p
 
 
+TRAK_SPACE = {"proj_dim": Int(16, 2048, log=True),
+              "lambda_reg": Categorical((0.0, 1e-4, 1e-2, 1.0, 100.0))}
+
+
 class TRAK(Method):
     """TRAK with ``models`` ensemble members (member 0 is the reference checkpoint).
 
@@ -138,6 +143,12 @@ class TRAK(Method):
 
     #: ensemble members (each one more model training), cheapest first, at the task's proj_dim
     cost_ladder = ({"models": 1}, {"models": 2}, {"models": 5}, {"models": 10}, {"models": 20})
+    #: what TRAK's tuning searches (the ensemble size is its cost ladder): the projection size
+    #: (too small loses the gradients' information, too large against n_train makes Phi^T Phi
+    #: ill-conditioned: the digits frontier found 128 above 512 at 1000 images) and the ridge
+    #: ``lambda_reg`` (0 in the paper; the choices are 0 and values two decades apart, in units
+    #: of squared projected gradients)
+    search_space = TRAK_SPACE
 
     def __init__(self, seed: int = 0, models: int = 1, proj_dim: int = 512,
                  projection: str = "rademacher", lambda_reg: float = 0.0, output: str = "auto",

@@ -32,13 +32,24 @@ class DigitsMLP(Task):
                 f"n_train + n_query <= {N_DIGITS - MIN_TEST}")
         return problems + cls.positive_int_problems(cfg, {"hidden": "width of the hidden layer"})
 
+    def _order(self, n: int) -> torch.Tensor:
+        """The seeded order of the ``n`` digits: training set, then queries, then test split."""
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+
+    def heldout_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices into scikit-learn's digits of the test queries and of the test split."""
+        from sklearn.datasets import load_digits
+
+        perm = self._order(len(load_digits().target))
+        return perm[self.n_train: self.n_train + self.n_query], perm[self.n_train + self.n_query:]
+
     def load_splits(self) -> tuple[Split, Split, Split]:
         from sklearn.datasets import load_digits
 
         data = load_digits()
         x = torch.tensor(data.data, dtype=torch.float32) / 16.0
         y = torch.tensor(data.target, dtype=torch.long)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+        perm = self._order(len(x))
         tr = perm[: self.n_train]
         qu = perm[self.n_train: self.n_train + self.n_query]
         te = perm[self.n_train + self.n_query:]

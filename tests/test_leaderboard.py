@@ -210,7 +210,10 @@ def test_list_prints_every_registered_method_and_task(capsys):
     out = capsys.readouterr().out.splitlines()
     for name in METHODS.names() + TASKS.names():
         assert sum(line.split()[0] == name for line in out if line.startswith("  ")) == 1, name
-    assert len(out) == len(METHODS.names()) + len(TASKS.names()) + 2
+    spaces = [line for line in out if line.strip().startswith("search space: ")]
+    with_space = [m for m in METHODS.names() if METHODS.get(m).search_space]
+    assert len(spaces) == len(with_space) and "bif" in with_space and "gamma [1, 1000] log" in spaces[0]
+    assert len(out) == len(METHODS.names()) + len(TASKS.names()) + len(spaces) + 2
 
 
 def test_shard_jobs_do_not_multiply_by_the_method_list():

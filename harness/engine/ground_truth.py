@@ -12,6 +12,11 @@ derivative of the reference run's training (exact unrolling) is the first-order 
 every outcome. The default mode, ``fresh_seeds``, draws K new seeds per subset. Records carry the
 mode as ``gt_mode``.
 
+A task's validation view (``task.queries == 'validation'``, for tuning) gets a ground truth of
+its own: its key differs (the view's fingerprint names its queries, and the key starts with
+``val-``), and its subsets and retraining seeds derive from :func:`validation_seed` instead of the
+task's seed, so they are drawn independently of the test ground truth's.
+
 Results are cached under a content hash of everything that determines them, written atomically
 with a checksum, and computed in shards (``gt.shard`` / ``gt.num_shards``) that any process can
 compute and any later run assembles. A file lock per shard keeps concurrent runs from computing
@@ -72,6 +77,11 @@ def make_masks(n: int, subsets: int, alpha: float, seed: int) -> torch.Tensor:
     return masks
 
 
+def validation_seed(seed: int) -> int:
+    """The seed of a validation ground truth's subsets and retrainings, for data seed ``seed``."""
+    return int(np.random.SeedSequence([seed, 2]).generate_state(1)[0])
+
+
 def retrain_seed(seed: int, subset: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, subset, k]).generate_state(1)[0])
 
@@ -99,7 +109,8 @@ def gt_key(task, gt: dict) -> str:
         parts["seeds"] = 1
         parts["mode"] = "same_seed"
     key = content_hash({"task": task.fingerprint(), "gt": parts, "format": FORMAT_VERSION})
-    return f"same_seed-{key}" if gt.get("same_seed") else key
+    key = f"same_seed-{key}" if gt.get("same_seed") else key
+    return key if getattr(task, "queries", "test") == "test" else f"val-{key}"
 
 
 class GroundTruthBuilder:
@@ -110,7 +121,9 @@ class GroundTruthBuilder:
         self.gt = gt
         self.log = log or _log.info
         self.dir = Path(cache_dir) / "ground_truth" / f"{task.name}-{gt_key(task, gt)}"
-        self.masks = make_masks(task.n_train, gt["subsets"], gt["alpha"], task.seed)
+        #: the seed of the subsets and retrainings (the task's, or its validation seed)
+        self.draw_seed = task.seed if getattr(task, "queries", "test") == "test" else validation_seed(task.seed)
+        self.masks = make_masks(task.n_train, gt["subsets"], gt["alpha"], self.draw_seed)
         #: seconds spent waiting for another process that held a ground-truth lock
         self.wait_s = 0.0
         #: whether this builder computed a shard or assembled the ground truth itself
@@ -141,7 +154,7 @@ class GroundTruthBuilder:
         else:
             jobs = [(j, k) for j in subsets for k in range(gt["seeds"])]
             idx = torch.stack([torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs])
-            seeds = [retrain_seed(task.seed, j, k) for j, k in jobs]
+            seeds = [retrain_seed(self.draw_seed, j, k) for j, k in jobs]
             weights = None
         models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True),
                                weights=weights)

@@ -3,7 +3,9 @@
 A method's line gives its name, the first sentence of its class docstring (else its module's),
 what it needs from a task beyond a trained checkpoint, and the pip extra it needs, if any; a
 task's line gives its name and the first sentence of its class docstring (else its module's).
-Entry-point plugins are listed like built-ins.
+Below a method with a search space (``Method.search_space``), a second line gives what
+``tune.trials`` searches: each parameter with its range and scale. Entry-point plugins are listed
+like built-ins.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import inspect
 import re
 
 from tdabench.harness.core.registry import METHODS, TASKS
+from tdabench.harness.engine.space import describe
 
 WIDTH = 100  # longest description shown
 
@@ -33,6 +36,10 @@ def method_lines() -> list[str]:
         extra = getattr(cls, "extra", None)
         notes = ", ".join([*(f"needs {n}" for n in needs), *([f"extra {extra}"] if extra else [])])
         lines.append(f"  {name:<{width}}  {_summary(cls)}" + (f" ({notes})" if notes else ""))
+        space = getattr(cls, "search_space", {}) or {}
+        if space:
+            lines.append(f"  {'':<{width}}    search space: "
+                         + ", ".join(f"{k} {v}" for k, v in describe(space).items()))
     return lines
 
 

@@ -55,6 +55,11 @@ class Method:
     #: and :meth:`training_loss_draws` returns every training loss it saw at each draw (the BIF
     #: kernel and stagewise views of ``tdabench-insight`` find such a method by this capability)
     offers: ClassVar[frozenset[str]] = frozenset()
+    #: the parameters ``tune.trials`` searches, ``{parameter: Float | Int | Categorical}`` (see
+    #: :mod:`tdabench.harness.engine.space`): settings that change what the method computes, not
+    #: how much it spends (those are the cost ladder's); every range contains the default; {} when
+    #: the method has nothing to tune
+    search_space: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)

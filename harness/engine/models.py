@@ -47,11 +47,14 @@ class ModelCache:
         cfg = {k: v for k, v in self.task.cfg.items() if k not in ("method_defaults",)}
         return {"task": self.task.name, "cfg": cfg, "seed": self.task.seed}
 
-    def cache_path(self, folder: str, label: str, key: dict) -> Path:
+    def cache_path(self, folder: str, label: str, key: dict, fingerprint: dict | None = None) -> Path:
         """``<cache_dir>/<folder>/<task name>-<label>-<hash>.pt``, the hash of the task's
-        fingerprint and ``key`` (JSON-serializable: what else determines the file's content). The
-        folder is not created; :func:`~tdabench.harness.core.storage.load_or_compute` does that."""
-        digest = content_hash({"task": self.task.fingerprint(), **key})
+        fingerprint (``fingerprint``: that of the view asking, e.g. the validation queries' view;
+        default the task's) and ``key`` (JSON-serializable: what else determines the file's
+        content). The folder is not created;
+        :func:`~tdabench.harness.core.storage.load_or_compute` does that."""
+        fp = self.task.fingerprint() if fingerprint is None else fingerprint
+        digest = content_hash({"task": fp, **key})
         return self.dir / folder / f"{self.task.name}-{label}-{digest}.pt"
 
     def scratch_dir(self) -> Path:
@@ -62,7 +65,9 @@ class ModelCache:
         return path
 
     def _model_path(self, kind: str, extra: dict | None = None) -> Path:
-        key = content_hash({"fp": self.task.fingerprint(), "kind": kind, **(extra or {})})
+        # models do not depend on the queries: a validation view shares the test view's models
+        fp = {k: v for k, v in self.task.fingerprint().items() if k != "queries"}
+        key = content_hash({"fp": fp, "kind": kind, **(extra or {})})
         return self.dir / "models" / f"{self.task.name}-{kind}-{key}.pt"
 
     # ----- training -----------------------------------------------------------------------------

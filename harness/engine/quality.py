@@ -8,11 +8,15 @@ loss is not below the uniform prediction's, or its accuracy is not clearly above
 three binomial standard errors of it (and at least one percentage point). The LDS of such a model
 says nothing about the methods, so it is never benchmarked; the ground truth reports the share of
 its retrained models that are degenerate and is refused above :data:`MAX_DEGENERATE_SHARE`.
+
+Scores get their own check (:func:`check_scores`): the right shape, finite, not constant.
 """
 
 from __future__ import annotations
 
 import math
+
+import torch
 
 #: largest share of degenerate retrained models a ground truth may hold
 MAX_DEGENERATE_SHARE = 0.1
@@ -52,3 +56,24 @@ def degenerate_model_message(task_name: str, reason: str) -> str:
             "say nothing about the methods; fix the task's training recipe or model (for example "
             "a smaller task.recipe.lr, more task.recipe.epochs, a larger model) before "
             "benchmarking")
+
+
+class InvalidScoresError(ValueError):
+    pass
+
+
+def check_scores(scores: torch.Tensor, task) -> None:
+    """Refuse scores of the wrong shape, with non-finite entries, or constant everywhere."""
+    ok_shapes = ((task.n_query, task.n_train),)
+    if not isinstance(scores, torch.Tensor) or (
+            tuple(scores.shape) not in ok_shapes
+            and not (scores.dim() == 3 and scores.shape[0] == task.n_query and scores.shape[2] == task.n_train)):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise InvalidScoresError(
+            f"scores have shape {shape}; expected [n_query={task.n_query}, n_train={task.n_train}] "
+            "or [n_query, query_len, n_train]")
+    bad = (~torch.isfinite(scores)).sum().item()
+    if bad:
+        raise InvalidScoresError(f"{bad} of {scores.numel()} scores are NaN or infinite")
+    if scores.numel() > 1 and bool((scores == scores.reshape(-1)[0]).all()):
+        raise InvalidScoresError("every score is the same value; the method produced no ranking")

@@ -48,13 +48,16 @@ from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
 from tdabench.harness.engine.profiling import Profiler, warm_up
-from tdabench.harness.engine.quality import (
+from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is imported from here too
     MAX_DEGENERATE_SHARE,
     DegenerateModelError,
+    InvalidScoresError,
+    check_scores,
     degenerate_model_message,
     degenerate_reason,
 )
 from tdabench.harness.engine.training import num_params
+from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, write_result
 from tdabench.harness.read.lds import lds
 from tdabench.harness.read.record import new_record
@@ -71,29 +74,8 @@ NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "
 log = logging.getLogger(__name__)
 
 
-class InvalidScoresError(ValueError):
-    pass
-
-
 class NonFiniteLDSError(ValueError):
     """The LDS came out NaN or infinite; the message gives the cause."""
-
-
-def check_scores(scores: torch.Tensor, task) -> None:
-    """Refuse scores of the wrong shape, with non-finite entries, or constant everywhere."""
-    ok_shapes = ((task.n_query, task.n_train),)
-    if not isinstance(scores, torch.Tensor) or (
-            tuple(scores.shape) not in ok_shapes
-            and not (scores.dim() == 3 and scores.shape[0] == task.n_query and scores.shape[2] == task.n_train)):
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise InvalidScoresError(
-            f"scores have shape {shape}; expected [n_query={task.n_query}, n_train={task.n_train}] "
-            "or [n_query, query_len, n_train]")
-    bad = (~torch.isfinite(scores)).sum().item()
-    if bad:
-        raise InvalidScoresError(f"{bad} of {scores.numel()} scores are NaN or infinite")
-    if scores.numel() > 1 and bool((scores == scores.reshape(-1)[0]).all()):
-        raise InvalidScoresError("every score is the same value; the method produced no ranking")
 
 
 def ceiling_fields(outcomes: torch.Tensor, lds_value: float, cfg: dict) -> dict:
@@ -133,6 +115,15 @@ def config_hash(cfg: dict) -> str:
     return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING and k not in unused})
 
 
+def study_key(cfg: dict) -> str:
+    """The hash of the settings that define a tuned pairing's Optuna study: those of
+    :func:`config_hash` with every ``tune`` setting but the trial count, the storage and the cap
+    of the final choice (``select_cpu_s``: every cap chooses from the same study)."""
+    kept = {k: v for k, v in cfg.items() if k not in NON_DETERMINING and k != "tune"}
+    tune_cfg = {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
+    return content_hash({**kept, "tune": tune_cfg})
+
+
 def prepare(cfg: dict):
     """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
     problems = validate_settings(cfg)
@@ -144,6 +135,9 @@ def prepare(cfg: dict):
         problems += task_problems
         if task_cls.measures_lds and not task_problems:
             problems += subset_problems(cfg)
+        if not task_cls.measures_lds and (cfg.get("tune") or {}).get("trials"):
+            problems.append(f"tune.trials={cfg['tune']['trials']}: task {task_cls.name} measures cost only "
+                            "and has no ground truth to tune on; use tune.trials=0")
     if method_cls is not None:
         problems += validate_method_params(method_cls, cfg)
     if problems:
@@ -187,6 +181,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         record["model_quality"] = task.evaluate(model)
         record["trainings"] = method.trainings(task)
     if task.measures_lds:
+        record["query_ids"] = task.query_ids()
         reason = degenerate_reason(record["model_quality"])
         if reason:
             raise DegenerateModelError(degenerate_model_message(task.name, reason))
@@ -343,11 +338,16 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
         "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
         "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
         "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": builder.seeds, "gt_mode": builder.mode,
-        "group": group,
+        "group": group, "split": "test",
         "config_hash": chash, "gt_key": builder.dir.name if task.measures_lds else None, "config": cfg,
     })
     scores = None
     try:
+        if (cfg.get("tune") or {}).get("trials"):  # trials on validation; the record is the test run
+            tuned = tune(task, type(method), cfg, study_key(cfg))
+            cfg = {**cfg, "method": {**cfg["method"], **tuned.params}}
+            method = type(method)(**method_params(cfg))
+            record.update(tuned=tuned.info, config=cfg)
         scores = _attribute(task, method, builder, cfg, record, prof)
     except UserInterrupt:
         raise

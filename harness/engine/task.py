@@ -17,10 +17,17 @@ models), ``replay(seed)`` (the training as a step-by-step differentiable
 :class:`~tdabench.harness.engine.training.Replay`, capability ``replayable``) and
 ``cache_path`` hand on to it. Methods see a task only through
 :class:`~tdabench.harness.engine.attribution_task.AttributionTask`.
+
+Query sets: the queries every record is scored on are the *test* queries. For tuning, a task
+also gives *validation* queries (:meth:`Task.validation_view`): ``n_query`` examples drawn,
+seeded, from the held-out test split, so they are disjoint from the training set and from the
+test queries, and the test queries stay what they were. Both are named by their indices into the
+task's held-out pool (:meth:`Task.query_ids`), so anyone can check that they are disjoint.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,6 +100,9 @@ class Task(ABC):
         self._splits: tuple[Split, Split, Split] | None = None
         #: the service that trains this task's models and caches them under ``cache_dir``
         self.models = ModelCache(self, self.cache_dir)
+        #: which queries ``query_split`` holds: ``test`` (what records are scored on) or
+        #: ``validation`` (for tuning; see :meth:`validation_view`)
+        self.queries = "test"
 
     # ----- what a subclass provides -------------------------------------------------------
     @classmethod
@@ -160,8 +171,51 @@ class Task(ABC):
     # ----- data -----------------------------------------------------------------------------
     def _load(self) -> tuple[Split, Split, Split]:
         if self._splits is None:
-            self._splits = tuple(s.to(self.device) for s in self.load_splits())
+            train, query, test = self.load_splits()
+            if self.queries == "validation":
+                pick = self._validation_positions(len(test))
+                query = Split(test.inputs[pick], test.targets[pick])
+            self._splits = tuple(s.to(self.device) for s in (train, query, test))
         return self._splits
+
+    def heldout_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the test queries [n_query] and of the test split's examples [n_test] in the
+        task's held-out pool, in split order. By default the pool is the query split followed by
+        the test split (positions 0..n_query-1, then n_query onwards); a task whose splits come
+        from one numbered source overrides this with the source's indices."""
+        n_test = len(self.load_splits()[2]) if self._splits is None else len(self._splits[2])
+        return torch.arange(self.n_query), self.n_query + torch.arange(n_test)
+
+    def _validation_positions(self, n_test: int) -> torch.Tensor:
+        """Positions in the test split of the validation queries: ``n_query`` of them (all of the
+        test split when it is smaller), drawn with a generator seeded from the task's seed, sorted."""
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 1]).generate_state(1)[0]))
+        return torch.randperm(n_test, generator=g)[: self.n_query].sort().values
+
+    def query_ids(self) -> list[int]:
+        """Indices into the held-out pool (:meth:`heldout_ids`) of the queries ``query_split``
+        holds (test or validation, after :attr:`queries`)."""
+        query, test = self.heldout_ids()
+        if self.queries == "validation":
+            return test[self._validation_positions(len(test))].tolist()
+        return query.tolist()
+
+    def validation_view(self) -> "Task":
+        """This task with the validation queries as its query split (``queries = 'validation'``):
+        same training set, models and test split; its :meth:`fingerprint` differs, so ground
+        truths and query-dependent caches keyed by it are its own. It has ``n_query``
+        validation queries, or the whole test split where that is smaller (digits at 1597
+        training images keeps 100 test images). The test split also measures model quality
+        (:meth:`evaluate`), which informs no choice, so sharing it is harmless."""
+        n_test = len(self.test_split)
+        if n_test < 2:
+            raise ValueError(f"task {self.name}: the test split has {n_test} examples, too few for "
+                             "validation queries; lower task.n_train or task.n_query")
+        view = copy.copy(self)
+        view.queries = "validation"
+        view.n_query = min(self.n_query, n_test)
+        view._splits = None
+        return view
 
     @property
     def train_split(self) -> Split:
@@ -182,7 +236,8 @@ class Task(ABC):
 
     def fingerprint(self) -> dict:
         """Everything that determines the task's data, models and outcomes (for cache keys)."""
-        return self.models.fingerprint()
+        fp = self.models.fingerprint()
+        return fp if self.queries == "test" else {**fp, "queries": self.queries}
 
     # ----- models ---------------------------------------------------------------------------
     def new_model(self, seed: int) -> nn.Module:
@@ -274,7 +329,7 @@ class Task(ABC):
         """Where a method keeps a file it computed for this task: ``<cache_dir>/<folder>/<task
         name>-<label>-<hash>.pt``, the hash covering the task's fingerprint and ``key`` (see
         :meth:`ModelCache.cache_path <tdabench.harness.engine.models.ModelCache.cache_path>`)."""
-        return self.models.cache_path(folder, label, key)
+        return self.models.cache_path(folder, label, key, self.fingerprint())
 
     def scratch_dir(self) -> Path:
         """A folder for a method's temporary files, on the cache's disk (created)."""

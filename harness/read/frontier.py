@@ -1,8 +1,11 @@
 """The cost-quality frontier: each method's LDS against its cost over the settings it ran.
 
 On one ground truth, a method's *points* are its leaderboard rows (one per setting, the shown
-``ok`` record of each) with LDS and its 95% interval (``lds``, ``lds_ci``) and cost on two axes:
-``s``, fit + score seconds (``time_s``), and ``flops``, fit + score FLOPs (``flops``). A method's
+``ok`` record of each) with LDS and its 95% interval (``lds``, ``lds_ci``) and cost on three axes:
+``cpu_s``, fit + score CPU seconds (``cpu_time_s``: what a run costs, whatever else the machine
+did meanwhile), ``s``, fit + score wall seconds (``time_s``), and ``flops``, fit + score FLOPs
+(``flops``). Plots use CPU seconds and FLOPs (:data:`PLOT_AXES`), never the wall seconds of a
+possibly loaded machine. A method's
 *curve* on an axis joins its Pareto-efficient points (no cheaper-or-equal setting has a higher
 LDS) linearly in log-cost, and stays flat from its best point up to its costliest setting: the
 best LDS the method reaches at that cost. Below its cheapest or above its costliest setting the
@@ -11,8 +14,11 @@ curve is undefined ("outside range"): nothing is extrapolated.
 ``frontier.csv`` has one row per method (per sweep when several folders are compared) and ground
 truth, for every ground truth where some method ran at two or more settings:
 
-* ``settings``, ``best_lds``, ``best_setting``, ``s_min`` / ``s_max``, ``flops_min`` /
-  ``flops_max``: what was measured; ``cached_fits``: settings whose fit read curvature factors
+* ``settings``, ``best_lds``, ``best_setting``, ``cpu_s_min`` / ``cpu_s_max``, ``s_min`` /
+  ``s_max``, ``flops_min`` / ``flops_max``: what was measured; ``cpu_s``, ``peak_mem_mb`` and
+  ``flops``: the cost of the best setting; ``pareto``: whether that setting is on the Pareto front
+  of every method's settings on the ground truth in CPU seconds (no setting of any method costs
+  no more and has a higher LDS); ``cached_fits``: settings whose fit read curvature factors
   cached by an earlier run (EK-FAC, K-FAC: their cost is a file read, not a fit).
 * ``ekfac_s`` / ``ekfac_flops``: EK-FAC's cost on that ground truth (its row at the default
   setting, else its costliest row; ``ekfac_row`` says which), and ``lds_at_ekfac_s`` (with
@@ -37,8 +43,10 @@ from tdabench.harness.core.storage import atomic_write_bytes
 from tdabench.harness.read.leaderboard import chosen_records, ground_truths
 from tdabench.harness.read.record_view import fit_from_cache, run_cost
 
-#: the cost axes: fit + score seconds, fit + score FLOPs
-AXES = ("s", "flops")
+#: the cost axes: fit + score CPU seconds, wall seconds and FLOPs
+AXES = ("cpu_s", "s", "flops")
+#: the axes plots use: never wall seconds, which a loaded machine inflates
+PLOT_AXES = ("cpu_s", "flops")
 #: the method whose fit + score cost the other methods are compared at
 REFERENCE = "ekfac"
 #: fraction of the best LDS on a ground truth that ``*_to_90pct`` asks each method to reach
@@ -57,6 +65,8 @@ class Point:
     s: float | None
     flops: float | None
     cached_fit: bool = False  # the fit read curvature factors cached by an earlier run
+    cpu_s: float | None = None
+    peak_mem_mb: float | None = None
 
     def cost(self, axis: str) -> float | None:
         value = getattr(self, axis)
@@ -79,7 +89,7 @@ def points(records: list[dict]) -> dict[str, dict[str, list[Point]]]:
         cost = run_cost(rec)
         out.setdefault(gt, {}).setdefault(line_name(method, sweep), []).append(
             Point(setting or "defaults", lds, float(low), float(high), cost["total_s"], cost["flops"],
-                  fit_from_cache(rec)))
+                  fit_from_cache(rec), cost["cpu_s"], cost["peak_mem_mb"]))
     for lines in out.values():
         for pts in lines.values():
             pts.sort(key=lambda p: (p.s is None, p.s or 0.0))
@@ -113,7 +123,7 @@ def lds_at(pts: list[Point], cost: float, axis: str) -> tuple[float | None, floa
     ``axis``; None and a note starting "outside range" below its cheapest or above its costliest
     setting."""
     costs = [p.cost(axis) for p in pts if p.cost(axis) is not None]
-    unit = "s" if axis == "s" else "FLOPs"
+    unit = {"s": "s", "cpu_s": "CPU s"}.get(axis, "FLOPs")
     if not costs:
         return None, None, None, f"outside range: no setting has a {unit} measurement"
     lo, hi = min(costs), max(costs)
@@ -166,11 +176,14 @@ def table(records: list[dict]) -> pd.DataFrame:
         ref, ref_row = reference_point(lines)
         best_all = max(p.lds for line in lines.values() for p in line)
         target = TARGET_FRACTION * best_all if best_all > 0 else None
+        front = pareto([p for line in lines.values() for p in line], "cpu_s")
         for name, line in sorted(lines.items()):
             best = max(line, key=lambda p: p.lds)
             row = {"ground_truth": gt, "task": (gts.get(gt) or {}).get("task"), "method": name,
                    "settings": len(line), "best_lds": best.lds, "best_setting": best.setting,
-                   "cached_fits": " ".join(f"[{p.setting}]" for p in line if p.cached_fit) or None}
+                   "cached_fits": " ".join(f"[{p.setting}]" for p in line if p.cached_fit) or None,
+                   "cpu_s": best.cpu_s, "peak_mem_mb": best.peak_mem_mb, "flops": best.flops,
+                   "pareto": any(p is best for p in front)}
             for axis in AXES:
                 costs = [p.cost(axis) for p in line if p.cost(axis) is not None]
                 row[f"{axis}_min"], row[f"{axis}_max"] = (min(costs), max(costs)) if costs else (None, None)
@@ -195,11 +208,14 @@ def table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-COLUMNS = ["ground_truth", "task", "method", "settings", "best_lds", "best_setting", "cached_fits", "s_min", "s_max",
-           "flops_min", "flops_max", "ekfac_row", "ekfac_s", "lds_at_ekfac_s", "lds_at_ekfac_s_low",
+COLUMNS = ["ground_truth", "task", "method", "settings", "best_lds", "best_setting", "cached_fits", "cpu_s",
+           "peak_mem_mb", "flops", "pareto", "cpu_s_min", "cpu_s_max", "s_min", "s_max",
+           "flops_min", "flops_max", "ekfac_row", "ekfac_cpu_s", "lds_at_ekfac_cpu_s", "lds_at_ekfac_cpu_s_low",
+           "lds_at_ekfac_cpu_s_high", "lds_at_ekfac_cpu_s_note", "ekfac_s", "lds_at_ekfac_s", "lds_at_ekfac_s_low",
            "lds_at_ekfac_s_high", "lds_at_ekfac_s_note", "ekfac_flops", "lds_at_ekfac_flops",
            "lds_at_ekfac_flops_low", "lds_at_ekfac_flops_high", "lds_at_ekfac_flops_note", "lds_90pct",
-           "s_to_90pct", "s_to_90pct_note", "flops_to_90pct", "flops_to_90pct_note"]
+           "cpu_s_to_90pct", "cpu_s_to_90pct_note", "s_to_90pct", "s_to_90pct_note", "flops_to_90pct",
+           "flops_to_90pct_note"]
 
 
 def write(records: list[dict], out: str | Path) -> Path | None:

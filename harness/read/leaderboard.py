@@ -12,7 +12,9 @@ the spread of LDS over ``method.seed`` values when several were run, cost (fit a
 seconds, FLOPs once recorded, peak memory, model trainings) and a flag for runs measured on an
 overloaded machine. Tasks whose runs span several model sizes (the pythia_scaling sweep) also get
 a table of every run's cost by size. Writes ``leaderboard.md``, ``leaderboard.csv`` and
-``pairwise.csv`` (with ``p_holm``); the command ``tdabench-leaderboard`` is
+``pairwise.csv`` (with ``p_holm``); where the same ground-truth settings were run at several data
+seeds, also an "across data seeds" section with ``leaderboard_seeds.csv`` and
+``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); the command ``tdabench-leaderboard`` is
 :mod:`harness.leaderboard_cli`.
 """
 
@@ -35,6 +37,8 @@ from tdabench.harness.read.record_view import (
     setting,
 )
 from tdabench.harness.read.results import read_records
+from tdabench.harness.read.seeds import across_seeds
+from tdabench.harness.read.seeds import render as render_seeds
 from tdabench.harness.read.statistics import pairwise_table, tied_with_best
 
 COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
@@ -307,5 +311,11 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "leaderboard.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(out / "pairwise.csv", pairs.to_csv(index=False).encode())
-    atomic_write_bytes(out / "leaderboard.md", render_markdown(df, pairs, gts, cost_by_size(records)).encode())
+    markdown = render_markdown(df, pairs, gts, cost_by_size(records))
+    seeds, seed_pairs = across_seeds(chosen_records(records))
+    if not seeds.empty:
+        atomic_write_bytes(out / "leaderboard_seeds.csv", seeds.to_csv(index=False).encode())
+        atomic_write_bytes(out / "pairwise_seeds.csv", seed_pairs.to_csv(index=False).encode())
+        markdown = "\n".join([markdown, *render_seeds(seeds, seed_pairs)])
+    atomic_write_bytes(out / "leaderboard.md", markdown.encode())
     return df

@@ -33,6 +33,10 @@ class RunRecord(TypedDict, total=False):
     config: dict[str, Any]       # the resolved config, every method parameter included
     config_hash: str             # hash of the settings that determine the numbers
     gt_key: str | None           # the ground truth's cache key (same key: same ground truth)
+    split: str                   # "test": the queries and ground truth the record is scored on
+    query_ids: list[int]         # the queries' indices into the task's held-out pool
+    tuned: dict[str, Any]        # with tune.trials > 0: trials, search_space, best_params, val_lds,
+                                 # val_gt_key, val_query_ids, study, storage (engine/tuning.py)
     gt_subsets: int
     gt_seeds: int
     gt_cached: bool

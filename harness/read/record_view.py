@@ -6,7 +6,8 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   digits of the ground truth's content hash (``gt_key``), e.g.
   ``digits_mlp n=1000 100x3 alpha=0.5 loss #ee711b``. Records with different labels were scored
   against different retraining outcomes and are never ranked in one table.
-* ``setting``: the method parameters whose values differ from the method's defaults, e.g.
+* ``setting``: ``tuned (N trials)`` for a tuned record; else the method parameters whose values
+  differ from the method's defaults, e.g.
   ``chains=2 draws=50``; empty for a run at the defaults. The defaults are those of the method
   class's signature, updated by the task's per-method defaults as the task sets them now (its
   ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
@@ -165,13 +166,30 @@ def task_method_defaults(rec: dict) -> dict:
     return out
 
 
+def tuned_label(tuned: dict) -> str:
+    """The setting of a tuned record: ``tuned (N trials)``, with the per-trial CPU cap and the cap
+    of the final choice (the tuned frontier) if any."""
+    parts = [f"{tuned.get('trials')} trials"]
+    if tuned.get("max_cpu_s"):
+        parts.append(f"<= {tuned['max_cpu_s']:g} CPU s per trial")
+    if tuned.get("select_cpu_s"):
+        parts.append(f"chosen at <= {tuned['select_cpu_s']:g} CPU s")
+    return f"tuned ({', '.join(parts)})"
+
+
 def setting(rec: dict, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
     from ``defaults`` updated by the task's ``method_defaults`` for this method
-    (:func:`task_method_defaults`); '' at defaults."""
+    (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
+    :func:`tuned_label` followed by the parameters outside its search space that differ (a rung
+    of the cost ladder, e.g. ``tuned (16 trials) chains=2 draws=50``); the tuned parameters are
+    the study's best, in ``tuned.best_params``."""
     base = {**defaults, **task_method_defaults(rec)}
-    return " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
-                    if k not in base or not _same(v, base[k]))
+    tuned = rec.get("tuned") or {}
+    searched = set(tuned.get("search_space") or {})
+    differ = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
+                      if k not in searched and (k not in base or not _same(v, base[k])))
+    return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
 
 
 def record_setting(rec: dict) -> str:
@@ -186,11 +204,13 @@ def _phase_sum(d: dict | None, phases=("fit", "score")):
 
 
 def run_cost(rec: dict) -> dict:
-    """A record's fit and score seconds, their sum, the larger of their peak memories (MiB) and,
-    when recorded, their FLOPs (fit + score); None where the record has no such measurement."""
+    """A record's fit and score seconds, their sum, their CPU seconds (``cpu_s``), the larger of
+    their peak memories (MiB) and, when recorded, their FLOPs (fit + score); None where the record
+    has no such measurement."""
     t, m = rec.get("time_s") or {}, rec.get("peak_mem_mb") or {}
     return {"fit_s": t.get("fit"), "score_s": t.get("score"),
             "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
+            "cpu_s": _phase_sum(rec.get("cpu_time_s")),
             "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
             "flops": _phase_sum(rec.get("flops"))}
 

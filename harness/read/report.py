@@ -8,7 +8,7 @@ sweep varies it, time and peak memory against parameter count on log-log axes wh
 model size. Per BIF row: its SGLD loss traces as the median over chains with a band from the
 lowest to the highest chain. Per ground truth where a method ran at two or more settings: the
 cost-quality frontier (:mod:`harness.frontier`), LDS with 95% error bars against fit + score
-seconds and against FLOPs (log x), one line per method, the Pareto front over every row marked and
+CPU seconds and against FLOPs (log x), one line per method, the Pareto front over every row marked and
 EK-FAC's cost as a dotted line.
 """
 
@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 
 from tdabench.harness.core.storage import atomic_write_bytes  # noqa: E402
 from tdabench.harness.read.frontier import (  # noqa: E402
-    AXES,
+    PLOT_AXES,
     frontier_ground_truths,
     pareto,
     points,
@@ -242,12 +242,12 @@ def plot_traces(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-AXIS_LABELS = {"s": "fit + score seconds (log)", "flops": "FLOPs, fit + score (log)"}
+AXIS_LABELS = {"cpu_s": "fit + score CPU seconds (log)", "flops": "FLOPs, fit + score (log)"}
 
 
 def plot_frontier(records: list[dict], out: Path) -> list[Path]:
     """Per ground truth where some method ran at two or more settings: LDS (95% error bars)
-    against cost, one panel per cost axis that the rows measure (seconds, FLOPs), one line per
+    against cost, one panel per axis the rows measure (CPU seconds, FLOPs; never wall seconds), one line per
     method through its settings, the Pareto front over every row (the highest LDS at no more
     cost) as a dashed step line with ringed points, and EK-FAC's cost as a dotted line."""
     pts = points(records)
@@ -255,7 +255,7 @@ def plot_frontier(records: list[dict], out: Path) -> list[Path]:
     paths = []
     for gt in frontier_ground_truths(pts):
         lines = pts[gt]
-        axes_shown = [a for a in AXES if sum(p.cost(a) is not None for line in lines.values() for p in line) >= 2]
+        axes_shown = [a for a in PLOT_AXES if sum(p.cost(a) is not None for line in lines.values() for p in line) >= 2]
         if not axes_shown:
             continue
         ref, _ = reference_point(lines)
@@ -311,8 +311,8 @@ def _heading_breaks(name: str) -> str:
 
 
 #: frontier.csv columns shown in report.html
-FRONTIER_SHOWN = ["ground_truth", "method", "settings", "best_lds", "lds_at_ekfac_s", "lds_at_ekfac_s_note",
-                  "lds_90pct", "s_to_90pct", "s_to_90pct_note"]
+FRONTIER_SHOWN = ["ground_truth", "method", "settings", "best_lds", "pareto", "lds_at_ekfac_cpu_s",
+                  "lds_at_ekfac_cpu_s_note", "lds_90pct", "cpu_s_to_90pct", "cpu_s_to_90pct_note"]
 
 
 def write_report(results_dirs, out: str | Path | None = None) -> Path:

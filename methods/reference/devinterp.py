@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.engine.method import Method
+from tdabench.methods.bif import BIF_SPACE
 
 HINT = "bif_devinterp needs devinterp: pip install -e '.[reference]'"
 
@@ -46,6 +47,8 @@ class DevinterpBIF(Method):
     extra = "reference"
     shared_task_defaults = {"bif": ("chains", "draws", "burn_in", "steps_between_draws", "eps", "gamma",
                                     "nbeta", "batch_size", "normalize", "draw_batch_size")}
+    #: the native BIF's space: the same estimator, tuned the same way
+    search_space = BIF_SPACE
 
     def __init__(self, seed: int = 0, chains: int = 4, draws: int = 100, burn_in: int = 100,
                  steps_between_draws: int = 5, eps: float = 1e-4, gamma: float = 100.0,

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from tdabench.harness.engine.method import Method
+from tdabench.harness.engine.space import Categorical
 from tdabench.methods.curvature import LayerSelectionError, select_layers
 
 
@@ -52,6 +53,9 @@ class KronfluenceIF(Method):
     strategy: ClassVar[str] = "ekfac"
     extra = "reference"
     needs_module = "kronfluence"
+    #: kronfluence's damping (absolute; null: its own heuristic, 0.1 x the mean eigenvalue): the
+    #: heuristic and values a decade apart
+    search_space = {"damping": Categorical((None, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1))}
 
     def __init__(self, seed: int = 0, damping: float | None = None, empirical_fisher: bool = False,
                  layers: list[str] | None = None, exclude: list[str] | None = None,

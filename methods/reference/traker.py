@@ -29,7 +29,7 @@ import torch
 
 from tdabench.harness.engine.method import Method
 from tdabench.harness.engine.training import num_params
-from tdabench.methods.trak import check_trak_settings, member_projector
+from tdabench.methods.trak import TRAK_SPACE, check_trak_settings, member_projector
 
 PROJECTORS = ("basic", "native")
 
@@ -38,6 +38,8 @@ class TrakTraker(Method):
     extra = "reference"
     needs_module = "trak"
     shared_task_defaults = {"trak": ("models", "proj_dim", "lambda_reg", "batch_size")}
+    #: the native TRAK's space: the same estimator, tuned the same way
+    search_space = TRAK_SPACE
 
     def __init__(self, seed: int = 0, models: int = 1, proj_dim: int = 512,
                  lambda_reg: float = 0.0, ensemble_mode: str = "full", projector: str = "basic",

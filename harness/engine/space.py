@@ -1,0 +1,127 @@
+"""Search spaces: the tunable parameters of a method, with ranges and scale, for ``tune.trials``.
+
+A method declares ``Method.search_space`` beside its ``cost_ladder``: a dict ``{parameter:
+dimension}`` whose dimensions are :class:`Float`, :class:`Int` or :class:`Categorical`. The
+tuner (:mod:`tdabench.harness.engine.tuning`) asks Optuna for one value per dimension and sets
+the parameter to it. A dimension with ``per_n_train=True`` is tuned as a multiple of the task's
+``n_train`` (the parameter is set to ``value * n_train``); its ``null`` says which multiple a
+null parameter stands for (the BIF's ``nbeta: null`` means ``n_train``, multiple 1).
+
+Cost knobs (chains x draws, ensemble size, examples of the curvature fit) belong to the cost
+ladder, not to the search space: tuning chooses how to spend a budget, the ladder sets it.
+Every space contains the method's default setting (:func:`space_problems` checks it), so the
+first trial, the default, is a point of the space.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Float:
+    """A real parameter in [low, high], sampled uniformly in log space when ``log``."""
+
+    low: float
+    high: float
+    log: bool = False
+    per_n_train: bool = False
+    null: float | None = None
+
+    def suggest(self, trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def contains(self, value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        unit = " x n_train" if self.per_n_train else ""
+        return f"[{self.low:g}, {self.high:g}]{unit}{' log' if self.log else ''}"
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer parameter in [low, high] (both included), log-uniform when ``log``."""
+
+    low: int
+    high: int
+    log: bool = False
+    per_n_train: bool = False
+    null: int | None = None
+
+    def suggest(self, trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log)
+
+    def contains(self, value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        unit = " x n_train" if self.per_n_train else ""
+        return f"{{{self.low}..{self.high}}}{unit}{' log' if self.log else ''}"
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """One of ``choices`` (strings, numbers, booleans or None)."""
+
+    choices: tuple
+    per_n_train: bool = False
+    null: Any = None
+
+    def suggest(self, trial, name: str):
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def contains(self, value) -> bool:
+        return value in self.choices
+
+    def describe(self) -> str:
+        return "{" + ", ".join(map(str, self.choices)) + "}"
+
+
+def describe(space: dict) -> dict[str, str]:
+    """``{parameter: 'range scale'}`` of a search space, for listings and records."""
+    return {k: d.describe() for k, d in space.items()}
+
+
+def to_trial_value(dim, value, n_train: int):
+    """The value of ``dim`` that the method parameter ``value`` stands for (its multiple of
+    ``n_train`` for a ``per_n_train`` dimension; ``dim.null`` for a null value)."""
+    if value is None:
+        return dim.null
+    if dim.per_n_train:
+        return value / n_train
+    return value
+
+
+def to_param(dim, value, n_train: int):
+    """The method parameter set by the trial value ``value`` of ``dim``."""
+    if dim.per_n_train and value is not None:
+        return value * n_train
+    return value
+
+
+def default_point(space: dict, params: dict, n_train: int) -> dict:
+    """The trial values of the method's current parameters ``params`` (its resolved settings):
+    the first trial of every study."""
+    return {k: to_trial_value(d, params.get(k), n_train) for k, d in space.items()}
+
+
+def space_problems(method_cls, n_train: int = 1000, params: dict | None = None) -> list[str]:
+    """One line per dimension of ``method_cls.search_space`` that names a parameter the method
+    lacks, or whose range misses the method's default (``params``: the resolved defaults;
+    the class's own by default)."""
+    space = getattr(method_cls, "search_space", {}) or {}
+    known = set(method_cls.parameters())
+    params = method_cls.defaults() if params is None else params
+    problems = [f"method {method_cls.name}: search_space names {k}, not among its parameters"
+                for k in sorted(set(space) - known)]
+    for k, d in space.items():
+        if k not in known:
+            continue
+        v = to_trial_value(d, params.get(k), n_train)
+        if not d.contains(v) or (isinstance(v, float) and not math.isfinite(v)):
+            problems.append(f"method {method_cls.name}: search_space[{k!r}] = {d.describe()} does not "
+                            f"contain the default {k}={params.get(k)!r}")
+    return problems

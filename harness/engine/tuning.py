@@ -1,0 +1,210 @@
+"""Tuning (``tune.trials=N``): one Optuna study per pairing on the validation ground truth.
+
+A run with ``tune.trials > 0`` first tunes its method, then evaluates the best setting once on the
+test ground truth; that evaluation is the run's record (``split: test``), and the trials are never
+written as records. Tuning sees only the task's validation view (:meth:`Task.validation_view`:
+queries disjoint from the test queries) and its own ground truth (``tune.val_subsets`` x
+``tune.val_seeds``, subsets and retraining seeds drawn from another seed, cached under its own
+key); it never builds or reads the test ground truth.
+
+The study: Optuna's TPE sampler, seeded from the run's seed and the number of trials the study
+already holds (a resumed study draws new points, not the first ones again); the first trial is the
+method's own setting (enqueued), so the tuned setting is never worse than the default on
+validation. Only the method's :attr:`Method.search_space` is searched; a method without one runs
+its single setting once. A trial is failed (not scored) when the method refuses the setting, when
+fit or score raises, or when its fit + score CPU seconds exceed ``tune.max_cpu_s``.
+
+The tuned frontier: with ``tune.select_cpu_s`` set, the setting evaluated on test is the best
+trial whose fit + score took at most that many CPU seconds. The cap is not part of the study's
+name, so a ladder of caps (for example 1, 3, 10, 30 and 100 times EK-FAC's CPU seconds) chooses
+from one study: matched tuning effort at every cost. A trial's CPU seconds are those it measured;
+work it read from a cache written by an earlier trial (curvature factors, ensemble members) is
+named in its ``cached_work`` attribute.
+
+Where studies live: ``tune.storage`` null keeps them in ``<results_dir>/studies.db`` (SQLite, one
+machine); a path ending in ``.journal`` uses Optuna's journal file (workers on a shared file
+system); any other URL is passed to Optuna. A study is named ``<task>-<method>-<hash>``, the hash
+of every setting that determines the run except the trial count, so rerunning with more trials
+continues the study and runs only the missing trials. Inspect one with ``optuna-dashboard
+sqlite:///results/studies.db`` or ``optuna.load_study(study_name=..., storage=...)``; each trial
+carries user attributes ``cpu_s``, ``wall_s``, ``peak_mem_mb`` and, if it failed, ``error``. A
+trial stopped by Ctrl-C is marked ``interrupted`` and does not count: the resumed study runs
+its place again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tdabench.harness.core.storage import record_cache_misses, record_cache_reads
+from tdabench.harness.engine.config import ConfigError, method_params
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.interrupts import UserInterrupt, time_limit
+from tdabench.harness.engine.profiling import Profiler
+from tdabench.harness.engine.quality import (
+    DegenerateModelError,
+    check_scores,
+    degenerate_model_message,
+    degenerate_reason,
+)
+from tdabench.harness.engine.space import default_point, describe, to_param
+from tdabench.harness.read.lds import lds
+
+log = logging.getLogger(__name__)
+
+
+class TuningFailed(RuntimeError):
+    """No trial of the study succeeded; the message gives the first trial's error."""
+
+
+class CostCapExceeded(RuntimeError):
+    """A trial's fit + score CPU seconds exceeded ``tune.max_cpu_s``."""
+
+
+@dataclass
+class Tuned:
+    params: dict  # the method parameters of the best trial (the tuned ones only)
+    info: dict  # the record's ``tuned`` field
+
+
+def validation_gt(cfg: dict) -> dict:
+    """The ``gt`` settings of the validation ground truth: the run's, at ``tune.val_subsets`` x
+    ``tune.val_seeds``, computed in one shard."""
+    t = cfg["tune"]
+    return {**cfg["gt"], "subsets": t["val_subsets"], "seeds": t["val_seeds"], "shard": None, "num_shards": 1}
+
+
+def storage_of(cfg: dict):
+    """The Optuna storage of the run's studies, and how a record names it (a URL, or the journal
+    file's absolute path)."""
+    where = (cfg.get("tune") or {}).get("storage")
+    if where is None:
+        folder = Path(cfg["results_dir"]).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        where = f"sqlite:///{folder / 'studies.db'}"
+    if where.endswith(".journal") and "://" not in where:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(where).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path))), str(path)
+    return where, where
+
+
+def _counted(study) -> int:
+    """Trials that count against the budget: every trial but those a user interrupted (a trial
+    that a killed process left running counts: it may be another worker's)."""
+    return sum(not t.user_attrs.get("interrupted") for t in study.trials)
+
+
+def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
+    """Fit and score one setting on the validation view; its validation LDS. Raises on failure."""
+    method = method_cls(**params)
+    problems = method.check(view)
+    if problems:
+        raise ConfigError(problems)
+    model = view.checkpoint()
+    prof = Profiler(cfg["device"], count=False)
+    with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed, \
+            record_cache_reads() as reads:
+        with prof.phase("fit"):
+            method.fit(view, model)
+        with prof.phase("score"):
+            scores = method.score(view, model)
+    earlier = sorted({what for path, what in reads if path not in computed})
+    if earlier:
+        trial.set_user_attr("cached_work", earlier)
+    scores = scores.cpu() if isinstance(scores, torch.Tensor) else scores
+    check_scores(scores, view)
+    cpu = sum(prof.cpu_time_s.values())
+    trial.set_user_attr("cpu_s", round(cpu, 3))
+    trial.set_user_attr("wall_s", round(sum(prof.time_s.values()), 3))
+    trial.set_user_attr("peak_mem_mb", max(prof.peak_mem_mb.values()))
+    cap = cfg["tune"].get("max_cpu_s")
+    if cap is not None and cpu > cap:
+        raise CostCapExceeded(f"fit + score took {cpu:.1f} CPU s, over tune.max_cpu_s={cap}")
+    value = lds(scores, gt.masks, gt.mean_outcomes, 1, cfg["seed"]).lds
+    if not math.isfinite(value):
+        raise ValueError(f"the validation LDS is {value}")
+    return value
+
+
+def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
+    """Run (or continue) the pairing's study up to ``tune.trials`` trials on the validation view
+    of ``task``; the best setting and the record's ``tuned`` field. ``study_key``: the hash of the
+    settings that define the pairing (not the trial count)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = cfg["tune"]["trials"]
+    space = dict(getattr(method_cls, "search_space", {}) or {})
+    view = task.validation_view()
+    builder = GroundTruthBuilder(view, validation_gt(cfg), cfg["cache_dir"])
+    gt = builder.build()
+    reason = degenerate_reason(task.evaluate(task.checkpoint()))
+    if reason:  # checked before any trial, as the run checks it before the test ground truth
+        raise DegenerateModelError(degenerate_model_message(task.name, reason))
+    storage, where = storage_of(cfg)
+    name = f"{task.name}-{method_cls.name}-{study_key}"
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    budget = trials if space else 1  # without a search space every trial would be the same setting
+    held = _counted(study)
+    seed = int(np.random.SeedSequence([cfg["seed"], len(study.trials)]).generate_state(1)[0])
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 3)))
+    base = method_params(cfg)
+    if not held and not study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
+        study.enqueue_trial(default_point(space, base, task.n_train))
+
+    def objective(trial) -> float:
+        values = {k: d.suggest(trial, k) for k, d in space.items()}
+        params = {**base, **{k: to_param(space[k], v, task.n_train) for k, v in values.items()}}
+        try:
+            value = _evaluate(method_cls, params, view, gt, cfg, trial)
+        except UserInterrupt:  # not counted: a resumed study runs this trial's place again
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as exc:  # a failed trial, counted in the budget
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+            log.info(f"{name} trial {trial.number} {values}: failed: {type(exc).__name__}: {exc}")
+            return float("nan")
+        log.info(f"{name} trial {trial.number} {values}: validation LDS {value:.4f}")
+        return value
+
+    if budget > held:
+        log.info(f"tuning {method_cls.name} on {task.name}: {budget - held} of {budget} trials to run "
+                 f"(study {name} in {where})")
+        def enough(study, _trial) -> None:  # workers sharing the study stop at the budget together
+            if _counted(study) >= budget:
+                study.stop()
+
+        study.optimize(objective, n_trials=budget - held, callbacks=[enough])
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        errors = [t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")]
+        raise TuningFailed(f"no trial of study {name} succeeded ({len(study.trials)} trials); first error: "
+                           f"{errors[0] if errors else 'none recorded'}")
+    select = cfg["tune"].get("select_cpu_s")
+    within = [t for t in done if select is None or t.user_attrs.get("cpu_s", math.inf) <= select]
+    if not within:
+        cheapest = min(t.user_attrs.get("cpu_s", math.inf) for t in done)
+        raise TuningFailed(f"no trial of study {name} took at most tune.select_cpu_s={select} CPU s (the "
+                           f"cheapest took {cheapest:.3g}); raise the cap or add trials")
+    best = max(within, key=lambda t: (t.value, -t.number))  # the earliest of equal values
+    params = {k: to_param(space[k], v, task.n_train) for k, v in best.params.items()}
+    info = {"trials": trials, "search_space": describe(space), "best_params": params,
+            "best_trial": best.number, "val_lds": best.value, "val_gt_key": builder.dir.name,
+            "val_query_ids": view.query_ids(), "val_subsets": cfg["tune"]["val_subsets"],
+            "val_seeds": cfg["tune"]["val_seeds"], "max_cpu_s": cfg["tune"].get("max_cpu_s"),
+            "select_cpu_s": select, "best_cpu_s": best.user_attrs.get("cpu_s"),
+            "completed_trials": len(done), "study": name, "storage": where,
+            "trials_cpu_s": round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3)}
+    log.info(f"{task.name} / {method_cls.name}: best of {len(study.trials)} trials {params}, "
+             f"validation LDS {best.value:.4f}")
+    return Tuned(params, info)

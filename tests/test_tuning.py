@@ -1,0 +1,166 @@
+"""Validation queries, search spaces and tuning with Optuna (tune.trials)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from tdabench.harness.core.registry import METHODS
+from tdabench.harness.engine.config import tune_problems
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
+from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
+from tdabench.harness.engine.tuning import TuningFailed, tune
+from tdabench.harness.read.record_view import record_setting
+from tdabench.harness.read.tracking import summary_of
+
+QUICK = ["task=digits_mlp", "task.n_train=200", "gt.subsets=20", "gt.seeds=2", "tune.val_subsets=20",
+         "tune.val_seeds=2", "threads=1", "wandb.mode=disabled", "cost.count=off", "lds.bootstrap=50"]
+
+
+def _cfg(tmp_path, *args):
+    from tdabench.harness.engine.cli import compose
+
+    return compose([*QUICK, *args, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"])
+
+
+def test_validation_queries_are_disjoint_and_the_test_split_unchanged(small_digits):
+    before = small_digits.query_split.inputs.clone()
+    view = small_digits.validation_view()
+    test_ids, val_ids = small_digits.query_ids(), view.query_ids()
+    assert len(val_ids) == len(test_ids) == small_digits.n_query
+    assert not set(test_ids) & set(val_ids)
+    train_rows = {tuple(r.tolist()) for r in small_digits.train_split.inputs}
+    assert not any(tuple(r.tolist()) in train_rows for r in view.query_split.inputs)
+    assert torch.equal(small_digits.query_split.inputs, before)  # the task itself is untouched
+    assert torch.equal(view.train_split.inputs, small_digits.train_split.inputs)
+    assert view.fingerprint() != small_digits.fingerprint()
+    assert view._cache_path("reference") == small_digits._cache_path("reference")  # the same models
+    gt = {"subsets": 4, "alpha": 0.5, "seeds": 1, "from_checkpoint": False, "finetune_epochs": 5,
+          "shard": None, "num_shards": 1}
+    test_b, val_b = GroundTruthBuilder(small_digits, gt, "/tmp/x"), GroundTruthBuilder(view, gt, "/tmp/x")
+    assert val_b.dir.name.startswith("digits_mlp-val-") and val_b.dir != test_b.dir
+    assert not torch.equal(val_b.masks, test_b.masks)  # subsets from another seed
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_search_space_contains_the_default(name):
+    cls = METHODS.get(name)
+    assert space_problems(cls) == []
+    digits = {"bif": {"chains": 8, "draws": 400, "burn_in": 200, "eps": 3.0e-4}, "trak": {"proj_dim": 128}}
+    assert space_problems(cls, params={**cls.defaults(), **digits.get(name, {})}) == []
+
+
+def test_space_problems_and_multiples_of_n_train():
+    class Fake:
+        name = "fake"
+        search_space = {"a": Float(1.0, 2.0), "b": Int(0, 3), "missing": Categorical((1, 2))}
+
+        @staticmethod
+        def parameters():
+            return ["a", "b"]
+
+        @staticmethod
+        def defaults():
+            return {"a": 5.0, "b": 2}
+
+    problems = space_problems(Fake)
+    assert any("missing" in p for p in problems) and any("a=5.0" in p for p in problems)
+    nbeta = Float(0.1, 10.0, log=True, per_n_train=True, null=1.0)
+    assert default_point({"nbeta": nbeta}, {"nbeta": None}, 200) == {"nbeta": 1.0}
+    assert to_param(nbeta, 0.5, 200) == 100.0
+
+
+def test_tune_settings_are_checked():
+    assert tune_problems({"trials": -1, "val_subsets": 1, "val_seeds": 0, "max_cpu_s": 0,
+                          "storage": "studies.db"})[4].startswith("tune.storage=")
+    assert len(tune_problems({"trials": -1, "val_subsets": 1, "val_seeds": 0})) == 3
+    assert tune_problems({"trials": 4, "val_subsets": 20, "val_seeds": 2, "storage": "s.journal"}) == []
+
+
+def test_untuned_config_hash_ignores_tune(tmp_path):
+    plain = _cfg(tmp_path, "method=ekfac")
+    changed = _cfg(tmp_path, "method=ekfac", "tune.val_subsets=30")
+    assert config_hash(plain) == config_hash(changed)
+    tuned4, tuned6 = _cfg(tmp_path, "method=ekfac", "tune.trials=4"), _cfg(tmp_path, "method=ekfac", "tune.trials=6")
+    assert config_hash(tuned4) != config_hash(plain) and config_hash(tuned4) != config_hash(tuned6)
+    assert study_key(tuned4) == study_key(tuned6)  # more trials continue the same study
+
+
+def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypatch):
+    built = []
+    real = GroundTruthBuilder.build
+
+    def spy(self):
+        built.append(self.task.queries)
+        return real(self)
+
+    monkeypatch.setattr(GroundTruthBuilder, "build", spy)
+    cfg = _cfg(tmp_path, "method=ekfac", "tune.trials=2")
+    task, method = prepare(cfg)
+    first = tune(task, type(method), cfg, study_key(cfg))
+    assert built == ["validation"]
+    assert first.info["best_params"].keys() == {"damping"} and first.info["trials"] == 2
+    assert not set(first.info["val_query_ids"]) & set(task.query_ids())
+    study = optuna.load_study(study_name=first.info["study"], storage=first.info["storage"])
+    assert study.trials[0].params == {"damping": 0.1}  # the default comes first
+    more = {**cfg, "tune": {**cfg["tune"], "trials": 3}}
+    tune(task, type(method), more, study_key(more))
+    study = optuna.load_study(study_name=first.info["study"], storage=first.info["storage"])
+    assert len(study.trials) == 3 and len({t.params["damping"] for t in study.trials}) == 3
+    # the tuned frontier chooses from the same study under a CPU cap, running no new trial
+    capped = {**more, "tune": {**more["tune"], "select_cpu_s": 1e-9}}
+    assert study_key(capped) == study_key(more)
+    with pytest.raises(TuningFailed, match="select_cpu_s"):
+        tune(task, type(method), capped, study_key(capped))
+    loose = {**more, "tune": {**more["tune"], "select_cpu_s": 1e9}}
+    chosen = tune(task, type(method), loose, study_key(loose))
+    assert chosen.info["best_trial"] == study.best_trial.number and chosen.info["best_cpu_s"] > 0
+    assert "chosen at <= 1e+09 CPU s" in record_setting({"tuned": chosen.info})
+    rung = {"method": "ekfac", "tuned": chosen.info,
+            "config": {"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}}}
+    assert record_setting(rung).endswith(") max_examples=100")  # a rung stays in the label
+
+
+def test_tuned_run_record_and_journal_storage(tmp_path):
+    journal = tmp_path / "s" / "studies.journal"
+    rec = execute(_cfg(tmp_path, "method=ekfac", "tune.trials=2", f"tune.storage={journal}",
+                       "tune.max_cpu_s=1000"))
+    assert rec["status"] == "ok" and rec["split"] == "test" and len(rec["query_ids"]) == 100
+    t = rec["tuned"]
+    assert t["storage"] == str(journal) and journal.exists() and t["val_gt_key"] != rec["gt_key"]
+    assert rec["config"]["method"]["damping"] == t["best_params"]["damping"]
+    assert record_setting(rec).startswith("tuned (2 trials")
+    assert summary_of(rec)["val_lds"] == t["val_lds"] and summary_of(rec)["tune_trials"] == 2
+    untuned = execute(_cfg(tmp_path, "method=ekfac"))
+    assert untuned["gt_key"] == rec["gt_key"] and untuned["query_ids"] == rec["query_ids"]
+    assert "tuned" not in untuned
+
+
+def test_a_trial_over_the_cpu_cap_fails(tmp_path):
+    cfg = _cfg(tmp_path, "method=ekfac", "tune.trials=1", "tune.max_cpu_s=1e-6")
+    rec = execute(cfg)
+    assert rec["status"] == "error" and "no trial of study" in rec["message"]
+    assert "tune.max_cpu_s" in rec["message"]
+
+
+def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
+    from tdabench.harness.engine import tuning
+    from tdabench.harness.engine.interrupts import UserInterrupt
+
+    cfg = _cfg(tmp_path, "method=ekfac", "tune.trials=2")
+    task, method = prepare(cfg)
+
+    def stop(*args):
+        raise UserInterrupt("Ctrl-C")
+
+    with monkeypatch.context() as m:
+        m.setattr(tuning, "_evaluate", stop)
+        with pytest.raises(UserInterrupt):
+            tune(task, type(method), cfg, study_key(cfg))
+    done = tune(task, type(method), cfg, study_key(cfg))
+    study = optuna.load_study(study_name=done.info["study"], storage=done.info["storage"])
+    assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
+    assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
+    assert done.info["completed_trials"] == 2

@@ -36,7 +36,8 @@ def test_validation_queries_are_disjoint_and_the_test_split_unchanged(small_digi
     assert torch.equal(small_digits.query_split.inputs, before)  # the task itself is untouched
     assert torch.equal(view.train_split.inputs, small_digits.train_split.inputs)
     assert view.fingerprint() != small_digits.fingerprint()
-    assert view._cache_path("reference") == small_digits._cache_path("reference")  # the same models
+    assert view.models is small_digits.models  # the same trained and cached models ...
+    assert view.cache_path("f", "x", {}) != small_digits.cache_path("f", "x", {})  # ... own method caches
     gt = {"subsets": 4, "alpha": 0.5, "seeds": 1, "from_checkpoint": False, "finetune_epochs": 5,
           "shard": None, "num_shards": 1}
     test_b, val_b = GroundTruthBuilder(small_digits, gt, "/tmp/x"), GroundTruthBuilder(view, gt, "/tmp/x")

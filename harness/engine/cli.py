@@ -2,6 +2,7 @@
 
     tdabench task=digits_mlp method=grad_dot
     tdabench -m task=digits_mlp method=random,grad_dot,exact_if
+    tdabench -m method=grad_dot,ekfac metric=lds,loo,mislabel_auc   # three metrics in every run
     tdabench -m                      # every registered method (plugins included), default task
     tdabench --list                  # the registered methods and tasks
     tdabench -q ...  /  tdabench -v ...   # warnings only / debugging detail
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 
 from tdabench.harness.core.logs import setup as setup_logging
 from tdabench.harness.core.logs import take_verbosity_flags
-from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
+from tdabench.harness.core.registry import CONF_DIR, METHODS, METRICS, TASKS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
 
@@ -144,6 +145,7 @@ def precheck(argv: list[str]) -> list[str]:
                 registry.get(choice)
             except UnknownNameError as exc:
                 problems.append(str(exc))
+    problems += _metric_problems(overrides)
     if problems:
         return problems
     methods = _choices(overrides, "method", METHODS.names() if multirun else ["grad_dot"])
@@ -228,6 +230,33 @@ def shard_overrides(argv: list[str]) -> list[str]:
     return argv
 
 
+def metric_overrides(argv: list[str]) -> list[str]:
+    """``metric=a,b`` means "compute metrics a and b in every run", never "sweep over them": the
+    metrics judge the same scores, so a run computes them all. The comma list becomes Hydra's list
+    ``metric=[a,b]`` (which a ``-m`` sweep does not split into jobs); ``metric=[a,b]`` works too."""
+    out = []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if eq and key.lstrip("+") == "metric" and "," in value and not value.startswith("["):
+            a = f"{key}=[{value}]"
+        out.append(a)
+    return out
+
+
+def _metric_problems(overrides) -> list[str]:
+    """Unknown names in ``metric=``, each listing the registered metrics."""
+    problems = []
+    for o in overrides:
+        if o.key_or_group == "metric" and o.value() is not None:
+            value = o.value()
+            for name in value if isinstance(value, list) else [value]:
+                try:
+                    METRICS.get(str(name))
+                except UnknownNameError as exc:
+                    problems.append(f"metric={name}: {exc}")
+    return problems
+
+
 def _app(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -275,7 +304,7 @@ def main() -> None:
         return
     try:
         verbosity, argv = take_verbosity_flags(sys.argv[1:])
-        argv = shard_overrides(argv)
+        argv = metric_overrides(shard_overrides(argv))
         sys.argv = [sys.argv[0], *argv]
         setup_logging(verbosity)
         problems = precheck(argv)

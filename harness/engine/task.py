@@ -13,10 +13,16 @@ A task owns the learning problem and nothing about attribution. Methods see it t
 - ``fit_model(idx, seed)``: the training recipe on a subset, used by the ground truth;
 - ``replay(seed)``: that training on the whole training split as a step-by-step differentiable
   :class:`~tasks.training.Replay` (tasks with the capability ``replayable``).
+
+Two views of a task serve metrics: :meth:`Task.train_as_queries` (the training examples as the
+queries, their training loss as the observable: the diagonal of its scores is each example's
+self-influence) and :meth:`Task.mislabeled` (a seeded share of the training labels flipped, for
+classification tasks, capability ``classification``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -72,7 +78,8 @@ class Task(ABC):
     name: ClassVar[str] = "task"
     #: what the task can provide to methods (see Method.requires); language-model tasks add
     #: ``per_token``; tasks whose training is :func:`tasks.training.train` unchanged add
-    #: ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit)
+    #: ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit); tasks whose
+    #: targets are class labels of a cross-entropy add ``classification`` (:meth:`mislabeled`)
     capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
     #: whether many models can train at once with torch.func (no batch-norm running statistics,
     #: no augmentation); see tasks.training.train_stacked
@@ -95,6 +102,8 @@ class Task(ABC):
         self.observable_kind = self.cfg.get("observable", "loss")
         self._splits: tuple[Split, Split, Split] | None = None
         self._reference: dict | None = None
+        #: whether the queries are the training examples (:meth:`train_as_queries`)
+        self.queries_are_train = False
 
     # ----- what a subclass provides -------------------------------------------------------
     @classmethod
@@ -181,7 +190,48 @@ class Task(ABC):
     def fingerprint(self) -> dict:
         """Everything that determines the task's data, models and outcomes (for cache keys)."""
         cfg = {k: v for k, v in self.cfg.items() if k not in ("method_defaults",)}
-        return {"task": self.name, "cfg": cfg, "seed": self.seed}
+        fp = {"task": self.name, "cfg": cfg, "seed": self.seed}
+        if self.queries_are_train:
+            fp["queries"] = "train"
+        return fp
+
+    def train_as_queries(self) -> "Task":
+        """This task with the training examples as its queries (``n_query = n_train``) and their
+        training loss as the observable, so that a method's scores ``[n_train, n_train]`` hold
+        d l_i / d beta_j and their diagonal each example's self-influence. Models and their caches
+        are the task's own (the queries never change a model); the fingerprint names the view, so
+        caches of query-dependent work stay apart."""
+        view = copy.copy(self)
+        train, _, test = self._load()
+        view._splits = (train, train, test)
+        view.n_query = self.n_train
+        view.observable_kind = "loss"
+        view.queries_are_train = True
+        return view
+
+    def mislabeled(self, fraction: float, seed: int) -> tuple["Task", torch.Tensor]:
+        """This task with the labels of ``round(fraction * n_train)`` training examples (drawn
+        with ``seed``) each flipped to another class drawn uniformly, and bool [n_train] marking
+        them. Its reference model, trajectory and ensemble train on the flipped labels and are
+        cached under their own key (``mislabel`` in the task's config). Capability
+        ``classification``: the number of classes is that of the model's output."""
+        if "classification" not in self.capabilities:
+            raise NotImplementedError(f"task {self.name} has no class labels to flip")
+        train, query, test = self._load()
+        n_flip = int(round(fraction * self.n_train))
+        classes = int(self.new_model(self.seed)(train.inputs[:1]).shape[-1])
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(self.n_train, generator=g)[:n_flip]
+        shift = torch.randint(1, classes, (n_flip,), generator=g)
+        targets = train.targets.clone()
+        targets[idx.to(targets.device)] = (targets[idx.to(targets.device)] + shift.to(targets.device)) % classes
+        flipped = torch.zeros(self.n_train, dtype=torch.bool)
+        flipped[idx] = True
+        variant = copy.copy(self)
+        variant.cfg = {**self.cfg, "mislabel": {"fraction": fraction, "seed": seed}}
+        variant._splits = (Split(train.inputs, targets), query, test)
+        variant._reference = None
+        return variant, flipped
 
     # ----- models ---------------------------------------------------------------------------
     def new_model(self, seed: int) -> nn.Module:
@@ -250,7 +300,8 @@ class Task(ABC):
                       self.augment)
 
     def _cache_path(self, kind: str, extra: dict | None = None) -> Path:
-        key = content_hash({"fp": self.fingerprint(), "kind": kind, **(extra or {})})
+        fp = {k: v for k, v in self.fingerprint().items() if k != "queries"}  # models never depend on them
+        key = content_hash({"fp": fp, "kind": kind, **(extra or {})})
         return self.cache_dir / "models" / f"{self.name}-{kind}-{key}.pt"
 
     def _reference_run(self) -> dict:

@@ -11,8 +11,10 @@ not distinguishable from the best row, paired Wilcoxon test over queries with Ho
 the spread of LDS over ``method.seed`` values when several were run, cost (fit and score
 seconds, FLOPs once recorded, peak memory, model trainings) and a flag for runs measured on an
 overloaded machine. Tasks whose runs span several model sizes (the pythia_scaling sweep) also get
-a table of every run's cost by size. Writes ``leaderboard.md``, ``leaderboard.csv`` and
-``pairwise.csv`` (with ``p_holm``); the command ``tdabench-leaderboard`` is
+a table of every run's cost by size. Runs with metrics besides the LDS (``metric=[...]``) add one
+table per metric and ground truth and the metrics' rank agreement (:mod:`harness.read.metric_tables`).
+Writes ``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (with ``p_holm``),
+``leaderboard_metrics.csv`` and ``metric_agreement.csv``; the command ``tdabench-leaderboard`` is
 :mod:`harness.leaderboard_cli`.
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tdabench.harness.core.storage import atomic_write_bytes
+from tdabench.harness.read.metric_tables import agreement, metric_table, render_metric_tables
 from tdabench.harness.read.record_view import (
     fit_from_cache,
     ground_truth_label,
@@ -307,5 +310,11 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "leaderboard.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(out / "pairwise.csv", pairs.to_csv(index=False).encode())
-    atomic_write_bytes(out / "leaderboard.md", render_markdown(df, pairs, gts, cost_by_size(records)).encode())
+    metrics = metric_table(chosen_records(records))
+    agree = agreement(metrics)
+    atomic_write_bytes(out / "leaderboard_metrics.csv", metrics.to_csv(index=False).encode())
+    atomic_write_bytes(out / "metric_agreement.csv", agree.to_csv(index=False).encode())
+    markdown = render_markdown(df, pairs, gts, cost_by_size(records))
+    section = render_metric_tables(metrics, agree)
+    atomic_write_bytes(out / "leaderboard.md", (markdown + ("\n" + section if section else "")).encode())
     return df

@@ -200,6 +200,11 @@ def test_wandb_run_name_carries_the_setting():
               "trainings", "fit_s", "score_s", "total_s", "peak_mem_mb", "lds_per_query"):
         assert k in s, k
     assert s["fit_s"] == 1.0 and s["total_s"] == 3.0 and s["peak_mem_mb"] == 4.0
+    r["metrics"] = {"loo": {"status": "ok", "value": 0.4, "ci": [0.3, 0.5], "ceiling": None},
+                    "mislabel_auc": {"status": "unsupported", "value": None, "message": "no labels"}}
+    s = summary_of(r)
+    assert s["metric/loo"] == 0.4 and s["metric/loo_ci_high"] == 0.5 and "metric/loo_ceiling" not in s
+    assert not any(k.startswith("metric/mislabel_auc") for k in s)
 
 
 def test_list_prints_every_registered_method_and_task(capsys):

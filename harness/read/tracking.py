@@ -72,7 +72,8 @@ def summary_of(record: dict) -> dict:
     lds_ci_high, normalized_lds, lds_ceiling (+ _ci_low / _ci_high), gt_reliability, trainings,
     fit_s, score_s, total_s, peak_mem_mb, flops (fit + score, once recorded), test_acc; per phase
     ``<phase>_s`` (wall seconds), ``<phase>_cpu_s``, ``<phase>_peak_mem_mb``, ``<phase>_flops``;
-    ``overloaded``; and the per-query LDS as a list ``lds_per_query``."""
+    ``overloaded``; the per-query LDS as a list ``lds_per_query``; and per metric of the record's
+    ``metrics`` with a value ``metric/<name>`` (+ ``_ci_low``, ``_ci_high``, ``_ceiling``)."""
     out = {"status": record["status"], "lds": record.get("lds"), "normalized_lds": record.get("normalized_lds"),
            "lds_ceiling": record.get("lds_ceiling"), "gt_reliability": record.get("gt_reliability"),
            "trainings": record.get("trainings")}
@@ -91,6 +92,10 @@ def summary_of(record: dict) -> dict:
         out["overloaded"] = bool(record["overloaded"])
     if record.get("lds_per_query"):
         out["lds_per_query"] = record["lds_per_query"]
+    for name, m in (record.get("metrics") or {}).items():
+        if m.get("value") is not None:
+            out.update({f"metric/{name}": m["value"], f"metric/{name}_ci_low": m["ci"][0],
+                        f"metric/{name}_ci_high": m["ci"][1], f"metric/{name}_ceiling": m.get("ceiling")})
     return {k: v for k, v in out.items() if v is not None}
 
 

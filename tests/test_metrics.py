@@ -146,6 +146,16 @@ def test_a_run_records_every_metric_and_keeps_the_lds(tmp_path):
     assert set(only_lds["metrics"]) == {"lds"}
 
 
+def test_shard_jobs_compute_the_leave_one_out_shards(tmp_path):
+    """A ``gt.shard`` job of a run with ``metric=[loo]`` caches that shard of the leave-one-out
+    outcomes (and no ground truth, which no metric of the run reads)."""
+    cfg = compose([*SMALL, "metric=[loo]", "gt.shard=1", "gt.num_shards=2", f"cache_dir={tmp_path / 'c'}",
+                   f"results_dir={tmp_path / 'r'}"])
+    assert execute(cfg) is None
+    assert [p.name for p in (tmp_path / "c" / "leave_one_out").glob("*/shard-*.pt")] == ["shard-1-of-2.pt"]
+    assert not (tmp_path / "c" / "ground_truth").exists()
+
+
 PLUGIN = '''
 import numpy as np
 from tdabench.harness.engine.metric import Metric, MetricResult

@@ -207,15 +207,16 @@ def test_wandb_run_name_carries_the_setting():
     assert not any(k.startswith("metric/mislabel_auc") for k in s)
 
 
-def test_list_prints_every_registered_method_and_task(capsys):
-    from tdabench.harness.core.registry import METHODS, TASKS
+def test_list_prints_every_registered_method_task_and_metric(capsys):
+    from tdabench.harness.core.registry import METHODS, METRICS, TASKS
     from tdabench.harness.engine.listing import print_listing
 
     print_listing()
     out = capsys.readouterr().out.splitlines()
-    for name in METHODS.names() + TASKS.names():
+    names = METHODS.names() + TASKS.names() + METRICS.names()
+    for name in names:
         assert sum(line.split()[0] == name for line in out if line.startswith("  ")) == 1, name
-    assert len(out) == len(METHODS.names()) + len(TASKS.names()) + 2
+    assert len(out) == len(names) + 3 and {"lds", "loo", "mislabel_auc"} <= set(METRICS.names())
 
 
 def test_shard_jobs_do_not_multiply_by_the_method_list():

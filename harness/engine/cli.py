@@ -25,9 +25,10 @@ from omegaconf import OmegaConf
 
 from tdabench.harness.core.logs import setup as setup_logging
 from tdabench.harness.core.logs import take_verbosity_flags
-from tdabench.harness.core.registry import CONF_DIR, METHODS, METRICS, TASKS, UnknownNameError
+from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
+from tdabench.harness.engine.metric import unknown_metric
 
 log = logging.getLogger("tdabench")
 _MISSING = object()
@@ -245,16 +246,9 @@ def metric_overrides(argv: list[str]) -> list[str]:
 
 def _metric_problems(overrides) -> list[str]:
     """Unknown names in ``metric=``, each listing the registered metrics."""
-    problems = []
-    for o in overrides:
-        if o.key_or_group == "metric" and o.value() is not None:
-            value = o.value()
-            for name in value if isinstance(value, list) else [value]:
-                try:
-                    METRICS.get(str(name))
-                except UnknownNameError as exc:
-                    problems.append(f"metric={name}: {exc}")
-    return problems
+    names = [str(n) for o in overrides if o.key_or_group == "metric" and o.value() is not None
+             for n in (o.value() if isinstance(o.value(), list) else [o.value()])]
+    return [p for p in map(unknown_metric, names) if p]
 
 
 def _app(cfg) -> None:

@@ -104,6 +104,18 @@ def metric_names(cfg: dict) -> list[str]:
     return list(dict.fromkeys([names] if isinstance(names, str) else list(names)))
 
 
+def unknown_metric(name: str) -> str | None:
+    """Why ``name`` is not a metric (one line, listing the registered ones), or None."""
+    if not METRICS.names():
+        return ("no metric is registered: the installed tdabench predates its tdabench.metrics entry "
+                "points; reinstall it (pip install -e .)")
+    try:
+        METRICS.get(name)
+    except UnknownNameError as exc:
+        return f"metric={name}: {exc}"
+    return None
+
+
 def metric_problems(cfg: dict) -> list[str]:
     """Unknown metric names (listing the registered ones) and each metric's bad settings."""
     names = cfg.get("metric", DEFAULT_METRIC)
@@ -112,10 +124,8 @@ def metric_problems(cfg: dict) -> list[str]:
         return [f"metric={names!r} must be a metric name or a list of names (registered: {', '.join(METRICS.names())})"]
     problems = []
     for name in metric_names(cfg):
-        try:
-            problems += METRICS.get(name)().config_problems(cfg)
-        except UnknownNameError as exc:
-            problems.append(f"metric={name}: {exc}")
+        unknown = unknown_metric(name)
+        problems += [unknown] if unknown else METRICS.get(name)().config_problems(cfg)
     return problems
 
 

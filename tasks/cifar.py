@@ -144,7 +144,7 @@ class ImageSource:
 
 # ----- the task ----------------------------------------------------------------------------------
 class CifarResNet9(Task):
-    capabilities = Task.capabilities | {"replayable"}
+    capabilities = Task.capabilities | {"replayable", "classification"}
     default_classes: tuple[str, ...] = CIFAR10_CLASSES
 
     @classmethod

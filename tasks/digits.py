@@ -19,7 +19,7 @@ MIN_TEST = 100
 
 
 class DigitsMLP(Task):
-    capabilities = Task.capabilities | {"replayable"}
+    capabilities = Task.capabilities | {"replayable", "classification"}
     vectorizable = True
 
     @classmethod

@@ -200,20 +200,26 @@ def test_wandb_run_name_carries_the_setting():
               "trainings", "fit_s", "score_s", "total_s", "peak_mem_mb", "lds_per_query"):
         assert k in s, k
     assert s["fit_s"] == 1.0 and s["total_s"] == 3.0 and s["peak_mem_mb"] == 4.0
+    r["metrics"] = {"loo": {"status": "ok", "value": 0.4, "ci": [0.3, 0.5], "ceiling": None},
+                    "mislabel_auc": {"status": "unsupported", "value": None, "message": "no labels"}}
+    s = summary_of(r)
+    assert s["metric/loo"] == 0.4 and s["metric/loo_ci_high"] == 0.5 and "metric/loo_ceiling" not in s
+    assert not any(k.startswith("metric/mislabel_auc") for k in s)
 
 
-def test_list_prints_every_registered_method_and_task(capsys):
-    from tdabench.harness.core.registry import METHODS, TASKS
+def test_list_prints_every_registered_method_task_and_metric(capsys):
+    from tdabench.harness.core.registry import METHODS, METRICS, TASKS
     from tdabench.harness.engine.listing import print_listing
 
     print_listing()
     out = capsys.readouterr().out.splitlines()
-    for name in METHODS.names() + TASKS.names():
+    names = METHODS.names() + TASKS.names() + METRICS.names()
+    for name in names:
         assert sum(line.split()[0] == name for line in out if line.startswith("  ")) == 1, name
     spaces = [line for line in out if line.strip().startswith("search space: ")]
     with_space = [m for m in METHODS.names() if METHODS.get(m).search_space]
     assert len(spaces) == len(with_space) and "bif" in with_space and "gamma [1, 1000] log" in spaces[0]
-    assert len(out) == len(METHODS.names()) + len(TASKS.names()) + len(spaces) + 2
+    assert len(out) == len(names) + len(spaces) + 3 and {"lds", "loo", "mislabel_auc"} <= set(METRICS.names())
 
 
 def test_shard_jobs_do_not_multiply_by_the_method_list():

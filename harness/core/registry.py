@@ -1,7 +1,7 @@
-"""Name -> class registries for methods and tasks, filled from entry points.
+"""Name -> class registries for methods, tasks and metrics, filled from entry points.
 
-Every method and task, built-in or not, is a plugin: a class named by an entry point in the group
-``tdabench.methods`` or ``tdabench.tasks`` of some installed distribution (tdabench's own
+Every method, task and metric, built-in or not, is a plugin: a class named by an entry point in the
+group ``tdabench.methods``, ``tdabench.tasks`` or ``tdabench.metrics`` of some installed distribution (tdabench's own
 pyproject.toml lists the built-ins). The registry loads the group the first time it is asked.
 A plugin whose import fails is reported in one line and skipped, so it never breaks the other
 methods; a plugin that claims a name already taken is refused with an error naming both.
@@ -107,3 +107,4 @@ class Registry(Generic[T]):
 
 METHODS: Registry = Registry("method", "tdabench.methods")
 TASKS: Registry = Registry("task", "tdabench.tasks")
+METRICS: Registry = Registry("metric", "tdabench.metrics")

@@ -2,6 +2,7 @@
 
     tdabench task=digits_mlp method=grad_dot
     tdabench -m task=digits_mlp method=random,grad_dot,exact_if
+    tdabench -m method=grad_dot,ekfac metric=lds,loo,mislabel_auc   # three metrics in every run
     tdabench -m                      # every registered method (plugins included), default task
     tdabench --list                  # the registered methods and tasks
     tdabench -q ...  /  tdabench -v ...   # warnings only / debugging detail
@@ -29,6 +30,7 @@ from tdabench.harness.core.logs import take_verbosity_flags
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
+from tdabench.harness.engine.metric import unknown_metric
 
 log = logging.getLogger("tdabench")
 _MISSING = object()
@@ -160,6 +162,7 @@ def precheck(argv: list[str]) -> list[str]:
                 registry.get(choice)
             except UnknownNameError as exc:
                 problems.append(str(exc))
+    problems += _metric_problems(overrides)
     if problems:
         return problems
     methods = _choices(overrides, "method", METHODS.names() if multirun else ["grad_dot"])
@@ -244,6 +247,26 @@ def shard_overrides(argv: list[str]) -> list[str]:
     return argv
 
 
+def metric_overrides(argv: list[str]) -> list[str]:
+    """``metric=a,b`` means "compute metrics a and b in every run", never "sweep over them": the
+    metrics judge the same scores, so a run computes them all. The comma list becomes Hydra's list
+    ``metric=[a,b]`` (which a ``-m`` sweep does not split into jobs); ``metric=[a,b]`` works too."""
+    out = []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if eq and key.lstrip("+") == "metric" and "," in value and not value.startswith("["):
+            a = f"{key}=[{value}]"
+        out.append(a)
+    return out
+
+
+def _metric_problems(overrides) -> list[str]:
+    """Unknown names in ``metric=``, each listing the registered metrics."""
+    names = [str(n) for o in overrides if o.key_or_group == "metric" and o.value() is not None
+             for n in (o.value() if isinstance(o.value(), list) else [o.value()])]
+    return [p for p in map(unknown_metric, names) if p]
+
+
 def _app(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -291,7 +314,7 @@ def main() -> None:
         return
     try:
         verbosity, argv = take_verbosity_flags(sys.argv[1:])
-        argv = shard_overrides(argv)
+        argv = metric_overrides(shard_overrides(argv))
         sys.argv = [sys.argv[0], *argv]
         setup_logging(verbosity)
         problems = precheck(argv)

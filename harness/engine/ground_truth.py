@@ -114,16 +114,24 @@ def gt_key(task, gt: dict) -> str:
 
 
 class GroundTruthBuilder:
-    """Computes, caches and assembles the ground truth of one task and ``gt`` config."""
+    """Computes, caches and assembles the ground truth of one task and ``gt`` config.
+
+    Other retraining designs (leave-one-out) reuse the caching, sharding and batched retraining by
+    overriding :attr:`folder`, :meth:`key`, :meth:`make_masks` and :meth:`job_seed`; rows of
+    different sizes are retrained in one batch per size."""
+
+    #: the folder under ``cache_dir`` that holds these outcomes, and what progress messages call them
+    folder = "ground_truth"
+    label = "ground truth"
 
     def __init__(self, task, gt: dict, cache_dir: str | Path, log=None):
         self.task = task
         self.gt = gt
         self.log = log or _log.info
-        self.dir = Path(cache_dir) / "ground_truth" / f"{task.name}-{gt_key(task, gt)}"
         #: the seed of the subsets and retrainings (the task's, or its validation seed)
         self.draw_seed = task.seed if getattr(task, "queries", "test") == "test" else validation_seed(task.seed)
-        self.masks = make_masks(task.n_train, gt["subsets"], gt["alpha"], self.draw_seed)
+        self.dir = Path(cache_dir) / self.folder / f"{task.name}-{self.key()}"
+        self.masks = self.make_masks()
         #: seconds spent waiting for another process that held a ground-truth lock
         self.wait_s = 0.0
         #: whether this builder computed a shard or assembled the ground truth itself
@@ -133,6 +141,18 @@ class GroundTruthBuilder:
         if gt.get("same_seed") and gt["seeds"] > 1:
             self.log(f"gt.same_seed: one retraining per subset (gt.seeds={gt['seeds']} would "
                 "repeat the same run)")
+
+    def key(self) -> str:
+        """The cache key of the outcomes (everything that determines them)."""
+        return gt_key(self.task, self.gt)
+
+    def make_masks(self) -> torch.Tensor:
+        """bool [M, n_train]: the training examples each row retrains on."""
+        return make_masks(self.task.n_train, self.gt["subsets"], self.gt["alpha"], self.draw_seed)
+
+    def job_seed(self, row: int, k: int) -> int:
+        """The seed of retraining ``k`` of row ``row`` (fresh-seeds mode)."""
+        return retrain_seed(self.draw_seed, row, k)
 
     def _waited(self, seconds: float) -> None:
         self.wait_s += seconds
@@ -151,13 +171,18 @@ class GroundTruthBuilder:
             idx = torch.arange(task.n_train).expand(len(subsets), -1)
             seeds = [task.seed] * len(subsets)
             weights = self.masks[subsets].float()
+            models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True),
+                                   weights=weights)
         else:
             jobs = [(j, k) for j in subsets for k in range(gt["seeds"])]
-            idx = torch.stack([torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs])
-            seeds = [retrain_seed(self.draw_seed, j, k) for j, k in jobs]
-            weights = None
-        models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True),
-                               weights=weights)
+            rows = [torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs]
+            models = [None] * len(jobs)
+            for size in dict.fromkeys(len(r) for r in rows):  # fit_many takes rows of one size
+                at = [i for i, r in enumerate(rows) if len(r) == size]
+                fitted = task.fit_many(torch.stack([rows[i] for i in at]), [self.job_seed(*jobs[i]) for i in at],
+                                       init, recipe, vectorize=gt.get("vectorize", True))
+                for i, m in zip(at, fitted):
+                    models[i] = m
         outs = torch.stack([task.query_observables(m).cpu() for m in models])
         degenerate = torch.tensor([degenerate_reason(task.evaluate(m)) is not None for m in models])
         return outs.view(len(subsets), self.seeds, -1), degenerate.view(len(subsets), self.seeds)
@@ -192,7 +217,7 @@ class GroundTruthBuilder:
 
         def compute():
             self.produced = True
-            desc = f"ground truth {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
+            desc = f"{self.label} {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
             # models trained one at a time are saved after every subset; trained together, per batch
             together = self.gt.get("vectorize", True) and self.task.vectorizable
             per_batch = max(1, self.gt.get("models_per_batch", 64) // self.seeds) if together else 1

@@ -1,9 +1,9 @@
-"""``tdabench --list``: the registered methods and tasks, one line each.
+"""``tdabench --list``: the registered methods, tasks and metrics, one line each.
 
 A method's line gives its name, the first sentence of its class docstring (else its module's),
 what it needs from a task beyond a trained checkpoint, and the pip extra it needs, if any; a
-task's line gives its name and the first sentence of its class docstring (else its module's).
-Below a method with a search space (``Method.search_space``), a second line gives what
+task's or a metric's line gives its name and the first sentence of its class docstring (else its
+module's). Below a method with a search space (``Method.search_space``), a second line gives what
 ``tune.trials`` searches: each parameter with its range and scale. Entry-point plugins are listed
 like built-ins.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from tdabench.harness.core.registry import METHODS, TASKS
+from tdabench.harness.core.registry import METHODS, METRICS, TASKS
 from tdabench.harness.engine.space import describe
 
 WIDTH = 100  # longest description shown
@@ -43,13 +43,16 @@ def method_lines() -> list[str]:
     return lines
 
 
-def task_lines() -> list[str]:
-    width = max(map(len, TASKS.names()), default=0)
-    return [f"  {name:<{width}}  {_summary(TASKS.get(name))}" for name in TASKS.names()]
+def name_lines(registry) -> list[str]:
+    """One line per registered name of ``registry``: the name and its class's summary."""
+    width = max(map(len, registry.names()), default=0)
+    return [f"  {name:<{width}}  {_summary(registry.get(name))}" for name in registry.names()]
 
 
 def print_listing() -> None:
     print(f"methods ({len(METHODS.names())}; choose with method=NAME):")
     print("\n".join(method_lines()))
     print(f"tasks ({len(TASKS.names())}; choose with task=NAME):")
-    print("\n".join(task_lines()))
+    print("\n".join(name_lines(TASKS)))
+    print(f"metrics ({len(METRICS.names())}; choose with metric=NAME or metric=NAME,NAME,...):")
+    print("\n".join(name_lines(METRICS)))

@@ -60,6 +60,11 @@ class Method:
     #: how much it spends (those are the cost ladder's); every range contains the default; {} when
     #: the method has nothing to tune
     search_space: ClassVar[dict[str, Any]] = {}
+    #: whether :meth:`self_influence` can be computed: True for a method that scores any queries
+    #: the task gives it (the generic path); a method that cannot sets it False and says why in
+    #: :attr:`no_self_influence` (the ``mislabel_auc`` metric is then unsupported for it)
+    gives_self_influence: ClassVar[bool] = True
+    no_self_influence: ClassVar[str] = ""
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -132,6 +137,16 @@ class Method:
         of the method's sampler: ``[draws, k]`` float (nats). :meth:`score` afterwards gives the
         scores of the same draws."""
         raise NotImplementedError(f"method {self.name} does not offer training_loss_draws")
+    def self_influence(self, task, model) -> torch.Tensor:
+        """Each training example's influence on its own training loss, d l_i / d beta_i: float
+        [n_train] (negative where upweighting an example lowers its own loss, the usual case).
+        The generic path fits this (unfitted) method on :meth:`Task.train_as_queries` and takes
+        the diagonal of its scores [n_train, n_train]; a method with a cheaper exact diagonal
+        overrides it."""
+        view = task.train_as_queries()
+        self.fit(view, model)
+        scores = self.score(view, model)
+        return torch.diagonal(scores.mean(dim=1) if scores.dim() == 3 else scores).detach().cpu()
 
 
 def _fits(hint, value) -> bool:

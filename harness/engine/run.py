@@ -1,4 +1,7 @@
-"""One run: config -> task -> ground truth -> method.fit -> method.score -> LDS -> record.
+"""One run: config -> task -> ground truth -> method.fit -> method.score -> metrics -> record.
+
+The metrics are plugins (:mod:`harness.engine.metric`): the LDS by default, any list of
+registered ones with ``metric=[...]``; each is stored under ``record["metrics"][name]``.
 
 Every run, successful or not, appends one record to ``RESULTS_DIR/runs.jsonl`` and logs a wandb
 run. Configuration problems are raised as :class:`ConfigError` before any expensive work; failures
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import traceback
 import uuid
 from pathlib import Path
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.data_paths import set_data_root
+from tdabench.harness.core.registry import METRICS
 from tdabench.harness.core.storage import (
     content_hash,
     exclusive_lock,
@@ -47,6 +50,13 @@ from tdabench.harness.engine.config import (
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
+from tdabench.harness.engine.metric import (
+    MetricRun,
+    evaluate_metrics,
+    metric_names,
+    metric_problems,
+    needs_ground_truth,
+)
 from tdabench.harness.engine.profiling import Profiler, warm_up
 from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is imported from here too
     MAX_DEGENERATE_SHARE,
@@ -59,10 +69,8 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, write_result
-from tdabench.harness.read.lds import lds
 from tdabench.harness.read.record import new_record
 from tdabench.harness.read.results import provenance, read_records
-from tdabench.harness.read.statistics import noise_ceiling
 from tdabench.harness.read.tracking import log_run
 
 #: config keys that do not change a run's numbers (left out of its config hash)
@@ -74,40 +82,13 @@ NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLDSError(ValueError):
-    """The LDS came out NaN or infinite; the message gives the cause."""
-
-
-def ceiling_fields(outcomes: torch.Tensor, lds_value: float, cfg: dict) -> dict:
-    """Ground-truth reliability, LDS ceiling and normalized LDS, with a warning when the ground
-    truth is too noisy to separate methods."""
-    c = noise_ceiling(outcomes.numpy(), cfg["lds"]["bootstrap"], cfg["seed"])
-    out = {"gt_reliability": c.reliability, "gt_reliability_ci": c.reliability_ci,
-           "lds_ceiling": c.ceiling, "lds_ceiling_ci": c.ceiling_ci,
-           "normalized_lds": lds_value / c.ceiling if c.ceiling else None}
-    warning = c.message
-    if c.ceiling is not None:
-        lo, hi = c.ceiling_ci
-        if c.ceiling < cfg["lds"]["min_ceiling"] or hi - lo > cfg["lds"]["max_ceiling_ci_width"]:
-            warning = (f"the ground truth is noisy: LDS ceiling {c.ceiling:.3f} [{lo:.3f}, {hi:.3f}]; "
-                       "differences between methods below that noise are not meaningful. Raise "
-                       "gt.seeds (reliability) or gt.subsets / task.n_query (narrower interval)")
-    if warning:
-        log.warning(warning)
-        out["gt_warning"] = warning
-    return out
-
-
-def _metric_names(cfg: dict) -> list[str]:
-    names = cfg.get("metric", "lds")
-    return [names] if isinstance(names, str) else list(names)
 
 
 def config_hash(cfg: dict) -> str:
     """The hash of the settings that determine a run's numbers. Settings added after records were
     first hashed (``metric``, ``loo``, ``mislabel``, ``tune``) count only where they change the
     run, so a run at their defaults keeps the hash of a record written before them."""
-    metrics = _metric_names(cfg)
+    metrics = metric_names(cfg)
     unused = {"metric"} if metrics == ["lds"] else set()
     unused |= {"loo"} if "loo" not in metrics else set()
     unused |= {"mislabel"} if "mislabel_auc" not in metrics else set()
@@ -126,7 +107,7 @@ def study_key(cfg: dict) -> str:
 
 def prepare(cfg: dict):
     """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
-    problems = validate_settings(cfg)
+    problems = validate_settings(cfg) + metric_problems(cfg)
     set_data_root(cfg.get("data_root"))
     task_cls, method_cls, more = resolve_names(cfg)
     problems += more
@@ -175,6 +156,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     recorded as ``gt_wait_s`` and left out of the ground_truth phase's time; ``gt_cached`` says
     whether the ground truth was read as computed and assembled by an earlier or another run."""
     warm_up(cfg["device"])
+    gt = None
     with prof.phase("prepare"):
         model = task.checkpoint()
         record["num_params"] = num_params(model)
@@ -185,19 +167,20 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         reason = degenerate_reason(record["model_quality"])
         if reason:
             raise DegenerateModelError(degenerate_model_message(task.name, reason))
-        with prof.phase("ground_truth"):
-            waited = builder.wait_s
-            gt = builder.build()
-            prof.exclude(builder.wait_s - waited)
-        record["gt_cached"] = not builder.produced
-        record["gt_wait_s"] = round(builder.wait_s, 4)
-        share = record["gt_degenerate_share"] = gt.degenerate_share
-        if share is not None and share > MAX_DEGENERATE_SHARE:
-            raise DegenerateModelError(
-                f"{share:.0%} of the ground truth's {gt.degenerate.numel()} retrained models are no "
-                f"better than chance (at most {MAX_DEGENERATE_SHARE:.0%} allowed): subsets of "
-                f"gt.alpha={cfg['gt']['alpha']} x task.n_train={task.n_train} examples are too small "
-                "for the task's recipe; raise gt.alpha or task.n_train, or fix the recipe")
+        if needs_ground_truth(cfg):
+            with prof.phase("ground_truth"):
+                waited = builder.wait_s
+                gt = builder.build()
+                prof.exclude(builder.wait_s - waited)
+            record["gt_cached"] = not builder.produced
+            record["gt_wait_s"] = round(builder.wait_s, 4)
+            share = record["gt_degenerate_share"] = gt.degenerate_share
+            if share is not None and share > MAX_DEGENERATE_SHARE:
+                raise DegenerateModelError(
+                    f"{share:.0%} of the ground truth's {gt.degenerate.numel()} retrained models are no "
+                    f"better than chance (at most {MAX_DEGENERATE_SHARE:.0%} allowed): subsets of "
+                    f"gt.alpha={cfg['gt']['alpha']} x task.n_train={task.n_train} examples are too small "
+                    "for the task's recipe; raise gt.alpha or task.n_train, or fix the recipe")
     else:
         record["quality_check"] = "exempt: the task measures cost only"
         log.info(f"{task.name} measures cost only: its model is not checked against chance "
@@ -221,29 +204,9 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     if separate:
         _count_replay(before, task, model, rng, computed, prof)
     if task.measures_lds:
-        with prof.phase("lds"):
-            res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
-            if builder.mode == "same_seed":  # deterministic retraining: no noise, ceiling 1
-                record.update(gt_reliability=1.0, gt_reliability_ci=[1.0, 1.0], lds_ceiling=1.0,
-                              lds_ceiling_ci=[1.0, 1.0], normalized_lds=res.lds)
-            else:
-                record.update(ceiling_fields(gt.outcomes, res.lds, cfg))
-        record.update(lds=res.lds, lds_ci=list(res.ci),
-                      lds_per_query=[None if v != v else round(float(v), 6) for v in res.per_query],
-                      constant_outcome_queries=res.constant_outcome_queries,
-                      constant_prediction_queries=res.constant_prediction_queries)
-        if res.constant_outcome_queries:
-            log.info(f"{len(res.constant_outcome_queries)} queries have constant ground-truth "
-                f"outcomes and are left out of the LDS: {res.constant_outcome_queries}")
-        if res.constant_prediction_queries:
-            log.info(f"{method.name} predicts the same outcome for every subset on "
-                f"{len(res.constant_prediction_queries)} queries; they count as LDS 0: "
-                f"{res.constant_prediction_queries}")
-        if not (math.isfinite(res.lds) and all(math.isfinite(v) for v in res.ci)):
-            raise NonFiniteLDSError(
-                f"the LDS is {res.lds} [{res.ci[0]}, {res.ci[1]}]: no query has both a varying "
-                f"ground-truth outcome and a defined correlation ({len(res.constant_outcome_queries)} "
-                f"of {task.n_query} queries have constant outcomes); raise task.n_query or gt.subsets")
+        run = MetricRun(task, method, model, scores, cfg, gt, builder.mode if gt is not None else None,
+                        lambda: type(method)(**method_params(cfg)))
+        record["metrics"] = evaluate_metrics(run, record, prof.phase)
     return scores
 
 
@@ -312,7 +275,10 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
             if not task.measures_lds:
                 raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "
                                    "leave gt.shard null"])
-            builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
+            if needs_ground_truth(cfg):
+                builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
+            for name in metric_names(cfg):
+                METRICS.get(name)().compute_shard(task, cfg, cfg["gt"]["shard"], cfg["gt"]["num_shards"])
             log.info(f"ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
             return None
 

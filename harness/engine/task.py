@@ -23,6 +23,11 @@ also gives *validation* queries (:meth:`Task.validation_view`): ``n_query`` exam
 seeded, from the held-out test split, so they are disjoint from the training set and from the
 test queries, and the test queries stay what they were. Both are named by their indices into the
 task's held-out pool (:meth:`Task.query_ids`), so anyone can check that they are disjoint.
+
+Two views of a task serve metrics: :meth:`Task.train_as_queries` (the training examples as the
+queries, their training loss as the observable: the diagonal of its scores is each example's
+self-influence) and :meth:`Task.mislabeled` (a seeded share of the training labels flipped, for
+classification tasks, capability ``classification``).
 """
 
 from __future__ import annotations
@@ -76,7 +81,8 @@ class Task(ABC):
     name: ClassVar[str] = "task"
     #: what the task can provide to methods (see Method.requires); language-model tasks add
     #: ``per_token``; tasks whose training is :func:`~tdabench.harness.engine.training.train`
-    #: unchanged add ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit)
+    #: unchanged add ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit); tasks
+    #: whose targets are class labels of a cross-entropy add ``classification`` (:meth:`mislabeled`)
     capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
     #: whether many models can train at once with torch.func (no batch-norm running statistics,
     #: no augmentation); see :func:`~tdabench.harness.engine.training.train_stacked`
@@ -101,7 +107,7 @@ class Task(ABC):
         #: the service that trains this task's models and caches them under ``cache_dir``
         self.models = ModelCache(self, self.cache_dir)
         #: which queries ``query_split`` holds: ``test`` (what records are scored on) or
-        #: ``validation`` (for tuning; see :meth:`validation_view`)
+        #: ``validation`` (for tuning; see :meth:`validation_view`) or ``train`` (:meth:`train_as_queries`)
         self.queries = "test"
 
     # ----- what a subclass provides -------------------------------------------------------
@@ -238,6 +244,44 @@ class Task(ABC):
         """Everything that determines the task's data, models and outcomes (for cache keys)."""
         fp = self.models.fingerprint()
         return fp if self.queries == "test" else {**fp, "queries": self.queries}
+
+    def train_as_queries(self) -> "Task":
+        """This task with the training examples as its queries (``n_query = n_train``) and their
+        training loss as the observable, so that a method's scores ``[n_train, n_train]`` hold
+        d l_i / d beta_j and their diagonal each example's self-influence. Models and their caches
+        are the task's own (the queries never change a model); the fingerprint names the view, so
+        caches of query-dependent work stay apart."""
+        view = copy.copy(self)
+        train, _, test = self._load()
+        view._splits = (train, train, test)
+        view.n_query = self.n_train
+        view.observable_kind = "loss"
+        view.queries = "train"
+        return view
+
+    def mislabeled(self, fraction: float, seed: int) -> tuple["Task", torch.Tensor]:
+        """This task with the labels of ``round(fraction * n_train)`` training examples (drawn
+        with ``seed``) each flipped to another class drawn uniformly, and bool [n_train] marking
+        them. Its reference model, trajectory and ensemble train on the flipped labels and are
+        cached under their own key (``mislabel`` in the task's config). Capability
+        ``classification``: the number of classes is that of the model's output."""
+        if "classification" not in self.capabilities:
+            raise NotImplementedError(f"task {self.name} has no class labels to flip")
+        train, query, test = self._load()
+        n_flip = int(round(fraction * self.n_train))
+        classes = int(self.new_model(self.seed)(train.inputs[:1]).shape[-1])
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(self.n_train, generator=g)[:n_flip]
+        shift = torch.randint(1, classes, (n_flip,), generator=g)
+        targets = train.targets.clone()
+        targets[idx.to(targets.device)] = (targets[idx.to(targets.device)] + shift.to(targets.device)) % classes
+        flipped = torch.zeros(self.n_train, dtype=torch.bool)
+        flipped[idx] = True
+        variant = copy.copy(self)
+        variant.cfg = {**self.cfg, "mislabel": {"fraction": fraction, "seed": seed}}
+        variant._splits = (Split(train.inputs, targets), query, test)
+        variant.models = ModelCache(variant, self.cache_dir)  # its own models, trained and cached
+        return variant, flipped
 
     # ----- models ---------------------------------------------------------------------------
     def new_model(self, seed: int) -> nn.Module:

@@ -50,6 +50,20 @@ def columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def columnwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of ``a`` with the same column of ``b`` ([M, Q] each).
+
+    Columns that are constant in either argument give NaN.
+    """
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    denom = np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (a * b).sum(axis=0) / denom
+    out[denom == 0] = np.nan
+    return out
+
+
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
     """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped)."""
     v = values[np.isfinite(values)]

@@ -11,9 +11,11 @@ not distinguishable from the best row, paired Wilcoxon test over queries with Ho
 the spread of LDS over ``method.seed`` values when several were run, cost (fit and score
 seconds, FLOPs once recorded, peak memory, model trainings) and a flag for runs measured on an
 overloaded machine. Tasks whose runs span several model sizes (the pythia_scaling sweep) also get
-a table of every run's cost by size. Writes ``leaderboard.md``, ``leaderboard.csv`` and
-``pairwise.csv`` (with ``p_holm``); where the same ground-truth settings were run at several data
-seeds, also an "across data seeds" section with ``leaderboard_seeds.csv`` and
+a table of every run's cost by size. Runs with metrics besides the LDS (``metric=[...]``) add one
+table per metric and ground truth and the metrics' rank agreement (:mod:`harness.read.metric_tables`).
+Writes ``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (with ``p_holm``),
+``leaderboard_metrics.csv`` and ``metric_agreement.csv``; where the same ground-truth settings were
+run at several data seeds, also an "across data seeds" section with ``leaderboard_seeds.csv`` and
 ``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); the command ``tdabench-leaderboard`` is
 :mod:`harness.leaderboard_cli`.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tdabench.harness.core.storage import atomic_write_bytes
+from tdabench.harness.read.metric_tables import agreement, metric_table, render_metric_tables
 from tdabench.harness.read.record_view import (
     fit_from_cache,
     ground_truth_label,
@@ -311,7 +314,14 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "leaderboard.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(out / "pairwise.csv", pairs.to_csv(index=False).encode())
+    metrics = metric_table(chosen_records(records))
+    agree = agreement(metrics)
+    atomic_write_bytes(out / "leaderboard_metrics.csv", metrics.to_csv(index=False).encode())
+    atomic_write_bytes(out / "metric_agreement.csv", agree.to_csv(index=False).encode())
     markdown = render_markdown(df, pairs, gts, cost_by_size(records))
+    section = render_metric_tables(metrics, agree)
+    if section:
+        markdown += "\n" + section
     seeds, seed_pairs = across_seeds(chosen_records(records))
     if not seeds.empty:
         atomic_write_bytes(out / "leaderboard_seeds.csv", seeds.to_csv(index=False).encode())

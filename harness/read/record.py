@@ -56,6 +56,8 @@ class RunRecord(TypedDict, total=False):
     lds_ceiling_ci: list[float] | None
     normalized_lds: float | None
     gt_warning: str
+    metrics: dict[str, dict[str, Any]]  # per metric: status (ok, unsupported, error), value, ci
+                                        # [low, high], ceiling (None without one), its own fields
     time_s: dict[str, float]
     peak_mem_mb: dict[str, float]
     diagnostics: dict[str, Any] | None

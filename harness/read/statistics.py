@@ -53,8 +53,11 @@ def spearman_brown(r: np.ndarray, m: float) -> np.ndarray:
     return m * r / (1 + (m - 1) * r)
 
 
-def noise_ceiling(outcomes: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Ceiling:
-    """Reliability and LDS ceiling of ground-truth ``outcomes`` [M, K, n_query]."""
+def noise_ceiling(outcomes: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                  correlate=columnwise_spearman) -> Ceiling:
+    """Reliability and LDS ceiling of ground-truth ``outcomes`` [M, K, n_query]: the half-seed
+    means are compared with ``correlate`` (columnwise, [M, Q] x [M, Q] -> [Q]; Spearman for the
+    LDS, Pearson for a Pearson metric)."""
     outcomes = np.asarray(outcomes, dtype=np.float64)
     k = outcomes.shape[1]
     if k < 2:
@@ -63,7 +66,7 @@ def noise_ceiling(outcomes: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Ce
                        "rerun with gt.seeds=2 or more")
     per_split = []
     for a, b in seed_splits(k):
-        r_half = columnwise_spearman(outcomes[:, a].mean(1), outcomes[:, b].mean(1))
+        r_half = correlate(outcomes[:, a].mean(1), outcomes[:, b].mean(1))
         per_split.append(spearman_brown(r_half, k / (k / 2)))
     r = np.nanmean(np.stack(per_split), axis=0)  # [n_query]
     ceil_q = np.sqrt(np.clip(r, 0.0, 1.0))

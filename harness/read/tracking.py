@@ -73,7 +73,8 @@ def summary_of(record: dict) -> dict:
     fit_s, score_s, total_s, peak_mem_mb, flops (fit + score, once recorded), test_acc; per phase
     ``<phase>_s`` (wall seconds), ``<phase>_cpu_s``, ``<phase>_peak_mem_mb``, ``<phase>_flops``;
     ``overloaded``; the per-query LDS as a list ``lds_per_query``; for a tuned run ``val_lds``
-    (its best trial's validation LDS) and ``tune_trials``."""
+    (its best trial's validation LDS) and ``tune_trials``; and per metric of the record's
+    ``metrics`` with a value ``metric/<name>`` (+ ``_ci_low``, ``_ci_high``, ``_ceiling``)."""
     out = {"status": record["status"], "lds": record.get("lds"), "normalized_lds": record.get("normalized_lds"),
            "lds_ceiling": record.get("lds_ceiling"), "gt_reliability": record.get("gt_reliability"),
            "trainings": record.get("trainings")}
@@ -94,6 +95,10 @@ def summary_of(record: dict) -> dict:
         out["lds_per_query"] = record["lds_per_query"]
     if record.get("tuned"):
         out["val_lds"], out["tune_trials"] = record["tuned"].get("val_lds"), record["tuned"].get("trials")
+    for name, m in (record.get("metrics") or {}).items():
+        if m.get("value") is not None:
+            out.update({f"metric/{name}": m["value"], f"metric/{name}_ci_low": m["ci"][0],
+                        f"metric/{name}_ci_high": m["ci"][1], f"metric/{name}_ceiling": m.get("ceiling")})
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -89,7 +89,8 @@ def test_mislabeled_view_flips_a_seeded_share_to_other_classes(small_digits):
     before, after = small_digits.train_split.targets, variant.train_split.targets
     assert int(flipped.sum()) == 20 and torch.equal(before != after, flipped)
     assert after.min() >= 0 and after.max() <= 9
-    assert variant._cache_path("reference") != small_digits._cache_path("reference")
+    assert variant.models is not small_digits.models  # its own models, trained on the flipped labels ...
+    assert variant.models._model_path("reference") != small_digits.models._model_path("reference")  # ... cached apart
     again, flipped_again = small_digits.mislabeled(0.1, seed=3)
     assert torch.equal(again.train_split.targets, after) and torch.equal(flipped_again, flipped)
     assert torch.equal(small_digits.train_split.targets, before)  # the task itself is unchanged
@@ -98,7 +99,8 @@ def test_mislabeled_view_flips_a_seeded_share_to_other_classes(small_digits):
 def test_train_as_queries_shares_models_but_not_fingerprints(small_digits):
     view = small_digits.train_as_queries()
     assert view.n_query == 200 and view.query_split is small_digits.train_split
-    assert view._cache_path("reference") == small_digits._cache_path("reference")
+    assert view.models is small_digits.models  # the same trained models, its own method caches
+    assert view.cache_path("f", "x", {}) != small_digits.cache_path("f", "x", {})
     assert view.fingerprint() != small_digits.fingerprint()
     model = small_digits.checkpoint()
     losses = small_digits.per_example_loss(model, *small_digits.train_split.__dict__.values())

@@ -473,9 +473,10 @@ def model_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
+def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig, of: str = "the model") -> Curvature:
     """:func:`fit_curvature_uncached`, cached in ``task.cache_dir/curvature`` under a key of the
-    task's fingerprint, the model's parameters and ``cfg``."""
+    task's fingerprint, the model's parameters and ``cfg``; ``of`` names the model in the message
+    (``snapshot 2 of 5`` where several are fitted)."""
     key = content_hash({"task": task.fingerprint(), "model": model_digest(model), "cfg": asdict(cfg)})
     path = task.cache_dir / "curvature" / f"{task.name}-{cfg.strategy}-{key}.pt"
 
@@ -484,7 +485,7 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
     def compute():
         fitted.append(True)
         fisher = "empirical" if cfg.empirical_fisher else "true"
-        task.log(f"fitting {cfg.strategy} curvature factors ({fisher} Fisher)")
+        task.log(f"fitting {cfg.strategy} curvature factors ({fisher} Fisher) of {of}")
         curv = fit_curvature_uncached(task, model, cfg)
         return {"layers": {n: asdict(f) for n, f in curv.layers.items()}, "n_examples": curv.n_examples}
 

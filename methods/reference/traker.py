@@ -37,6 +37,7 @@ PROJECTORS = ("basic", "native")
 class TrakTraker(Method):
     extra = "reference"
     needs_module = "trak"
+    needs_distribution = "traker"
     shared_task_defaults = {"trak": ("models", "proj_dim", "lambda_reg", "batch_size")}
 
     def __init__(self, seed: int = 0, models: int = 1, proj_dim: int = 512,

@@ -118,3 +118,14 @@ def test_sweep_jobs_multiplies_the_sweep_lists():
     parse = OverridesParser.create().parse_overrides
     assert sweep_jobs(parse(["method=a,b", "seed=0,1,2", "gt.subsets=20"]), 15) == 6
     assert sweep_jobs(parse(["seed=0,1"]), 15) == 30  # every registered method
+
+
+@pytest.mark.parametrize("flag, tables, pairwise", [("-q", False, False), (None, True, False), ("-v", True, True)])
+def test_leaderboard_prints_its_pairwise_table_only_with_v(tmp_path, capsys, flag, tables, pairwise):
+    from tdabench.harness.read.leaderboard_cli import main
+
+    main([str(ROOT / "results" / "reference" / "demo"), "--out", str(tmp_path), "--no-report",
+          *([flag] if flag else [])])
+    out = capsys.readouterr().out
+    assert ("| magic" in out) == tables
+    assert ("| method_a" in out) == pairwise

@@ -72,6 +72,7 @@ def test_quiet_shows_results_and_warnings_only(capsys):
         logs.setup(0)
         with logs.silenced():
             log.warning("a warning the replay repeats")
+            print("a third-party progress bar", file=sys.stderr)
             log.error("an error")
         log.info("shown again")
     finally:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 
 #: between INFO and WARNING: one line per run with its result or status, shown also with -q
 RESULT = 25
@@ -28,12 +28,17 @@ class _Format(logging.Formatter):
         return f"[tdabench] {level}{record.getMessage()}"
 
 
+#: the real standard error while :func:`silenced` sends everything else written there to nowhere
+_held_stderr: list = []
+
+
 class _Stderr(logging.StreamHandler):
-    """A handler that writes to whatever ``sys.stderr`` is at the time of each message."""
+    """A handler that writes to whatever ``sys.stderr`` is at the time of each message (the real
+    one inside :func:`silenced`)."""
 
     @property
     def stream(self):
-        return sys.stderr
+        return _held_stderr[-1] if _held_stderr else sys.stderr
 
     @stream.setter
     def stream(self, value):
@@ -69,14 +74,18 @@ def setup_worker() -> None:
 
 @contextmanager
 def silenced(level: int = logging.ERROR):
-    """Hide the ``tdabench`` loggers' messages below ``level`` (errors still show) for the block:
-    for work that repeats work already reported, such as the counting replay."""
+    """Hide, for the block, the ``tdabench`` loggers' messages below ``level`` (errors still show)
+    and whatever else is written to standard error (third-party progress bars, warnings): for work
+    that repeats work already reported, such as the counting replay."""
     root = logging.getLogger("tdabench")
     before = root.level
     root.setLevel(max(before, level))
+    _held_stderr.append(sys.stderr)
     try:
-        yield
+        with open(os.devnull, "w") as sink, redirect_stderr(sink):
+            yield
     finally:
+        _held_stderr.pop()
         root.setLevel(before)
 
 

@@ -130,3 +130,12 @@ def test_leaderboard_prints_its_pairwise_table_only_with_v(tmp_path, capsys, fla
     out = capsys.readouterr().out
     assert ("| magic" in out) == tables
     assert ("| method_a" in out) == pairwise
+
+
+def test_a_launcher_of_a_missing_extra_names_the_distribution_and_the_install(monkeypatch):
+    from tdabench.harness.engine import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_importable", lambda module: False)
+    problems = cli_module.precheck(["-m", "hydra/launcher=slurm", "method=grad_dot"])
+    assert problems == ["hydra/launcher=slurm needs the hydra-submitit-launcher package, which is not installed: "
+                        "pip install 'tdabench[slurm]' (from a source checkout: pip install -e '.[slurm]')"]

@@ -27,6 +27,7 @@ from tdabench.harness.core.logs import setup as setup_logging
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
+from tdabench.harness.engine.method import missing_extra
 from tdabench.harness.engine.usage import USAGE
 
 log = logging.getLogger("tdabench")
@@ -106,6 +107,16 @@ _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--con
                 "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
 
 
+#: launchers of the slurm extra (hydra-submitit-launcher)
+_SUBMITIT = {"slurm", "submitit_local", "submitit_slurm"}
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _override_args(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -134,6 +145,9 @@ def precheck(argv: list[str]) -> list[str]:
         return [str(exc).splitlines()[0]]
     problems = []
     for o in overrides:
+        if o.key_or_group == "hydra/launcher" and str(o.value()) in _SUBMITIT and not _importable(
+                "hydra_plugins.hydra_submitit_launcher"):
+            problems.append(missing_extra(f"hydra/launcher={o.value()}", "hydra-submitit-launcher", "slurm"))
         if o.key_or_group in ("results_dir", "cache_dir") and not o.is_sweep_override():
             value = o.value()
             problem = folder_problem(o.key_or_group, "" if value in (None, "null") else str(value))

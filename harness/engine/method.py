@@ -96,7 +96,8 @@ class Method:
         try:
             importlib.import_module(cls.needs_module)
         except ImportError:
-            return missing_extra(cls.name, cls.needs_distribution or cls.needs_module.split(".")[0], cls.extra)
+            return missing_extra(f"method {cls.name}", cls.needs_distribution or cls.needs_module.split(".")[0],
+                                 cls.extra)
         return None
 
     def check(self, task) -> list[str]:
@@ -147,9 +148,10 @@ def _describe(hint) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def missing_extra(method: str, distribution: str, extra: str | None) -> str:
-    """The one-line message for a method whose library is not installed: the distribution, and the
-    pip command for an installed tdabench and for a source checkout."""
+def missing_extra(needer: str, distribution: str, extra: str | None) -> str:
+    """The one-line message for something (``method bif_devinterp``, ``hydra/launcher=slurm``) whose
+    library is not installed: the distribution, and the pip command for an installed tdabench and
+    for a source checkout."""
     how = (f"pip install 'tdabench[{extra}]' (from a source checkout: pip install -e '.[{extra}]')" if extra
            else f"pip install {distribution}")
-    return f"method {method} needs the {distribution} package, which is not installed: {how}"
+    return f"{needer} needs the {distribution} package, which is not installed: {how}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -225,7 +226,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
         if earlier:  # work an earlier run paid for: this run's fit and score seconds leave it out
             record["cached_work"] = earlier
         if separate:
-            _count_replay(before, task, model, rng, computed, prof)
+            record["count_replay_s"] = _count_replay(before, task, model, rng, computed, prof)
     if task.measures_lds:
         with prof.phase("lds"):
             res = lds(scores, gt.masks, gt.mean_outcomes, cfg["lds"]["bootstrap"], cfg["seed"])
@@ -253,7 +254,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     return scores
 
 
-def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], prof: Profiler) -> None:
+def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], prof: Profiler) -> float:
     """Replay fit and score untimed, to count their FLOPs and tensor-level peak memory
     (``cost.count: separate``): ``method`` is a copy of the method as it was before the timed fit,
     the global random state is the one the timed fit started from, and caches the timed pass
@@ -262,7 +263,8 @@ def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], pr
 
     The replay is announced once; the messages of the work it repeats (the method's, the caches')
     were shown by the timed pass and are hidden, errors excepted. ``limits.max_seconds`` covers it
-    (a TimeLimitExceeded passes through)."""
+    (a TimeLimitExceeded passes through). Returns the replay's wall seconds."""
+    started = time.perf_counter()
     log.info(f"{method.name}: untimed replay of fit and score, counting FLOPs and memory (cost.count=separate)")
     failure = None
     with torch.random.fork_rng(devices=[]), silenced():
@@ -283,6 +285,7 @@ def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], pr
         for phase in ("fit", "score"):
             prof.flops.pop(phase, None)
             prof.peak_mem_mb[phase] = None
+    return round(time.perf_counter() - started, 3)
 
 
 def _summary(record: dict) -> str:
@@ -347,6 +350,7 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
 
 
 def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash: str) -> dict:
+    started = time.perf_counter()
     results_dir = Path(cfg["results_dir"])
     run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
     prof = Profiler(cfg["device"])
@@ -385,5 +389,7 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
             record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
-    log.log(RESULT, f"{task.name} / {method.name}: {_summary(record)}")
+    replay = record.get("count_replay_s")
+    log.log(RESULT, f"{task.name} / {method.name}: {_summary(record)} ({time.perf_counter() - started:.1f} s"
+                    + (f", {replay:.1f} s of it the counting replay)" if replay else ")"))
     return record

@@ -139,3 +139,28 @@ def test_a_launcher_of_a_missing_extra_names_the_distribution_and_the_install(mo
     problems = cli_module.precheck(["-m", "hydra/launcher=slurm", "method=grad_dot"])
     assert problems == ["hydra/launcher=slurm needs the hydra-submitit-launcher package, which is not installed: "
                         "pip install 'tdabench[slurm]' (from a source checkout: pip install -e '.[slurm]')"]
+
+
+@pytest.mark.parametrize("raised, passes", [("timeout", True), ("failure", False)])
+def test_the_counting_replay_lets_a_time_limit_through_and_survives_a_failure(raised, passes):
+    import torch
+
+    from tdabench.harness.engine.interrupts import TimeLimitExceeded
+    from tdabench.harness.engine.profiling import Profiler
+    from tdabench.harness.engine.run import _count_replay
+
+    class Replayed:
+        name = "replayed"
+
+        def fit(self, task, model):
+            if raised == "timeout":
+                raise TimeLimitExceeded("the run exceeded limits.max_seconds=1")
+            raise RuntimeError("counting broke")
+
+    prof = Profiler("cpu")
+    if passes:
+        with pytest.raises(TimeLimitExceeded):
+            _count_replay(Replayed(), None, None, torch.get_rng_state(), set(), prof)
+    else:
+        assert _count_replay(Replayed(), None, None, torch.get_rng_state(), set(), prof) >= 0
+        assert prof.peak_mem_mb["fit"] is None and "fit" not in prof.flops

@@ -68,9 +68,10 @@ __all__ = ["DAMPING_KINDS", "STRATEGIES", "Curvature", "CurvatureConfig", "Gradi
 PRECONDITION_ROW_BYTES = 2**18
 
 
-def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
+def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig, of: str = "the model") -> Curvature:
     """:func:`fit_curvature_uncached`, cached in the task's ``curvature`` folder under a key of the
-    model's parameters and ``cfg`` (``task.cache_path`` adds the task's own key)."""
+    model's parameters and ``cfg`` (``task.cache_path`` adds the task's own key); ``of`` names the
+    model in the message (``snapshot 2 of 5`` where several are fitted)."""
     path = task.cache_path("curvature", cfg.strategy, {"model": model_digest(model), "cfg": asdict(cfg)})
 
     fitted = []
@@ -78,7 +79,7 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig) -> Curvature:
     def compute():
         fitted.append(True)
         fisher = "empirical" if cfg.empirical_fisher else "true"
-        task.log(f"fitting {cfg.strategy} curvature factors ({fisher} Fisher)")
+        task.log(f"fitting {cfg.strategy} curvature factors ({fisher} Fisher) of {of}")
         curv = fit_curvature_uncached(task, model, cfg)
         return {"layers": {n: asdict(f) for n, f in curv.layers.items()}, "n_examples": curv.n_examples}
 

@@ -28,6 +28,7 @@ symmetric only to float32 rounding, which limits how far CG can reduce the resid
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -35,11 +36,14 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm import tqdm
 
+from tdabench.harness.core.logs import Ticker
 from tdabench.harness.core.storage import load_state, remove_verified, save_verified
 from tdabench.harness.engine.method import Method
 from tdabench.harness.engine.space import Float
 from tdabench.methods.curvature import model_digest
 from tdabench.methods.gradients import eval_mode, num_params, query_grads, train_grads, trainable_params
+
+log = logging.getLogger(__name__)
 
 SOLVERS = ("dense", "cg", "lissa")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -103,10 +107,12 @@ def dense_hessian(op: TrainingHessian, block: int = 32) -> torch.Tensor:
     Hessian-vector products' activations are held."""
     p = op.size
     h = torch.empty(p, p, dtype=torch.float64, device=op.flat.device)
+    ticker = Ticker(log, "exact_if: Hessian rows", p)
     for i in range(0, p, block):
         rows = torch.zeros(min(block, p - i), p, dtype=torch.float64, device=op.flat.device)
         rows[:, i:i + block].fill_diagonal_(1.0)
         h[i:i + block] = op.matmul(rows)
+        ticker.tick(min(i + block, p))
     return h
 
 

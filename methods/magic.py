@@ -27,6 +27,7 @@ Sign convention: positive scores mean more weight on example i raises query q's 
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from tqdm import tqdm
 
 from tdabench.harness.core.storage import load_state, remove_verified, save_verified
 from tdabench.harness.engine.method import Method
+
+log = logging.getLogger(__name__)
 
 SEED_STRIDE = 104729  # training seeds of magic: the reference seed, then seed + stride * s
 
@@ -81,7 +84,8 @@ class Magic(Method):
     def score(self, task, model) -> torch.Tensor:
         scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64)
         seeds = self.training_seeds(task)
-        for s in seeds:
+        for i, s in enumerate(seeds):
+            log.info(f"magic: metagradients through training run {i + 1} of {len(seeds)} (seed {s})")
             replay = task.replay(s)
             for q0 in range(0, task.n_query, self.query_batch):
                 q = slice(q0, min(q0 + self.query_batch, task.n_query))

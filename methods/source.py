@@ -50,12 +50,13 @@ from tdabench.methods.gradients import iter_per_example_grads, query_grads
 from tdabench.methods.trajectory import effective_lr, split_segments
 
 
-def averaged_curvature(task, models: list, cfg: CurvatureConfig) -> Curvature:
-    """Kronecker factors averaged over ``models`` (the snapshots of one segment): A and S are the
+def averaged_curvature(task, models: list, cfg: CurvatureConfig, names: list[str]) -> Curvature:
+    """Kronecker factors averaged over ``models`` (the snapshots of one segment, ``names`` saying
+    which in messages): A and S are the
     means of each model's factors (fitted and cached by :func:`fit_curvature`), eigendecomposed
     once; with ``cfg.strategy == 'ekfac'`` the eigenvalues are refit in that basis at every model
     and averaged."""
-    fits = [fit_curvature(task, m, replace(cfg, strategy="kfac")) for m in models]
+    fits = [fit_curvature(task, m, replace(cfg, strategy="kfac"), of) for m, of in zip(models, names)]
     avg = Curvature(cfg, n_examples=fits[0].n_examples)
     for name, first in fits[0].layers.items():
         a = sum((f.layers[name].q_a * f.layers[name].eig_a) @ f.layers[name].q_a.T for f in fits)
@@ -152,11 +153,14 @@ class SOURCE(Method):
         """Per segment, its snapshot models, eta_l K_l and curvature; then w_l for every query."""
         layout = GradientLayout(model)
         self._groups = []
-        for group in split_segments(task.trajectory(), self.segments):
+        trajectory, done = task.trajectory(), 0
+        for group in split_segments(trajectory, self.segments):
             models = [task.snapshot_model(s) for s in group]
+            names = [f"snapshot {done + i + 1} of {len(trajectory)}" for i in range(len(group))]
+            done += len(group)
             steps = sum(s.steps for s in group)
             eta = effective_lr(task, sum(s.lr * s.steps for s in group) / steps)
-            self._groups.append((models, eta * steps, averaged_curvature(task, models, self.curvature_config)))
+            self._groups.append((models, eta * steps, averaged_curvature(task, models, self.curvature_config, names)))
         u = query_grads(task, model, self.batch_size).double()
         self._queries = [None] * len(self._groups)
         for seg in reversed(range(len(self._groups))):

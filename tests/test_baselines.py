@@ -92,8 +92,14 @@ def test_missing_reference_library_names_the_install_command():
         needs_module = "no_such_library_for_tdabench"
 
     msg = NeedsLib.available()
-    assert "no_such_library_for_tdabench" in msg and "pip install -e '.[reference]'" in msg
+    assert "no_such_library_for_tdabench package" in msg and "pip install 'tdabench[reference]'" in msg
+    assert "pip install -e '.[reference]'" in msg  # the source checkout's form too
     assert Method.available() is None
+
+    class NeedsRenamed(NeedsLib):
+        needs_distribution = "no_such_distribution"
+
+    assert "needs the no_such_distribution package" in NeedsRenamed.available()
 
 
 def test_streamed_training_gradient_dots_match_the_full_product(small_digits):

@@ -66,3 +66,13 @@ def test_shard_sweep_without_a_method_launches_one_job_per_shard(tmp_path):
               f"results_dir={tmp_path / 'r'}")
     assert "Launching 3 jobs" in out.stdout + out.stderr
     assert (out.stdout + out.stderr).count("is cached") == 3
+
+
+def test_launcher_workers_print_one_result_line_per_run_also_with_q(tmp_path):
+    # joblib's workers are other processes: each sets up the console from the launching process's -q
+    out = run("-m", "-q", "hydra/launcher=parallel", "method=random,grad_dot", *SMALL,
+              f"cache_dir={tmp_path / 'c'}", f"results_dir={tmp_path / 'r'}")
+    lines = [line for line in out.stderr.splitlines() if line.startswith("[tdabench]")]
+    results = sorted(line for line in lines if ": LDS " in line)
+    assert [r.split(":")[0] for r in results] == ["[tdabench] digits_mlp / grad_dot", "[tdabench] digits_mlp / random"]
+    assert lines == [line for line in lines if ": LDS " in line or "warning:" in line or "error:" in line]

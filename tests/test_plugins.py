@@ -1,5 +1,6 @@
-"""Plugins from outside the repository: the README's example method and task packages are built,
-installed (into a folder of their own, so the test environment is left as it was) and run."""
+"""Plugins from outside the repository: the documentation's example method and task packages
+(docs/extending.md) are built, installed (into a folder of their own, so the test environment is
+left as it was) and run."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ SMALL = ["gt.subsets=8", "gt.seeds=2", "lds.bootstrap=100", "threads=1", "wandb.
 
 
 def readme_files(section: str) -> dict[str, str]:
-    """The code blocks of README section ``section`` whose first line is ``# <path>``."""
-    text = (ROOT / "README.md").read_text()
+    """The code blocks of docs/extending.md's section ``section`` whose first line is ``# <path>``."""
+    text = (ROOT / "docs" / "extending.md").read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     files = {}
     for block in re.findall(r"```(?:toml|python)\n(.*?)```", body, re.S):
@@ -60,7 +61,7 @@ def method_site(tmp_path_factory):
     return install(readme_files("Adding a method"), tmp), tmp
 
 
-def test_readme_plugin_method_takes_parameters_without_plus(method_site):
+def test_documented_plugin_method_takes_parameters_without_plus(method_site):
     site, tmp = method_site
     run(["method=my_method", "method.scale=2.5", "task.n_train=200", "task.n_query=20", *SMALL,
          f"results_dir={tmp / 'r'}"], site, tmp)
@@ -70,7 +71,7 @@ def test_readme_plugin_method_takes_parameters_without_plus(method_site):
     assert rec["schema_version"] >= 2
 
 
-def test_readme_plugin_method_refuses_unknown_and_mistyped_keys(method_site):
+def test_documented_plugin_method_refuses_unknown_and_mistyped_keys(method_site):
     site, tmp = method_site
     out = run(["method=my_method", "method.nope=1", f"results_dir={tmp / 'bad'}"], site, tmp, check=False)
     assert out.returncode == 2 and "nope" in out.stderr and "scale" in out.stderr
@@ -86,7 +87,7 @@ def test_default_sweep_is_the_registry_with_plugins(method_site):
     assert "my_method" in swept and {"grad_dot", "ekfac", "bif"} <= set(swept)
 
 
-def test_readme_plugin_task_runs(tmp_path):
+def test_documented_plugin_task_runs(tmp_path):
     site = install(readme_files("Adding a task"), tmp_path)
     run(["task=blobs", "method=grad_dot", "task.n_train=100", *SMALL, f"results_dir={tmp_path / 'r'}"],
         site, tmp_path)

@@ -62,6 +62,12 @@ def test_leaderboard_logs_a_wandb_summary_run(results):
                 assert isinstance(row[cols.index(col)], float)  # numbers, so error bars can be drawn
 
 
+def test_a_second_leaderboard_call_updates_the_summary_runs_instead_of_adding_some(results):
+    first = sorted(Path(d).parent.name.rsplit("-", 1)[-1] for d in log_to_wandb(results, "offline"))
+    second = sorted(Path(d).parent.name.rsplit("-", 1)[-1] for d in log_to_wandb(results, "offline"))
+    assert first == second and len(set(first)) == 2  # one run id per ground truth, the same each time
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -25,12 +25,14 @@ import tempfile
 
 from omegaconf import OmegaConf
 
+from tdabench.harness.core.logs import RESULT, setup_worker, take_verbosity_flags
 from tdabench.harness.core.logs import setup as setup_logging
-from tdabench.harness.core.logs import take_verbosity_flags
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
+from tdabench.harness.engine.method import missing_extra
 from tdabench.harness.engine.metric import unknown_metric
+from tdabench.harness.engine.usage import USAGE
 
 log = logging.getLogger("tdabench")
 _MISSING = object()
@@ -61,6 +63,7 @@ def register_configs() -> None:
 
     OmegaConf.register_new_resolver("tdabench.default", _method_default, replace=True)
     OmegaConf.register_new_resolver("tdabench.methods", _all_methods, replace=True)
+    OmegaConf.register_new_resolver("tdabench.usage", lambda: USAGE, replace=True)
     store = ConfigStore.instance()
     for name in METHODS.names():
         try:
@@ -122,6 +125,16 @@ _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--con
                 "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
 
 
+#: launchers of the slurm extra (hydra-submitit-launcher)
+_SUBMITIT = {"slurm", "submitit_local", "submitit_slurm"}
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _override_args(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -150,6 +163,9 @@ def precheck(argv: list[str]) -> list[str]:
         return [str(exc).splitlines()[0]]
     problems = []
     for o in overrides:
+        if o.key_or_group == "hydra/launcher" and str(o.value()) in _SUBMITIT and not _importable(
+                "hydra_plugins.hydra_submitit_launcher"):
+            problems.append(missing_extra(f"hydra/launcher={o.value()}", "hydra-submitit-launcher", "slurm"))
         if o.key_or_group in ("results_dir", "cache_dir") and not o.is_sweep_override():
             value = o.value()
             problem = folder_problem(o.key_or_group, "" if value in (None, "null") else str(value))
@@ -265,6 +281,30 @@ def _metric_problems(overrides) -> list[str]:
     names = [str(n) for o in overrides if o.key_or_group == "metric" and o.value() is not None
              for n in (o.value() if isinstance(o.value(), list) else [o.value()])]
     return [p for p in map(unknown_metric, names) if p]
+def _share_cores(hydra_cfg) -> None:
+    """Give this launcher job its share of the cores (:mod:`harness.engine.sharing`); the config's
+    ``threads`` stays null, so the run's config hash does not depend on the machine."""
+    import torch
+
+    from tdabench.harness.engine.sharing import cores, job_threads
+
+    share = job_threads(OmegaConf.to_container(hydra_cfg.launcher, resolve=True))
+    if share is not None:
+        torch.set_num_threads(share)
+        if hydra_cfg.job.get("num", 0) == 0:
+            log.info(f"{share} torch thread(s) per job: this launcher's share of {cores()} cores (threads=N sets it)")
+
+
+def _count_sweep_jobs(argv: list[str]) -> None:
+    """Hand the sweep's number of jobs on to launcher workers (submitit_local runs them all at once)."""
+    import os
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tdabench.harness.engine.sharing import SWEEP_JOBS_ENV, sweep_jobs
+
+    overrides = OverridesParser.create().parse_overrides(_override_args(argv))
+    os.environ[SWEEP_JOBS_ENV] = str(sweep_jobs(overrides, len(METHODS.names())))
 
 
 def _app(cfg) -> None:
@@ -273,6 +313,7 @@ def _app(cfg) -> None:
 
     from tdabench.harness.engine.run import execute, record_unsupported
 
+    setup_worker()  # in a launcher's worker process (joblib, submitit, SLURM) nothing else sets up the console
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         resolved = resolve(cfg)
@@ -280,12 +321,14 @@ def _app(cfg) -> None:
         if not multirun:
             print(f"tdabench: error: {exc.problems[0]}", file=sys.stderr)
             sys.exit(2)
-        log.info(f"{cfg.task.name} / {cfg.method.name}: skipped, {exc.problems[0]}")  # no record
+        log.log(RESULT, f"{cfg.task.name} / {cfg.method.name}: skipped, {exc.problems[0]}")  # no record
         return
     except ConfigError as exc:
         for line in exc.problems:
             print(f"tdabench: error: {line}", file=sys.stderr)
         sys.exit(2)
+    if multirun and resolved.get("threads") is None:
+        _share_cores(HydraConfig.get())
     group = _group(resolved)
     try:
         record = execute(resolved, group=group)
@@ -312,6 +355,15 @@ def main() -> None:
 
         print_listing()
         return
+    if "--version" in sys.argv[1:]:
+        from tdabench.harness.core.version import version_line
+
+        print(version_line())
+        return
+    if {"-m", "--multirun"} & set(sys.argv[1:]) and {"--cfg", "-c"} & set(sys.argv[1:]):
+        print("tdabench: error: --cfg prints the config of one run and cannot be combined with -m; drop -m "
+              "and give one value per key (tdabench --cfg job task=digits_mlp method=ekfac)", file=sys.stderr)
+        sys.exit(2)
     try:
         verbosity, argv = take_verbosity_flags(sys.argv[1:])
         argv = metric_overrides(shard_overrides(argv))
@@ -323,6 +375,8 @@ def main() -> None:
                 print(f"tdabench: error: {line}", file=sys.stderr)
             sys.exit(2)
         register_configs()
+        if {"-m", "--multirun"} & set(argv):
+            _count_sweep_jobs(argv)
         hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
     except KeyboardInterrupt:
         print("\ntdabench: interrupted (KeyboardInterrupt); finished pairings, checkpoints and "

@@ -38,6 +38,8 @@ class Method:
     #: the pip extra that provides this method's dependencies, if any, and the module it must import
     extra: ClassVar[str | None] = None
     needs_module: ClassVar[str | None] = None
+    #: the distribution that provides ``needs_module`` where its name differs (traker provides trak)
+    needs_distribution: ClassVar[str | None] = None
 
     #: parameters that take another method's per-task defaults when the task sets none of its own,
     #: e.g. ``{"bif": ("chains", "draws")}`` for a reference implementation of the BIF
@@ -107,14 +109,15 @@ class Method:
 
     @classmethod
     def available(cls) -> str | None:
-        """None when the method can run here, else a message saying what to install."""
+        """None when the method can run here, else a message naming the missing distribution and
+        the command that installs it."""
         if cls.needs_module is None:
             return None
         try:
             importlib.import_module(cls.needs_module)
         except ImportError:
-            return (f"method {cls.name} needs {cls.needs_module.split('.')[0]}, which is not "
-                    f"installed: pip install -e '.[{cls.extra}]'")
+            return missing_extra(f"method {cls.name}", cls.needs_distribution or cls.needs_module.split(".")[0],
+                                 cls.extra)
         return None
 
     def check(self, task: AttributionTask) -> list[str]:
@@ -180,3 +183,12 @@ def _describe(hint) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              type(None): "null"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def missing_extra(needer: str, distribution: str, extra: str | None) -> str:
+    """The one-line message for something (``method bif_devinterp``, ``hydra/launcher=slurm``) whose
+    library is not installed: the distribution, and the pip command for an installed tdabench and
+    for a source checkout."""
+    how = (f"pip install 'tdabench[{extra}]' (from a source checkout: pip install -e '.[{extra}]')" if extra
+           else f"pip install {distribution}")
+    return f"{needer} needs the {distribution} package, which is not installed: {how}"

@@ -251,6 +251,13 @@ def warm_up(device: str = "cpu") -> None:
     """
     if device in _WARMED:
         return
+    _warm_up(device)
+    # what imports and the warm-up made lives as long as the process: kept out of the garbage
+    # collector's passes, the full collections before each phase take milliseconds, not tenths
+    gc.freeze()
+
+
+def _warm_up(device: str) -> None:
     from torch.func import functional_call, grad, hessian, jacrev, vmap
 
     dev = torch.device(device)

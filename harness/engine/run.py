@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.data_paths import set_data_root
+from tdabench.harness.core.logs import RESULT, silenced
 from tdabench.harness.core.registry import METRICS
 from tdabench.harness.core.storage import (
     content_hash,
@@ -142,7 +144,7 @@ def record_unsupported(cfg: dict, exc: UnsupportedPairingError, group: str) -> d
               "n_query": cfg["task"].get("n_query"), "group": group, "config_hash": config_hash(cfg),
               "config": cfg, **Profiler(cfg["device"]).fields(), **provenance(cfg["device"])})
     write_result(record, None, Path(cfg["results_dir"]), cfg["cache_dir"])
-    log.info(f"{record['task']} / {record['method']}: unsupported: {record['message']}")
+    log.log(RESULT, f"{record['task']} / {record['method']}: unsupported: {record['message']}")
     return record
 
 
@@ -189,20 +191,20 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     separate = count == "separate"
     before = copy.deepcopy(method) if separate else None
     rng = torch.get_rng_state()
-    with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed, \
-            record_cache_reads() as reads:
-        with prof.phase("fit", count=count == "inline"):
-            method.fit(task, model)
-        with prof.phase("score", count=count == "inline"):
-            scores = method.score(task, model)
-            if isinstance(scores, torch.Tensor) and scores.device.type != "cpu":
-                scores = scores.cpu()  # LDS, storage and the checks work on the host
-            check_scores(scores, task)
-    earlier = sorted({what for path, what in reads if path not in computed})
-    if earlier:  # work an earlier run paid for: this run's fit and score seconds leave it out
-        record["cached_work"] = earlier
-    if separate:
-        _count_replay(before, task, model, rng, computed, prof)
+    with time_limit(cfg["limits"]["max_seconds"]):  # fit, score and their counting replay
+        with record_cache_misses() as computed, record_cache_reads() as reads:
+            with prof.phase("fit", count=count == "inline"):
+                method.fit(task, model)
+            with prof.phase("score", count=count == "inline"):
+                scores = method.score(task, model)
+                if isinstance(scores, torch.Tensor) and scores.device.type != "cpu":
+                    scores = scores.cpu()  # LDS, storage and the checks work on the host
+                check_scores(scores, task)
+        earlier = sorted({what for path, what in reads if path not in computed})
+        if earlier:  # work an earlier run paid for: this run's fit and score seconds leave it out
+            record["cached_work"] = earlier
+        if separate:
+            record["count_replay_s"] = _count_replay(before, task, model, rng, computed, prof)
     if task.measures_lds:
         run = MetricRun(task, method, model, scores, cfg, gt, builder.mode if gt is not None else None,
                         lambda: type(method)(**method_params(cfg)))
@@ -210,13 +212,20 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     return scores
 
 
-def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], prof: Profiler) -> None:
+def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], prof: Profiler) -> float:
     """Replay fit and score untimed, to count their FLOPs and tensor-level peak memory
     (``cost.count: separate``): ``method`` is a copy of the method as it was before the timed fit,
     the global random state is the one the timed fit started from, and caches the timed pass
     computed (``computed``) are computed again rather than read. The random state after the
-    timed pass is restored afterwards. A replay that fails leaves the two phases uncounted."""
-    with torch.random.fork_rng(devices=[]):
+    timed pass is restored afterwards. A replay that fails leaves the two phases uncounted.
+
+    The replay is announced once; the messages of the work it repeats (the method's, the caches')
+    were shown by the timed pass and are hidden, errors excepted. ``limits.max_seconds`` covers it
+    (a TimeLimitExceeded passes through). Returns the replay's wall seconds."""
+    started = time.perf_counter()
+    log.info(f"{method.name}: untimed replay of fit and score, counting FLOPs and memory (cost.count=separate)")
+    failure = None
+    with torch.random.fork_rng(devices=[]), silenced():
         torch.set_rng_state(rng)
         try:
             with recompute_caches(computed):
@@ -224,12 +233,17 @@ def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], pr
                     method.fit(task, model)
                 with prof.counting("score"):
                     method.score(task, model)
+        except TimeLimitExceeded:
+            raise
         except Exception as exc:  # noqa: BLE001 - the timed run already succeeded
-            log.warning(f"counting FLOPs and memory of {method.name} failed, the record has none "
-                        f"for fit and score: {type(exc).__name__}: {exc}")
-            for phase in ("fit", "score"):
-                prof.flops.pop(phase, None)
-                prof.peak_mem_mb[phase] = None
+            failure = exc
+    if failure is not None:
+        log.warning(f"counting FLOPs and memory of {method.name} failed, the record has none "
+                    f"for fit and score: {type(failure).__name__}: {failure}")
+        for phase in ("fit", "score"):
+            prof.flops.pop(phase, None)
+            prof.peak_mem_mb[phase] = None
+    return round(time.perf_counter() - started, 3)
 
 
 def _summary(record: dict) -> str:
@@ -290,13 +304,14 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
                 done = [r for r in read_records(results_dir)
                         if r.get("config_hash") == chash and r.get("status") == "ok"]
                 if done:
-                    log.info(f"{task.name} / {method.name}: already done in {results_dir} "
+                    log.log(RESULT, f"{task.name} / {method.name}: already done in {results_dir} "
                         f"(run {done[-1]['run_id']}: {_summary(done[-1])}); skipped. Use force=true to rerun")
                     return done[-1]
             return _run(task, method, builder, cfg, group, chash)
 
 
 def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash: str) -> dict:
+    started = time.perf_counter()
     results_dir = Path(cfg["results_dir"])
     run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
     prof = Profiler(cfg["device"])
@@ -340,5 +355,7 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
             record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
-    log.info(f"{task.name} / {method.name}: {_summary(record)}")
+    replay = record.get("count_replay_s")
+    log.log(RESULT, f"{task.name} / {method.name}: {_summary(record)} ({time.perf_counter() - started:.1f} s"
+                    + (f", {replay:.1f} s of it the counting replay)" if replay else ")"))
     return record

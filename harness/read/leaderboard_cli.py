@@ -4,9 +4,10 @@ Writes the leaderboard of one results folder, or of several compared side by sid
 required; a ``sweep`` column tells their rows apart), into OUT (default: the one folder):
 ``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (:mod:`harness.leaderboard`) and, when a
 method ran at two or more settings on a ground truth, ``frontier.csv`` (:mod:`harness.frontier`),
-prints the Markdown, and writes ``report.html`` with its plots (:mod:`harness.report`; ``--no-report`` skips
-them). ``--wandb`` also logs one summary run per ground truth into the wandb group, project and
-entity of the runs it summarises.
+prints the leaderboard tables (the pairwise comparisons too with ``-v``; nothing with ``-q``), and
+writes ``report.html`` with its plots (:mod:`harness.report`; ``--no-report`` skips them).
+``--wandb`` also logs one summary run per ground truth into the wandb group, project and entity of
+the runs it summarises, updating it at later calls.
 """
 
 from __future__ import annotations
@@ -41,17 +42,38 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--out is required with several results folders ({' '.join(args.results_dirs)}); "
                      "add --out DIR for the combined leaderboard")
     out = Path(args.out or args.results_dirs[0])
+    verbosity = args.verbose - args.quiet
     write(args.results_dirs, out)
-    print((out / "leaderboard.md").read_text())
+    if verbosity >= 0:
+        markdown = (out / "leaderboard.md").read_text()
+        print(markdown if verbosity > 0 else without_pairwise(markdown, out))
     frontier = write_frontier(read_folders(args.results_dirs), out)
-    if frontier:
+    if frontier and verbosity >= 0:
         print(f"frontier: {frontier}")
     if not args.no_report:
-        print(f"report: {write_report(args.results_dirs, out)}")
+        report = write_report(args.results_dirs, out)
+        if verbosity >= 0:
+            print(f"report: {report}")
     if args.wandb:
         for run_dir in log_to_wandb(args.results_dirs, args.wandb, out):
-            print(f"wandb summary run: {run_dir}")
+            if verbosity >= 0:
+                print(f"wandb summary run: {run_dir}")
     sys.stdout.flush()
+
+
+def without_pairwise(markdown: str, out: Path) -> str:
+    """``leaderboard.md`` without its pairwise-comparison tables (one line says where they are)."""
+    kept, skipping = [], False
+    for block in markdown.split("\n\n"):
+        if block.startswith("Pairwise comparisons"):
+            skipping = True
+        elif not block.startswith("|"):
+            skipping = False
+        if not skipping:
+            kept.append(block)
+    kept.append(f"Pairwise comparisons: {out / 'leaderboard.md'} and {out / 'pairwise.csv'} (tdabench-leaderboard -v "
+                "prints them).")
+    return "\n\n".join(kept).rstrip() + "\n"
 
 
 if __name__ == "__main__":

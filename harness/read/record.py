@@ -40,6 +40,7 @@ class RunRecord(TypedDict, total=False):
     gt_subsets: int
     gt_seeds: int
     gt_cached: bool
+    count_replay_s: float        # wall seconds of the untimed counting replay (cost.count=separate)
     n_train: int
     n_query: int
     num_params: int

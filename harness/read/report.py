@@ -405,10 +405,11 @@ def leaderboard_table(sub: pd.DataFrame) -> pd.DataFrame:
 def log_to_wandb(results_dirs, mode: str = "offline", out: str | Path | None = None) -> list[str]:
     """Log one summary run per ground truth: a wandb Table of its leaderboard (numeric columns,
     the interval as ``lds_ci_low`` / ``lds_ci_high``), a bar chart of LDS by row, and the plots
-    (the LDS plot is bars with 95% error bars). Each run goes into the wandb group, project and
-    entity that the ground truth's records name (the most common where they differ), so it sits
-    beside the runs it summarises. Returns the runs' folders."""
+    (the LDS plot is bars with 95% error bars), into the wandb group, project and entity its records
+    name (the most common); a later call updates that run (``summary_run_id``). Returns their folders."""
     import wandb
+
+    from tdabench.harness.read.tracking import summary_run_id
 
     dirs = _dirs(results_dirs)
     out = Path(out) if out is not None else dirs[0]
@@ -426,10 +427,10 @@ def log_to_wandb(results_dirs, mode: str = "offline", out: str | Path | None = N
         run = wandb.init(project=_most_common([w.get("project") for w in wandb_cfgs]) or "tdabench",
                          entity=_most_common([w.get("entity") for w in wandb_cfgs]), mode=mode,
                          group=_most_common([r.get("group") for r in recs]) or "leaderboard",
-                         name=f"leaderboard {gt}", job_type="leaderboard", dir=str(out),
+                         name=f"leaderboard {gt}", job_type="leaderboard", dir=str(out), resume="allow",
+                         id=summary_run_id(out, gt, groups), reinit="finish_previous",
                          config={"ground_truth": gt, "gt_key": info.get("gt_key"), "task": info.get("task"),
-                                 "groups": groups, "results_dirs": [str(d) for d in dirs]},
-                         reinit="finish_previous")
+                                 "groups": groups, "results_dirs": [str(d) for d in dirs]})
         try:
             table = wandb.Table(dataframe=leaderboard_table(sub))
             payload = {"leaderboard": table,

@@ -18,14 +18,13 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from tdabench.harness.core.version import __version__
+from tdabench.harness.core.version import __version__, git_sha
 from tdabench.harness.read.record import REQUIRED, RunRecord, upgrade
 
 _log = logging.getLogger(__name__)
@@ -33,17 +32,6 @@ _log = logging.getLogger(__name__)
 REQUIRED_OK_KEYS = ("lds", "lds_ci", "config_hash")
 LIBRARIES = ("torch", "numpy", "scipy", "hydra-core", "wandb", "kronfluence", "traker", "devinterp",
              "transformers")
-
-
-@lru_cache(maxsize=1)
-def git_sha() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ import os
 from datetime import date
 from pathlib import Path
 
+from tdabench.harness.core.storage import content_hash
 from tdabench.harness.read.record_view import ground_truth_label, record_setting, run_cost
 
 FILTER_KEYS = ("task", "method", "n_train", "n_query", "gt_subsets", "gt_seeds", "num_params")
@@ -176,3 +177,9 @@ def read_offline_run(run_dir: str | Path) -> dict:
                 key = "/".join(item.nested_key) if item.nested_key else item.key
                 summary[key] = json.loads(item.value_json)
     return {"name": name, "group": group, "config": config, "summary": summary}
+
+
+def summary_run_id(out: str | Path, ground_truth: str, groups: list[str]) -> str:
+    """The wandb id of the leaderboard's summary run of ``ground_truth`` written into ``out`` for
+    the runs of ``groups``: the same at every call, so wandb resumes (updates) that run."""
+    return "leaderboard-" + content_hash({"out": str(Path(out).resolve()), "gt": ground_truth, "groups": groups})

@@ -27,8 +27,6 @@ import torch
 from tdabench.harness.engine.method import Method
 from tdabench.methods.bif import BIF_SPACE
 
-HINT = "bif_devinterp needs devinterp: pip install -e '.[reference]'"
-
 
 class _Indices(torch.utils.data.Dataset):
     """Training-example indices as devinterp batches ``{"input_ids": index}``."""
@@ -45,6 +43,7 @@ class _Indices(torch.utils.data.Dataset):
 
 class DevinterpBIF(Method):
     extra = "reference"
+    needs_module = "devinterp.slt.sampler"
     shared_task_defaults = {"bif": ("chains", "draws", "burn_in", "steps_between_draws", "eps", "gamma",
                                     "nbeta", "batch_size", "normalize", "draw_batch_size")}
     #: the native BIF's space: the same estimator, tuned the same way
@@ -67,14 +66,6 @@ class DevinterpBIF(Method):
         self.draw_batch_size = draw_batch_size
         self._train: torch.Tensor | None = None  # [chains, draws, n_train]
         self._query: torch.Tensor | None = None  # [chains, draws, n_query]
-
-    @classmethod
-    def available(cls) -> str | None:
-        try:
-            import devinterp.slt.sampler  # noqa: F401
-        except ImportError:
-            return HINT
-        return None
 
     def check(self, task) -> list[str]:
         p = []

@@ -37,6 +37,7 @@ PROJECTORS = ("basic", "native")
 class TrakTraker(Method):
     extra = "reference"
     needs_module = "trak"
+    needs_distribution = "traker"
     shared_task_defaults = {"trak": ("models", "proj_dim", "lambda_reg", "batch_size")}
     #: the native TRAK's space: the same estimator, tuned the same way
     search_space = TRAK_SPACE

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -27,6 +29,9 @@ from tdabench.harness.core.logs import take_verbosity_flags
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
+from tdabench.harness.engine.settings import settings_problems
+from tdabench.harness.read.record import FAILED, STATUSES
+from tdabench.harness.read.results import read_records
 
 log = logging.getLogger("tdabench")
 _MISSING = object()
@@ -129,7 +134,10 @@ def precheck(argv: list[str]) -> list[str]:
     try:
         overrides = OverridesParser.create().parse_overrides(args)
     except HydraException as exc:
-        return [str(exc).splitlines()[0]]
+        spaced = [a for a in args if any(c.isspace() for c in a)]
+        hint = (f"; a value with a space must be quoted for Hydra inside the shell's quotes, e.g. "
+                f"'{spaced[0].split('=', 1)[0]}=\"{spaced[0].split('=', 1)[-1]}\"'" if spaced else "")
+        return [str(exc).splitlines()[0] + hint]
     problems = []
     for o in overrides:
         if o.key_or_group in ("results_dir", "cache_dir") and not o.is_sweep_override():
@@ -160,7 +168,32 @@ def precheck(argv: list[str]) -> list[str]:
     others = [o for o in keyed if not o.key_or_group.startswith("method.")]
     if others:
         problems += _unknown_keys(overrides, others)
-    return problems
+    return problems or _settings_check(overrides)
+
+
+#: the config sections :mod:`harness.engine.settings` types (a sweep over their keys is checked per value)
+_TYPED = ("seed", "threads", "force", "metric", "gt", "lds", "limits", "cost", "tune", "loo", "mislabel", "wandb")
+
+
+def _settings_check(overrides) -> list[str]:
+    """The typed settings (:func:`harness.engine.settings.settings_problems`) of the config the
+    command line composes, each swept value of a typed key included, before anything is created."""
+    base = [o.input_line for o in overrides if not o.is_sweep_override()
+            and not o.key_or_group.startswith(("method", "hydra"))]
+    sweeps = [(o.key_or_group, [str(v) for v in o.sweep_string_iterator()]) for o in overrides
+              if o.is_sweep_override() and o.key_or_group.split(".")[0] in _TYPED]
+    variants = [base] + [[*base, f"{key}={v}"] for key, values in sweeps for v in values]
+    problems: list[str] = []
+    for variant in variants:
+        try:
+            cfg = compose(variant)
+            problems += settings_problems(cfg)
+            problems += [p for p in (folder_problem(k, cfg.get(k)) for k in ("results_dir", "cache_dir")) if p]
+        except ConfigError as exc:
+            problems += exc.problems
+        except Exception as exc:  # the composition itself fails: Hydra's first line says why
+            problems.append(str(exc).splitlines()[0])
+    return list(dict.fromkeys(problems))
 
 
 def _level_problems(overrides, keyed, methods: list[str]) -> list[str]:
@@ -265,6 +298,28 @@ def _app(cfg) -> None:
         sys.exit(1)
 
 
+def _plain_overrides(argv: list[str]) -> list[str]:
+    """The overrides of ``argv`` that are no sweeps and set no method or Hydra key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(_override_args(argv))
+    return [o.input_line for o in overrides if not o.is_sweep_override()
+            and not o.key_or_group.startswith(("method", "hydra"))]
+
+
+def sweep_summary(results_dir: Path, before: set[str]) -> int:
+    """Print the statuses of the runs a sweep recorded in ``results_dir`` (those whose run id is not
+    in ``before``) as its last line; return the exit status: 1 when a run failed (error, oom,
+    timeout, degenerate_model), else 0. Unsupported and skipped pairings are no failures."""
+    statuses = Counter(r["status"] for r in read_records(results_dir) if r["run_id"] not in before)
+    order = [s for s in STATUSES if statuses[s]]
+    text = ", ".join(f"{statuses[s]} {s}" for s in order) or "no new runs recorded (every pairing was done)"
+    failed = sum(statuses[s] for s in FAILED)
+    print(f"[tdabench] sweep: {text}" + (f"; {failed} failed, see {results_dir / 'runs.jsonl'}" if failed else ""),
+          file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
 def main() -> None:
     import hydra
 
@@ -284,7 +339,12 @@ def main() -> None:
                 print(f"tdabench: error: {line}", file=sys.stderr)
             sys.exit(2)
         register_configs()
+        multirun = any(a in ("-m", "--multirun") for a in argv)
+        results_dir = Path(compose(_plain_overrides(argv))["results_dir"]) if multirun else None
+        before = {r["run_id"] for r in read_records(results_dir)} if multirun else set()
         hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
+        if multirun:
+            sys.exit(sweep_summary(results_dir, before))
     except KeyboardInterrupt:
         print("\ntdabench: interrupted (KeyboardInterrupt); finished pairings, checkpoints and "
               "ground-truth retrainings are kept: rerun the same command to continue", file=sys.stderr)

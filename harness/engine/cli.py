@@ -123,6 +123,21 @@ def _override_args(argv: list[str]) -> list[str]:
     return out
 
 
+def _quote_hint(args: list[str]) -> str:
+    """A hint for an override the shell split at a space (``results_dir=/my`` ``dir``), or for a
+    value with a space Hydra could not parse: quote it for Hydra inside the shell's quotes."""
+    split = [i for i, a in enumerate(args) if i and "=" not in a and "=" in args[i - 1]]
+    if split:
+        key, _, value = args[split[0] - 1].partition("=")
+        value = f"{value} {args[split[0]]}"
+    else:
+        spaced = [a for a in args if any(c.isspace() for c in a)]
+        if not spaced:
+            return ""
+        key, _, value = spaced[0].partition("=")
+    return f"; a value with a space must be quoted, e.g. '{key}=\"{value}\"'"
+
+
 def precheck(argv: list[str]) -> list[str]:
     """Problems found from the command line alone, before Hydra starts (it would create its output
     folder under ``results_dir``): unwritable folders, unknown ``task=`` / ``method=`` choices and
@@ -134,10 +149,7 @@ def precheck(argv: list[str]) -> list[str]:
     try:
         overrides = OverridesParser.create().parse_overrides(args)
     except HydraException as exc:
-        spaced = [a for a in args if any(c.isspace() for c in a)]
-        hint = (f"; a value with a space must be quoted for Hydra inside the shell's quotes, e.g. "
-                f"'{spaced[0].split('=', 1)[0]}=\"{spaced[0].split('=', 1)[-1]}\"'" if spaced else "")
-        return [str(exc).splitlines()[0] + hint]
+        return [str(exc).splitlines()[0] + _quote_hint(args)]
     problems = []
     for o in overrides:
         if o.key_or_group in ("results_dir", "cache_dir") and not o.is_sweep_override():

@@ -228,3 +228,15 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, tried):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+
+
+def test_missing_cifar_files_without_network_are_one_line_naming_data_root(tmp_path, tried, monkeypatch):
+    tried("CIFAR-10 files missing and no network")
+    from tdabench.tasks import cifar
+
+    monkeypatch.setattr(cifar, "reachable", lambda host: False)
+    with pytest.raises(FileNotFoundError) as err:
+        cifar.ImageSource.torchvision(tmp_path / "tv", True, cifar.CIFAR10_CLASSES)
+    text = str(err.value)
+    assert "\n" not in text and "data_root" in text and "TDABENCH_DATA" in text and cifar.ARCHIVE in text
+    assert not (tmp_path / "tv").exists()  # no download was attempted

@@ -325,7 +325,8 @@ def sweep_summary(results_dir: Path, before: set[str]) -> int:
     timeout, degenerate_model), else 0. Unsupported and skipped pairings are no failures."""
     statuses = Counter(r["status"] for r in read_records(results_dir) if r["run_id"] not in before)
     order = [s for s in STATUSES if statuses[s]]
-    text = ", ".join(f"{statuses[s]} {s}" for s in order) or "no new runs recorded (every pairing was done)"
+    text = (", ".join(f"{statuses[s]} {s}" for s in order)
+            or "no runs recorded (pairings already done, or ground-truth shards only)")
     failed = sum(statuses[s] for s in FAILED)
     print(f"[tdabench] sweep: {text}" + (f"; {failed} failed, see {results_dir / 'runs.jsonl'}" if failed else ""),
           file=sys.stderr, flush=True)

@@ -39,7 +39,7 @@ def check_writable(path: str | Path) -> str | None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return (f"{path} cannot be a folder: {existing} is a file; choose another folder")
+        return f"{path} is not writable ({existing} is a file, not a folder); choose another folder"
     try:
         probe = existing / f".write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"")

@@ -29,7 +29,6 @@ from tdabench.harness.core.logs import take_verbosity_flags
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, conflicts, explicit_keys, level_problem
-from tdabench.harness.engine.settings import settings_problems
 from tdabench.harness.read.record import FAILED, STATUSES
 from tdabench.harness.read.results import read_records
 
@@ -188,19 +187,22 @@ _TYPED = ("seed", "threads", "force", "metric", "gt", "lds", "limits", "cost", "
 
 
 def _settings_check(overrides) -> list[str]:
-    """The typed settings (:func:`harness.engine.settings.settings_problems`) of the config the
-    command line composes, each swept value of a typed key included, before anything is created."""
-    base = [o.input_line for o in overrides if not o.is_sweep_override()
-            and not o.key_or_group.startswith(("method", "hydra"))]
+    """Every problem of the config the command line composes (:func:`harness.engine.run.config_problems`:
+    typed settings, folders, task and method parameters), for each method of a sweep and each swept
+    value of a typed setting, before Hydra or the run creates anything."""
+    from tdabench.harness.engine.run import config_problems
+
+    base = [o.input_line for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    heads = [[*base, f"method={m}"] for m in _choices([o for o in overrides if o.is_sweep_override()], "method", [])]
+    heads = heads or [base]
     sweeps = [(o.key_or_group, [str(v) for v in o.sweep_string_iterator()]) for o in overrides
               if o.is_sweep_override() and o.key_or_group.split(".")[0] in _TYPED]
-    variants = [base] + [[*base, f"{key}={v}"] for key, values in sweeps for v in values]
     problems: list[str] = []
-    for variant in variants:
+    for variant in heads + [[*heads[0], f"{key}={v}"] for key, values in sweeps for v in values]:
         try:
-            cfg = compose(variant)
-            problems += settings_problems(cfg)
-            problems += [p for p in (folder_problem(k, cfg.get(k)) for k in ("results_dir", "cache_dir")) if p]
+            problems += config_problems(compose(variant))[2]
+        except LevelBeyondLadder:
+            continue  # a sweep skips that level without a record
         except ConfigError as exc:
             problems += exc.problems
         except Exception as exc:  # the composition itself fails: Hydra's first line says why

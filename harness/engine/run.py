@@ -135,8 +135,10 @@ def config_hash(cfg: dict) -> str:
     return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING and k not in unused})
 
 
-def prepare(cfg: dict):
-    """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
+def config_problems(cfg: dict) -> tuple[type | None, type | None, list[str]]:
+    """The task and method classes of ``cfg`` and every problem of its settings, task and method
+    parameters, found without building anything or creating a file (the command line runs it
+    before Hydra creates a folder, :func:`prepare` again before a run)."""
     problems = validate_settings(cfg)
     set_data_root(cfg.get("data_root"))
     task_cls, method_cls, more = resolve_names(cfg)
@@ -148,6 +150,12 @@ def prepare(cfg: dict):
             problems += subset_problems(cfg)
     if method_cls is not None:
         problems += validate_method_params(method_cls, cfg)
+    return task_cls, method_cls, problems
+
+
+def prepare(cfg: dict):
+    """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
+    task_cls, method_cls, problems = config_problems(cfg)
     if problems:
         raise ConfigError(problems)
     missing = method_cls.available()

@@ -161,7 +161,9 @@ def test_metric_takes_a_name_or_a_list(tmp_path):
 def test_late_settings_are_refused_before_any_folder_exists(tmp_path, tried):
     tried("gt.num_shards above gt.subsets on the command line")
     tried("a swept value of a typed setting")
-    for extra in (["gt.num_shards=25"], ["-m", "gt.models_per_batch=4,abc"]):
+    tried("a task setting refused in a sweep, before Hydra's folder and wandb_group.json")
+    for extra in (["gt.num_shards=25"], ["-m", "gt.models_per_batch=4,abc"],
+                  ["-m", "method=grad_dot,grad_cos", "task.recipe.lr=abc"]):
         out = subprocess.run([str(BIN / "tdabench"), "method=grad_dot", "gt.subsets=20", "wandb.mode=disabled",
                               f"cache_dir={tmp_path / 'c'}", f"results_dir={tmp_path / 'r'}", *extra],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -328,7 +328,7 @@ def sweep_summary(results_dir: Path, before: set[str]) -> int:
     statuses = Counter(r["status"] for r in read_records(results_dir) if r["run_id"] not in before)
     order = [s for s in STATUSES if statuses[s]]
     text = (", ".join(f"{statuses[s]} {s}" for s in order)
-            or "no runs recorded (pairings already done, or ground-truth shards only)")
+            or "no new runs (every pairing was finished before, or ground-truth shards only)")
     failed = sum(statuses[s] for s in FAILED)
     print(f"[tdabench] sweep: {text}" + (f"; {failed} failed, see {results_dir / 'runs.jsonl'}" if failed else ""),
           file=sys.stderr, flush=True)

@@ -3,12 +3,22 @@ ground truth, LDS, statistics, profiling, records, CLI, leaderboard and report.
 
 A plugin subclasses :class:`Method` or :class:`Task` and names its class in the entry-point group
 ``tdabench.methods`` or ``tdabench.tasks`` of its own pyproject.toml. A method sees a task through
-:class:`AttributionTask`, the protocol that lists what a method may ask of it.
+:class:`AttributionTask`, the protocol that lists what a method may ask of it. The interfaces are
+imported when first used (``from tdabench.harness import Method``), so importing a light module of
+the harness (the console entry points) does not import torch.
 """
 
-from tdabench.harness.core.version import __version__
-from tdabench.harness.engine.attribution_task import AttributionTask
-from tdabench.harness.engine.method import Method
-from tdabench.harness.engine.task import Split, Task
+from importlib import import_module
 
+from tdabench.harness.core.version import __version__
+
+_PUBLIC = {"AttributionTask": "tdabench.harness.engine.attribution_task",
+           "Method": "tdabench.harness.engine.method", "Split": "tdabench.harness.engine.task",
+           "Task": "tdabench.harness.engine.task"}
 __all__ = ["AttributionTask", "Method", "Split", "Task", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,7 @@ about 2.7 ms per image and epoch at width 16 (about 55 s for 1000 images, 20 epo
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -44,6 +45,24 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 5000, 1000
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 ARCHIVE = "cifar10-jpeg.tar.gz"
+CIFAR10_HOST = "www.cs.toronto.edu"
+
+
+def reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout_s`` (no data is sent)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def missing_data_message(root: Path, why: str) -> str:
+    """One line: CIFAR-10 is neither in the data folder nor downloaded, where its files come from."""
+    return (f"CIFAR-10 is not available: no {ARCHIVE} under data_root (the data_root setting or $TDABENCH_DATA), "
+            f"no task.data_dir, nothing in {root}, and {why}. Put {ARCHIVE} (CIFAR-10 as JPEG folders "
+            f"train/<class>/, test/<class>/) under data_root, or cifar-10-python.tar.gz from "
+            f"https://{CIFAR10_HOST}/~kriz/cifar-10-python.tar.gz in {root}")
 
 
 # ----- model ---------------------------------------------------------------------------------
@@ -135,7 +154,15 @@ class ImageSource:
     def torchvision(cls, root: Path, train: bool, classes: tuple[str, ...]) -> "ImageSource":
         from torchvision.datasets import CIFAR10
 
-        ds = CIFAR10(str(root), train=train, download=True)
+        try:
+            ds = CIFAR10(str(root), train=train, download=False)
+        except RuntimeError:  # not downloaded yet
+            if not reachable(CIFAR10_HOST):
+                raise FileNotFoundError(missing_data_message(root, f"{CIFAR10_HOST} cannot be reached")) from None
+            try:
+                ds = CIFAR10(str(root), train=train, download=True)
+            except OSError as exc:  # URLError included
+                raise FileNotFoundError(missing_data_message(root, f"the download failed: {exc}")) from None
         ids = [classes.index(name) if name in classes else -1 for name in ds.classes]
         labels = torch.tensor([ids[t] for t in ds.targets], dtype=torch.long)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)

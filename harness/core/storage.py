@@ -2,13 +2,13 @@
 
 Every cache and score file is written to a temporary file in the same folder, fsynced and renamed
 into place, so a reader never sees half a file. A ``.sha256`` sidecar holds the checksum of the
-content; :func:`load_verified` refuses a file whose bytes do not match it.
+content; :func:`load_verified` refuses a file whose bytes do not match it. The checksum only
+detects damage (whoever writes a file can write its checksum too): files are read as data only,
+tensors and plain containers (``torch.load(weights_only=True)``), so a planted file runs no code.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 _log = logging.getLogger(__name__)
 
@@ -97,9 +98,11 @@ def load_verified(path: str | Path) -> Any:
     if hashlib.sha256(data).hexdigest() != expected:
         raise CorruptFileError(f"{path}: content does not match its checksum (truncated or corrupted)")
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as exc:  # pragma: no cover - checksum matched but unpickling failed
-        raise CorruptFileError(f"{path}: could not be read ({exc})") from exc
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # checksum matched, but the content is not plain data (or damaged)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(f"{path}: could not be read as data (tensors and plain containers "
+                               f"only): {reason[:300]}") from exc
 
 
 def remove_verified(path: str | Path) -> None:
@@ -116,10 +119,10 @@ def remove_verified(path: str | Path) -> None:
 LOCK_REPORT_S = 30.0
 
 
-def _holder(fd: int) -> str:
-    """Who holds the lock whose file is open as ``fd``: its process id, host and state."""
+def _holder(path: Path) -> str:
+    """Who holds the lock ``path``: the process id, host and state its holder wrote beside it."""
     try:
-        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+        text = Path(str(path) + ".holder").read_text(errors="replace").split()
     except OSError:
         text = []
     if not text:
@@ -141,9 +144,9 @@ def _holder(fd: int) -> str:
 
 @contextmanager
 def exclusive_lock(path: str | Path, what: str, log=None, on_wait=None):
-    """Hold an exclusive ``flock`` on the file ``path`` for the ``with`` block.
+    """Hold an exclusive lock on the file ``path`` (:class:`filelock.FileLock`) for the ``with`` block.
 
-    The holder writes its process id and host into the file. A waiter says after
+    The holder writes its process id and host into ``<path>.holder``. A waiter says after
     :data:`LOCK_REPORT_S` seconds (and then every ten times that) which process holds the lock and
     in what state, so a lock held by a stopped or hung process never makes a run wait without a
     word. The operating system releases the lock when its holder exits, however it exits.
@@ -152,38 +155,30 @@ def exclusive_lock(path: str | Path, what: str, log=None, on_wait=None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        start = time.monotonic()
-        report_at = LOCK_REPORT_S
-        contended = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
+    lock = FileLock(str(path), thread_local=False)
+    start = time.monotonic()
+    report_at = LOCK_REPORT_S
+    contended = False
+    while True:
+        try:
+            lock.acquire(timeout=min(0.2, LOCK_REPORT_S / 10))
+            break
+        except Timeout:
             contended = True
-            waited = time.monotonic() - start
-            if waited >= report_at:
-                (log or _log.warning)(f"waiting {waited:.0f} s for {what}: {path} is locked by "
-                    f"{_holder(fd)}")
-                report_at = waited + 10 * LOCK_REPORT_S
-            time.sleep(min(0.2, LOCK_REPORT_S / 10))
+        waited = time.monotonic() - start
+        if waited >= report_at:
+            (log or _log.warning)(f"waiting {waited:.0f} s for {what}: {path} is locked by {_holder(path)}")
+            report_at = waited + 10 * LOCK_REPORT_S
+    try:
         if contended and on_wait is not None:
             on_wait(time.monotonic() - start)
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            Path(str(path) + ".holder").write_text(f"{os.getpid()} {socket.gethostname()}\n")
         except OSError:
             pass  # the id is only for messages; a full disk must not stop the lock
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def load_state(path: str | Path | None, keys: tuple[str, ...], matches=lambda state: True) -> dict | None:

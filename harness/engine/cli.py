@@ -22,6 +22,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections import Counter
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -33,6 +35,8 @@ from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, confl
 from tdabench.harness.engine.method import missing_extra
 from tdabench.harness.engine.metric import unknown_metric
 from tdabench.harness.engine.usage import USAGE
+from tdabench.harness.read.record import FAILED, STATUSES
+from tdabench.harness.read.results import read_records
 
 log = logging.getLogger("tdabench")
 _MISSING = object()
@@ -149,6 +153,21 @@ def _override_args(argv: list[str]) -> list[str]:
     return out
 
 
+def _quote_hint(args: list[str]) -> str:
+    """A hint for an override the shell split at a space (``results_dir=/my`` ``dir``), or for a
+    value with a space Hydra could not parse: quote it for Hydra inside the shell's quotes."""
+    split = [i for i, a in enumerate(args) if i and "=" not in a and "=" in args[i - 1]]
+    if split:
+        key, _, value = args[split[0] - 1].partition("=")
+        value = f"{value} {args[split[0]]}"
+    else:
+        spaced = [a for a in args if any(c.isspace() for c in a)]
+        if not spaced:
+            return ""
+        key, _, value = spaced[0].partition("=")
+    return f"; a value with a space must be quoted, e.g. '{key}=\"{value}\"'"
+
+
 def precheck(argv: list[str]) -> list[str]:
     """Problems found from the command line alone, before Hydra starts (it would create its output
     folder under ``results_dir``): unwritable folders, unknown ``task=`` / ``method=`` choices and
@@ -160,7 +179,7 @@ def precheck(argv: list[str]) -> list[str]:
     try:
         overrides = OverridesParser.create().parse_overrides(args)
     except HydraException as exc:
-        return [str(exc).splitlines()[0]]
+        return [str(exc).splitlines()[0] + _quote_hint(args)]
     problems = []
     for o in overrides:
         if o.key_or_group == "hydra/launcher" and str(o.value()) in _SUBMITIT and not _importable(
@@ -195,7 +214,35 @@ def precheck(argv: list[str]) -> list[str]:
     others = [o for o in keyed if not o.key_or_group.startswith("method.")]
     if others:
         problems += _unknown_keys(overrides, others)
-    return problems
+    return problems or _settings_check(overrides)
+
+
+#: the config sections :mod:`harness.engine.settings` types (a sweep over their keys is checked per value)
+_TYPED = ("seed", "threads", "force", "metric", "gt", "lds", "limits", "cost", "tune", "loo", "mislabel", "wandb")
+
+
+def _settings_check(overrides) -> list[str]:
+    """Every problem of the config the command line composes (:func:`harness.engine.run.config_problems`:
+    typed settings, folders, task and method parameters), for each method of a sweep and each swept
+    value of a typed setting, before Hydra or the run creates anything."""
+    from tdabench.harness.engine.run import config_problems
+
+    base = [o.input_line for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    heads = [[*base, f"method={m}"] for m in _choices([o for o in overrides if o.is_sweep_override()], "method", [])]
+    heads = heads or [base]
+    sweeps = [(o.key_or_group, [str(v) for v in o.sweep_string_iterator()]) for o in overrides
+              if o.is_sweep_override() and o.key_or_group.split(".")[0] in _TYPED]
+    problems: list[str] = []
+    for variant in heads + [[*heads[0], f"{key}={v}"] for key, values in sweeps for v in values]:
+        try:
+            problems += config_problems(compose(variant))[2]
+        except LevelBeyondLadder:
+            continue  # a sweep skips that level without a record
+        except ConfigError as exc:
+            problems += exc.problems
+        except Exception as exc:  # the composition itself fails: Hydra's first line says why
+            problems.append(str(exc).splitlines()[0])
+    return list(dict.fromkeys(problems))
 
 
 def _level_problems(overrides, keyed, methods: list[str]) -> list[str]:
@@ -347,6 +394,29 @@ def _app(cfg) -> None:
         sys.exit(1)
 
 
+def _plain_overrides(argv: list[str]) -> list[str]:
+    """The overrides of ``argv`` that are no sweeps and set no method or Hydra key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(_override_args(argv))
+    return [o.input_line for o in overrides if not o.is_sweep_override()
+            and not o.key_or_group.startswith(("method", "hydra"))]
+
+
+def sweep_summary(results_dir: Path, before: set[str]) -> int:
+    """Print the statuses of the runs a sweep recorded in ``results_dir`` (those whose run id is not
+    in ``before``) as its last line; return the exit status: 1 when a run failed (error, oom,
+    timeout, degenerate_model), else 0. Unsupported and skipped pairings are no failures."""
+    statuses = Counter(r["status"] for r in read_records(results_dir) if r["run_id"] not in before)
+    order = [s for s in STATUSES if statuses[s]]
+    text = (", ".join(f"{statuses[s]} {s}" for s in order)
+            or "no new runs (every pairing was finished before, or ground-truth shards only)")
+    failed = sum(statuses[s] for s in FAILED)
+    print(f"[tdabench] sweep: {text}" + (f"; {failed} failed, see {results_dir / 'runs.jsonl'}" if failed else ""),
+          file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
 def main() -> None:
     import hydra
 
@@ -375,9 +445,14 @@ def main() -> None:
                 print(f"tdabench: error: {line}", file=sys.stderr)
             sys.exit(2)
         register_configs()
-        if {"-m", "--multirun"} & set(argv):
+        multirun = any(a in ("-m", "--multirun") for a in argv)
+        if multirun:
             _count_sweep_jobs(argv)
+        results_dir = Path(compose(_plain_overrides(argv))["results_dir"]) if multirun else None
+        before = {r["run_id"] for r in read_records(results_dir)} if multirun else set()
         hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
+        if multirun:
+            sys.exit(sweep_summary(results_dir, before))
     except KeyboardInterrupt:
         print("\ntdabench: interrupted (KeyboardInterrupt); finished pairings, checkpoints and "
               "ground-truth retrainings are kept: rerun the same command to continue", file=sys.stderr)

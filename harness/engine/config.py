@@ -10,9 +10,7 @@ import uuid
 from pathlib import Path
 
 from tdabench.harness.core.registry import METHODS, TASKS, UnknownNameError
-
-COUNT_MODES = ("separate", "inline", "off")
-WANDB_MODES = ("offline", "online", "disabled")
+from tdabench.harness.engine.settings import settings_problems
 
 
 class ConfigError(ValueError):
@@ -34,10 +32,16 @@ def _is_num(v) -> bool:
 
 
 def check_writable(path: str | Path) -> str | None:
+    """Why the folder ``path`` cannot be written (or created), or None. Creates nothing: a probe
+    file is written to and removed from ``path``, or from its nearest existing parent."""
     path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{path} is not writable ({existing} is a file, not a folder); choose another folder"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex}"
+        probe = existing / f".write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -47,56 +51,7 @@ def check_writable(path: str | Path) -> str | None:
 
 def validate_settings(cfg: dict) -> list[str]:
     """Checks that need no task or method object."""
-    p: list[str] = []
-    gt = cfg.get("gt", {})
-    alpha = gt.get("alpha")
-    if not _is_num(alpha) or not 0 < alpha < 1:
-        p.append(f"gt.alpha={alpha!r} must be a fraction strictly between 0 and 1 (default 0.5)")
-    subsets = gt.get("subsets")
-    if not _is_int(subsets) or subsets < 2:
-        p.append(f"gt.subsets={subsets!r} must be an integer >= 2 (LDS correlates over subsets; default 100)")
-    seeds = gt.get("seeds")
-    if not _is_int(seeds) or seeds < 1:
-        p.append(f"gt.seeds={seeds!r} must be a positive integer (retraining seeds per subset; default 3)")
-    n_shards = gt.get("num_shards")
-    if not _is_int(n_shards) or n_shards < 1:
-        p.append(f"gt.num_shards={n_shards!r} must be a positive integer")
-    shard = gt.get("shard")
-    if shard is not None and (not _is_int(shard) or not _is_int(n_shards) or not 0 <= shard < n_shards):
-        p.append(f"gt.shard={shard!r} must be null or an integer in [0, gt.num_shards={n_shards})")
-    if gt.get("from_checkpoint") and (not _is_int(gt.get("finetune_epochs")) or gt["finetune_epochs"] < 1):
-        p.append(f"gt.finetune_epochs={gt.get('finetune_epochs')!r} must be a positive integer")
-    if not isinstance(gt.get("same_seed", False), bool):
-        p.append(f"gt.same_seed={gt.get('same_seed')!r} must be true or false (true: retrain every "
-                 "subset with the reference run's seed and data order)")
-    if not isinstance(gt.get("from_checkpoint"), bool):
-        p.append(f"gt.from_checkpoint={gt.get('from_checkpoint')!r} must be true or false")
-    threads = cfg.get("threads")
-    if threads is not None and (not _is_int(threads) or threads < 1):
-        p.append(f"threads={threads!r} must be null or a positive integer")
-    if not isinstance(cfg.get("force", False), bool):
-        p.append(f"force={cfg.get('force')!r} must be true or false")
-    seed = cfg.get("seed")
-    if not _is_int(seed) or not 0 <= seed < MAX_SEED:
-        p.append(f"seed={seed!r} must be an integer with 0 <= seed < 2**63 (default 0)")
-    mode = cfg.get("wandb", {}).get("mode")
-    if mode not in WANDB_MODES:
-        p.append(f"wandb.mode={mode!r}: use one of {', '.join(WANDB_MODES)}")
-    limit = cfg.get("limits", {}).get("max_seconds")
-    if limit is not None and (not _is_num(limit) or limit <= 0):
-        p.append(f"limits.max_seconds={limit!r} must be null or a positive number of seconds")
-    count = cfg.get("cost", {}).get("count", "separate")
-    if count not in COUNT_MODES:
-        p.append(f"cost.count={count!r}: use separate (FLOPs and tensor memory counted in an untimed "
-                 "replay of fit and score), inline (counted during the timed phases) or off (no FLOPs; "
-                 "resident-set peak memory only)")
-    boot = cfg.get("lds", {}).get("bootstrap")
-    if not _is_int(boot) or boot < 1:
-        p.append(f"lds.bootstrap={boot!r} must be a positive integer")
-    for key in ("min_ceiling", "max_ceiling_ci_width"):
-        v = cfg.get("lds", {}).get(key)
-        if not _is_num(v) or v < 0:
-            p.append(f"lds.{key}={v!r} must be a non-negative number")
+    p = settings_problems(cfg)
     device = str(cfg.get("device", "cpu"))
     if device.startswith("cuda"):
         import torch
@@ -142,7 +97,6 @@ def tune_problems(tune: dict) -> list[str]:
 
 
 MIN_FREE_MB = 200  # checkpoints, curvature factors, scores and temporary files
-MAX_SEED = 2**63  # seeds must fit a signed 64-bit integer (torch and numpy generators)
 
 
 def folder_problem(key: str, value) -> str | None:
@@ -151,6 +105,9 @@ def folder_problem(key: str, value) -> str | None:
         default = "results" if key == "results_dir" else ".cache/tdabench"
         return f"{key}={value!r} is empty; give a folder path (default {default})"
     problem = check_writable(value)
+    runs = Path(value) / "runs.jsonl"
+    if not problem and key == "results_dir" and (runs.is_symlink() or runs.exists()) and not runs.is_file():
+        problem = f"{runs} is not a file; move it away (results are appended to a file of that name)"
     return f"{key}: {problem}" if problem else None
 
 
@@ -234,5 +191,9 @@ def validate_pairing(task, method) -> list[str]:
 
 
 def free_disk_mb(path: str | Path) -> float:
+    """MiB free on the file system of ``path`` (or of its nearest existing parent)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize / 2**20

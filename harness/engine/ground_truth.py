@@ -203,7 +203,7 @@ class GroundTruthBuilder:
             self.log(f"partial ground truth is damaged, starting the shard afresh: {exc}")
             return None
         done = list(part.get("ids", []))
-        if done != ids[:len(done)] or part["outcomes"].shape[1:2] != (self.gt["seeds"],):
+        if done != ids[:len(done)] or part["outcomes"].shape[1:2] != (self.seeds,):
             return None
         return part
 

@@ -13,9 +13,11 @@ the user (SIGINT) raises :class:`UserInterrupt` instead, which stops the sweep.
 A reference model no better than chance stops the run before the ground truth (status
 ``degenerate_model``); tasks that measure cost only are exempt. An LDS that is not finite is never
 ``ok``. The "already done" check and the computation of a pairing hold a per-pairing lock, so two
-identical sweeps compute each pairing once. Scores and the record are written inside the error
-handling: when ``results_dir`` is full or read-only they are kept under ``cache_dir/pending`` (or
-the system's temporary folder) and the next run on that ``results_dir`` writes them.
+identical sweeps compute each pairing once (the lock lives in the cache folder; a result kept aside
+for a full ``results_dir`` counts as done). Scores and the record are written inside the error
+handling: when ``results_dir`` is full or read-only they are kept under ``cache_dir/pending`` (or a
+private per-user folder in the system's temporary folder) and the next run on that ``results_dir``
+writes them.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
 )
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
-from tdabench.harness.engine.writing import complete_pending_writes, write_result
+from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
 from tdabench.harness.read.record import new_record
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
@@ -82,8 +84,6 @@ NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "
 
 
 log = logging.getLogger(__name__)
-
-
 
 
 def config_hash(cfg: dict) -> str:
@@ -107,8 +107,10 @@ def study_key(cfg: dict) -> str:
     return content_hash({**kept, "tune": tune_cfg})
 
 
-def prepare(cfg: dict):
-    """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
+def config_problems(cfg: dict) -> tuple[type | None, type | None, list[str]]:
+    """The task and method classes of ``cfg`` and every problem of its settings, task and method
+    parameters, found without building anything or creating a file (the command line runs it
+    before Hydra creates a folder, :func:`prepare` again before a run)."""
     problems = validate_settings(cfg) + metric_problems(cfg)
     set_data_root(cfg.get("data_root"))
     task_cls, method_cls, more = resolve_names(cfg)
@@ -123,6 +125,12 @@ def prepare(cfg: dict):
                             "and has no ground truth to tune on; use tune.trials=0")
     if method_cls is not None:
         problems += validate_method_params(method_cls, cfg)
+    return task_cls, method_cls, problems
+
+
+def prepare(cfg: dict):
+    """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
+    task_cls, method_cls, problems = config_problems(cfg)
     if problems:
         raise ConfigError(problems)
     missing = method_cls.available()
@@ -299,15 +307,31 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
         results_dir = Path(cfg["results_dir"])
         chash = config_hash(cfg)
         complete_pending_writes(results_dir, cfg["cache_dir"])
-        with exclusive_lock(results_dir / ".locks" / f"{chash}.lock", f"{task.name} / {method.name}", log.warning):
+        with exclusive_lock(pairing_lock(cfg["cache_dir"], results_dir, chash), f"{task.name} / {method.name}",
+                            log.warning):
             if not cfg.get("force", False):
-                done = [r for r in read_records(results_dir)
+                done = [r for r in read_records(results_dir) + pending_records(results_dir, cfg["cache_dir"])
                         if r.get("config_hash") == chash and r.get("status") == "ok"]
                 if done:
                     log.log(RESULT, f"{task.name} / {method.name}: already done in {results_dir} "
                         f"(run {done[-1]['run_id']}: {_summary(done[-1])}); skipped. Use force=true to rerun")
                     return done[-1]
             return _run(task, method, builder, cfg, group, chash)
+
+
+def pairing_lock(cache_dir: str | Path, results_dir: Path, chash: str) -> Path:
+    """The lock file of the pairing ``chash`` written to ``results_dir``: in the cache folder (where
+    it is not deleted with the results' housekeeping), one folder per results folder."""
+    return Path(cache_dir) / "locks" / content_hash(str(results_dir.resolve())) / f"{chash}.lock"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: on a GPU, or on the CPU, where torch raises a
+    RuntimeError from its allocator (``DefaultCPUAllocator: can't allocate memory``)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "DefaultCPUAllocator" in text)
 
 
 def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash: str) -> dict:
@@ -336,11 +360,12 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
         record.update(status="degenerate_model", message=str(exc), failed_phase=prof.current)
     except TimeLimitExceeded as exc:
         record.update(status="timeout", message=str(exc), failed_phase=prof.current)
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        record.update(status="oom", message=f"{type(exc).__name__}: {exc}"[:2000], failed_phase=prof.current)
     except Exception as exc:  # recorded, and the sweep goes on
-        record.update(status="error", message=f"{type(exc).__name__}: {exc}"[:2000],
-                      failed_phase=prof.current, traceback=traceback.format_exc()[-4000:])
+        if out_of_memory(exc):
+            record.update(status="oom", message=f"{type(exc).__name__}: {exc}"[:2000], failed_phase=prof.current)
+        else:
+            record.update(status="error", message=f"{type(exc).__name__}: {exc}"[:2000],
+                          failed_phase=prof.current, traceback=traceback.format_exc()[-4000:])
     except (SystemExit, KeyboardInterrupt) as exc:  # from the method's code, not from the user
         record.update(status="error", message=_failure(exc), failed_phase=prof.current,
                       traceback=traceback.format_exc()[-4000:])

@@ -2,24 +2,33 @@
 
 When ``results_dir`` is full or read-only the run says so in one line and keeps the record and
 scores under :func:`pending_dirs`; the next run on that ``results_dir`` writes them
-(:func:`complete_pending_writes`)."""
+(:func:`complete_pending_writes`). Pending folders are private to the user (the cache folder, or a
+per-user folder of mode 0700 in the system's temporary folder, refused when someone else owns it),
+and a pending file holds tensors and the record as JSON text: reading one runs no code."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import torch
 
 from tdabench.harness.core.storage import CorruptFileError, load_verified, remove_verified, save_verified
-from tdabench.harness.read.results import append_record, read_records
+from tdabench.harness.read.record import invalid_reason
+from tdabench.harness.read.results import append_record, read_records, record_line
 
 log = logging.getLogger(__name__)
 
 def _save(record: dict, scores: torch.Tensor | None, results_dir: Path) -> None:
-    """Write the scores (for an ok record) and append the record; raises OSError."""
+    """Write the scores (for an ok record) and append the record; raises OSError. A record that
+    readers would skip as invalid is still written (nothing computed is lost), with a warning."""
+    reason = invalid_reason(json.loads(record_line(record)))  # as readers will see it
+    if reason:
+        log.warning(f"run {record.get('run_id')}: its record is not valid ({reason}); readers will skip it")
     if scores is not None:
         path = results_dir / "scores" / f"{record['run_id']}.pt"
         save_verified({"scores": scores.detach().cpu(), "run_id": record["run_id"],
@@ -28,9 +37,45 @@ def _save(record: dict, scores: torch.Tensor | None, results_dir: Path) -> None:
     append_record(results_dir, record)
 
 
+def private_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of this user that no one else can write (created 0700 if absent)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def pending_dirs(cache_dir: str | Path) -> list[Path]:
-    """Where results that could not be written are kept, in order of preference."""
-    return [Path(cache_dir) / "pending", Path(tempfile.gettempdir()) / "tdabench-pending"]
+    """Where results that could not be written are kept, in order of preference: the cache
+    folder's ``pending``, then ``tdabench-pending-<uid>`` in the system's temporary folder when it
+    is this user's own (mode 0700; a folder of that name owned by someone else is never used)."""
+    own = Path(tempfile.gettempdir()) / f"tdabench-pending-{os.getuid()}"
+    return [Path(cache_dir) / "pending", *([own] if private_folder(own) else [])]
+
+
+def _pending(cache_dir: str | Path, results_dir: Path):
+    """The results kept aside for ``results_dir``: (path, record, scores) of every pending file
+    that is intact data holding a valid record; anything else is left alone, never executed."""
+    target = str(Path(results_dir).resolve())
+    for folder in pending_dirs(cache_dir):
+        for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+            try:
+                data = load_verified(path)
+                if not isinstance(data, dict) or data.get("results_dir") != target:
+                    continue
+                record = json.loads(data["record_json"])
+            except (OSError, CorruptFileError, KeyError, TypeError, ValueError) as exc:
+                log.debug(f"{path}: not a pending result ({exc})")
+                continue
+            if isinstance(record, dict) and invalid_reason(record) is None:
+                yield path, record, data.get("scores")
+
+
+def pending_records(results_dir: Path, cache_dir: str | Path) -> list[dict]:
+    """The records of results kept aside for ``results_dir``, not yet written there."""
+    return [record for _, record, _ in _pending(cache_dir, results_dir)]
 
 
 def write_result(record: dict, scores: torch.Tensor | None, results_dir: Path,
@@ -51,7 +96,8 @@ def write_result(record: dict, scores: torch.Tensor | None, results_dir: Path,
     kept = None
     for folder in pending_dirs(cache_dir):
         try:
-            kept = save_verified({"record": record, "scores": None if scores is None else scores.detach().cpu(),
+            kept = save_verified({"record_json": record_line(record).decode(),
+                                  "scores": None if scores is None else scores.detach().cpu(),
                                   "results_dir": str(results_dir.resolve())}, folder / f"{record['run_id']}.pt")
             break
         except OSError:
@@ -65,33 +111,28 @@ def write_result(record: dict, scores: torch.Tensor | None, results_dir: Path,
 
 def complete_pending_writes(results_dir: Path, cache_dir: str | Path) -> int:
     """Write the results an earlier run kept aside for ``results_dir``; return how many."""
-    target = str(Path(results_dir).resolve())
     written = 0
-    for folder in pending_dirs(cache_dir):
-        for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
-            claimed = path.with_name(f"{path.name}.{os.getpid()}.claimed")
-            try:
-                data = load_verified(path)
-                if data.get("results_dir") != target:
-                    continue
-                os.replace(Path(str(path) + ".sha256"), Path(str(claimed) + ".sha256"))
-                os.replace(path, claimed)  # another run completing the same write skips it now
-            except (OSError, CorruptFileError):
-                continue
-            record = data["record"]
-            try:
-                known = {r.get("run_id") for r in read_records(results_dir)}
-                if record["run_id"] not in known:
-                    record.pop("write_error", None)
-                    _save(record, data["scores"], Path(results_dir))
-            except OSError as exc:
-                os.replace(claimed, path)
-                os.replace(Path(str(claimed) + ".sha256"), Path(str(path) + ".sha256"))
-                log.warning(f"still cannot write to {results_dir} ({exc.strerror or exc}); the result "
-                    f"of run {record['run_id']} stays in {path}")
-                continue
-            remove_verified(claimed)
-            written += 1
-            log.info(f"wrote run {record['run_id']} ({record['task']} / {record['method']}), kept "
-                f"in {folder} after an earlier write to {results_dir} failed")
+    for path, record, scores in _pending(cache_dir, results_dir):
+        folder = path.parent
+        claimed = path.with_name(f"{path.name}.{os.getpid()}.claimed")
+        try:
+            os.replace(Path(str(path) + ".sha256"), Path(str(claimed) + ".sha256"))
+            os.replace(path, claimed)  # another run completing the same write skips it now
+        except OSError:
+            continue
+        try:
+            known = {r.get("run_id") for r in read_records(results_dir)}
+            if record["run_id"] not in known:
+                record.pop("write_error", None)
+                _save(record, scores, Path(results_dir))
+        except OSError as exc:
+            os.replace(claimed, path)
+            os.replace(Path(str(claimed) + ".sha256"), Path(str(path) + ".sha256"))
+            log.warning(f"still cannot write to {results_dir} ({exc.strerror or exc}); the result "
+                f"of run {record['run_id']} stays in {path}")
+            continue
+        remove_verified(claimed)
+        written += 1
+        log.info(f"wrote run {record['run_id']} ({record['task']} / {record['method']}), kept "
+            f"in {folder} after an earlier write to {results_dir} failed")
     return written

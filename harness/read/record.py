@@ -1,85 +1,221 @@
 """The run record: the contract between a run and every reader of its results.
 
-A run writes one :class:`RunRecord` as a JSON line to ``RESULTS_DIR/runs.jsonl``
-(:func:`tdabench.harness.read.results.append_record`); the leaderboard, report, adequacy, insight and
-tracking read them through :func:`tdabench.harness.read.results.read_records`, which passes every line
-through :func:`upgrade`, so records written by earlier versions read as the current schema.
+A run builds one :class:`RunRecord` (:func:`new_record`) and writes it as a JSON line to
+``RESULTS_DIR/runs.jsonl`` (:func:`tdabench.harness.read.results.append_record`); the leaderboard,
+report, adequacy, insight and tracking read them through
+:func:`tdabench.harness.read.results.read_records`, which passes every line through
+:func:`upgrade` (records written by earlier versions read as the current schema) and
+:func:`invalid_reason` (a record of the wrong types or out of range is skipped, never ranked).
 
-Units: seconds for ``time_s`` and ``cpu_time_s``, MiB for ``peak_mem_mb``, floating-point
-operations for ``flops``; each of these maps a phase (prepare, ground_truth, fit, score, lds) to
-its value. ``lds`` is the mean over queries of the Spearman correlation between predicted and
-retrained outcomes (``None`` when the run did not reach it, or for cost-only tasks).
+Units: seconds for ``time_s`` and ``cpu_time_s``, MiB for ``peak_mem_mb`` and ``peak_rss_mb``,
+floating-point operations for ``flops``; each of these maps a phase (prepare, ground_truth, fit,
+score, lds) to its value. ``lds`` is the mean over queries of the Spearman correlation between
+predicted and retrained outcomes, in [-1, 1] (``None`` when the run did not reach it, or for
+cost-only tasks); its interval ``lds_ci`` is ordered and holds it.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 #: 1: records without the field (written before the schema was versioned); 2: this layout
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "error", "oom", "timeout", "unsupported", "degenerate_model")
+#: statuses of a run that failed (a sweep with one of them exits non-zero)
+FAILED = ("error", "oom", "timeout", "degenerate_model")
 
 
-class RunRecord(TypedDict, total=False):
-    schema_version: int
-    run_id: str                  # <task>-<method>-<8 hex digits>; names the scores file too
-    task: str
-    method: str
-    status: str                  # one of STATUSES
-    message: str                 # why the status is not ok
-    failed_phase: str | None
-    traceback: str
-    group: str                   # the sweep (or single run) the record belongs to
-    config: dict[str, Any]       # the resolved config, every method parameter included
-    config_hash: str             # hash of the settings that determine the numbers
-    gt_key: str | None           # the ground truth's cache key (same key: same ground truth)
-    split: str                   # "test": the queries and ground truth the record is scored on
-    query_ids: list[int]         # the queries' indices into the task's held-out pool
-    tuned: dict[str, Any]        # with tune.trials > 0: trials, search_space, best_params, val_lds,
-                                 # val_gt_key, val_query_ids, study, storage (engine/tuning.py)
-    gt_subsets: int
-    gt_seeds: int
-    gt_cached: bool
-    count_replay_s: float        # wall seconds of the untimed counting replay (cost.count=separate)
-    n_train: int
-    n_query: int
-    num_params: int
-    model_quality: dict[str, float]  # test_acc, test_loss of the attributed model
-    trainings: int               # full model trainings the method consumed
-    lds: float | None
-    lds_ci: list[float] | None   # bootstrap 95% interval over queries
-    lds_per_query: list[float | None]
-    constant_outcome_queries: list[int]
-    constant_prediction_queries: list[int]
-    gt_reliability: float | None
-    gt_reliability_ci: list[float] | None
-    lds_ceiling: float | None
-    lds_ceiling_ci: list[float] | None
-    normalized_lds: float | None
-    gt_warning: str
-    metrics: dict[str, dict[str, Any]]  # per metric: status (ok, unsupported, error), value, ci
-                                        # [low, high], ceiling (None without one), its own fields
-    time_s: dict[str, float]
-    peak_mem_mb: dict[str, float]
-    diagnostics: dict[str, Any] | None
-    cached_work: list[str]       # work fit and score read from the cache (ensemble members,
-                                 # curvature factors) instead of computing it; absent when none
-    scores_file: str             # relative to the results folder
-    wandb_dir: str | None
-    version: str                 # tdabench's version
-    git_sha: str | None
-    libraries: dict[str, str]
-    device: str
-    host: str
-    platform: str
-    timestamp: str               # UTC, ISO 8601
+class _Unset:
+    """The value of a field a record does not have (left out of its dict form)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass
+class RunRecord:
+    """Every field a run writes. A field left :data:`UNSET` is absent from the JSON line."""
+
+    schema_version: int = UNSET
+    run_id: str = UNSET                  # <task>-<method>-<8 hex digits>; names the scores file too
+    task: str = UNSET
+    method: str = UNSET
+    status: str = UNSET                  # one of STATUSES
+    message: str | None = UNSET          # why the status is not ok
+    failed_phase: str | None = UNSET
+    traceback: str = UNSET
+    group: str = UNSET                   # the sweep (or single run) the record belongs to
+    config: dict[str, Any] = UNSET       # the resolved config, every method parameter included
+    config_hash: str = UNSET             # hash of the settings that determine the numbers
+    gt_key: str | None = UNSET           # the ground truth's cache key (same key: same ground truth)
+    gt_subsets: int | None = UNSET
+    gt_seeds: int | None = UNSET         # retrainings per subset (1 in the same-seed mode)
+    gt_mode: str = UNSET                 # fresh_seeds or same_seed
+    gt_cached: bool = UNSET
+    count_replay_s: float = UNSET        # wall seconds of the untimed counting replay (cost.count=separate)
+    gt_wait_s: float = UNSET             # seconds spent waiting for another run's ground truth
+    gt_degenerate_share: float | None = UNSET  # share of retrained models no better than chance
+    quality_check: str = UNSET           # why the model was not checked against chance
+    n_train: int | None = UNSET
+    n_query: int | None = UNSET
+    num_params: int = UNSET
+    model_quality: dict[str, float | None] = UNSET  # test_acc, test_loss of the attributed model
+    trainings: int | float = UNSET       # full model trainings the method consumed
+    lds: float | None = UNSET
+    lds_ci: list[float] | None = UNSET   # bootstrap 95% interval over queries
+    lds_per_query: list[float | None] = UNSET
+    constant_outcome_queries: list[int] = UNSET
+    constant_prediction_queries: list[int] = UNSET
+    gt_reliability: float | None = UNSET
+    gt_reliability_ci: list[float | None] | None = UNSET
+    lds_ceiling: float | None = UNSET
+    lds_ceiling_ci: list[float | None] | None = UNSET
+    normalized_lds: float | None = UNSET
+    gt_warning: str = UNSET
+    metrics: dict[str, dict[str, Any]] | None = UNSET  # per metric: status (ok, unsupported, error),
+                                         # value, ci [low, high], ceiling (None without one), its own fields
+    query_ids: list[int] | None = UNSET  # the queries' indices into the task's held-out pool
+    split: str | None = UNSET            # "test": the queries and ground truth the record is scored on
+    tuned: dict[str, Any] | None = UNSET  # with tune.trials > 0: trials, search_space, best_params,
+                                         # val_lds, val_gt_key, val_query_ids, study, storage
+    time_s: dict[str, float | None] = UNSET
+    cpu_time_s: dict[str, float | None] = UNSET
+    peak_mem_mb: dict[str, float | None] = UNSET
+    peak_rss_mb: dict[str, float | None] = UNSET
+    flops: dict[str, int | float | None] = UNSET
+    load_avg: dict[str, float | None] = UNSET  # one-minute load average per phase
+    overloaded: bool = UNSET             # the load exceeded the core count during a timed phase
+    diagnostics: dict[str, Any] | None = UNSET
+    cached_work: list[str] = UNSET       # work fit and score read from the cache instead of computing it
+    scores_file: str = UNSET             # relative to the results folder, inside it
+    write_error: str = UNSET             # why the result could not be written where it belonged
+    wandb_dir: str | None = UNSET
+    version: str = UNSET                 # tdabench's version
+    git_sha: str | None = UNSET
+    libraries: dict[str, str] = UNSET
+    device: str = UNSET
+    host: str = UNSET
+    platform: str = UNSET
+    timestamp: str = UNSET               # UTC, ISO 8601
+    extra: dict[str, Any] = field(default_factory=dict)  # fields of later versions, kept as they are
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunRecord:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in raw.items() if k in known},
+                   extra={k: v for k, v in raw.items() if k not in known})
+
+    def as_dict(self) -> dict:
+        """The record as its JSON object: set fields only, later versions' fields included."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "extra" and getattr(self, f.name) is not UNSET}
+        return {**out, **self.extra}
 
 
 #: keys every record has, whatever its status (a line without them is not a record)
 REQUIRED = ("run_id", "task", "method", "status")
+#: an ``ok`` record with an LDS also has these keys (besides :data:`REQUIRED`)
+REQUIRED_OK_KEYS = ("lds", "lds_ci", "config_hash")
+_TYPES = get_type_hints(RunRecord)
+_TOLERANCE = 1e-6  # rounding between a value and its interval
 
 
-def upgrade(raw: dict) -> RunRecord:
+def _fits(value, tp) -> bool:
+    """Whether the JSON value ``value`` has the type ``tp`` (an annotation of :class:`RunRecord`)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    return isinstance(value, tp)
+
+
+def _interval_problem(name: str, ci, value=None, bounds: tuple[float, float] | None = None) -> str | None:
+    """Why ``ci`` is no interval [low, high] (ordered, finite, within ``bounds``, holding ``value``)."""
+    if ci is None:
+        return None
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_fits(v, float) for v in ci)):
+        return f"{name}={ci!r} is not an interval [low, high] of two finite numbers"
+    lo, hi = ci
+    if lo > hi:
+        return f"{name}={ci!r} is not ordered (low > high)"
+    if bounds and (lo < bounds[0] - _TOLERANCE or hi > bounds[1] + _TOLERANCE):
+        return f"{name}={ci!r} lies outside [{bounds[0]}, {bounds[1]}]"
+    if _fits(value, float) and not lo - _TOLERANCE <= value <= hi + _TOLERANCE:
+        return f"{name}={ci!r} does not hold the value {value}"
+    return None
+
+
+def scores_path(results_dir: str | Path, scores_file) -> Path:
+    """The file a record's ``scores_file`` names, resolved inside ``results_dir``; ValueError with
+    the reason when it is not a relative path or leads outside the folder (links included)."""
+    if not isinstance(scores_file, str) or not scores_file or Path(scores_file).is_absolute():
+        raise ValueError(f"scores_file={scores_file!r} is not a path relative to the results folder")
+    root = Path(results_dir).resolve()
+    path = (root / scores_file).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"scores_file={scores_file!r} leads outside the results folder {root}; it is not read")
+    return path
+
+
+def invalid_reason(raw: dict) -> str | None:
+    """Why ``raw`` (a record in the current schema) is not a valid record, or None: required keys,
+    the type of every known field, the status, the LDS (finite, in [-1, 1]) and the intervals
+    (ordered, holding their value), the metrics, and a ``scores_file`` inside its folder."""
+    need = list(REQUIRED) + (list(REQUIRED_OK_KEYS) if raw.get("status") == "ok" and raw.get("lds") is not None
+                             else [])
+    missing = [k for k in need if k not in raw]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key, value in raw.items():
+        if key in _TYPES and key != "extra" and not _fits(value, _TYPES[key]):
+            return f"{key}={value!r:.60} is not of type {_TYPES[key]}"
+    if raw["status"] not in STATUSES:
+        return f"status={raw['status']!r} is not one of {', '.join(STATUSES)}"
+    lds = raw.get("lds")
+    if lds is not None and not -1 - _TOLERANCE <= lds <= 1 + _TOLERANCE:
+        return f"lds={lds} lies outside [-1, 1]"
+    problem = (_interval_problem("lds_ci", raw.get("lds_ci"), lds, (-1, 1))
+               or _metrics_problem(raw.get("metrics") or {}))
+    if problem:
+        return problem
+    if "scores_file" in raw:
+        try:
+            scores_path(".", raw["scores_file"])
+        except ValueError as exc:
+            return str(exc).split(";")[0]
+    return None
+
+
+def _metrics_problem(metrics: dict) -> str | None:
+    for name, entry in metrics.items():
+        value = entry.get("value")
+        if value is not None and not _fits(value, float):
+            return f"metrics.{name}.value={value!r} is not a finite number"
+        problem = _interval_problem(f"metrics.{name}.ci", entry.get("ci"), value)
+        if problem:
+            return problem
+    return None
+
+
+def upgrade(raw: dict) -> dict:
     """The record ``raw`` in the current schema. Version 1 records (no ``schema_version``) lack
     only fields that later versions added; they get neutral values, never invented numbers."""
     rec: dict = dict(raw)
@@ -90,9 +226,18 @@ def upgrade(raw: dict) -> RunRecord:
         rec.setdefault("config", {})
         rec.setdefault("lds", None)
         rec["schema_version"] = SCHEMA_VERSION
-    return rec  # type: ignore[return-value]
+    return rec
 
 
-def new_record(**fields) -> RunRecord:
-    """A record of the current schema holding ``fields``."""
-    return RunRecord(schema_version=SCHEMA_VERSION, **fields)  # type: ignore[typeddict-item]
+def validated(raw: dict) -> tuple[dict | None, str | None]:
+    """``(record, None)`` with the record in the current schema as the dict form of its
+    :class:`RunRecord`, or ``(None, reason)`` when it is not valid."""
+    rec = upgrade(raw)
+    reason = invalid_reason(rec)
+    return (None, reason) if reason else (RunRecord.from_dict(rec).as_dict(), None)
+
+
+def new_record(**fields) -> dict:
+    """A record of the current schema holding ``fields`` (each a declared field of
+    :class:`RunRecord`; an undeclared one raises TypeError), in its dict form."""
+    return RunRecord(schema_version=SCHEMA_VERSION, **fields).as_dict()

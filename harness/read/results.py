@@ -4,13 +4,16 @@ Records are appended under an exclusive lock with a single write and an fsync, s
 sweeps never interleave lines. Scores go to ``RESULTS_DIR/scores/<run_id>.pt`` (atomic, with a
 checksum) so LDS can be recomputed without rerunning the method.
 
-Lines are standard JSON (a non-finite number is written as null). A reader skips, with a count,
-lines that are not complete JSON, JSON values that are not objects, and records missing the keys
-every reader relies on (:data:`tdabench.harness.read.record.REQUIRED`).
+Lines are standard JSON (a non-finite number is written as null). A reader skips, with a count and
+the reason, lines that are not complete JSON, JSON values that are not objects, and records that
+are not valid (:func:`tdabench.harness.read.record.invalid_reason`: keys missing, a field of the
+wrong type, an LDS out of range, an interval that does not hold its value...): such a record is
+never ranked, plotted or taken as a finished pairing.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import json
@@ -25,11 +28,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tdabench.harness.core.version import __version__, git_sha
-from tdabench.harness.read.record import REQUIRED, RunRecord, upgrade
+from tdabench.harness.read.record import validated
 
 _log = logging.getLogger(__name__)
-#: an ``ok`` record with an LDS also has these keys (besides :data:`REQUIRED`)
-REQUIRED_OK_KEYS = ("lds", "lds_ci", "config_hash")
 LIBRARIES = ("torch", "numpy", "scipy", "hydra-core", "wandb", "kronfluence", "traker", "devinterp",
              "transformers")
 
@@ -108,22 +109,16 @@ def one_line_errors(prog: str):
     return wrap
 
 
-def missing_keys(record: dict) -> list[str]:
-    """Keys of :data:`REQUIRED` (and, for an ok record with an LDS, :data:`REQUIRED_OK_KEYS`)
-    that ``record`` lacks."""
-    need = list(REQUIRED)
-    if record.get("status") == "ok" and record.get("lds") is not None:
-        need += REQUIRED_OK_KEYS
-    return [k for k in need if k not in record]
-
-
-def read_records(results_dir: str | Path) -> list[RunRecord]:
-    """All complete records, in the current schema (:func:`tdabench.harness.read.record.upgrade`).
-    Damaged lines (a torn last line), JSON values that are not objects and records missing required
-    keys are skipped, with one note per kind giving the count and the first line numbers."""
+def read_records(results_dir: str | Path) -> list[dict]:
+    """All valid records, in the current schema, as dicts (:func:`tdabench.harness.read.record.validated`).
+    Damaged lines (a torn last line), JSON values that are not objects and invalid records are
+    skipped, with one warning per reason giving the count and the first line numbers. Raises
+    OSError with the fix when ``runs.jsonl`` cannot be read or is not a file."""
     path = Path(results_dir) / "runs.jsonl"
     if not path.exists():
         return []
+    if not path.is_file():
+        raise OSError(errno.EISDIR, f"{path} is not a file; move it away (results are appended to a file of that name)")
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as exc:
@@ -141,10 +136,12 @@ def read_records(results_dir: str | Path) -> list[RunRecord]:
         if not isinstance(rec, dict):
             skipped.setdefault(f"a JSON {type(rec).__name__}, not a record object", []).append(n)
             continue
-        if missing_keys(rec):
-            skipped.setdefault(f"a record missing {', '.join(missing_keys(rec))}", []).append(n)
+        rec, reason = validated(rec)
+        if reason:
+            why = f"a record {reason}" if reason.startswith("missing") else f"an invalid record: {reason}"
+            skipped.setdefault(why, []).append(n)
             continue
-        records.append(upgrade(rec))
+        records.append(rec)
     for why, lines in skipped.items():
         where = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
         _log.warning(f"{path}: {len(lines)} line(s) skipped, each {why} (line {where})")

@@ -29,6 +29,7 @@ from tdabench.harness.core.storage import CorruptFileError, load_verified  # noq
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.read.lds import lds  # noqa: E402
 from tdabench.harness.read.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
+from tdabench.harness.read.record import scores_path  # noqa: E402
 from tdabench.harness.read.results import one_line_errors, read_records  # noqa: E402
 from tdabench.harness.read.statistics import noise_ceiling  # noqa: E402
 
@@ -72,8 +73,8 @@ def _ground_truth(task_name: str, cfg: dict, compute: bool):
 
 def _scores(results_dir: Path, rec: dict):
     try:
-        return load_verified(results_dir / rec["scores_file"])["scores"]
-    except (CorruptFileError, OSError, KeyError) as exc:
+        return load_verified(scores_path(results_dir, rec.get("scores_file")))["scores"]
+    except (CorruptFileError, OSError, KeyError, TypeError, ValueError) as exc:
         raise AdequacyError(f"the scores of run {rec.get('run_id')} ({rec.get('method')}) cannot be read "
                             f"({exc}); rerun that method with force=true") from exc
 

@@ -28,7 +28,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.compose import pairing_config
 from tdabench.harness.engine.profiling import Profiler
 from tdabench.harness.engine.run import prepare
 from tdabench.methods.bif import _ChainModel

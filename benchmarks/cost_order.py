@@ -92,7 +92,7 @@ def counting_overhead(task_name: str, methods: list[str], cache: Path, repeats: 
     (with it), alternating, best of ``repeats``."""
     from contextlib import nullcontext
 
-    from tdabench.harness.engine.cli import pairing_config
+    from tdabench.harness.engine.compose import pairing_config
     from tdabench.harness.engine.profiling import Profiler, warm_up
     from tdabench.harness.engine.run import prepare
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import prepare
 from tdabench.harness.read.lds import lds

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.run import prepare
 from tdabench.methods.exact_if import DTYPES, TrainingHessian
 

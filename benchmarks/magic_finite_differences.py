@@ -25,7 +25,7 @@ import time
 import torch
 
 from tdabench.harness.core.storage import load_verified
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.run import prepare
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.compose import pairing_config
 from tdabench.harness.engine.profiling import MIB, Profiler, warm_up
 from tdabench.harness.engine.run import prepare
 from tdabench.methods.gradients import gradient_chunk, num_params

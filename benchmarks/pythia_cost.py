@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.compose import pairing_config
 from tdabench.harness.engine.profiling import Profiler
 from tdabench.harness.engine.run import prepare
 

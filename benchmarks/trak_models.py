@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.cli import pairing_config
+from tdabench.harness.engine.compose import pairing_config
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import prepare
 from tdabench.harness.read.lds import lds

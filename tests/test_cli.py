@@ -171,7 +171,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, message):
-    from tdabench.harness.engine.cli import compose
+    from tdabench.harness.engine.compose import compose
     from tdabench.harness.engine.config import ConfigError
     from tdabench.harness.engine.run import prepare
 

@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.cli import CONF_DIR, compose
+from tdabench.harness.engine.compose import CONF_DIR, compose
 
 TASK_FILES = sorted((CONF_DIR / "task").glob("*.yaml"))
 

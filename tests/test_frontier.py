@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.cli import compose, precheck
+from tdabench.harness.engine.cli import precheck
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, ladder_problems, rung
 from tdabench.harness.engine.run import config_hash, prepare
@@ -56,7 +57,7 @@ def test_frontier_sweep_covers_every_rung_of_its_methods():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from tdabench.harness.engine.cli import CONF_DIR, register_configs
+    from tdabench.harness.engine.compose import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

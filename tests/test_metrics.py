@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tdabench.harness.core.registry import METRICS, TASKS
-from tdabench.harness.engine.cli import compose, metric_overrides, precheck
+from tdabench.harness.engine.cli import metric_overrides, precheck
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.metric import metric_problems
 from tdabench.harness.engine.run import config_hash, execute
 from tdabench.harness.read.leaderboard import write

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.run import execute
 from tdabench.harness.read.report import log_to_wandb, write_report
 

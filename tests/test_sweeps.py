@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.cli import CONF_DIR, register_configs
+from tdabench.harness.engine.compose import CONF_DIR, register_configs
 
 
 def composed(name: str):

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tdabench.harness.engine.cli import CONF_DIR, register_configs
+from tdabench.harness.engine.compose import CONF_DIR, register_configs
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.run import prepare
 from tdabench.methods.gradients import per_example_grads

@@ -20,7 +20,7 @@ QUICK = ["task=digits_mlp", "task.n_train=200", "gt.subsets=20", "gt.seeds=2", "
 
 
 def _cfg(tmp_path, *args):
-    from tdabench.harness.engine.cli import compose
+    from tdabench.harness.engine.compose import compose
 
     return compose([*QUICK, *args, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"])
 

@@ -79,7 +79,7 @@ def make_sampler(overrides: list[str], chains: int, draws: int):
     ``method.*`` overrides when the overrides choose it), sampling ``chains`` x ``draws`` (the
     constructor parameters every method offering ``training_loss_draws`` has)."""
     from tdabench.harness.core.registry import METHODS
-    from tdabench.harness.engine.cli import compose
+    from tdabench.harness.engine.compose import compose
     from tdabench.harness.engine.config import method_params
 
     name = sampler_name(overrides)
@@ -123,7 +123,7 @@ def _fail(msg: str) -> None:
 def run(args: argparse.Namespace) -> list[Path]:
     """Produce the chosen views; returns the written files."""
     from tdabench.harness.core.storage import load_verified
-    from tdabench.harness.engine.cli import compose
+    from tdabench.harness.engine.compose import compose
     from tdabench.harness.engine.config import ConfigError
     from tdabench.harness.engine.run import check_scores, prepare
 

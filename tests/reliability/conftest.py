@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.run import execute
 
 TRIED: set[str] = set()

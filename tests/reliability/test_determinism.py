@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.run import prepare
 
 SMALL = ["task.n_train=120", "task.n_query=8", "task.hidden=16", "task.recipe.epochs=10",

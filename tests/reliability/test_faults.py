@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tdabench.harness.core import storage
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.run import execute, prepare
 from tdabench.harness.read.results import read_records

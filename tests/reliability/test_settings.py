@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tdabench.harness.engine.cli import compose
+from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.run import prepare
 from tests.reliability.conftest import SMALL

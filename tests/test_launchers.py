@@ -75,4 +75,5 @@ def test_launcher_workers_print_one_result_line_per_run_also_with_q(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.startswith("[tdabench]")]
     results = sorted(line for line in lines if ": LDS " in line)
     assert [r.split(":")[0] for r in results] == ["[tdabench] digits_mlp / grad_dot", "[tdabench] digits_mlp / random"]
-    assert lines == [line for line in lines if ": LDS " in line or "warning:" in line or "error:" in line]
+    assert lines[-1] == "[tdabench] sweep: 2 ok"  # the sweep's summary of statuses, last
+    assert lines[:-1] == [line for line in lines if ": LDS " in line or "warning:" in line or "error:" in line]

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-import tdabench.harness.engine.run as run
 import tdabench.harness.engine.writing as writing
+import tdabench.metrics.lds as lds_metric
 from tdabench.harness.core import storage
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import execute, prepare
@@ -84,7 +84,7 @@ def test_non_finite_lds_is_recorded_with_its_cause_not_ok(done, tmp_path, tried,
     tried("LDS that comes out NaN")
     base, _ = done
     shutil.copytree(base / "cache", tmp_path / "cache")
-    monkeypatch.setattr(run, "lds", lambda *a, **k: LDSResult(float("nan"), (float("nan"),) * 2,
+    monkeypatch.setattr(lds_metric, "lds", lambda *a, **k: LDSResult(float("nan"), (float("nan"),) * 2,
                                                               np.full(15, np.nan)))
     rec = execute(small_cfg(tmp_path, "method=grad_dot"))
     assert rec["status"] == "error" and rec["failed_phase"] == "lds" and "LDS is nan" in rec["message"]

@@ -83,9 +83,10 @@ def test_ensemble_members_read_from_the_cache_are_recorded(sweep, tmp_path):
     first, second = records(tmp_path)
     assert first["status"] == second["status"] == "ok"
     assert "cached_work" not in first and second["cached_work"] == ["ensemble member 1"]
+    from tdabench.harness.read.record import RunRecord
     from tdabench.harness.read.record_view import fit_from_cache
 
-    assert not fit_from_cache(first) and fit_from_cache(second)
+    assert not fit_from_cache(RunRecord.from_dict(first)) and fit_from_cache(RunRecord.from_dict(second))
 
 
 def test_second_sweep_reuses_ground_truth_and_reproduces_lds(sweep):

@@ -21,6 +21,7 @@ from tdabench.harness.engine.ladder import LevelBeyondLadder, apply_level, ladde
 from tdabench.harness.engine.run import config_hash, prepare
 from tdabench.harness.read.frontier import Point, cost_to_reach, lds_at, pareto, table
 from tdabench.harness.read.leaderboard_cli import main as leaderboard_main
+from tdabench.harness.read.record import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -118,14 +119,15 @@ def test_a_single_run_past_the_ladder_is_refused_before_any_work(tmp_path):
 
 # ------------------------------------------------------------------ frontier.csv math ----------
 def rec(method, lds, s, flops=None, params=None, gt_key="digits_mlp-aaaaaaaaaaaa"):
-    return {"run_id": f"{method}-{json.dumps(params)}", "task": "digits_mlp", "method": method, "status": "ok",
+    return RunRecord.from_dict({"run_id": f"{method}-{json.dumps(params)}", "task": "digits_mlp", "method": method,
+            "status": "ok",
             "lds": lds, "lds_ci": [lds - 0.05, lds + 0.05], "lds_per_query": [lds] * 4, "n_train": 1000,
             "n_query": 4, "gt_subsets": 100, "gt_seeds": 3, "gt_key": gt_key, "config_hash": f"{method}{params}",
             "config": {"task": {"name": "digits_mlp", "observable": "loss"},
                        "method": {"name": method, **(params or {})}, "gt": {"subsets": 100, "seeds": 3, "alpha": 0.5}},
             "time_s": {"fit": s / 2, "score": s / 2}, "cpu_time_s": {"fit": s / 4, "score": s / 4},
             "peak_mem_mb": {"fit": 1.0, "score": 1.0},
-            **({"flops": {"fit": flops, "score": 0}} if flops is not None else {})}
+            **({"flops": {"fit": flops, "score": 0}} if flops is not None else {})})
 
 
 def bif(draws, lds, s, flops=None):
@@ -184,14 +186,15 @@ def test_frontier_table_cpu_seconds_and_pareto_flag():
 
 
 def test_without_an_ekfac_row_the_comparison_is_empty_with_a_note():
-    df = table([r for r in RECORDS if r["method"] != "ekfac"]).set_index("method")
+    df = table([r for r in RECORDS if r.method != "ekfac"]).set_index("method")
     assert df["lds_at_ekfac_s"].isna().all()
     assert (df["lds_at_ekfac_s_note"] == "no ekfac row on this ground truth").all()
 
 
 def test_a_fit_read_from_cached_factors_is_flagged():
-    cached = {**rec("ekfac", 0.50, 2.0, 2e9), "diagnostics": {"factors_from_cache": True}}
-    df = table([*[r for r in RECORDS if r["method"] != "ekfac"], cached]).set_index("method")
+    cached = rec("ekfac", 0.50, 2.0, 2e9)
+    cached.diagnostics = {"factors_from_cache": True}
+    df = table([*[r for r in RECORDS if r.method != "ekfac"], cached]).set_index("method")
     assert df.loc["ekfac", "cached_fits"] == "[defaults]" and pd.isna(df.loc["bif", "cached_fits"])
     assert "its cost is a file read" in df.loc["bif", "ekfac_row"]
 
@@ -203,7 +206,7 @@ def test_no_frontier_without_a_method_at_two_settings(tmp_path):
 def test_leaderboard_writes_frontier_csv_and_plot(tmp_path, capsys):
     folder = tmp_path / "r"
     folder.mkdir()
-    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in RECORDS))
     leaderboard_main([str(folder)])
     assert "frontier:" in capsys.readouterr().out
     df = pd.read_csv(folder / "frontier.csv")

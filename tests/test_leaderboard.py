@@ -13,6 +13,7 @@ import pytest
 
 from tdabench.harness.read.leaderboard import build, render_markdown, row_keys
 from tdabench.harness.read.leaderboard_cli import main
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import ground_truth_label, record_setting, setting
 from tdabench.harness.read.statistics import holm, pairwise_table, tied_with_best
 from tdabench.harness.read.tracking import summary_of, sweep_group
@@ -25,7 +26,8 @@ def rec(method, lds, gt_key="digits_mlp-aaaaaaaaaaaa", subsets=100, seeds=3, par
     """A synthetic ok record whose per-query LDS is ``lds`` plus a fixed pattern plus ``shift``."""
     rng = np.random.default_rng(abs(hash((method, gt_key, json.dumps(params, sort_keys=True)))) % 2**32)
     per_query = (lds + shift + 0.05 * rng.standard_normal(40)).round(6).tolist()
-    return {"run_id": f"{method}-{len(str(params))}", "task": task, "method": method, "status": status,
+    return RunRecord.from_dict({"run_id": f"{method}-{len(str(params))}", "task": task, "method": method,
+            "status": status,
             "lds": lds, "lds_ci": [lds - 0.02, lds + 0.02], "lds_per_query": per_query, "n_train": 1000,
             "n_query": 40, "gt_subsets": subsets, "gt_seeds": seeds, "gt_key": gt_key, "lds_ceiling": ceiling,
             "lds_ceiling_ci": [ceiling - 0.01, ceiling + 0.01], "gt_reliability": ceiling ** 2,
@@ -34,7 +36,7 @@ def rec(method, lds, gt_key="digits_mlp-aaaaaaaaaaaa", subsets=100, seeds=3, par
                        "method": {"name": method, "seed": seed, **(params or {})},
                        "gt": {"subsets": subsets, "seeds": seeds, "alpha": 0.5},
                        "wandb": {"project": "proj", "entity": None}},
-            "time_s": {"fit": 1.0, "score": 2.0}, "peak_mem_mb": {"fit": 3.0, "score": 4.0}, **extra}
+            "time_s": {"fit": 1.0, "score": 2.0}, "peak_mem_mb": {"fit": 3.0, "score": 4.0}, **extra})
 
 
 def test_rows_are_kept_apart_by_ground_truth_and_setting():
@@ -69,7 +71,7 @@ def test_seeds_of_one_setting_are_one_row_with_a_spread():
 def test_setting_uses_the_class_signature_and_the_task_defaults():
     r = rec("bif", 0.5, params={"chains": 4, "draws": 100, "eps": 1e-4, "gamma": 30.0}, task="gone_task")
     assert record_setting(r) == "gamma=30"  # the other values are BIF's signature defaults
-    r["config"]["task"]["method_defaults"] = {"bif": {"gamma": 30.0, "chains": 8}}
+    r.config["task"]["method_defaults"] = {"bif": {"gamma": 30.0, "chains": 8}}
     assert record_setting(r) == "chains=4"  # gamma is this task's default; chains differs from it
 
 
@@ -79,9 +81,9 @@ def test_setting_follows_the_task_defaults_of_today_and_the_shared_ones():
     today = yaml.safe_load((ROOT / "conf" / "task" / "digits_mlp.yaml").read_text())["method_defaults"]
     at_today = {**today["bif"]}
     r = rec("bif", 0.5, params=at_today)
-    r["config"]["task"]["method_defaults"] = {"bif": {"draws": 12345}}  # what the run saw
+    r.config["task"]["method_defaults"] = {"bif": {"draws": 12345}}  # what the run saw
     assert record_setting(r) == ""  # labelled against the task's defaults as they are now
-    r["config"]["method"]["draws"] = 12345
+    r.config["method"]["draws"] = 12345
     assert record_setting(r) == "draws=12345"
     # a reference implementation reads the native method's task defaults (trak -> trak_traker)
     t = rec("trak_traker", 0.3, params={k: v for k, v in today["trak"].items()})
@@ -92,16 +94,16 @@ def test_rows_made_under_different_task_defaults_are_not_merged():
     # the same label '' (at its task's defaults) for two parameter sets: a task changed its defaults
     # (a task that is not installed here: its defaults are those its records hold)
     old = rec("bif", 0.55, params={"chains": 8, "draws": 800}, task="gone_task")
-    old["config"]["task"]["method_defaults"] = {"bif": {"chains": 8, "draws": 800}}
+    old.config["task"]["method_defaults"] = {"bif": {"chains": 8, "draws": 800}}
     new = rec("bif", 0.52, params={"chains": 8, "draws": 400}, task="gone_task")
-    new["config"]["task"]["method_defaults"] = {"bif": {"chains": 8, "draws": 400}}
+    new.config["task"]["method_defaults"] = {"bif": {"chains": 8, "draws": 400}}
     assert record_setting(old) == record_setting(new) == ""
     keys = [k[3] for k in row_keys([old, new])]
     assert keys == ["chains=8 draws=800", "chains=8 draws=400"]
     df, _, _ = build([old, new])
     assert len(df) == 2
     # records at one parameter set keep the short label
-    assert [k[3] for k in row_keys([old, dict(old)])] == ["", ""]
+    assert [k[3] for k in row_keys([old, RunRecord.from_dict(old.as_dict())])] == ["", ""]
 
 
 def test_setting_of_an_unregistered_method_compares_with_its_most_common_values():
@@ -160,9 +162,9 @@ def test_reference_records_read_and_give_the_same_lds_table():
     assert "0.72" in md and "LDS ceiling 0.948" in md
 
 
-def _write(folder: Path, records: list[dict]) -> Path:
+def _write(folder: Path, records: list[RunRecord]) -> Path:
     folder.mkdir(parents=True)
-    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in records))
     return folder
 
 
@@ -200,7 +202,7 @@ def test_wandb_run_name_carries_the_setting():
               "trainings", "fit_s", "score_s", "total_s", "peak_mem_mb", "lds_per_query"):
         assert k in s, k
     assert s["fit_s"] == 1.0 and s["total_s"] == 3.0 and s["peak_mem_mb"] == 4.0
-    r["metrics"] = {"loo": {"status": "ok", "value": 0.4, "ci": [0.3, 0.5], "ceiling": None},
+    r.metrics = {"loo": {"status": "ok", "value": 0.4, "ci": [0.3, 0.5], "ceiling": None},
                     "mislabel_auc": {"status": "unsupported", "value": None, "message": "no labels"}}
     s = summary_of(r)
     assert s["metric/loo"] == 0.4 and s["metric/loo_ci_high"] == 0.5 and "metric/loo_ceiling" not in s

@@ -12,6 +12,7 @@ import pytest
 
 from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.run import execute
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.report import log_to_wandb, write_report
 
 SMALL = ["task.n_train=150", "task.n_query=15", "task.hidden=16", "task.recipe.epochs=15",
@@ -110,14 +111,14 @@ def test_cost_by_size_lists_every_size_and_marks_cached_fits():
     from tdabench.harness.read.leaderboard import build, cost_by_size, render_markdown
 
     def rec(method, params, size, fit, cached=None, status="ok"):
-        return {"task": "pythia_scaling", "method": method, "status": status, "num_params": params,
-                "lds": None, "config": {"task": {"size": size}}, "time_s": {"fit": fit, "score": 1.0},
-                "peak_mem_mb": {"fit": 10.0 * params, "score": 5.0},
-                "diagnostics": None if cached is None else {"factors_from_cache": cached}}
+        return RunRecord(task="pythia_scaling", method=method, status=status, num_params=params,
+                         lds=None, config={"task": {"size": size}}, time_s={"fit": fit, "score": 1.0},
+                         peak_mem_mb={"fit": 10.0 * params, "score": 5.0},
+                         diagnostics=None if cached is None else {"factors_from_cache": cached})
 
     records = [rec("ekfac", 1, "14m", 3.0, False), rec("ekfac", 2, "31m", 0.1, True),
                rec("bif", 1, "14m", 5.0), rec("bif", 2, "31m", 9.0, status="timeout"),
-               {"task": "digits_mlp", "method": "grad_dot", "status": "ok", "num_params": 7, "lds": 0.1}]
+               RunRecord(task="digits_mlp", method="grad_dot", status="ok", num_params=7, lds=0.1)]
     costs = cost_by_size(records)
     assert list(costs["task"].unique()) == ["pythia_scaling"]  # one size only: no table
     assert len(costs) == 4 and costs["fit_from_cache"].tolist() == [False, False, False, True]

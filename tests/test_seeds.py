@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.seeds import across_seeds, two_level_bootstrap
 
 
 def _rec(method, seed, values):
     cfg = {"seed": seed, "task": {"name": "digits_mlp", "n_train": 200},
            "gt": {"subsets": 20, "seeds": 2, "alpha": 0.5, "shard": None}, "method": {"name": method}}
-    return {"method": method, "task": "digits_mlp", "status": "ok", "config": cfg, "gt_key": f"digits_mlp-{seed}",
-            "n_train": 200, "gt_subsets": 20, "gt_seeds": 2, "lds_per_query": list(values)}
+    return RunRecord.from_dict({"method": method, "task": "digits_mlp", "status": "ok", "config": cfg,
+                                "gt_key": f"digits_mlp-{seed}", "n_train": 200, "gt_subsets": 20, "gt_seeds": 2,
+                                "lds_per_query": list(values)})
 
 
 def test_two_level_interval_is_wider_than_queries_alone():

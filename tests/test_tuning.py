@@ -12,6 +12,7 @@ from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
 from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.engine.tuning import TuningFailed, tune
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import record_setting
 from tdabench.harness.read.tracking import summary_of
 
@@ -118,9 +119,9 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
     loose = {**more, "tune": {**more["tune"], "select_cpu_s": 1e9}}
     chosen = tune(task, type(method), loose, study_key(loose))
     assert chosen.info["best_trial"] == study.best_trial.number and chosen.info["best_cpu_s"] > 0
-    assert "chosen at <= 1e+09 CPU s" in record_setting({"tuned": chosen.info})
-    rung = {"method": "ekfac", "tuned": chosen.info,
-            "config": {"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}}}
+    assert "chosen at <= 1e+09 CPU s" in record_setting(RunRecord(tuned=chosen.info))
+    rung = RunRecord(method="ekfac", tuned=chosen.info,
+                     config={"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}})
     assert record_setting(rung).endswith(") max_examples=100")  # a rung stays in the label
 
 
@@ -132,8 +133,9 @@ def test_tuned_run_record_and_journal_storage(tmp_path):
     t = rec["tuned"]
     assert t["storage"] == str(journal) and journal.exists() and t["val_gt_key"] != rec["gt_key"]
     assert rec["config"]["method"]["damping"] == t["best_params"]["damping"]
-    assert record_setting(rec).startswith("tuned (2 trials")
-    assert summary_of(rec)["val_lds"] == t["val_lds"] and summary_of(rec)["tune_trials"] == 2
+    typed = RunRecord.from_dict(rec)
+    assert record_setting(typed).startswith("tuned (2 trials")
+    assert summary_of(typed)["val_lds"] == t["val_lds"] and summary_of(typed)["tune_trials"] == 2
     untuned = execute(_cfg(tmp_path, "method=ekfac"))
     assert untuned["gt_key"] == rec["gt_key"] and untuned["query_ids"] == rec["query_ids"]
     assert "tuned" not in untuned

@@ -329,7 +329,7 @@ def sweep_summary(results_dir: Path, before: set[str]) -> int:
     """Print the statuses of the runs a sweep recorded in ``results_dir`` (those whose run id is not
     in ``before``) as its last line; return the exit status: 1 when a run failed (error, oom,
     timeout, degenerate_model), else 0. Unsupported and skipped pairings are no failures."""
-    statuses = Counter(r["status"] for r in read_records(results_dir) if r["run_id"] not in before)
+    statuses = Counter(r.status for r in read_records(results_dir) if r.run_id not in before)
     order = [s for s in STATUSES if statuses[s]]
     text = (", ".join(f"{statuses[s]} {s}" for s in order)
             or "no new runs (every pairing was finished before, or ground-truth shards only)")
@@ -371,7 +371,7 @@ def main() -> None:
         if multirun:
             _count_sweep_jobs(argv)
         results_dir = Path(compose(_plain_overrides(argv))["results_dir"]) if multirun else None
-        before = {r["run_id"] for r in read_records(results_dir)} if multirun else set()
+        before = {r.run_id for r in read_records(results_dir)} if multirun else set()
         hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
         if multirun:
             sys.exit(sweep_summary(results_dir, before))

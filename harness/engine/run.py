@@ -73,7 +73,7 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
-from tdabench.harness.read.record import new_record
+from tdabench.harness.read.record import RunRecord, new_record
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
 
@@ -254,13 +254,13 @@ def _count_replay(method, task, model, rng: torch.Tensor, computed: set[str], pr
     return round(time.perf_counter() - started, 3)
 
 
-def _summary(record: dict) -> str:
-    if record["status"] != "ok":
-        return f"{record['status']}: {record.get('message')}"
-    if record["lds"] is None:
-        t, m = record["time_s"], record["peak_mem_mb"]
+def _summary(record: RunRecord) -> str:
+    if not record.is_ok:
+        return f"{record.status}: {record.message}"
+    if record.lds is None:
+        t, m = record.time_s, record.peak_mem_mb
         return f"cost only: fit {t['fit']:.1f} s, score {t['score']:.1f} s, peak {max(m.values()):.0f} MiB"
-    return f"LDS {record['lds']:.4f} [{record['lds_ci'][0]:.3f}, {record['lds_ci'][1]:.3f}]"
+    return f"LDS {record.lds:.4f} [{record.lds_ci[0]:.3f}, {record.lds_ci[1]:.3f}]"
 
 
 def set_threads(threads: int | None) -> None:
@@ -310,12 +310,12 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
         with exclusive_lock(pairing_lock(cfg["cache_dir"], results_dir, chash), f"{task.name} / {method.name}",
                             log.warning):
             if not cfg.get("force", False):
-                done = [r for r in read_records(results_dir) + pending_records(results_dir, cfg["cache_dir"])
-                        if r.get("config_hash") == chash and r.get("status") == "ok"]
+                pending = [RunRecord.from_dict(r) for r in pending_records(results_dir, cfg["cache_dir"])]
+                done = [r for r in read_records(results_dir) + pending if r.config_hash == chash and r.is_ok]
                 if done:
                     log.log(RESULT, f"{task.name} / {method.name}: already done in {results_dir} "
-                        f"(run {done[-1]['run_id']}: {_summary(done[-1])}); skipped. Use force=true to rerun")
-                    return done[-1]
+                        f"(run {done[-1].run_id}: {_summary(done[-1])}); skipped. Use force=true to rerun")
+                    return done[-1].as_dict()  # the record's JSON object, as a fresh run returns it
             return _run(task, method, builder, cfg, group, chash)
 
 
@@ -377,10 +377,11 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     record.update(provenance(cfg["device"]))
     if write_result(record, scores, results_dir, cfg["cache_dir"]):
         try:
-            record["wandb_dir"] = log_run(record, cfg["wandb"], results_dir, group)
+            record["wandb_dir"] = log_run(RunRecord.from_dict(record), cfg["wandb"], results_dir, group)
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
     replay = record.get("count_replay_s")
-    log.log(RESULT, f"{task.name} / {method.name}: {_summary(record)} ({time.perf_counter() - started:.1f} s"
+    summary = _summary(RunRecord.from_dict(record))
+    log.log(RESULT, f"{task.name} / {method.name}: {summary} ({time.perf_counter() - started:.1f} s"
                     + (f", {replay:.1f} s of it the counting replay)" if replay else ")"))
     return record

@@ -121,7 +121,7 @@ def complete_pending_writes(results_dir: Path, cache_dir: str | Path) -> int:
         except OSError:
             continue
         try:
-            known = {r.get("run_id") for r in read_records(results_dir)}
+            known = {r.run_id for r in read_records(results_dir)}
             if record["run_id"] not in known:
                 record.pop("write_error", None)
                 _save(record, scores, Path(results_dir))

@@ -41,6 +41,7 @@ import pandas as pd
 
 from tdabench.harness.core.storage import atomic_write_bytes
 from tdabench.harness.read.leaderboard import chosen_records, ground_truths
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import fit_from_cache, run_cost
 
 #: the cost axes: fit + score CPU seconds, wall seconds and FLOPs
@@ -78,14 +79,14 @@ def line_name(method: str, sweep: str | None) -> str:
     return method + (f" @{sweep}" if sweep else "")
 
 
-def points(records: list[dict]) -> dict[str, dict[str, list[Point]]]:
+def points(records: list[RunRecord]) -> dict[str, dict[str, list[Point]]]:
     """Ground-truth label -> line (method, @sweep) -> its ok points, cheapest first (seconds)."""
     out: dict[str, dict[str, list[Point]]] = {}
     for (gt, _, method, setting, sweep), (rec, _) in chosen_records(records).items():
-        if rec.get("status") != "ok" or rec.get("lds") is None:
+        if not rec.is_ok or rec.lds is None:
             continue
-        lds = float(rec["lds"])
-        low, high = rec.get("lds_ci") or [lds, lds]
+        lds = float(rec.lds)
+        low, high = rec.lds_ci or [lds, lds]
         cost = run_cost(rec)
         out.setdefault(gt, {}).setdefault(line_name(method, sweep), []).append(
             Point(setting or "defaults", lds, float(low), float(high), cost["total_s"], cost["flops"],
@@ -166,7 +167,7 @@ def reference_point(lines: dict[str, list[Point]]) -> tuple[Point | None, str]:
     return p, which + ("; its fit read cached curvature factors, so its cost is a file read" if p.cached_fit else "")
 
 
-def table(records: list[dict]) -> pd.DataFrame:
+def table(records: list[RunRecord]) -> pd.DataFrame:
     """One row per method and ground truth (see the module docstring for the columns)."""
     pts = points(records)
     gts = ground_truths(records)
@@ -218,7 +219,7 @@ COLUMNS = ["ground_truth", "task", "method", "settings", "best_lds", "best_setti
            "flops_to_90pct_note"]
 
 
-def write(records: list[dict], out: str | Path) -> Path | None:
+def write(records: list[RunRecord], out: str | Path) -> Path | None:
     """Write ``frontier.csv`` into ``out`` when some method ran at two or more settings on a
     ground truth; returns its path, else None (nothing written)."""
     df = table(records)

@@ -30,6 +30,7 @@ import pandas as pd
 
 from tdabench.harness.core.storage import atomic_write_bytes
 from tdabench.harness.read.metric_tables import agreement, metric_table, render_metric_tables
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import (
     fit_from_cache,
     ground_truth_label,
@@ -52,10 +53,10 @@ COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds"
 #: ends are in lds_ci; optional columns no row fills are dropped too
 NOT_IN_MARKDOWN = ["ground_truth", "task", "lds_ci_low", "lds_ci_high"]
 OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "flops", "overloaded"]
-SWEEP = "_sweep"  # key added to records read from one of several folders: the folder's name
+SWEEP = "_sweep"  # key of a record's ``extra`` read from one of several folders: the folder's name
 
 
-def read_folders(results_dirs: list[str | Path]) -> list[dict]:
+def read_folders(results_dirs: list[str | Path]) -> list[RunRecord]:
     """Records of every folder; with several folders, each record is marked with its folder's
     name (the ``sweep`` column). Refuses a folder without records."""
     dirs = [Path(d) for d in results_dirs]
@@ -67,42 +68,42 @@ def read_folders(results_dirs: list[str | Path]) -> list[dict]:
             raise SystemExit(f"tdabench-leaderboard: error: no records in {d / 'runs.jsonl'}; "
                              "run `tdabench ... results_dir=DIR` first, or leave the folder out")
         if len(dirs) > 1:
-            recs = [{**r, SWEEP: name} for r in recs]
+            recs = [RunRecord.from_dict({**r.as_dict(), SWEEP: name}) for r in recs]
         records += recs
     return records
 
 
-def _method_seed(rec: dict):
-    return rec.get("config", {}).get("method", {}).get("seed")
+def _method_seed(rec: RunRecord):
+    return rec.method_config.get("seed")
 
 
-def _per_query(rec: dict) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in rec.get("lds_per_query") or []], float)
+def _per_query(rec: RunRecord) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in rec.lds_per_query or []], float)
 
 
-def ground_truth_labels(records: list[dict]) -> list[str]:
+def ground_truth_labels(records: list[RunRecord]) -> list[str]:
     """Each record's ground-truth label. A record without a ground-truth key (an unsupported
     pairing stops before the ground truth) takes the label of the one keyed ground truth with the
     same task, size and subsets x seeds, if there is exactly one."""
     labels = [ground_truth_label(r) for r in records]
     by_prefix: dict[str, set] = {}
     for rec, label in zip(records, labels):
-        if rec.get("gt_key"):
+        if rec.gt_key:
             by_prefix.setdefault(ground_truth_prefix(rec), set()).add(label)
     for i, rec in enumerate(records):
         match = by_prefix.get(ground_truth_prefix(rec), set())
-        if not rec.get("gt_key") and len(match) == 1:
+        if not rec.gt_key and len(match) == 1:
             labels[i] = next(iter(match))
     return labels
 
 
-def row_keys(records: list[dict]) -> list[tuple]:
+def row_keys(records: list[RunRecord]) -> list[tuple]:
     """(ground truth, task, method, setting, sweep) of every record."""
-    by_method: dict[str, list[dict]] = {}
+    by_method: dict[str, list[RunRecord]] = {}
     for rec in records:
-        by_method.setdefault(rec.get("method"), []).append(rec)
+        by_method.setdefault(rec.method, []).append(rec)
     defaults = {m: method_defaults(m, recs) for m, recs in by_method.items()}
-    keys = [(gt, rec.get("task"), rec.get("method"), setting(rec, defaults[rec.get("method")]), rec.get(SWEEP))
+    keys = [(gt, rec.task, rec.method, setting(rec, defaults[rec.method]), rec.extra.get(SWEEP))
             for gt, rec in zip(ground_truth_labels(records), records)]
     # A record of a task that is not installed is labelled against the task defaults its own
     # config holds, so records made before and after that task changed its defaults can share a
@@ -112,26 +113,26 @@ def row_keys(records: list[dict]) -> list[tuple]:
     for key, rec in zip(keys, records):
         params.setdefault(key, set()).add(json.dumps(method_params(rec), sort_keys=True, default=str))
     return [key if len(params[key]) == 1 else
-            (*key[:3], _explicit_setting(rec, defaults[rec.get("method")]), key[4])
+            (*key[:3], _explicit_setting(rec, defaults[rec.method]), key[4])
             for key, rec in zip(keys, records)]
 
 
-def _explicit_setting(rec: dict, defaults: dict) -> str:
+def _explicit_setting(rec: RunRecord, defaults: dict) -> str:
     """The record's parameters that differ from ``defaults`` alone (no task defaults), or
     'class defaults' when none does."""
-    own = dict(rec, task=None, config={**(rec.get("config") or {}), "task": {}})
+    own = RunRecord.from_dict({**rec.as_dict(), "task": None, "config": {**(rec.config or {}), "task": {}}})
     return setting(own, defaults) or "class defaults"
 
 
-def chosen_records(records: list[dict]) -> dict[tuple, tuple[dict, list[dict]]]:
+def chosen_records(records: list[RunRecord]) -> dict[tuple, tuple[RunRecord, list[RunRecord]]]:
     """Row key (ground truth, task, method, setting, sweep) -> (the record shown: the newest ok
     one, else the newest; all records of the row)."""
-    by_row: dict[tuple, list[dict]] = {}
+    by_row: dict[tuple, list[RunRecord]] = {}
     for key, rec in zip(row_keys(records), records):
         by_row.setdefault(key, []).append(rec)
     out = {}
     for key, recs in by_row.items():
-        ok = [r for r in recs if r.get("status") == "ok"]
+        ok = [r for r in recs if r.is_ok]
         out[key] = (ok[-1] if ok else recs[-1], recs)
     return out
 
@@ -142,46 +143,46 @@ def row_label(key: tuple) -> str:
     return method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
 
 
-def ground_truths(records: list[dict]) -> dict[str, dict]:
+def ground_truths(records: list[RunRecord]) -> dict[str, dict]:
     """Per ground-truth label: its task, key, LDS ceiling with interval, reliability, size and
     warning, from its newest ok record (else its newest record)."""
     out = {}
     labels = ground_truth_labels(records)
     for want_ok in (False, True):
         for rec, label in zip(records, labels):
-            if not want_ok or rec.get("status") == "ok":
-                out[label] = {k: rec.get(k) for k in ("task", "gt_key", "lds_ceiling", "lds_ceiling_ci",
+            if not want_ok or rec.is_ok:
+                out[label] = {k: getattr(rec, k) for k in ("task", "gt_key", "lds_ceiling", "lds_ceiling_ci",
                                                       "gt_reliability", "gt_seeds", "gt_subsets",
                                                       "gt_warning", "n_train")}
     return out
 
 
-def _row(key: tuple, rec: dict, recs: list[dict]) -> dict:
-    ci = rec.get("lds_ci") or [None, None]
-    ok = [r for r in recs if r.get("status") == "ok"]
-    by_seed = {_method_seed(r): r["lds"] for r in ok if r.get("lds") is not None}
+def _row(key: tuple, rec: RunRecord, recs: list[RunRecord]) -> dict:
+    ci = rec.lds_ci or [None, None]
+    ok = [r for r in recs if r.is_ok]
+    by_seed = {_method_seed(r): r.lds for r in ok if r.lds is not None}
     return {
-        "ground_truth": key[0], "task": rec.get("task"), "method": rec.get("method"), "setting": key[3],
-        "sweep": key[4], "status": rec.get("status"), "lds": rec.get("lds"),
+        "ground_truth": key[0], "task": rec.task, "method": rec.method, "setting": key[3],
+        "sweep": key[4], "status": rec.status, "lds": rec.lds,
         "lds_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "",
         "lds_ci_low": ci[0], "lds_ci_high": ci[1],
-        "normalized_lds": rec.get("normalized_lds"), "tied_with_best": "",
+        "normalized_lds": rec.normalized_lds, "tied_with_best": "",
         "lds_sd_over_seeds": float(np.std(list(by_seed.values()), ddof=1)) if len(by_seed) > 1 else None,
         "method_seeds": len(by_seed) or None,
         **run_cost(rec),
-        "trainings": rec.get("trainings"), "overloaded": True if rec.get("overloaded") else None,
-        "n_train": rec.get("n_train"), "n_query": rec.get("n_query"),
-        "test_acc": (rec.get("model_quality") or {}).get("test_acc"), "runs": len(recs),
+        "trainings": rec.trainings, "overloaded": True if rec.overloaded else None,
+        "n_train": rec.n_train, "n_query": rec.n_query,
+        "test_acc": (rec.model_quality or {}).get("test_acc"), "runs": len(recs),
     }
 
 
 def comparable(chosen: dict, gt: str) -> dict[str, np.ndarray]:
     """Per-query LDS of every row on ground truth ``gt`` whose shown record is ok, by row label."""
     return {row_label(key): _per_query(rec) for key, (rec, _) in chosen.items()
-            if key[0] == gt and rec.get("status") == "ok" and rec.get("lds_per_query")}
+            if key[0] == gt and rec.is_ok and rec.lds_per_query}
 
 
-def build(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def build(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The leaderboard (one row per ground truth, method, setting and sweep), the pairwise tests
     and the ground truths (label -> info, with ``cached_fits``: rows whose fit read cached
     curvature factors)."""
@@ -213,21 +214,21 @@ def build(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return df, pd.DataFrame(pairs), gts
 
 
-def cost_by_size(records: list[dict]) -> pd.DataFrame:
+def cost_by_size(records: list[RunRecord]) -> pd.DataFrame:
     """One row per run of every task whose runs span several model sizes (the leaderboard shows
     one run per method): parameters, status, fit and score seconds, peak memory, and whether the
     fit read cached curvature factors (its time is then a file read, not a fit)."""
     sizes: dict[str, set] = {}
     for r in records:
-        if r.get("num_params"):
-            sizes.setdefault(r["task"], set()).add(r["num_params"])
+        if r.num_params:
+            sizes.setdefault(r.task, set()).add(r.num_params)
     rows = []
     for r in records:
-        if len(sizes.get(r.get("task"), ())) < 2:
+        if len(sizes.get(r.task, ())) < 2:
             continue
-        rows.append({"task": r["task"], "method": r["method"],
-                     "size": r.get("config", {}).get("task", {}).get("size"),
-                     "parameters": r.get("num_params"), "status": r["status"], **run_cost(r),
+        rows.append({"task": r.task, "method": r.method,
+                     "size": r.task_config.get("size"),
+                     "parameters": r.num_params, "status": r.status, **run_cost(r),
                      "fit_from_cache": fit_from_cache(r)})
     df = pd.DataFrame(rows)
     if not df.empty:

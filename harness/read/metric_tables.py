@@ -19,6 +19,8 @@ from itertools import combinations
 import pandas as pd
 from scipy.stats import kendalltau
 
+from tdabench.harness.read.record import RunRecord
+
 COLUMNS = ["metric", "ground_truth", "outcomes", "task", "method", "setting", "sweep", "status", "value",
            "ci_low", "ci_high", "ceiling", "normalized", "spearman", "message"]
 AGREEMENT_COLUMNS = ["ground_truth", "metric_a", "metric_b", "rows", "kendall_tau", "p_value"]
@@ -34,11 +36,11 @@ def _row(key: tuple, name: str, entry: dict) -> dict:
             "spearman": entry.get("spearman"), "message": entry.get("message") or ""}
 
 
-def metric_table(chosen: dict[tuple, tuple[dict, list[dict]]]) -> pd.DataFrame:
+def metric_table(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> pd.DataFrame:
     """One row per (leaderboard row, metric) of every shown record that carries ``metrics``,
     sorted by metric, ground truth and value (best first, rows without a value last)."""
-    rows = [_row(key, name, entry) for key, (rec, _) in chosen.items() if rec.get("status") == "ok"
-            for name, entry in (rec.get("metrics") or {}).items()]
+    rows = [_row(key, name, entry) for key, (rec, _) in chosen.items() if rec.is_ok
+            for name, entry in (rec.metrics or {}).items()]
     df = pd.DataFrame(rows, columns=COLUMNS)
     if not df.empty:
         df = df.sort_values(["metric", "ground_truth", "outcomes", "value"], ascending=[True, True, True, False],

@@ -5,7 +5,9 @@ A run builds one :class:`RunRecord` (:func:`new_record`) and writes it as a JSON
 report, adequacy, insight and tracking read them through
 :func:`tdabench.harness.read.results.read_records`, which passes every line through
 :func:`upgrade` (records written by earlier versions read as the current schema) and
-:func:`invalid_reason` (a record of the wrong types or out of range is skipped, never ranked).
+:func:`invalid_reason` (a record of the wrong types or out of range is skipped, never ranked)
+and hands each over as a :class:`RunRecord`: readers use its attributes (a field the record lacks
+reads as None), not string keys.
 
 Units: seconds for ``time_s`` and ``cpu_time_s``, MiB for ``peak_mem_mb`` and ``peak_rss_mb``,
 floating-point operations for ``flops``; each of these maps a phase (prepare, ground_truth, fit,
@@ -35,13 +37,21 @@ class _Unset:
     def __repr__(self) -> str:
         return "UNSET"
 
+    def __bool__(self) -> bool:
+        return False
+
 
 UNSET: Any = _Unset()
 
 
 @dataclass
 class RunRecord:
-    """Every field a run writes. A field left :data:`UNSET` is absent from the JSON line."""
+    """Every field a run writes. A field left :data:`UNSET` is absent from the JSON line.
+
+    Readers use attributes: a field the record does not have reads as None (as ``dict.get`` would
+    give), while :meth:`as_dict` still leaves it out, so a record read and written back is
+    unchanged; :meth:`has` tells an absent field from one set to None. Nested JSON objects
+    (``config``, ``metrics``, ``time_s``...) stay dicts."""
 
     schema_version: int = UNSET
     run_id: str = UNSET                  # <task>-<method>-<8 hex digits>; names the scores file too
@@ -106,6 +116,28 @@ class RunRecord:
     timestamp: str = UNSET               # UTC, ISO 8601
     extra: dict[str, Any] = field(default_factory=dict)  # fields of later versions, kept as they are
 
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        return None if value is UNSET else value
+
+    def has(self, name: str) -> bool:
+        """Whether the record has the field ``name`` (set, possibly to None)."""
+        return vars(self).get(name, UNSET) is not UNSET
+
+    @property
+    def is_ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def task_config(self) -> dict[str, Any]:
+        """The resolved task config (``config["task"]``), {} when the record has none."""
+        return (self.config or {}).get("task") or {}
+
+    @property
+    def method_config(self) -> dict[str, Any]:
+        """The resolved method config (``config["method"]``), {} when the record has none."""
+        return (self.config or {}).get("method") or {}
+
     @classmethod
     def from_dict(cls, raw: dict) -> RunRecord:
         known = {f.name for f in fields(cls)} - {"extra"}
@@ -114,8 +146,8 @@ class RunRecord:
 
     def as_dict(self) -> dict:
         """The record as its JSON object: set fields only, later versions' fields included."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name != "extra" and getattr(self, f.name) is not UNSET}
+        own = vars(self)
+        out = {f.name: own[f.name] for f in fields(self) if f.name != "extra" and own[f.name] is not UNSET}
         return {**out, **self.extra}
 
 
@@ -229,12 +261,12 @@ def upgrade(raw: dict) -> dict:
     return rec
 
 
-def validated(raw: dict) -> tuple[dict | None, str | None]:
-    """``(record, None)`` with the record in the current schema as the dict form of its
-    :class:`RunRecord`, or ``(None, reason)`` when it is not valid."""
+def validated(raw: dict) -> tuple[RunRecord | None, str | None]:
+    """``(record, None)`` with the record in the current schema as a :class:`RunRecord`, or
+    ``(None, reason)`` when it is not valid."""
     rec = upgrade(raw)
     reason = invalid_reason(rec)
-    return (None, reason) if reason else (RunRecord.from_dict(rec).as_dict(), None)
+    return (None, reason) if reason else (RunRecord.from_dict(rec), None)
 
 
 def new_record(**fields) -> dict:

@@ -25,6 +25,8 @@ import functools
 import math
 from collections import Counter
 
+from tdabench.harness.read.record import RunRecord
+
 #: method config keys that never make a setting: the registry name and the method seed
 NOT_A_SETTING = ("name", "seed")
 
@@ -34,29 +36,29 @@ def short_hash(gt_key: str | None) -> str:
     return (gt_key or "").rsplit("-", 1)[-1][:6]
 
 
-def ground_truth_prefix(rec: dict) -> str:
-    """The readable part of a record's ground-truth label (no hash)."""
-    cfg = rec.get("config") or {}
-    gt = cfg.get("gt") or {}
-    task = rec.get("task")
-    n_train = rec.get("n_train", (cfg.get("task") or {}).get("n_train"))
-    if rec.get("status") == "ok" and not rec.get("gt_key") and rec.get("lds") is None:
+def ground_truth_prefix(rec: RunRecord) -> str:
+    """The readable part of a record's ground-truth label (no hash). A field the record has (even
+    None) wins over the config's value."""
+    gt = (rec.config or {}).get("gt") or {}
+    task, task_cfg = rec.task, rec.task_config
+    n_train = rec.n_train if rec.has("n_train") else task_cfg.get("n_train")
+    if rec.is_ok and not rec.gt_key and rec.lds is None:
         return f"{task} n={n_train} (cost only)"
-    subsets, seeds = rec.get("gt_subsets", gt.get("subsets")), rec.get("gt_seeds", gt.get("seeds"))
-    observable = (cfg.get("task") or {}).get("observable", "loss")
+    subsets = rec.gt_subsets if rec.has("gt_subsets") else gt.get("subsets")
+    seeds = rec.gt_seeds if rec.has("gt_seeds") else gt.get("seeds")
+    observable = task_cfg.get("observable", "loss")
     return f"{task} n={n_train} {subsets}x{seeds} alpha={gt.get('alpha', 0.5):g} {observable}"
 
 
-def ground_truth_label(rec: dict) -> str:
+def ground_truth_label(rec: RunRecord) -> str:
     """Readable, unique name of the ground truth a record was scored on (see module docstring)."""
     prefix = ground_truth_prefix(rec)
-    return f"{prefix} #{short_hash(rec['gt_key'])}" if rec.get("gt_key") else prefix
+    return f"{prefix} #{short_hash(rec.gt_key)}" if rec.gt_key else prefix
 
 
-def method_params(rec: dict) -> dict:
+def method_params(rec: RunRecord) -> dict:
     """The record's method parameters (config ``method`` node) without name and seed."""
-    node = (rec.get("config") or {}).get("method") or {}
-    return {k: v for k, v in node.items() if k not in NOT_A_SETTING}
+    return {k: v for k, v in rec.method_config.items() if k not in NOT_A_SETTING}
 
 
 def signature_defaults(method: str) -> dict | None:
@@ -74,7 +76,7 @@ def signature_defaults(method: str) -> dict | None:
     return {k: v for k, v in defaults.items() if k not in NOT_A_SETTING}
 
 
-def common_values(records: list[dict]) -> dict:
+def common_values(records: list[RunRecord]) -> dict:
     """Per parameter, its most common value among ``records`` (ties: the value seen first)."""
     counts: dict[str, Counter] = {}
     for rec in records:
@@ -88,7 +90,7 @@ def common_values(records: list[dict]) -> dict:
     return out
 
 
-def method_defaults(method: str, records: list[dict]) -> dict:
+def method_defaults(method: str, records: list[RunRecord]) -> dict:
     """Defaults to compare ``method``'s records against: its class signature, or, when the class
     is not registered, the most common values among ``records`` (that method's records)."""
     found = signature_defaults(method)
@@ -136,16 +138,16 @@ def current_task_defaults(task: str | None) -> dict | None:
     return dict(node.get("method_defaults") or {})
 
 
-def task_method_defaults(rec: dict) -> dict:
+def task_method_defaults(rec: RunRecord) -> dict:
     """The task's defaults for the record's method: as the task sets them now (see the module
     docstring), else as the record's config held them; with the keys the method shares from
     another method's task defaults (a reference implementation reading its native method's) and
     the values of the run settings its defaults follow (``Method.follows``, e.g. magic's seeds
     follow ``gt.seeds``)."""
-    method = rec.get("method")
-    by_method = current_task_defaults(rec.get("task"))
+    method = rec.method
+    by_method = current_task_defaults(rec.task)
     if by_method is None:
-        by_method = ((rec.get("config") or {}).get("task") or {}).get("method_defaults") or {}
+        by_method = rec.task_config.get("method_defaults") or {}
     out = {}
     from tdabench.harness.core.registry import METHODS, UnknownNameError
 
@@ -155,7 +157,7 @@ def task_method_defaults(rec: dict) -> dict:
     except (UnknownNameError, ImportError, AttributeError):
         shared, follows = {}, {}
     for key, path in follows.items():  # a default that is another setting of the run
-        node = rec.get("config") or {}
+        node = rec.config or {}
         for part in path.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
@@ -177,7 +179,7 @@ def tuned_label(tuned: dict) -> str:
     return f"tuned ({', '.join(parts)})"
 
 
-def setting(rec: dict, defaults: dict) -> str:
+def setting(rec: RunRecord, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
     from ``defaults`` updated by the task's ``method_defaults`` for this method
     (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
@@ -185,16 +187,16 @@ def setting(rec: dict, defaults: dict) -> str:
     of the cost ladder, e.g. ``tuned (16 trials) chains=2 draws=50``); the tuned parameters are
     the study's best, in ``tuned.best_params``."""
     base = {**defaults, **task_method_defaults(rec)}
-    tuned = rec.get("tuned") or {}
+    tuned = rec.tuned or {}
     searched = set(tuned.get("search_space") or {})
     differ = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
                       if k not in searched and (k not in base or not _same(v, base[k])))
     return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
 
 
-def record_setting(rec: dict) -> str:
+def record_setting(rec: RunRecord) -> str:
     """The setting of one record on its own (defaults from its method's class signature)."""
-    return setting(rec, method_defaults(rec.get("method"), [rec]))
+    return setting(rec, method_defaults(rec.method, [rec]))
 
 
 def _phase_sum(d: dict | None, phases=("fit", "score")):
@@ -203,19 +205,19 @@ def _phase_sum(d: dict | None, phases=("fit", "score")):
     return sum(vals) if vals else None
 
 
-def run_cost(rec: dict) -> dict:
+def run_cost(rec: RunRecord) -> dict:
     """A record's fit and score seconds, their sum, their CPU seconds (``cpu_s``), the larger of
     their peak memories (MiB) and, when recorded, their FLOPs (fit + score); None where the record
     has no such measurement."""
-    t, m = rec.get("time_s") or {}, rec.get("peak_mem_mb") or {}
+    t, m = rec.time_s or {}, rec.peak_mem_mb or {}
     return {"fit_s": t.get("fit"), "score_s": t.get("score"),
             "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
-            "cpu_s": _phase_sum(rec.get("cpu_time_s")),
+            "cpu_s": _phase_sum(rec.cpu_time_s),
             "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
-            "flops": _phase_sum(rec.get("flops"))}
+            "flops": _phase_sum(rec.flops)}
 
 
-def fit_from_cache(rec: dict) -> bool:
+def fit_from_cache(rec: RunRecord) -> bool:
     """Whether the run's fit or score read work cached by an earlier run (curvature factors,
     ensemble members): its time is then partly a file read, not the cost of that work."""
-    return bool((rec.get("diagnostics") or {}).get("factors_from_cache") or rec.get("cached_work"))
+    return bool((rec.diagnostics or {}).get("factors_from_cache") or rec.cached_work)

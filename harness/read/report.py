@@ -46,11 +46,12 @@ from tdabench.harness.read.leaderboard import (  # noqa: E402
     row_label,
     shown_columns,
 )
+from tdabench.harness.read.record import RunRecord  # noqa: E402
 from tdabench.harness.read.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
 
 
-def _ok(records: list[dict]) -> list[dict]:
-    return [r for r in records if r.get("status") == "ok"]
+def _ok(records: list[RunRecord]) -> list[RunRecord]:
+    return [r for r in records if r.is_ok]
 
 
 def _save(fig, path: Path) -> Path:
@@ -70,23 +71,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text).strip("_")
 
 
-def _shown_ok(chosen: dict, gt: str) -> list[tuple[tuple, dict]]:
+def _shown_ok(chosen: dict, gt: str) -> list[tuple[tuple, RunRecord]]:
     return [(key, rec) for key, (rec, _) in chosen.items()
-            if key[0] == gt and rec.get("status") == "ok" and rec.get("lds") is not None]
+            if key[0] == gt and rec.is_ok and rec.lds is not None]
 
 
-def plot_lds(records: list[dict], out: Path) -> list[Path]:
+def plot_lds(records: list[RunRecord], out: Path) -> list[Path]:
     chosen = chosen_records(records)
     gts = ground_truths(records)
     paths = []
     for gt, info in sorted(gts.items()):
-        rows = sorted(_shown_ok(chosen, gt), key=lambda kr: kr[1]["lds"])
+        rows = sorted(_shown_ok(chosen, gt), key=lambda kr: kr[1].lds)
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.6))
         y = np.arange(len(rows))
-        lds = np.array([r["lds"] for _, r in rows])
-        ci = np.array([r.get("lds_ci") or [v, v] for v, (_, r) in zip(lds, rows)], float)
+        lds = np.array([r.lds for _, r in rows])
+        ci = np.array([r.lds_ci or [v, v] for v, (_, r) in zip(lds, rows)], float)
         ax.barh(y, lds, xerr=[lds - ci[:, 0], ci[:, 1] - lds], capsize=3, color="tab:blue", alpha=0.75)
         ax.set_yticks(y, [row_label(k) for k, _ in rows], fontsize=8)
         if info.get("lds_ceiling"):
@@ -103,7 +104,7 @@ def plot_lds(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def plot_cost(records: list[dict], out: Path) -> list[Path]:
+def plot_cost(records: list[RunRecord], out: Path) -> list[Path]:
     """LDS against each cost that differs between the rows of a ground truth: fit + score seconds,
     model trainings, FLOPs (fit + score). A cost every row shares (zero aside: the random
     baseline trains nothing) carries no information and has no panel."""
@@ -115,7 +116,7 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
         if len(rows) < 2:
             continue
         costs = {"fit + score seconds (log)": [run_cost(r)["total_s"] for _, r in rows],
-                 "model trainings consumed": [r.get("trainings") for _, r in rows],
+                 "model trainings consumed": [r.trainings for _, r in rows],
                  "FLOPs, fit + score (log)": [run_cost(r)["flops"] for _, r in rows]}
         panels = {k: v for k, v in costs.items()  # zero (the random baseline) differs trivially
                   if all(x is not None for x in v) and len({x for x in v if x}) > 1}
@@ -125,8 +126,8 @@ def plot_cost(records: list[dict], out: Path) -> list[Path]:
         for ax, (label, xs) in zip(axes[0], panels.items()):
             for (key, r), x in zip(rows, xs):
                 name = row_label(key)
-                ax.scatter(x, r["lds"])
-                ax.annotate(name if len(name) <= 30 else name[:29] + "…", (x, r["lds"]), fontsize=7,
+                ax.scatter(x, r.lds)
+                ax.annotate(name if len(name) <= 30 else name[:29] + "…", (x, r.lds), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
             if "(log)" in label and min(xs) > 0:
                 ax.set_xscale("log")
@@ -142,17 +143,17 @@ def _by(records, key):
     setting, sweep: one line per label), x = the record's ``key``, LDS, seconds and memory."""
     rows = []
     for r, (_, _, method, setting_, sweep) in zip(records, row_keys(records)):
-        if r.get(key) is not None:
+        if getattr(r, key) is not None:
             cost = run_cost(r)
-            ci = r.get("lds_ci") or [None, None]
-            rows.append({"task": r["task"], "method": row_label((None, None, method, setting_, sweep)),
-                         "x": r.get(key), "lds": r.get("lds"), "lds_lo": ci[0], "lds_hi": ci[1],
-                         "normalized_lds": r.get("normalized_lds"), "time": cost["total_s"],
+            ci = r.lds_ci or [None, None]
+            rows.append({"task": r.task, "method": row_label((None, None, method, setting_, sweep)),
+                         "x": getattr(r, key), "lds": r.lds, "lds_lo": ci[0], "lds_hi": ci[1],
+                         "normalized_lds": r.normalized_lds, "time": cost["total_s"],
                          "mem": cost["peak_mem_mb"], "flops": cost["flops"]})
     return pd.DataFrame(rows)
 
 
-def plot_n_train(records: list[dict], out: Path) -> list[Path]:
+def plot_n_train(records: list[RunRecord], out: Path) -> list[Path]:
     """Per task whose records vary n_train: LDS (95% interval) and normalized LDS (LDS over the
     ground truth's ceiling; the same interval scaled by it) against n_train, one line per row."""
     df = _by(_ok(records), "n_train")
@@ -183,8 +184,8 @@ def plot_n_train(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def plot_scaling(records: list[dict], out: Path) -> list[Path]:
-    rows = [r for r in _ok(records) if r.get("num_params") and r.get("time_s", {}).get("fit") is not None]
+def plot_scaling(records: list[RunRecord], out: Path) -> list[Path]:
+    rows = [r for r in _ok(records) if r.num_params and (r.time_s or {}).get("fit") is not None]
     df = _by(rows, "num_params")
     paths = []
     for task, sub in (df.groupby("task") if not df.empty else []):
@@ -205,11 +206,11 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
             ax.set_xlabel("parameters")
             ax.set_ylabel(label)
             ax.legend(fontsize=8)
-        failed = sorted({(r["method"], r.get("num_params")) for r in records
-                         if r["task"] == task and r.get("status") in ("timeout", "oom")}, key=str)
+        failed = sorted({(r.method, r.num_params) for r in records
+                         if r.task == task and r.status in ("timeout", "oom")}, key=str)
         note = ("; not finished: " + ", ".join(f"{m} at {p / 1e6:.0f}M" for m, p in failed)) if failed else ""
-        cached = sorted({(r["method"], r["num_params"]) for r in rows
-                         if r["task"] == task and fit_from_cache(r)}, key=str)
+        cached = sorted({(r.method, r.num_params) for r in rows
+                         if r.task == task and fit_from_cache(r)}, key=str)
         if cached:  # a cache hit times a file read, not the fit
             note += "; fit read from cache: " + ", ".join(f"{m} at {p / 1e6:.0f}M" for m, p in cached)
         fig.suptitle(f"{task}: cost against model size (log-log){note}", fontsize=10)
@@ -217,14 +218,14 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def plot_traces(records: list[dict], out: Path) -> list[Path]:
+def plot_traces(records: list[RunRecord], out: Path) -> list[Path]:
     """Per shown row with SGLD loss traces (``diagnostics.loss_trace``, [chains, steps]): the
     median over chains and a band from the lowest to the highest chain at each step."""
     chosen = chosen_records(records)
     gts = ground_truths(records)
     paths = []
     for key, (r, _) in chosen.items():
-        trace = (r.get("diagnostics") or {}).get("loss_trace") if r.get("status") == "ok" else None
+        trace = (r.diagnostics or {}).get("loss_trace") if r.is_ok else None
         if not trace:
             continue
         trace = np.atleast_2d(np.asarray(trace, dtype=float))
@@ -245,7 +246,7 @@ def plot_traces(records: list[dict], out: Path) -> list[Path]:
 AXIS_LABELS = {"cpu_s": "fit + score CPU seconds (log)", "flops": "FLOPs, fit + score (log)"}
 
 
-def plot_frontier(records: list[dict], out: Path) -> list[Path]:
+def plot_frontier(records: list[RunRecord], out: Path) -> list[Path]:
     """Per ground truth where some method ran at two or more settings: LDS (95% error bars)
     against cost, one panel per axis the rows measure (CPU seconds, FLOPs; never wall seconds), one line per
     method through its settings, the Pareto front over every row (the highest LDS at no more
@@ -291,7 +292,7 @@ def plot_frontier(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def make_plots(records: list[dict], out: Path) -> list[Path]:
+def make_plots(records: list[RunRecord], out: Path) -> list[Path]:
     return (plot_lds(records, out) + plot_cost(records, out) + plot_frontier(records, out)
             + plot_n_train(records, out) + plot_scaling(records, out) + plot_traces(records, out))
 
@@ -421,12 +422,12 @@ def log_to_wandb(results_dirs, mode: str = "offline", out: str | Path | None = N
     for gt, sub in df.groupby("ground_truth", sort=True):
         info = gts.get(gt, {})
         recs = [rec for key, (_, rs) in chosen.items() if key[0] == gt for rec in rs]
-        wandb_cfgs = [(r.get("config") or {}).get("wandb") or {} for r in recs]
-        groups = sorted({r.get("group") for r in recs if r.get("group")})
+        wandb_cfgs = [(r.config or {}).get("wandb") or {} for r in recs]
+        groups = sorted({r.group for r in recs if r.group})
         slug = gt_slug(gt, info)
         run = wandb.init(project=_most_common([w.get("project") for w in wandb_cfgs]) or "tdabench",
                          entity=_most_common([w.get("entity") for w in wandb_cfgs]), mode=mode,
-                         group=_most_common([r.get("group") for r in recs]) or "leaderboard",
+                         group=_most_common([r.group for r in recs]) or "leaderboard",
                          name=f"leaderboard {gt}", job_type="leaderboard", dir=str(out), resume="allow",
                          id=summary_run_id(out, gt, groups), reinit="finish_previous",
                          config={"ground_truth": gt, "gt_key": info.get("gt_key"), "task": info.get("task"),

@@ -28,7 +28,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tdabench.harness.core.version import __version__, git_sha
-from tdabench.harness.read.record import validated
+from tdabench.harness.read.record import RunRecord, validated
 
 _log = logging.getLogger(__name__)
 LIBRARIES = ("torch", "numpy", "scipy", "hydra-core", "wandb", "kronfluence", "traker", "devinterp",
@@ -109,8 +109,8 @@ def one_line_errors(prog: str):
     return wrap
 
 
-def read_records(results_dir: str | Path) -> list[dict]:
-    """All valid records, in the current schema, as dicts (:func:`tdabench.harness.read.record.validated`).
+def read_records(results_dir: str | Path) -> list[RunRecord]:
+    """All valid records, in the current schema, as typed records (:func:`tdabench.harness.read.record.validated`).
     Damaged lines (a torn last line), JSON values that are not objects and invalid records are
     skipped, with one warning per reason giving the count and the first line numbers. Raises
     OSError with the fix when ``runs.jsonl`` cannot be read or is not a file."""

@@ -21,6 +21,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import ground_truth_prefix
 from tdabench.harness.read.statistics import holm
 
@@ -29,16 +30,16 @@ N_BOOT = 2000
 HOW_COMPUTED = ("shard", "num_shards", "vectorize", "models_per_batch")
 
 
-def replicate_key(rec: dict) -> str:
+def replicate_key(rec: RunRecord) -> str:
     """What replicates over data seeds share: the ground-truth settings without the seed."""
-    cfg = rec.get("config") or {}
+    cfg = rec.config or {}
     gt = {k: v for k, v in (cfg.get("gt") or {}).items() if k not in HOW_COMPUTED}
     return json.dumps({"task": cfg.get("task"), "gt": gt, "label": ground_truth_prefix(rec)},
                       sort_keys=True, default=str)
 
 
-def _finite(rec: dict) -> np.ndarray:
-    v = np.array([np.nan if x is None else x for x in rec.get("lds_per_query") or []], float)
+def _finite(rec: RunRecord) -> np.ndarray:
+    v = np.array([np.nan if x is None else x for x in rec.lds_per_query or []], float)
     return v[np.isfinite(v)]
 
 
@@ -59,7 +60,7 @@ def _interval(boot: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def across_seeds(chosen: dict[tuple, tuple[dict, list[dict]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def across_seeds(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The table and its pairwise differences from the leaderboard's rows ``chosen`` (row key
     (ground truth, task, method, setting, sweep) -> (shown record, all records)); empty frames
     when no ground-truth setting was run at two or more seeds."""
@@ -67,13 +68,13 @@ def across_seeds(chosen: dict[tuple, tuple[dict, list[dict]]]) -> tuple[pd.DataF
     labels: dict[str, str] = {}
     for (_, _, method, setting, sweep), (_, recs) in chosen.items():
         for rec in recs:
-            values = _finite(rec) if rec.get("status") == "ok" else np.array([])
+            values = _finite(rec) if rec.is_ok else np.array([])
             if len(values) < 2:
                 continue
             group = replicate_key(rec)
             labels[group] = ground_truth_prefix(rec)
             # the newest ok record of each data seed (records are in the order they were written)
-            rows.setdefault((group, method, setting or "", sweep), {})[(rec.get("config") or {}).get("seed")] = values
+            rows.setdefault((group, method, setting or "", sweep), {})[(rec.config or {}).get("seed")] = values
     table, pairs = [], []
     for group in sorted(labels):
         mine = {k[1:]: v for k, v in rows.items() if k[0] == group and len(v) >= 2}

@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 
 from tdabench.harness.core.storage import content_hash
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import ground_truth_label, record_setting, run_cost
 
 FILTER_KEYS = ("task", "method", "n_train", "n_query", "gt_subsets", "gt_seeds", "num_params")
@@ -68,7 +69,7 @@ def _stored_group(path: Path) -> str | None:
         return None
 
 
-def summary_of(record: dict) -> dict:
+def summary_of(record: RunRecord) -> dict:
     """The record's numbers under the leaderboard's column names: status, lds, lds_ci_low,
     lds_ci_high, normalized_lds, lds_ceiling (+ _ci_low / _ci_high), gt_reliability, trainings,
     fit_s, score_s, total_s, peak_mem_mb, flops (fit + score, once recorded), test_acc; per phase
@@ -76,38 +77,38 @@ def summary_of(record: dict) -> dict:
     ``overloaded``; the per-query LDS as a list ``lds_per_query``; for a tuned run ``val_lds``
     (its best trial's validation LDS) and ``tune_trials``; and per metric of the record's
     ``metrics`` with a value ``metric/<name>`` (+ ``_ci_low``, ``_ci_high``, ``_ceiling``)."""
-    out = {"status": record["status"], "lds": record.get("lds"), "normalized_lds": record.get("normalized_lds"),
-           "lds_ceiling": record.get("lds_ceiling"), "gt_reliability": record.get("gt_reliability"),
-           "trainings": record.get("trainings")}
-    if record.get("lds_ci"):
-        out["lds_ci_low"], out["lds_ci_high"] = record["lds_ci"]
-    if record.get("lds_ceiling_ci"):
-        out["lds_ceiling_ci_low"], out["lds_ceiling_ci_high"] = record["lds_ceiling_ci"]
+    out = {"status": record.status, "lds": record.lds, "normalized_lds": record.normalized_lds,
+           "lds_ceiling": record.lds_ceiling, "gt_reliability": record.gt_reliability,
+           "trainings": record.trainings}
+    if record.lds_ci:
+        out["lds_ci_low"], out["lds_ci_high"] = record.lds_ci
+    if record.lds_ceiling_ci:
+        out["lds_ceiling_ci_low"], out["lds_ceiling_ci_high"] = record.lds_ceiling_ci
     out.update({k: v for k, v in run_cost(record).items() if v is not None})
     for field, suffix in (("time_s", "_s"), ("cpu_time_s", "_cpu_s"), ("peak_mem_mb", "_peak_mem_mb"),
                           ("flops", "_flops"), ("peak_rss_mb", "_peak_rss_mb"), ("load_avg", "_load_avg")):
-        for phase, v in (record.get(field) or {}).items():
+        for phase, v in (getattr(record, field) or {}).items():
             out[f"{phase}{suffix}"] = v
-    for k, v in (record.get("model_quality") or {}).items():
+    for k, v in (record.model_quality or {}).items():
         out[k] = v
-    if "overloaded" in record:
-        out["overloaded"] = bool(record["overloaded"])
-    if record.get("lds_per_query"):
-        out["lds_per_query"] = record["lds_per_query"]
-    if record.get("tuned"):
-        out["val_lds"], out["tune_trials"] = record["tuned"].get("val_lds"), record["tuned"].get("trials")
-    for name, m in (record.get("metrics") or {}).items():
+    if record.has("overloaded"):
+        out["overloaded"] = bool(record.overloaded)
+    if record.lds_per_query:
+        out["lds_per_query"] = record.lds_per_query
+    if record.tuned:
+        out["val_lds"], out["tune_trials"] = record.tuned.get("val_lds"), record.tuned.get("trials")
+    for name, m in (record.metrics or {}).items():
         if m.get("value") is not None:
             out.update({f"metric/{name}": m["value"], f"metric/{name}_ci_low": m["ci"][0],
                         f"metric/{name}_ci_high": m["ci"][1], f"metric/{name}_ceiling": m.get("ceiling")})
     return {k: v for k, v in out.items() if v is not None}
 
 
-def run_name(record: dict, setting: str) -> str:
-    return f"{record['task']}/{record['method']}" + (f" [{setting}]" if setting else "")
+def run_name(record: RunRecord, setting: str) -> str:
+    return f"{record.task}/{record.method}" + (f" [{setting}]" if setting else "")
 
 
-def log_run(record: dict, wandb_cfg: dict, results_dir: str | Path, group: str) -> str | None:
+def log_run(record: RunRecord, wandb_cfg: dict, results_dir: str | Path, group: str) -> str | None:
     """Log ``record`` as one wandb run; returns the run's local directory (None when disabled)."""
     if wandb_cfg.get("mode", "offline") == "disabled":
         return None
@@ -115,9 +116,9 @@ def log_run(record: dict, wandb_cfg: dict, results_dir: str | Path, group: str) 
     import wandb
 
     setting = record_setting(record)
-    config = {k: record.get(k) for k in FILTER_KEYS + ID_KEYS}
+    config = {k: getattr(record, k) for k in FILTER_KEYS + ID_KEYS}
     config.update(ground_truth=ground_truth_label(record), setting=setting)
-    config["cfg"] = record.get("config", {})  # the whole resolved config, nested
+    config["cfg"] = record.config or {}  # the whole resolved config, nested
     run = wandb.init(project=wandb_cfg.get("project", "tdabench"), entity=wandb_cfg.get("entity"),
                      mode=wandb_cfg.get("mode", "offline"), group=group,
                      name=run_name(record, setting), config=config,

@@ -29,7 +29,7 @@ from tdabench.harness.core.storage import CorruptFileError, load_verified  # noq
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.read.lds import lds  # noqa: E402
 from tdabench.harness.read.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
-from tdabench.harness.read.record import scores_path  # noqa: E402
+from tdabench.harness.read.record import RunRecord, scores_path  # noqa: E402
 from tdabench.harness.read.results import one_line_errors, read_records  # noqa: E402
 from tdabench.harness.read.statistics import noise_ceiling  # noqa: E402
 
@@ -71,11 +71,11 @@ def _ground_truth(task_name: str, cfg: dict, compute: bool):
     return gt
 
 
-def _scores(results_dir: Path, rec: dict):
+def _scores(results_dir: Path, rec: RunRecord):
     try:
-        return load_verified(scores_path(results_dir, rec.get("scores_file")))["scores"]
+        return load_verified(scores_path(results_dir, rec.scores_file))["scores"]
     except (CorruptFileError, OSError, KeyError, TypeError, ValueError) as exc:
-        raise AdequacyError(f"the scores of run {rec.get('run_id')} ({rec.get('method')}) cannot be read "
+        raise AdequacyError(f"the scores of run {rec.run_id} ({rec.method}) cannot be read "
                             f"({exc}); rerun that method with force=true") from exc
 
 
@@ -85,17 +85,17 @@ def adequacy(results_dir: str | Path, task: str | None = None, compute: bool = F
     records = read_records(results_dir)
     chosen = chosen_records(records)
     written = []
-    newest = {r["task"]: label for r, label in zip(records, ground_truth_labels(records))
-              if r.get("status") == "ok" and r.get("gt_key")}  # per task, its newest ground truth
+    newest = {r.task: label for r, label in zip(records, ground_truth_labels(records))
+              if r.is_ok and r.gt_key}  # per task, its newest ground truth
     for task_name, label in newest.items():
         if task and task_name != task:
             continue
         rows = {row_label(key): r for key, (r, _) in chosen.items()
-                if key[0] == label and r.get("status") == "ok" and r.get("scores_file")}
+                if key[0] == label and r.is_ok and r.scores_file}
         if not rows:
             continue
         recs = list(rows.values())
-        gt = _ground_truth(task_name, recs[0]["config"], compute)
+        gt = _ground_truth(task_name, recs[0].config, compute)
         scores = {label: _scores(results_dir, r) for label, r in rows.items()}
         m_all, k_all = gt.outcomes.shape[:2]
         seeds_grid = list(range(1, k_all + 1))

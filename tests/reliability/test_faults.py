@@ -81,7 +81,7 @@ def test_torn_record_line_is_skipped_and_later_records_survive(done, tmp_path, t
 
     append_record(tmp_path, dict(rec, run_id="after"))
     recs = read_records(tmp_path)
-    assert [r["run_id"] for r in recs][-1] == "after" and len(recs) == 2
+    assert [r.run_id for r in recs][-1] == "after" and len(recs) == 2
     assert "not a complete record" in capsys.readouterr().err
 
 
@@ -102,8 +102,8 @@ def test_interrupt_in_each_phase_leaves_no_partial_files_and_resumes(tmp_path, t
             storage.load_verified(f)
     out = cli(*args)
     recs = read_records(tmp_path / "r")
-    assert len(recs) == 1 and recs[0]["status"] == "ok"
-    assert recs[0]["gt_cached"]  # the ground truth finished before the fit-phase interrupt
+    assert len(recs) == 1 and recs[0].is_ok
+    assert recs[0].gt_cached  # the ground truth finished before the fit-phase interrupt
 
 
 def test_sigkill_mid_sweep_then_rerun_completes_without_recomputing(tmp_path, tried):
@@ -124,8 +124,8 @@ def test_sigkill_mid_sweep_then_rerun_completes_without_recomputing(tmp_path, tr
     assert 1 <= len(before) < 3
     out = cli(*args)
     after = read_records(tmp_path / "r")
-    assert sorted(r["method"] for r in after) == ["grad_cos", "grad_dot", "random"]
-    assert all(r["status"] == "ok" for r in after)
+    assert sorted(r.method for r in after) == ["grad_cos", "grad_dot", "random"]
+    assert all(r.is_ok for r in after)
     assert after[: len(before)] == before  # finished pairings untouched, not recomputed
     assert out.stderr.count("already done") == len(before)
 
@@ -197,8 +197,8 @@ def test_two_sweeps_at_once_share_one_ground_truth(tmp_path, tried):
     trained = sum(e.count("ground truth digits_mlp") > 0 for e in errs)
     assert trained == 1  # exactly one process computed it; the other waited for the lock
     recs = read_records(tmp_path / "r")
-    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
-    assert len({r["gt_key"] for r in recs}) == 1 and len({r["lds_ceiling"] for r in recs}) == 1
+    assert len(recs) == 4 and all(r.is_ok for r in recs)
+    assert len({r.gt_key for r in recs}) == 1 and len({r.lds_ceiling for r in recs}) == 1
 
 
 # ---------------------------------------------------------------- disks -------------------------

@@ -188,9 +188,9 @@ def test_failed_result_write_keeps_the_result_and_the_next_run_writes_it(done, t
     again = execute(small_cfg(tmp_path, "method=grad_dot"))  # writes both, then finds grad_dot done
     assert "already done" in capfd.readouterr().err
     written = read_records(tmp_path / "r")
-    assert sorted(r["run_id"] for r in written) == sorted(r["run_id"] for r in recs)
+    assert sorted(r.run_id for r in written) == sorted(r["run_id"] for r in recs)
     assert again["run_id"] == recs[0]["run_id"]
-    assert all(storage.load_verified(tmp_path / "r" / r["scores_file"])["scores"].shape == (15, 150)
+    assert all(storage.load_verified(tmp_path / "r" / r.scores_file)["scores"].shape == (15, 150)
                for r in written)
     assert not list((tmp_path / "cache" / "pending").glob("*"))
 
@@ -218,7 +218,7 @@ def test_two_identical_sweeps_compute_each_pairing_once(tmp_path, tried):
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
     recs = read_records(tmp_path / "r")
-    assert sorted(r["method"] for r in recs) == ["grad_cos", "grad_dot", "random"]
+    assert sorted(r.method for r in recs) == ["grad_cos", "grad_dot", "random"]
     for err in errs:  # both sweeps report every pairing, computed or found done
         for m in ("grad_dot", "grad_cos", "random"):
             assert f"digits_mlp / {m}: LDS" in err or f"digits_mlp / {m}: already done" in err, err
@@ -270,7 +270,7 @@ def test_method_that_exits_is_recorded_and_the_sweep_goes_on(done, tmp_path, exc
     assert rec["status"] == "error" and rec["failed_phase"] == "fit"
     assert type(exc).__name__ in rec["message"]
     assert execute(small_cfg(tmp_path, "method=grad_dot"))["status"] == "ok"
-    assert [r["status"] for r in read_records(tmp_path / "r")] == ["error", "ok"]
+    assert [r.status for r in read_records(tmp_path / "r")] == ["error", "ok"]
 
 
 def test_ctrl_c_stops_in_one_line_without_traceback(tmp_path, tried):
@@ -294,7 +294,7 @@ def test_non_object_lines_and_records_missing_keys_are_skipped_with_a_count(done
         ["[1, 2, 3]", good, '"text"', "42", json.dumps({"run_id": "x", "status": "ok"}),
          json.dumps({k: v for k, v in rec.items() if k != "lds_ci"})]) + "\n")
     recs = read_records(tmp_path)
-    assert [r["run_id"] for r in recs] == [rec["run_id"]]
+    assert [r.run_id for r in recs] == [rec["run_id"]]
     out = capsys.readouterr().err
     assert "1 line(s) skipped, each a JSON list" in out and "line 1)" in out
     assert "1 line(s) skipped, each a JSON str" in out and "1 line(s) skipped, each a JSON int" in out

@@ -101,7 +101,7 @@ def test_invalid_records_are_skipped_with_the_reason(done, tmp_path, tried, capl
         tried(f"a record with {key}={value!r}")
         lines.append(json.dumps(dict(rec, run_id=f"bad{i}", **{key: value})))
     (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
-    assert [r["run_id"] for r in read_records(tmp_path)] == [rec["run_id"]]
+    assert [r.run_id for r in read_records(tmp_path)] == [rec["run_id"]]
     text = caplog.text
     assert "an invalid record: lds='0.5'" in text and "lds=7.5 lies outside [-1, 1]" in text
     assert "does not hold the value" in text and "not one of ok" in text
@@ -115,7 +115,7 @@ def test_a_pairing_with_only_invalid_records_runs_again(done, tmp_path, tried):
     cfg["cache_dir"] = str(base / "cache")
     again = execute(cfg)
     assert again["status"] == "ok" and again["run_id"] != rec["run_id"]
-    assert [r["run_id"] for r in read_records(tmp_path / "r")] == [again["run_id"]]
+    assert [r.run_id for r in read_records(tmp_path / "r")] == [again["run_id"]]
 
 
 def test_a_pending_record_counts_as_done(done, tmp_path, tried, monkeypatch):

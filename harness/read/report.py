@@ -50,10 +50,6 @@ from tdabench.harness.read.record import RunRecord  # noqa: E402
 from tdabench.harness.read.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
 
 
-def _ok(records: list[RunRecord]) -> list[RunRecord]:
-    return [r for r in records if r.is_ok]
-
-
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -156,7 +152,7 @@ def _by(records, key):
 def plot_n_train(records: list[RunRecord], out: Path) -> list[Path]:
     """Per task whose records vary n_train: LDS (95% interval) and normalized LDS (LDS over the
     ground truth's ceiling; the same interval scaled by it) against n_train, one line per row."""
-    df = _by(_ok(records), "n_train")
+    df = _by([r for r in records if r.is_ok], "n_train")
     paths = []
     for task, sub in (df.groupby("task") if not df.empty else []):
         if sub["x"].nunique() < 2:
@@ -185,7 +181,7 @@ def plot_n_train(records: list[RunRecord], out: Path) -> list[Path]:
 
 
 def plot_scaling(records: list[RunRecord], out: Path) -> list[Path]:
-    rows = [r for r in _ok(records) if r.num_params and (r.time_s or {}).get("fit") is not None]
+    rows = [r for r in records if r.is_ok and r.num_params and (r.time_s or {}).get("fit") is not None]
     df = _by(rows, "num_params")
     paths = []
     for task, sub in (df.groupby("task") if not df.empty else []):

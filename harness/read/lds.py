@@ -39,15 +39,7 @@ def columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Columns that are constant in either argument give NaN.
     """
-    ra = rankdata(a, axis=0)
-    rb = rankdata(b, axis=0)
-    ra = ra - ra.mean(axis=0)
-    rb = rb - rb.mean(axis=0)
-    denom = np.sqrt((ra**2).sum(axis=0) * (rb**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (ra * rb).sum(axis=0) / denom
-    out[denom == 0] = np.nan
-    return out
+    return columnwise_pearson(rankdata(a, axis=0), rankdata(b, axis=0))
 
 
 def columnwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -5,42 +5,30 @@ the handler, so an interrupt during start-up prints no traceback either."""
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 
 
-def _guarded(prog: str, load) -> None:
-    """Import the command's ``main`` with ``load()`` and run it; Ctrl-C at any moment ends it
-    with one line and exit status 130."""
+def _guarded(prog: str, module: str) -> None:
+    """Import ``module`` and run its ``main``; Ctrl-C at any moment ends it with one line and exit
+    status 130."""
     try:
-        main = load()
-        main()
+        import_module(module).main()
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted (Ctrl-C); rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
 
 
 def tdabench() -> None:
-    def load():
-        from tdabench.harness.engine.cli import main
-        return main
-    _guarded("tdabench", load)
+    _guarded("tdabench", "tdabench.harness.engine.cli")
 
 
 def leaderboard() -> None:
-    def load():
-        from tdabench.harness.read.leaderboard_cli import main
-        return main
-    _guarded("tdabench-leaderboard", load)
+    _guarded("tdabench-leaderboard", "tdabench.harness.read.leaderboard_cli")
 
 
 def insight() -> None:
-    def load():
-        from tdabench.harness.views.insight import main
-        return main
-    _guarded("tdabench-insight", load)
+    _guarded("tdabench-insight", "tdabench.harness.views.insight")
 
 
 def adequacy() -> None:
-    def load():
-        from tdabench.harness.views.adequacy import main
-        return main
-    _guarded("tdabench-adequacy", load)
+    _guarded("tdabench-adequacy", "tdabench.harness.views.adequacy")

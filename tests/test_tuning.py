@@ -148,6 +148,24 @@ def test_a_trial_over_the_cpu_cap_fails(tmp_path):
     assert "tune.max_cpu_s" in rec["message"]
 
 
+def test_the_cpu_cap_stops_a_trial_when_it_is_reached():
+    import time
+
+    from tdabench.harness.engine.interrupts import CpuLimitExceeded, cpu_limit
+
+    start = time.process_time()
+    with pytest.raises(CpuLimitExceeded, match="over the cap"):
+        with cpu_limit(0.3, "over the cap"):
+            while time.process_time() - start < 30:  # a trial that would run 30 CPU s
+                sum(range(1000))
+    assert time.process_time() - start < 5  # stopped at the cap, not at the end
+    with cpu_limit(5.0):  # a block within its cap ends normally and leaves no timer behind
+        pass
+    import signal
+
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+
+
 def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
     from tdabench.harness.engine import tuning
     from tdabench.harness.engine.interrupts import UserInterrupt

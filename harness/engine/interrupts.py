@@ -1,4 +1,5 @@
 """Time limits and Ctrl-C during a run: :func:`time_limit` raises :class:`TimeLimitExceeded`,
+:func:`cpu_limit` raises :class:`CpuLimitExceeded` once the process has used its CPU seconds,
 :func:`user_interrupts` turns the user's SIGINT into :class:`UserInterrupt` (which stops a sweep),
 so that a ``KeyboardInterrupt`` raised by a method's own code stays a failure of that pairing."""
 
@@ -30,6 +31,32 @@ def time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class CpuLimitExceeded(Exception):
+    pass
+
+
+@contextmanager
+def cpu_limit(seconds: float | None, message: str = "the CPU time limit"):
+    """Raise :class:`CpuLimitExceeded` (``message``) once the process has used ``seconds`` of CPU
+    time (user + system, all threads: the clock of ``time.process_time``, which the profiler
+    reads) inside the block. Main thread only; no-op otherwise. The signal is handled when the
+    interpreter next runs, so a long native call (one large matrix product) ends first."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise CpuLimitExceeded(message)
+
+    previous = signal.signal(signal.SIGPROF, handler)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 class UserInterrupt(KeyboardInterrupt):

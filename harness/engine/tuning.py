@@ -12,7 +12,8 @@ already holds (a resumed study draws new points, not the first ones again); the 
 method's own setting (enqueued), so the tuned setting is never worse than the default on
 validation. Only the method's :attr:`Method.search_space` is searched; a method without one runs
 its single setting once. A trial is failed (not scored) when the method refuses the setting, when
-fit or score raises, or when its fit + score CPU seconds exceed ``tune.max_cpu_s``.
+fit or score raises, or when its fit + score CPU seconds exceed ``tune.max_cpu_s`` (the trial is
+stopped when it reaches the cap, so a trial over it costs no more than the cap).
 
 The tuned frontier: with ``tune.select_cpu_s`` set, the setting evaluated on test is the best
 trial whose fit + score took at most that many CPU seconds. The cap is not part of the study's
@@ -45,7 +46,7 @@ import torch
 from tdabench.harness.core.storage import record_cache_misses, record_cache_reads
 from tdabench.harness.engine.config import ConfigError, method_params
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
-from tdabench.harness.engine.interrupts import UserInterrupt, time_limit
+from tdabench.harness.engine.interrupts import CpuLimitExceeded, UserInterrupt, cpu_limit, time_limit
 from tdabench.harness.engine.profiling import Profiler
 from tdabench.harness.engine.quality import (
     DegenerateModelError,
@@ -112,12 +113,19 @@ def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
         raise ConfigError(problems)
     model = view.checkpoint()
     prof = Profiler(cfg["device"], count=False)
+    cap = cfg["tune"].get("max_cpu_s")
+    over = f"fit + score reached tune.max_cpu_s={cap} CPU s and was stopped"
     with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed, \
             record_cache_reads() as reads:
-        with prof.phase("fit"):
-            method.fit(view, model)
-        with prof.phase("score"):
-            scores = method.score(view, model)
+        try:
+            with cpu_limit(cap, over):
+                with prof.phase("fit"):
+                    method.fit(view, model)
+                with prof.phase("score"):
+                    scores = method.score(view, model)
+        except CpuLimitExceeded as exc:
+            trial.set_user_attr("cpu_s", cap)
+            raise CostCapExceeded(str(exc)) from None
     earlier = sorted({what for path, what in reads if path not in computed})
     if earlier:
         trial.set_user_attr("cached_work", earlier)
@@ -127,7 +135,6 @@ def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
     trial.set_user_attr("cpu_s", round(cpu, 3))
     trial.set_user_attr("wall_s", round(sum(prof.time_s.values()), 3))
     trial.set_user_attr("peak_mem_mb", max(prof.peak_mem_mb.values()))
-    cap = cfg["tune"].get("max_cpu_s")
     if cap is not None and cpu > cap:
         raise CostCapExceeded(f"fit + score took {cpu:.1f} CPU s, over tune.max_cpu_s={cap}")
     value = lds(scores, gt.masks, gt.mean_outcomes, 1, cfg["seed"]).lds

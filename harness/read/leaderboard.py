@@ -16,7 +16,9 @@ table per metric and ground truth and the metrics' rank agreement (:mod:`harness
 Writes ``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (with ``p_holm``),
 ``leaderboard_metrics.csv`` and ``metric_agreement.csv``; where the same ground-truth settings were
 run at several data seeds, also an "across data seeds" section with ``leaderboard_seeds.csv`` and
-``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); the command ``tdabench-leaderboard`` is
+``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); where a pair of rows was run at three or more
+training-set sizes, the slope of their difference against log2(n_train), ``trend.csv``
+(:mod:`harness.read.trend`); the command ``tdabench-leaderboard`` is
 :mod:`harness.leaderboard_cli`.
 """
 
@@ -44,6 +46,8 @@ from tdabench.harness.read.results import read_records
 from tdabench.harness.read.seeds import across_seeds
 from tdabench.harness.read.seeds import render as render_seeds
 from tdabench.harness.read.statistics import pairwise_table, tied_with_best
+from tdabench.harness.read.trend import render as render_trend
+from tdabench.harness.read.trend import trends
 
 COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
            "lds_ci_low", "lds_ci_high", "normalized_lds", "tied_with_best", "lds_sd_over_seeds",
@@ -328,5 +332,9 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
         atomic_write_bytes(out / "leaderboard_seeds.csv", seeds.to_csv(index=False).encode())
         atomic_write_bytes(out / "pairwise_seeds.csv", seed_pairs.to_csv(index=False).encode())
         markdown = "\n".join([markdown, *render_seeds(seeds, seed_pairs)])
+    trend = trends(chosen_records(records))
+    if not trend.empty:
+        atomic_write_bytes(out / "trend.csv", trend.to_csv(index=False).encode())
+        markdown = "\n".join([markdown, *render_trend(trend)])
     atomic_write_bytes(out / "leaderboard.md", markdown.encode())
     return df

@@ -67,3 +67,21 @@ def test_a_seed_where_the_two_rows_saw_other_queries_is_left_out():
     fit = pair_trend(a, b, n_boot=200)
     assert fit["seeds"] == "1 1 1" and np.isclose(fit["diff_smallest"], 0.1)
     assert pair_trend({n: a[n] for n in SIZES[:2]}, b, n_boot=200) is None
+
+
+def test_size_points_average_the_seeds_with_the_two_level_interval():
+    from tdabench.harness.read.size_plot import size_points
+
+    rows = _rows(lambda n: 0.1)
+    recs = [r for _, rs in rows.values() for r in rs]
+    for r in recs:
+        r.lds = float(np.mean(r.lds_per_query))
+        r.lds_ci = [r.lds - 0.01, r.lds + 0.01]
+    points = size_points(recs)["digits_mlp"]
+    assert sorted(points) == ["a", "b"] and [p[0] for p in points["a"]] == list(SIZES)
+    n, lds, lo, hi, _, seeds = points["a"][0]
+    by_seed = [r.lds for r in recs if r.method == "a" and r.n_train == 100]
+    assert seeds == 3 and np.isclose(lds, np.mean(by_seed)) and lo < lds < hi
+    assert hi - lo > 0.02  # wider than one record's query interval: the seeds vary
+    one = size_points([r for r in recs if (r.config or {}).get("seed") == 0])["digits_mlp"]["a"][0]
+    assert one[5] == 1 and np.isclose(one[2], one[1] - 0.01)  # a single seed: its record's interval

@@ -48,6 +48,7 @@ from tdabench.harness.read.leaderboard import (  # noqa: E402
 )
 from tdabench.harness.read.record import RunRecord  # noqa: E402
 from tdabench.harness.read.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
+from tdabench.harness.read.size_plot import plot_n_train  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -147,37 +148,6 @@ def _by(records, key):
                          "normalized_lds": r.normalized_lds, "time": cost["total_s"],
                          "mem": cost["peak_mem_mb"], "flops": cost["flops"]})
     return pd.DataFrame(rows)
-
-
-def plot_n_train(records: list[RunRecord], out: Path) -> list[Path]:
-    """Per task whose records vary n_train: LDS (95% interval) and normalized LDS (LDS over the
-    ground truth's ceiling; the same interval scaled by it) against n_train, one line per row."""
-    df = _by([r for r in records if r.is_ok], "n_train")
-    paths = []
-    for task, sub in (df.groupby("task") if not df.empty else []):
-        if sub["x"].nunique() < 2:
-            continue
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for method, m in sub.groupby("method"):
-            m = m.groupby("x").last().sort_index()
-            for ax, col in zip(axes, ("lds", "normalized_lds")):
-                y = m[col].astype(float)
-                if y.isna().all():
-                    continue
-                scale = y / m["lds"].astype(float)  # 1 for LDS, 1 / ceiling for normalized LDS
-                lo = (m["lds"] - m["lds_lo"]).astype(float) * scale
-                hi = (m["lds_hi"] - m["lds"]).astype(float) * scale
-                ax.errorbar(m.index, y, yerr=[lo.fillna(0), hi.fillna(0)], fmt="o-", capsize=3,
-                            label=method)
-        for ax, label in zip(axes, ("LDS (95% interval)", "normalized LDS (LDS / ceiling)")):
-            ax.set_xscale("log")
-            ax.set_xlabel("n_train (log)")
-            ax.set_ylabel(label)
-        axes[0].set_title(f"{task}: LDS against training-set size")
-        axes[1].set_title("normalized by each ground truth's ceiling")
-        axes[1].legend(fontsize=8)
-        paths.append(_save(fig, out / f"n_train_{task}.png"))
-    return paths
 
 
 def plot_scaling(records: list[RunRecord], out: Path) -> list[Path]:
@@ -290,7 +260,7 @@ def plot_frontier(records: list[RunRecord], out: Path) -> list[Path]:
 
 def make_plots(records: list[RunRecord], out: Path) -> list[Path]:
     return (plot_lds(records, out) + plot_cost(records, out) + plot_frontier(records, out)
-            + plot_n_train(records, out) + plot_scaling(records, out) + plot_traces(records, out))
+            + plot_n_train(records, out, _save) + plot_scaling(records, out) + plot_traces(records, out))
 
 
 def _img(path: Path) -> str:

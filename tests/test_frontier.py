@@ -183,6 +183,10 @@ def test_frontier_table_cpu_seconds_and_pareto_flag():
     # best settings on the CPU-seconds Pareto front of every row: trak's 0.3 at 5 CPU s is beaten
     # by ekfac's 0.5 at 1 CPU s
     assert df["pareto"].to_dict() == {"bif": True, "ekfac": True, "grad_dot": True, "trak": False}
+    # the same LDS at two costs (one setting chosen under two caps): the best is the cheaper one
+    again = [*RECORDS, rec("ekfac", 0.50, 2.4, 2e9, {"max_examples": 500})]
+    df = table(again).set_index("method")
+    assert df.loc["ekfac", "cpu_s"] == 1.0 and bool(df.loc["ekfac", "pareto"])
 
 
 def test_without_an_ekfac_row_the_comparison_is_empty_with_a_note():

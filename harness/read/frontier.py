@@ -179,7 +179,8 @@ def table(records: list[RunRecord]) -> pd.DataFrame:
         target = TARGET_FRACTION * best_all if best_all > 0 else None
         front = pareto([p for line in lines.values() for p in line], "cpu_s")
         for name, line in sorted(lines.items()):
-            best = max(line, key=lambda p: p.lds)
+            # of equal LDS the cheapest (the same setting chosen under several caps is one point)
+            best = max(line, key=lambda p: (p.lds, -(p.cpu_s if p.cpu_s is not None else math.inf)))
             row = {"ground_truth": gt, "task": (gts.get(gt) or {}).get("task"), "method": name,
                    "settings": len(line), "best_lds": best.lds, "best_setting": best.setting,
                    "cached_fits": " ".join(f"[{p.setting}]" for p in line if p.cached_fit) or None,

@@ -148,6 +148,25 @@ def test_a_trial_over_the_cpu_cap_fails(tmp_path):
     assert "tune.max_cpu_s" in rec["message"]
 
 
+def test_a_refused_setting_reports_the_worst_lds_and_is_never_chosen(tmp_path, monkeypatch):
+    from tdabench.harness.engine import tuning
+
+    cfg = _cfg(tmp_path, "method=ekfac", "tune.trials=6")
+    task, method = prepare(cfg)
+    cls = type(method)
+    # refuse half of the damping range (log scale, 1e-4 to 10), as TRAK refuses a projection
+    # larger than the training set without a ridge
+    monkeypatch.setattr(cls, "check", lambda self, t: ["damping too small"] if self.damping < 0.03 else [])
+    chosen = tune(task, cls, cfg, study_key(cfg))
+    study = optuna.load_study(study_name=chosen.info["study"], storage=chosen.info["storage"])
+    refused = [t for t in study.trials if "refused" in t.user_attrs]
+    assert refused and all(t.params["damping"] < 0.03 for t in refused)
+    assert all(t.value == tuning.REFUSED_VALUE and t.state == optuna.trial.TrialState.COMPLETE for t in refused)
+    assert chosen.info["best_params"]["damping"] >= 0.03
+    assert chosen.info["refused_trials"] == len(refused)
+    assert chosen.info["completed_trials"] == len(study.trials) - len(refused)
+
+
 def test_the_cpu_cap_stops_a_trial_when_it_is_reached():
     import time
 

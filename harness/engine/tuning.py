@@ -11,7 +11,10 @@ The study: Optuna's TPE sampler, seeded from the run's seed and the number of tr
 already holds (a resumed study draws new points, not the first ones again); the first trial is the
 method's own setting (enqueued), so the tuned setting is never worse than the default on
 validation. Only the method's :attr:`Method.search_space` is searched; a method without one runs
-its single setting once. A trial is failed (not scored) when the method refuses the setting, when
+its single setting once. A setting the method refuses before any work (its ``check``, e.g. TRAK's
+projection larger than the training set without a ridge) completes with the worst LDS, -1, and
+the user attribute ``refused``, so that the sampler learns to avoid the region instead of proposing
+it again; it is never chosen and does not count as completed. A trial is failed (not scored) when
 fit or score raises, or when its fit + score CPU seconds exceed ``tune.max_cpu_s`` (the trial is
 stopped when it reaches the cap, so a trial over it costs no more than the cap).
 
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 
 from tdabench.harness.core.storage import record_cache_misses, record_cache_reads
-from tdabench.harness.engine.config import ConfigError, method_params
+from tdabench.harness.engine.config import method_params
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import CpuLimitExceeded, UserInterrupt, cpu_limit, time_limit
 from tdabench.harness.engine.profiling import Profiler
@@ -62,6 +65,14 @@ log = logging.getLogger(__name__)
 
 class TuningFailed(RuntimeError):
     """No trial of the study succeeded; the message gives the first trial's error."""
+
+
+class SettingRefused(ValueError):
+    """The method refused the trial's setting before any work (its ``check``)."""
+
+
+#: the value a refused setting reports to the sampler: the lowest LDS there is
+REFUSED_VALUE = -1.0
 
 
 class CostCapExceeded(RuntimeError):
@@ -110,7 +121,7 @@ def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
     method = method_cls(**params)
     problems = method.check(view)
     if problems:
-        raise ConfigError(problems)
+        raise SettingRefused("; ".join(problems))
     model = view.checkpoint()
     prof = Profiler(cfg["device"], count=False)
     cap = cfg["tune"].get("max_cpu_s")
@@ -177,6 +188,10 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
         except UserInterrupt:  # not counted: a resumed study runs this trial's place again
             trial.set_user_attr("interrupted", True)
             raise
+        except SettingRefused as exc:
+            trial.set_user_attr("refused", str(exc)[:1000])
+            log.info(f"{name} trial {trial.number} {values}: refused: {exc}")
+            return REFUSED_VALUE
         except Exception as exc:  # a failed trial, counted in the budget
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
             log.info(f"{name} trial {trial.number} {values}: failed: {type(exc).__name__}: {exc}")
@@ -192,9 +207,10 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
                 study.stop()
 
         study.optimize(objective, n_trials=budget - held, callbacks=[enough])
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "refused" not in t.user_attrs]
     if not done:
-        errors = [t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")]
+        errors = [t.user_attrs.get("error") or t.user_attrs.get("refused") for t in study.trials
+                  if t.user_attrs.get("error") or t.user_attrs.get("refused")]
         raise TuningFailed(f"no trial of study {name} succeeded ({len(study.trials)} trials); first error: "
                            f"{errors[0] if errors else 'none recorded'}")
     select = cfg["tune"].get("select_cpu_s")
@@ -210,7 +226,8 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
             "val_query_ids": view.query_ids(), "val_subsets": cfg["tune"]["val_subsets"],
             "val_seeds": cfg["tune"]["val_seeds"], "max_cpu_s": cfg["tune"].get("max_cpu_s"),
             "select_cpu_s": select, "best_cpu_s": best.user_attrs.get("cpu_s"),
-            "completed_trials": len(done), "study": name, "storage": where,
+            "completed_trials": len(done),
+            "refused_trials": sum("refused" in t.user_attrs for t in study.trials), "study": name, "storage": where,
             "trials_cpu_s": round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3)}
     log.info(f"{task.name} / {method_cls.name}: best of {len(study.trials)} trials {params}, "
              f"validation LDS {best.value:.4f}")

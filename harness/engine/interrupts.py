@@ -14,49 +14,43 @@ class TimeLimitExceeded(Exception):
     pass
 
 
-@contextmanager
-def time_limit(seconds: float | None):
-    """Raise :class:`TimeLimitExceeded` after ``seconds`` (main thread only; no-op otherwise)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise TimeLimitExceeded(f"the run exceeded limits.max_seconds={seconds}")
-
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 class CpuLimitExceeded(Exception):
     pass
 
 
 @contextmanager
-def cpu_limit(seconds: float | None, message: str = "the CPU time limit"):
-    """Raise :class:`CpuLimitExceeded` (``message``) once the process has used ``seconds`` of CPU
-    time (user + system, all threads: the clock of ``time.process_time``, which the profiler
-    reads) inside the block. Main thread only; no-op otherwise. The signal is handled when the
-    interpreter next runs, so a long native call (one large matrix product) ends first."""
+def _interval_timer(seconds: float | None, which: int, signum: int, error: Exception):
+    """Raise ``error`` once interval timer ``which`` has run ``seconds`` inside the block (its
+    signal ``signum`` handled by a temporary handler). Main thread only; no-op otherwise."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise CpuLimitExceeded(message)
+        raise error
 
-    previous = signal.signal(signal.SIGPROF, handler)
-    signal.setitimer(signal.ITIMER_PROF, seconds)
+    previous = signal.signal(signum, handler)
+    signal.setitimer(which, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, previous)
+        signal.setitimer(which, 0)
+        signal.signal(signum, previous)
+
+
+def time_limit(seconds: float | None):
+    """Raise :class:`TimeLimitExceeded` after ``seconds`` of wall time (main thread only; no-op
+    otherwise)."""
+    return _interval_timer(seconds, signal.ITIMER_REAL, signal.SIGALRM,
+                           TimeLimitExceeded(f"the run exceeded limits.max_seconds={seconds}"))
+
+
+def cpu_limit(seconds: float | None, message: str = "the CPU time limit"):
+    """Raise :class:`CpuLimitExceeded` (``message``) once the process has used ``seconds`` of CPU
+    time (user + system, all threads: the clock of ``time.process_time``, which the profiler
+    reads) inside the block. Main thread only; no-op otherwise. The signal is handled when the
+    interpreter next runs, so a long native call (one large matrix product) ends first."""
+    return _interval_timer(seconds, signal.ITIMER_PROF, signal.SIGPROF, CpuLimitExceeded(message))
 
 
 class UserInterrupt(KeyboardInterrupt):

@@ -50,10 +50,14 @@ def test_a_growing_gap_is_found_and_a_constant_one_is_not():
     assert flat["ci_low"] < 0 < flat["ci_high"] and flat["p_value"] > 0.05
 
 
-def test_series_need_three_sizes_and_the_same_ground_truth_settings():
-    rows = _rows(lambda n: 0.1)
-    two_sizes = {k: v for k, v in rows.items() if not k[0].startswith(("400", "800", "1600"), 2)}
-    assert trends(two_sizes).empty
+def test_series_need_two_sizes_and_the_same_ground_truth_settings():
+    rows = _rows(lambda n: 0.1 + 0.05 * (n == 200))
+    one_size = {k: v for k, v in rows.items() if k[0].startswith("100", 2)}
+    assert trends(one_size).empty
+    two_sizes = {k: v for k, v in rows.items() if k[0].startswith(("100", "200"), 2)}
+    pair = trends(two_sizes).iloc[0]  # one doubling: the slope is the change between the sizes
+    assert pair["sizes"] == "100 200"
+    assert np.isclose(pair["slope_per_doubling"], pair["diff_largest"] - pair["diff_smallest"])
     assert len(trends(rows)) == 1
     # another subset count is another series: two series of five sizes each, two trends
     other = _rows(lambda n: 0.1, subsets=40)
@@ -66,7 +70,7 @@ def test_a_seed_where_the_two_rows_saw_other_queries_is_left_out():
     b = {n: {0: np.full(10, 0.5), 1: np.full(12, 0.5)} for n in SIZES[:3]}
     fit = pair_trend(a, b, n_boot=200)
     assert fit["seeds"] == "1 1 1" and np.isclose(fit["diff_smallest"], 0.1)
-    assert pair_trend({n: a[n] for n in SIZES[:2]}, b, n_boot=200) is None
+    assert pair_trend({n: a[n] for n in SIZES[:1]}, b, n_boot=200) is None
 
 
 def test_size_points_average_the_seeds_with_the_two_level_interval():

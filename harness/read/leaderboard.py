@@ -16,7 +16,7 @@ table per metric and ground truth and the metrics' rank agreement (:mod:`harness
 Writes ``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (with ``p_holm``),
 ``leaderboard_metrics.csv`` and ``metric_agreement.csv``; where the same ground-truth settings were
 run at several data seeds, also an "across data seeds" section with ``leaderboard_seeds.csv`` and
-``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); where a pair of rows was run at three or more
+``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); where a pair of rows was run at two or more
 training-set sizes, the slope of their difference against log2(n_train), ``trend.csv``
 (:mod:`harness.read.trend`); the command ``tdabench-leaderboard`` is
 :mod:`harness.leaderboard_cli`.

@@ -3,10 +3,11 @@
 Records whose ground truths differ only in ``task.n_train`` (same task settings otherwise, same
 subsets x seeds, alpha and observable) form a size series. For two leaderboard rows (method and
 setting; a tuned row's setting names its trial budget, not its chosen parameters, so it is one row
-across sizes) present at three or more sizes, the difference a - b at each size is the mean over
+across sizes) present at two or more sizes, the difference a - b at each size is the mean over
 that size's data seeds of the mean over queries of the per-query LDS differences (the same
 queries: both records of a seed share its ground truth). The trend is the least-squares slope of
-these differences against log2(n_train): the change in a - b per doubling of the training set.
+these differences against log2(n_train): the change in a - b per doubling of the training set
+(with two sizes, the change from one to the other per doubling between them).
 
 Its 95% interval and two-sided p-value come from a bootstrap that keeps the design: at each size,
 independently, the data seeds are drawn with replacement and then the queries within each drawn
@@ -30,7 +31,7 @@ from tdabench.harness.read.seeds import HOW_COMPUTED, N_BOOT, _finite, two_level
 from tdabench.harness.read.statistics import holm
 
 #: sizes a pair needs before a slope is fitted
-MIN_SIZES = 3
+MIN_SIZES = 2
 
 
 def series_key(rec: RunRecord) -> tuple[str, str]:

@@ -30,7 +30,9 @@ def _interval_timer(seconds: float | None, which: int, signum: int, error: Excep
         raise error
 
     previous = signal.signal(signum, handler)
-    signal.setitimer(which, seconds)
+    # repeating: a signal that lands where Python cannot raise (a weakref callback, a finalizer)
+    # is reported as unraisable and lost, so the timer fires again until the block ends
+    signal.setitimer(which, seconds, max(seconds / 20, 0.01))
     try:
         yield
     finally:

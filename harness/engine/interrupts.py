@@ -19,9 +19,10 @@ class CpuLimitExceeded(Exception):
 
 
 @contextmanager
-def _interval_timer(seconds: float | None, which: int, signum: int, error: Exception):
+def _interval_timer(seconds: float | None, which: int, signum: int, error: Exception, repeat: float = 0.0):
     """Raise ``error`` once interval timer ``which`` has run ``seconds`` inside the block (its
-    signal ``signum`` handled by a temporary handler). Main thread only; no-op otherwise."""
+    signal ``signum`` handled by a temporary handler), and again every ``repeat`` seconds (0:
+    once) until the block ends. Main thread only; no-op otherwise."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -30,9 +31,7 @@ def _interval_timer(seconds: float | None, which: int, signum: int, error: Excep
         raise error
 
     previous = signal.signal(signum, handler)
-    # repeating: a signal that lands where Python cannot raise (a weakref callback, a finalizer)
-    # is reported as unraisable and lost, so the timer fires again until the block ends
-    signal.setitimer(which, seconds, max(seconds / 20, 0.01))
+    signal.setitimer(which, seconds, repeat)
     try:
         yield
     finally:
@@ -52,7 +51,12 @@ def cpu_limit(seconds: float | None, message: str = "the CPU time limit"):
     time (user + system, all threads: the clock of ``time.process_time``, which the profiler
     reads) inside the block. Main thread only; no-op otherwise. The signal is handled when the
     interpreter next runs, so a long native call (one large matrix product) ends first."""
-    return _interval_timer(seconds, signal.ITIMER_PROF, signal.SIGPROF, CpuLimitExceeded(message))
+    # repeated (every second, or a tenth of the limit if longer): a signal that lands where Python
+    # cannot raise (a weakref callback, a finalizer) is reported as unraisable and lost. The wall
+    # limit fires once: a second signal while a timed-out run unwinds would turn its timeout into
+    # an error.
+    return _interval_timer(seconds, signal.ITIMER_PROF, signal.SIGPROF, CpuLimitExceeded(message),
+                           repeat=max(seconds / 10, 1.0) if seconds else 0.0)
 
 
 class UserInterrupt(KeyboardInterrupt):

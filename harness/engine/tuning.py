@@ -209,8 +209,7 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
         study.optimize(objective, n_trials=budget - held, callbacks=[enough])
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "refused" not in t.user_attrs]
     if not done:
-        errors = [t.user_attrs.get("error") or t.user_attrs.get("refused") for t in study.trials
-                  if t.user_attrs.get("error") or t.user_attrs.get("refused")]
+        errors = [e for t in study.trials if (e := t.user_attrs.get("error") or t.user_attrs.get("refused"))]
         raise TuningFailed(f"no trial of study {name} succeeded ({len(study.trials)} trials); first error: "
                            f"{errors[0] if errors else 'none recorded'}")
     select = cfg["tune"].get("select_cpu_s")

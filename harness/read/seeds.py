@@ -38,7 +38,8 @@ def replicate_key(rec: RunRecord) -> str:
                       sort_keys=True, default=str)
 
 
-def _finite(rec: RunRecord) -> np.ndarray:
+def finite_per_query(rec: RunRecord) -> np.ndarray:
+    """The record's finite per-query LDS values (NaNs and missing values dropped)."""
     v = np.array([np.nan if x is None else x for x in rec.lds_per_query or []], float)
     return v[np.isfinite(v)]
 
@@ -68,7 +69,7 @@ def across_seeds(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> tupl
     labels: dict[str, str] = {}
     for (_, _, method, setting, sweep), (_, recs) in chosen.items():
         for rec in recs:
-            values = _finite(rec) if rec.is_ok else np.array([])
+            values = finite_per_query(rec) if rec.is_ok else np.array([])
             if len(values) < 2:
                 continue
             group = replicate_key(rec)

@@ -18,7 +18,7 @@ import numpy as np
 
 from tdabench.harness.read.leaderboard import row_keys, row_label
 from tdabench.harness.read.record import RunRecord
-from tdabench.harness.read.seeds import _finite, two_level_bootstrap
+from tdabench.harness.read.seeds import finite_per_query, two_level_bootstrap
 
 
 def size_points(records: list[RunRecord]) -> dict[str, dict[str, list[tuple]]]:
@@ -34,7 +34,7 @@ def size_points(records: list[RunRecord]) -> dict[str, dict[str, list[tuple]]]:
         cells[(task, line, n)].append(r)
     out: dict[str, dict[str, list[tuple]]] = defaultdict(lambda: defaultdict(list))
     for (task, line, n), recs in sorted(cells.items(), key=lambda kv: kv[0][2]):
-        per_seed = [v for v in map(_finite, recs) if len(v) >= 2]
+        per_seed = [v for v in map(finite_per_query, recs) if len(v) >= 2]
         if len(recs) > 1 and len(per_seed) == len(recs):
             lds = float(np.mean([v.mean() for v in per_seed]))
             lo, hi = np.quantile(two_level_bootstrap(per_seed), [0.025, 0.975])

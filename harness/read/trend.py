@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tdabench.harness.read.record import RunRecord
-from tdabench.harness.read.seeds import HOW_COMPUTED, N_BOOT, _finite, two_level_bootstrap
+from tdabench.harness.read.seeds import HOW_COMPUTED, N_BOOT, finite_per_query, two_level_bootstrap
 from tdabench.harness.read.statistics import holm
 
 #: sizes a pair needs before a slope is fitted
@@ -90,7 +90,7 @@ def trends(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> pd.DataFra
     labels: dict[str, str] = {}
     for (_, _, method, setting, sweep), (_, recs) in chosen.items():
         for rec in recs:
-            values = _finite(rec) if rec.is_ok else np.array([])
+            values = finite_per_query(rec) if rec.is_ok else np.array([])
             if len(values) < 2 or rec.n_train is None:
                 continue
             group, label = series_key(rec)

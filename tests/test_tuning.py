@@ -167,6 +167,39 @@ def test_a_refused_setting_reports_the_worst_lds_and_is_never_chosen(tmp_path, m
     assert chosen.info["completed_trials"] == len(study.trials) - len(refused)
 
 
+def test_a_tuned_run_goes_on_when_only_its_default_setting_is_refused(tmp_path, monkeypatch):
+    from tdabench.harness.engine.run import UnsupportedPairingError
+
+    cfg = _cfg(tmp_path, "method=ekfac", "tune.trials=2")
+    task, method = prepare(cfg)
+    cls, default = type(method), method.damping
+    monkeypatch.setattr(cls, "check", lambda self, t: ["this damping is refused"] if self.damping == default else [])
+    prepare(cfg)  # tuned: the space holds settings the check passes, so the run goes on
+    with pytest.raises(UnsupportedPairingError, match="this damping is refused"):
+        prepare(_cfg(tmp_path, "method=ekfac"))  # untuned: the refused default is the run
+    monkeypatch.setattr(cls, "check", lambda self, t: ["no damping works"])
+    with pytest.raises(UnsupportedPairingError, match="no damping works"):
+        prepare(cfg)  # no setting passes: refused before any ground truth is built
+    assert not (tmp_path / "cache" / "ground_truth").exists()
+
+
+def test_accepted_setting_draws_points_of_the_space_within_their_ranges():
+    import random
+
+    from tdabench.harness.engine.space import accepted_setting
+
+    space = {"a": Float(1e-3, 10.0, log=True), "b": Int(1, 20, log=True), "c": Categorical(("x", "y")),
+             "d": Float(0.1, 10.0, log=True, per_n_train=True)}
+    rng = random.Random(0)
+    for _ in range(200):
+        assert all(dim.contains(dim.draw(rng)) for dim in space.values())
+    base = {"a": 1.0, "b": 5, "c": "x", "d": None}
+    assert accepted_setting(space, base, 100, lambda p: True) == base  # the default first
+    found = accepted_setting(space, base, 100, lambda p: p["c"] == "y" and p["a"] < 0.01)
+    assert found["c"] == "y" and found["a"] < 0.01 and 10 <= found["d"] <= 1000  # d in units of n_train
+    assert accepted_setting(space, base, 100, lambda p: False) is None
+
+
 def test_the_cpu_cap_stops_a_trial_when_it_is_reached():
     import time
 

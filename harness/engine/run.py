@@ -70,6 +70,7 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
+from tdabench.harness.engine.space import accepted_setting
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
@@ -139,9 +140,25 @@ def prepare(cfg: dict):
     task = task_cls(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], device=cfg["device"])
     method = method_cls(**method_params(cfg))
     problems = validate_pairing(task, method)
+    if problems and _tuning_finds_a_setting(task, method_cls, cfg):
+        log.info(f"{task.name} / {method.name}: the default setting is refused ({'; '.join(problems)}); "
+                 "tuning goes on, since other settings of its search space pass (refused trials score -1)")
+        problems = []
     if problems:
         raise UnsupportedPairingError(problems)
     return task, method
+
+
+def _tuning_finds_a_setting(task, method_cls, cfg: dict) -> bool:
+    """Whether a tuned run (``tune.trials > 0``) whose default setting the method's ``check``
+    refuses can still run: the task provides what the method requires and some setting of its
+    search space passes the check (the tuner then scores refused trials -1 and avoids them). A
+    pairing no setting can run is still refused here, before any ground truth is built."""
+    space = getattr(method_cls, "search_space", None) or {}
+    if not (cfg.get("tune") or {}).get("trials") or not space or set(method_cls.requires) - set(task.capabilities):
+        return False
+    return accepted_setting(space, method_params(cfg), task.n_train,
+                            lambda params: not method_cls(**params).check(task), seed=cfg["seed"]) is not None
 
 
 def record_unsupported(cfg: dict, exc: UnsupportedPairingError, group: str) -> dict:

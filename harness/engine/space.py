@@ -33,6 +33,11 @@ class Float:
     def suggest(self, trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
+    def draw(self, rng) -> float:
+        if self.log:
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return rng.uniform(self.low, self.high)
+
     def contains(self, value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
@@ -54,6 +59,12 @@ class Int:
     def suggest(self, trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log)
 
+    def draw(self, rng) -> int:
+        if self.log:
+            value = round(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+            return min(max(value, self.low), self.high)
+        return rng.randint(self.low, self.high)
+
     def contains(self, value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
 
@@ -72,6 +83,9 @@ class Categorical:
 
     def suggest(self, trial, name: str):
         return trial.suggest_categorical(name, list(self.choices))
+
+    def draw(self, rng):
+        return rng.choice(self.choices)
 
     def contains(self, value) -> bool:
         return value in self.choices
@@ -106,6 +120,24 @@ def default_point(space: dict, params: dict, n_train: int) -> dict:
     """The trial values of the method's current parameters ``params`` (its resolved settings):
     the first trial of every study."""
     return {k: to_trial_value(d, params.get(k), n_train) for k, d in space.items()}
+
+
+def accepted_setting(space: dict, params: dict, n_train: int, accepts, draws: int = 64,
+                     seed: int = 0) -> dict | None:
+    """A setting of ``space`` over ``params`` that ``accepts(setting)`` (the method's cheap
+    ``check`` passing) among the default and ``draws`` points drawn at random (seeded); None when
+    none is accepted. A tuned run uses it to tell a refused default whose space holds valid
+    settings (tuning goes on and avoids the refused region) from a pairing no setting can run."""
+    import random
+
+    if accepts(params):
+        return params
+    rng = random.Random(seed)
+    for _ in range(draws):
+        point = {k: to_param(d, d.draw(rng), n_train) for k, d in space.items()}
+        if accepts({**params, **point}):
+            return {**params, **point}
+    return None
 
 
 def space_problems(method_cls, n_train: int = 1000, params: dict | None = None) -> list[str]:

@@ -200,6 +200,28 @@ def test_accepted_setting_draws_points_of_the_space_within_their_ranges():
     assert accepted_setting(space, base, 100, lambda p: False) is None
 
 
+def test_the_choice_waits_for_another_workers_running_trial(tmp_path):
+    import threading
+    import time
+
+    from tdabench.harness.engine.tuning import patience_s, wait_for_other_workers
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.1))
+    other = study.ask()  # another worker's trial, still running
+    threading.Timer(0.5, lambda: study.tell(other, 0.9)).start()
+    start = time.monotonic()
+    wait_for_other_workers(study, "s", patience=60, poll_s=0.05)
+    assert time.monotonic() - start >= 0.4  # it waited for the trial ...
+    assert max(t.value for t in study.trials if t.value is not None) == 0.9  # ... so the choice sees it
+    study.ask()  # a trial a killed worker left running is not waited for beyond the patience
+    start = time.monotonic()
+    wait_for_other_workers(study, "s", patience=0.3, poll_s=0.05)
+    assert 0.2 <= time.monotonic() - start < 10
+    cfg = {"tune": {"max_cpu_s": 100}, "limits": {"max_seconds": None}}
+    assert patience_s(cfg) == 460.0 and patience_s({**cfg, "limits": {"max_seconds": 50}}) == 110.0
+
+
 def test_the_cpu_cap_stops_a_trial_when_it_is_reached():
     import time
 

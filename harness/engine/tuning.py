@@ -27,7 +27,9 @@ named in its ``cached_work`` attribute.
 
 Where studies live: ``tune.storage`` null keeps them in ``<results_dir>/studies.db`` (SQLite, one
 machine); a path ending in ``.journal`` uses Optuna's journal file (workers on a shared file
-system); any other URL is passed to Optuna. A study is named ``<task>-<method>-<hash>``, the hash
+system); any other URL is passed to Optuna. Workers sharing a study stop at its budget together,
+and each waits for the others' running trials before it chooses, so every worker's choice sees
+every trial. A study is named ``<task>-<method>-<hash>``, the hash
 of every setting that determines the run except the trial count, so rerunning with more trials
 continues the study and runs only the missing trials. Inspect one with ``optuna-dashboard
 sqlite:///results/studies.db`` or ``optuna.load_study(study_name=..., storage=...)``; each trial
@@ -114,6 +116,45 @@ def _counted(study) -> int:
     """Trials that count against the budget: every trial but those a user interrupted (a trial
     that a killed process left running counts: it may be another worker's)."""
     return sum(not t.user_attrs.get("interrupted") for t in study.trials)
+
+
+#: how long a choice waits for another worker's trial when neither limits.max_seconds nor
+#: tune.max_cpu_s bounds a trial's wall time (a trial a killed worker left running never ends)
+DEFAULT_PATIENCE_S = 6 * 3600.0
+
+
+def patience_s(cfg: dict) -> float:
+    """The longest wall time a running trial of another worker is waited for: the trial's own
+    wall-clock limit (``limits.max_seconds``), else 4 x its CPU cap (``tune.max_cpu_s``; wall
+    time on a loaded machine runs ahead of CPU time), else :data:`DEFAULT_PATIENCE_S`."""
+    if (cfg.get("limits") or {}).get("max_seconds"):
+        return float(cfg["limits"]["max_seconds"]) + 60.0
+    if cfg["tune"].get("max_cpu_s"):
+        return 4.0 * float(cfg["tune"]["max_cpu_s"]) + 60.0
+    return DEFAULT_PATIENCE_S
+
+
+def wait_for_other_workers(study, name: str, patience: float, poll_s: float = 10.0) -> None:
+    """Wait until no trial of ``study`` is running (workers sharing a study finish its last
+    trials at different times, and the choice must see all of them). A trial that has run longer
+    than ``patience`` seconds is taken for one a killed worker left behind and is not waited for."""
+    import time
+    from datetime import datetime
+
+    import optuna
+
+    told = False
+    while True:
+        now = datetime.now()
+        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if t.datetime_start is None or (now - t.datetime_start).total_seconds() < patience]
+        if not running:
+            return
+        if not told:
+            log.info(f"study {name}: waiting for trial {', '.join(str(t.number) for t in running)} of "
+                     f"another worker before choosing (up to {patience:.0f} s from its start)")
+            told = True
+        time.sleep(poll_s)
 
 
 def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
@@ -207,6 +248,7 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
                 study.stop()
 
         study.optimize(objective, n_trials=budget - held, callbacks=[enough])
+    wait_for_other_workers(study, name, patience_s(cfg))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "refused" not in t.user_attrs]
     if not done:
         errors = [e for t in study.trials if (e := t.user_attrs.get("error") or t.user_attrs.get("refused"))]

@@ -204,7 +204,7 @@ def test_the_choice_waits_for_another_workers_running_trial(tmp_path):
     import threading
     import time
 
-    from tdabench.harness.engine.tuning import patience_s, wait_for_other_workers
+    from tdabench.harness.engine.tuning import patience_s, wait_for_other_workers, worker_id
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.1))
@@ -218,6 +218,22 @@ def test_the_choice_waits_for_another_workers_running_trial(tmp_path):
     start = time.monotonic()
     wait_for_other_workers(study, "s", patience=0.3, poll_s=0.05)
     assert 0.2 <= time.monotonic() - start < 10
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):  # its worker on this host exited
+        study._storage.set_trial_user_attr(t._trial_id, "worker", f"{worker_id().rpartition(':')[0]}:{gone}")
+    start = time.monotonic()
+    wait_for_other_workers(study, "s", patience=60, poll_s=0.05)
+    assert time.monotonic() - start < 5  # not waited for
+    alive = study.ask()
+    study._storage.set_trial_user_attr(alive._trial_id, "worker", worker_id())  # a live worker is waited for
+    threading.Timer(0.3, lambda: study.tell(alive, 0.5)).start()
+    start = time.monotonic()
+    wait_for_other_workers(study, "s", patience=60, poll_s=0.05)
+    assert time.monotonic() - start >= 0.2
     cfg = {"tune": {"max_cpu_s": 100}, "limits": {"max_seconds": None}}
     assert patience_s(cfg) == 460.0 and patience_s({**cfg, "limits": {"max_seconds": 50}}) == 110.0
 

@@ -134,10 +134,36 @@ def patience_s(cfg: dict) -> float:
     return DEFAULT_PATIENCE_S
 
 
+def worker_id() -> str:
+    """``host:pid`` of this process (a trial's ``worker`` attribute)."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker_gone(trial) -> bool:
+    """Whether the trial's worker was a process on this host that no longer exists."""
+    import os
+    import socket
+
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
 def wait_for_other_workers(study, name: str, patience: float, poll_s: float = 10.0) -> None:
     """Wait until no trial of ``study`` is running (workers sharing a study finish its last
-    trials at different times, and the choice must see all of them). A trial that has run longer
-    than ``patience`` seconds is taken for one a killed worker left behind and is not waited for."""
+    trials at different times, and the choice must see all of them). A trial whose worker process
+    on this host is gone, or that has run longer than ``patience`` seconds (a killed worker on
+    another host), was left behind and is not waited for."""
     import time
     from datetime import datetime
 
@@ -147,7 +173,8 @@ def wait_for_other_workers(study, name: str, patience: float, poll_s: float = 10
     while True:
         now = datetime.now()
         running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                   if t.datetime_start is None or (now - t.datetime_start).total_seconds() < patience]
+                   if not _worker_gone(t)
+                   and (t.datetime_start is None or (now - t.datetime_start).total_seconds() < patience)]
         if not running:
             return
         if not told:
@@ -222,6 +249,7 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
         study.enqueue_trial(default_point(space, base, task.n_train))
 
     def objective(trial) -> float:
+        trial.set_user_attr("worker", worker_id())  # lets another worker tell a dead trial from a running one
         values = {k: d.suggest(trial, k) for k, d in space.items()}
         params = {**base, **{k: to_param(space[k], v, task.n_train) for k, v in values.items()}}
         try:

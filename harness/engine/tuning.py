@@ -8,7 +8,9 @@ queries disjoint from the test queries) and its own ground truth (``tune.val_sub
 key); it never builds or reads the test ground truth.
 
 The study: Optuna's TPE sampler, seeded from the run's seed and the number of trials the study
-already holds (a resumed study draws new points, not the first ones again); the first trial is the
+already holds (a resumed study draws new points, not the first ones again; studies that differ
+only in a cost rung draw the same first random points, common random numbers across the rungs of a
+tuned frontier); the first trial is the
 method's own setting (enqueued), so the tuned setting is never worse than the default on
 validation. Only the method's :attr:`Method.search_space` is searched; a method without one runs
 its single setting once. A setting the method refuses before any work (its ``check``, e.g. TRAK's

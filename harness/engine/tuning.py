@@ -44,7 +44,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -138,26 +142,20 @@ def patience_s(cfg: dict) -> float:
 
 def worker_id() -> str:
     """``host:pid`` of this process (a trial's ``worker`` attribute)."""
-    import os
-    import socket
-
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _worker_gone(trial) -> bool:
     """Whether the trial's worker was a process on this host that no longer exists."""
-    import os
-    import socket
-
     host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
-    except OSError:  # exists, owned by someone else
-        return False
+    except OSError:  # it exists, owned by someone else
+        pass
     return False
 
 
@@ -166,9 +164,6 @@ def wait_for_other_workers(study, name: str, patience: float, poll_s: float = 10
     trials at different times, and the choice must see all of them). A trial whose worker process
     on this host is gone, or that has run longer than ``patience`` seconds (a killed worker on
     another host), was left behind and is not waited for."""
-    import time
-    from datetime import datetime
-
     import optuna
 
     told = False

@@ -77,3 +77,44 @@ def test_launcher_workers_print_one_result_line_per_run_also_with_q(tmp_path):
     assert [r.split(":")[0] for r in results] == ["[tdabench] digits_mlp / grad_dot", "[tdabench] digits_mlp / random"]
     assert lines[-1] == "[tdabench] sweep: 2 ok"  # the sweep's summary of statuses, last
     assert lines[:-1] == [line for line in lines if ": LDS " in line or "warning:" in line or "error:" in line]
+
+
+def _fake_slurm(tmp_path, monkeypatch):
+    """``sbatch`` and ``srun`` on the PATH, as on a SLURM login node (they are never called)."""
+    for name in ("sbatch", "srun"):
+        exe = tmp_path / "bin" / name
+        exe.parent.mkdir(exist_ok=True)
+        exe.write_text("#!/bin/sh\nexit 1\n")
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_without_sbatch_is_refused_in_one_line_naming_slurm(tmp_path, monkeypatch):
+    from tdabench.harness.engine.cli import precheck
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither sbatch nor srun
+    problems = precheck(["-m", "hydra/launcher=slurm", "device=cuda", f"results_dir={tmp_path / 'r'}"])
+    assert len(problems) == 1 and "sbatch" in problems[0] and "cuda" not in problems[0].lower()
+    assert not (tmp_path / "r").exists()
+
+
+def test_slurm_checks_cuda_in_the_job_and_asks_for_one_gpu_per_job(tmp_path, monkeypatch):
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from tdabench.harness.engine.cli import precheck
+    from tdabench.harness.engine.compose import CONF_DIR, register_configs
+
+    _fake_slurm(tmp_path, monkeypatch)
+    args = ["-m", "method=grad_dot", f"results_dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}"]
+    # a login node without a GPU submits device=cuda jobs; only the form of the value is checked
+    assert precheck([*args, "hydra/launcher=slurm", "device=cuda"]) == []
+    assert any("cpu, cuda or cuda:N" in p for p in precheck([*args, "hydra/launcher=slurm", "device=gpu"]))
+    if not torch.cuda.is_available():  # run here (no launcher, or local processes): checked here
+        for launcher in ([], ["hydra/launcher=submitit_local"]):
+            assert any("no CUDA device" in p for p in precheck([*args, *launcher, "device=cuda"]))
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for device, gpus in (("cuda", 1), ("cpu", 0)):
+            cfg = compose("config", overrides=["hydra/launcher=slurm", f"device={device}"], return_hydra_config=True)
+            assert cfg.hydra.launcher.gpus_per_node == gpus

@@ -54,6 +54,26 @@ _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--con
 
 #: launchers of the slurm extra (hydra-submitit-launcher)
 _SUBMITIT = {"slurm", "submitit_local", "submitit_slurm"}
+#: launchers that submit each job to another machine (the device is checked there, not here)
+_REMOTE = {"slurm", "submitit_slurm"}
+
+
+def _launcher(overrides) -> str | None:
+    chosen = [str(o.value()) for o in overrides if o.key_or_group == "hydra/launcher"]
+    return chosen[-1] if chosen else None
+
+
+def slurm_problem(launcher: str | None) -> str | None:
+    """Why a launcher that submits through SLURM cannot submit from this machine (its commands
+    ``sbatch`` and ``srun`` are not on the PATH), or None."""
+    import shutil
+
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if launcher not in _REMOTE or not missing:
+        return None
+    return (f"hydra/launcher={launcher}: SLURM's {' and '.join(missing)} not found on this machine's PATH; "
+            "submit from a login node of the SLURM cluster, or use hydra/launcher=submitit_local "
+            "to run the same jobs here")
 
 
 def _importable(module: str) -> bool:
@@ -108,6 +128,8 @@ def precheck(argv: list[str]) -> list[str]:
         if o.key_or_group == "hydra/launcher" and str(o.value()) in _SUBMITIT and not _importable(
                 "hydra_plugins.hydra_submitit_launcher"):
             problems.append(missing_extra(f"hydra/launcher={o.value()}", "hydra-submitit-launcher", "slurm"))
+        elif o.key_or_group == "hydra/launcher" and slurm_problem(str(o.value())):
+            problems.append(slurm_problem(str(o.value())))
         if o.key_or_group in ("results_dir", "cache_dir") and not o.is_sweep_override():
             value = o.value()
             problem = folder_problem(o.key_or_group, "" if value in (None, "null") else str(value))
@@ -137,17 +159,18 @@ def precheck(argv: list[str]) -> list[str]:
     others = [o for o in keyed if not o.key_or_group.startswith("method.")]
     if others:
         problems += _unknown_keys(overrides, others)
-    return problems or _settings_check(overrides)
+    return problems or _settings_check(overrides, device_here=_launcher(overrides) not in _REMOTE)
 
 
 #: the config sections :mod:`harness.engine.settings` types (a sweep over their keys is checked per value)
 _TYPED = ("seed", "threads", "force", "metric", "gt", "lds", "limits", "cost", "tune", "loo", "mislabel", "wandb")
 
 
-def _settings_check(overrides) -> list[str]:
+def _settings_check(overrides, device_here: bool = True) -> list[str]:
     """Every problem of the config the command line composes (:func:`harness.engine.run.config_problems`:
     typed settings, folders, task and method parameters), for each method of a sweep and each swept
-    value of a typed setting, before Hydra or the run creates anything."""
+    value of a typed setting, before Hydra or the run creates anything (``device_here`` False: a
+    launcher submits the runs to other machines, which check the device)."""
     from tdabench.harness.engine.run import config_problems
 
     base = [o.input_line for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
@@ -158,7 +181,7 @@ def _settings_check(overrides) -> list[str]:
     problems: list[str] = []
     for variant in heads + [[*heads[0], f"{key}={v}"] for key, values in sweeps for v in values]:
         try:
-            problems += config_problems(compose(variant))[2]
+            problems += config_problems(compose(variant), device_here)[2]
         except LevelBeyondLadder:
             continue  # a sweep skips that level without a record
         except ConfigError as exc:

@@ -43,14 +43,31 @@ def _all_methods() -> str:
     return ",".join(METHODS.names())
 
 
+def gpus(device) -> int:
+    """Resolver ``tdabench.gpus``: the GPUs a job of ``device`` needs (1 for ``cuda`` or
+    ``cuda:N``, else 0); ``conf/hydra/launcher/slurm.yaml`` asks SLURM for that many per job."""
+    return 1 if str(device).startswith("cuda") else 0
+
+
+def register_resolvers() -> None:
+    """The ``tdabench.*`` resolvers of the config tree; idempotent. Called when this module is
+    imported, so a launcher's job process (which unpickles the command's task function and
+    imports this module with it) resolves them too."""
+    OmegaConf.register_new_resolver("tdabench.default", _method_default, replace=True)
+    OmegaConf.register_new_resolver("tdabench.methods", _all_methods, replace=True)
+    OmegaConf.register_new_resolver("tdabench.usage", lambda: USAGE, replace=True)
+    OmegaConf.register_new_resolver("tdabench.gpus", gpus, replace=True)
+
+
+register_resolvers()
+
+
 def register_configs() -> None:
     """Resolvers, one ``method`` config node per registered method, and a ``task`` node for each
     registered task without a YAML file in conf/task/ (from its ``default_config``); idempotent."""
     from hydra.core.config_store import ConfigStore
 
-    OmegaConf.register_new_resolver("tdabench.default", _method_default, replace=True)
-    OmegaConf.register_new_resolver("tdabench.methods", _all_methods, replace=True)
-    OmegaConf.register_new_resolver("tdabench.usage", lambda: USAGE, replace=True)
+    register_resolvers()
     store = ConfigStore.instance()
     for name in METHODS.names():
         try:

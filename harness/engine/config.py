@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -49,17 +50,32 @@ def check_writable(path: str | Path) -> str | None:
     return None
 
 
-def validate_settings(cfg: dict) -> list[str]:
-    """Checks that need no task or method object."""
-    p = settings_problems(cfg)
-    device = str(cfg.get("device", "cpu"))
-    if device.startswith("cuda"):
-        import torch
+def device_problem(device, here: bool = True) -> str | None:
+    """Why ``device`` is not ``cpu``, ``cuda`` or ``cuda:N``, or (``here``: the run will execute
+    on this machine) names a GPU this machine does not show; else None. A launcher that submits
+    jobs to other machines (SLURM) checks the GPU inside each job, where it runs."""
+    device = str(device)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        return f"device={device!r}: use cpu, cuda or cuda:N"
+    if device == "cpu" or not here:
+        return None
+    import torch
 
-        if not torch.cuda.is_available():
-            p.append(f"device={device}: no CUDA device is visible; use device=cpu")
-    elif device != "cpu":
-        p.append(f"device={device!r}: use cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        return f"device={device}: no CUDA device is visible; use device=cpu"
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return f"device={device}: this machine shows {torch.cuda.device_count()} CUDA device(s); use cuda:0"
+    return None
+
+
+def validate_settings(cfg: dict, device_here: bool = True) -> list[str]:
+    """Checks that need no task or method object (``device_here`` False: the run executes on
+    another machine, so only the form of ``device`` is checked here)."""
+    p = settings_problems(cfg)
+    problem = device_problem(cfg.get("device", "cpu"), device_here)
+    if problem:
+        p.append(problem)
     for key in ("results_dir", "cache_dir"):
         problem = folder_problem(key, cfg.get(key))
         if problem:

@@ -108,11 +108,12 @@ def study_key(cfg: dict) -> str:
     return content_hash({**kept, "tune": tune_cfg})
 
 
-def config_problems(cfg: dict) -> tuple[type | None, type | None, list[str]]:
+def config_problems(cfg: dict, device_here: bool = True) -> tuple[type | None, type | None, list[str]]:
     """The task and method classes of ``cfg`` and every problem of its settings, task and method
     parameters, found without building anything or creating a file (the command line runs it
-    before Hydra creates a folder, :func:`prepare` again before a run)."""
-    problems = validate_settings(cfg) + metric_problems(cfg)
+    before Hydra creates a folder, :func:`prepare` again before a run; ``device_here`` False when
+    a launcher submits the run to another machine, where :func:`prepare` checks the device)."""
+    problems = validate_settings(cfg, device_here) + metric_problems(cfg)
     set_data_root(cfg.get("data_root"))
     task_cls, method_cls, more = resolve_names(cfg)
     problems += more

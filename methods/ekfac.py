@@ -16,7 +16,7 @@ sequence scores everywhere. Per-token queries hold ``n_query x T x P`` precondit
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -51,7 +51,7 @@ class KroneckerIF(Method):
                  empirical_fisher: bool = False, fisher_samples: int = 1, layers: list[str] | None = None,
                  exclude: list[str] | None = None, gradient_positions: str = "sum",
                  batch_size: int = 256, max_examples: int | None = None,
-                 per_token: str | bool = "auto"):
+                 per_token: Literal["auto"] | bool = "auto"):
         super().__init__(seed)
         self.per_token = per_token
         self.damping = damping

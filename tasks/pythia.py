@@ -4,9 +4,12 @@ ground truth, so ``measures_lds`` is False and ``fit_model`` refuses to train.
 
 ``task.size`` picks one of the published configurations (Biderman et al. 2023; GPT-NeoX with
 parallel residual, rotary embeddings on a quarter of each head, untied embeddings, vocabulary
-50,304, MLP width 4x). ``task.pretrained`` (a Hugging Face name such as ``EleutherAI/pythia-70m``,
-or a local folder written by ``save_pretrained``) with ``task.revision`` (e.g. ``step143000``)
-loads real weights; null gives a seeded random initialization of the chosen size.
+50,304, MLP width 4x). ``task.pretrained`` (a Hugging Face repository name such as
+``EleutherAI/pythia-70m``, downloaded on first use into the Hugging Face cache, or a local folder
+written by ``save_pretrained``) with ``task.revision`` (a branch such as ``step143000``) loads
+real weights (its own architecture: ``task.size`` is then unused); null gives a seeded random
+initialization of the chosen size. Without a network a cached or local checkpoint is read offline,
+and any other name is refused before work (:mod:`tasks.checkpoints`).
 
 Data: ``n_train``, ``n_query`` and ``n_test`` sequences of ``seq_len`` tokens. With
 ``task.text_path`` null they are seeded uniform random tokens (cost does not depend on the
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.engine.task import Split
+from tdabench.tasks.checkpoints import local_files_only, pretrained_problems
 from tdabench.tasks.lm import CausalLM, LanguageModelTask
 
 VOCAB = 50304
@@ -61,11 +65,7 @@ class PythiaScaling(LanguageModelTask):
             v = cfg.get(key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 problems.append(f"task.{key}={v!r} must be a positive integer")
-        pre = cfg.get("pretrained")
-        if pre is not None and (str(pre).startswith((".", "/", "~")) or Path(str(pre)).exists()) \
-                and not (Path(str(pre)).expanduser() / "config.json").is_file():
-            problems.append(f"task.pretrained={pre!r} is not a folder written by save_pretrained "
-                            "(no config.json); give such a folder, a Hugging Face model name, or null")
+        problems += pretrained_problems(cfg.get("pretrained"), cfg.get("revision"))
         text = cfg.get("text_path")
         if text is not None and not Path(text).is_file():
             problems.append(f"task.text_path={text!r} is not a file; give a text file or null "
@@ -84,7 +84,8 @@ class PythiaScaling(LanguageModelTask):
             return pythia_config(self.cfg["size"], max(2048, int(self.cfg["seq_len"])))
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(str(pre), revision=self.cfg.get("revision"))
+        return AutoConfig.from_pretrained(str(pre), revision=self.cfg.get("revision"),
+                                          local_files_only=local_files_only(str(pre)))
 
     def vocab_size(self) -> int:
         if not hasattr(self, "_vocab"):
@@ -122,7 +123,8 @@ class PythiaScaling(LanguageModelTask):
 
             self.log(f"loading {pre}" + (f" at {self.cfg['revision']}" if self.cfg.get("revision") else ""))
             lm = GPTNeoXForCausalLM.from_pretrained(str(pre), revision=self.cfg.get("revision"),
-                                                    attn_implementation="eager")
+                                                    attn_implementation="eager",
+                                                    local_files_only=local_files_only(str(pre)))
             model = CausalLM(lm).to(self.device)
         model.eval()
         return model

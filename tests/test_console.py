@@ -164,3 +164,33 @@ def test_the_counting_replay_lets_a_time_limit_through_and_survives_a_failure(ra
     else:
         assert _count_replay(Replayed(), None, None, torch.get_rng_state(), set(), prof) >= 0
         assert prof.peak_mem_mb["fit"] is None and "fit" not in prof.flops
+
+
+def test_quiet_silences_wandb_too(monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "false")
+    try:
+        logs.setup(-1)
+        assert os.environ["WANDB_SILENT"] == "true"
+    finally:
+        logs.setup(0)
+
+
+def test_a_comma_list_without_m_asks_for_m(tmp_path):
+    from tdabench.harness.engine.cli import precheck
+
+    problems = precheck(["method=ekfac,trak", f"results_dir={tmp_path / 'r'}"])
+    assert len(problems) == 1 and "add -m" in problems[0] and "tdabench -m method=ekfac,trak" in problems[0]
+    assert precheck(["-m", "method=ekfac,trak", f"results_dir={tmp_path / 'r'}", f"cache_dir={tmp_path}"]) == []
+
+
+def test_cfg_job_shows_the_method_values_not_interpolations():
+    out = cli("--cfg", "job", "method=ekfac")
+    assert out.returncode == 0 and "tdabench.default" not in out.stdout
+    assert "  damping: 0.1\n" in out.stdout
+
+
+def test_leaderboard_names_each_folder_of_an_unquoted_path(tmp_path):
+    out = subprocess.run([str(BIN / "tdabench-leaderboard"), str(tmp_path / "my"), "results"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and f"'{tmp_path / 'my'}', 'results'" in last and "quote" in last

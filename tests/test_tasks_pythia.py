@@ -67,3 +67,35 @@ def test_cost_only_task_refuses_training_and_bad_config(tmp_path):
     assert "task.size='3b'" in PythiaScaling.validate(pythia_cfg(size="3b"))[0]
     bad = PythiaScaling.validate(pythia_cfg(pretrained=str(tmp_path / "missing")))
     assert len(bad) == 1 and "save_pretrained" in bad[0]
+
+
+@pytest.mark.parametrize("pretrained", [True, False, 3, ""])
+def test_pretrained_must_be_a_repository_name_or_a_folder(pretrained):
+    bad = PythiaScaling.validate(pythia_cfg(pretrained=pretrained))
+    assert len(bad) == 1 and "repository name" in bad[0] and "null" in bad[0]
+
+
+def test_a_pretrained_name_without_a_network_is_refused_at_once(tmp_path, monkeypatch):
+    from tdabench.tasks import checkpoints
+
+    monkeypatch.setattr(checkpoints, "is_cached", lambda repo, revision: False)
+    checkpoints.hub_unreachable.cache_clear()
+    monkeypatch.setattr(checkpoints, "_probe", lambda host, port: "Name or service not known")
+    try:
+        bad = PythiaScaling.validate(pythia_cfg(pretrained="EleutherAI/pythia-14m", revision="step1000"))
+        assert len(bad) == 1 and "cannot be reached" in bad[0] and "huggingface-cli download" in bad[0]
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        checkpoints.hub_unreachable.cache_clear()
+        assert "HF_HUB_OFFLINE=1 is set" in PythiaScaling.validate(pythia_cfg(pretrained="EleutherAI/pythia-14m"))[0]
+    finally:
+        checkpoints.hub_unreachable.cache_clear()
+
+
+def test_pretrained_and_per_token_refused_before_any_folder_is_made(tmp_path):
+    from tdabench.harness.engine.cli import precheck
+
+    where = [f"results_dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}", "method=ekfac"]
+    for bad in ("task.pretrained=true", "method.per_token=yes"):
+        problems = precheck(["task=pythia_scaling", bad, *where])
+        assert len(problems) == 1 and bad.partition("=")[0] in problems[0]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()

@@ -48,9 +48,12 @@ class _Stderr(logging.StreamHandler):
 def setup(verbosity: int = 0) -> None:
     """Send the ``tdabench`` loggers to standard error at the level for ``verbosity`` (-1 quiet,
     0 normal, 1 verbose), hand the verbosity on to processes started from here, and hide
-    third-party deprecation warnings (``torch.jit.script``); idempotent."""
+    third-party deprecation warnings (``torch.jit.script``); quiet also silences wandb's console
+    lines (``WANDB_SILENT``, whatever the environment said); idempotent."""
     verbosity = max(-1, min(1, verbosity))
     os.environ[VERBOSITY_ENV] = str(verbosity)
+    if verbosity < 0:
+        os.environ["WANDB_SILENT"] = "true"
     root = logging.getLogger("tdabench")
     root.setLevel(LEVELS[verbosity])
     if not any(getattr(h, "_tdabench", False) for h in root.handlers):

@@ -123,6 +123,11 @@ def precheck(argv: list[str]) -> list[str]:
         overrides = OverridesParser.create().parse_overrides(args)
     except HydraException as exc:
         return [str(exc).splitlines()[0] + _quote_hint(args)]
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    sweeps = [o.input_line for o in overrides if o.is_sweep_override()]
+    if sweeps and not multirun:
+        return [f"{sweeps[0]}: a comma list is a sweep (one run per value); add -m "
+                f"(tdabench -m {' '.join(args)})"]
     problems = []
     for o in overrides:
         if o.key_or_group == "hydra/launcher" and str(o.value()) in _SUBMITIT and not _importable(
@@ -135,7 +140,6 @@ def precheck(argv: list[str]) -> list[str]:
             problem = folder_problem(o.key_or_group, "" if value in (None, "null") else str(value))
             if problem:
                 problems.append(problem)
-    multirun = any(a in ("-m", "--multirun") for a in argv)
     for group, registry in (("task", TASKS), ("method", METHODS)):
         for choice in _choices(overrides, group, []):
             try:
@@ -269,6 +273,14 @@ def metric_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+def resolved_cfg_flags(argv: list[str]) -> list[str]:
+    """``--cfg job`` prints the values a run would use: the method's parameters are interpolations
+    (``${tdabench.default:METHOD,KEY}``), so Hydra is asked to resolve them (``--resolve``)."""
+    if {"--cfg", "-c"} & set(argv) and "--resolve" not in argv:
+        return [*argv, "--resolve"]
+    return argv
+
+
 def _metric_problems(overrides) -> list[str]:
     """Unknown names in ``metric=``, each listing the registered metrics."""
     names = [str(n) for o in overrides if o.key_or_group == "metric" and o.value() is not None
@@ -381,7 +393,7 @@ def main() -> None:
         sys.exit(2)
     try:
         verbosity, argv = take_verbosity_flags(sys.argv[1:])
-        argv = metric_overrides(shard_overrides(argv))
+        argv = resolved_cfg_flags(metric_overrides(shard_overrides(argv)))
         sys.argv = [sys.argv[0], *argv]
         setup_logging(verbosity)
         problems = precheck(argv)

@@ -179,7 +179,8 @@ def _describe(hint) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if origin is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+        values = typing.get_args(hint)
+        return repr(values[0]) if len(values) == 1 else "one of " + ", ".join(map(repr, values))
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              type(None): "null"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))

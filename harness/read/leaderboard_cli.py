@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.verbose - args.quiet)
     if len(args.results_dirs) > 1 and args.out is None:
-        parser.error(f"--out is required with several results folders ({' '.join(args.results_dirs)}); "
-                     "add --out DIR for the combined leaderboard")
+        missing = [d for d in args.results_dirs if not Path(d).is_dir()]
+        parser.error(f"--out is required with {len(args.results_dirs)} results folders "
+                     f"({', '.join(map(repr, args.results_dirs))}); add --out DIR for the combined leaderboard"
+                     + (f" ({', '.join(map(repr, missing))} not found: quote a folder whose name has a space)"
+                        if missing else ""))
     out = Path(args.out or args.results_dirs[0])
     verbosity = args.verbose - args.quiet
     write(args.results_dirs, out)

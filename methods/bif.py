@@ -36,14 +36,18 @@ before any score exists; a loss trace still drifting after burn-in logs a warnin
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch.func import functional_call, vmap
 
+from tdabench.harness.core.logs import Ticker, apart
 from tdabench.harness.engine.method import Method, MethodDivergedError
 from tdabench.harness.engine.space import Float, Int
 from tdabench.methods.gradients import trainable_params
+
+log = logging.getLogger(__name__)
 
 NORMALIZE = ("covariance", "correlation")
 #: below this starting loss the divergence limit is divergence_factor * LOSS_FLOOR (nats), so a
@@ -325,6 +329,7 @@ class BIF(Method):
             grads, loss = chain_model.loss_and_grad(task.per_example_loss, params,
                                                     train.inputs[idx], train.targets[idx])
             step_trace[step] = loss
+            self._ticker.tick(self._steps_before + step + 1)
             self._langevin_step(weights, [grads[k] for k in params], centers, nbeta, gen)
             draw, offset = divmod(step + 1 - self.burn_in, self.steps_between_draws)
             if step + 1 >= self.burn_in and offset == 0 and draw >= 1:
@@ -367,6 +372,8 @@ class BIF(Method):
         vectorized = bool(self.vectorize)
         starts, steps, draws = [], [], []
         first = 0
+        self._ticker = Ticker(log, "bif: SGLD steps", self.total_steps() * -(-self.chains // group))
+        self._steps_before = 0
         while first < self.chains:
             size = min(group, self.chains - first)
             try:
@@ -380,6 +387,7 @@ class BIF(Method):
                          f"({type(exc).__name__}: {str(exc)[:120]}); running chains one at a time")
                 vectorized = False
                 continue
+            self._steps_before += self.total_steps()
             starts.append(out[0])
             steps.append(out[1])
             draws.append(out[2])
@@ -421,10 +429,10 @@ class BIF(Method):
         drift = per_chain.mean().abs()
         noise = 2 * per_chain.std() / math.sqrt(len(per_chain)) if len(per_chain) > 1 else 0.0
         if drift > SETTLE_TOLERANCE * rise and drift > noise:
+            early, late = apart(float(first), float(last))
             task.log(f"bif warning: the training loss is still drifting after burn-in "
-                     f"(mean {float(first):.4g} over the first half of the draws, {float(last):.4g} "
-                     f"over the second, start {float(start.mean()):.4g}); raise method.burn_in "
-                     f"(now {self.burn_in}) or method.eps")
+                     f"(mean {early} over the first half of the draws, {late} over the second, "
+                     f"start {float(start.mean()):.4g}); raise method.burn_in (now {self.burn_in}) or method.eps")
             return False
         return True
 

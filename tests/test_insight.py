@@ -16,8 +16,8 @@ DIGITS = ["task=digits_mlp", "task.n_train=200", "task.n_query=20", "task.hidden
           "task.method_defaults.bif.burn_in=50"]
 TEXT = ["task=text_neox", "task.seq_len=32", "task.n_train=120", "task.n_query=4", "task.n_test=32",
         "task.layers=1", "task.width=32", "task.heads=2", "task.recipe.epochs=3",
-        "task.trajectory_checkpoints=2", "method=bif", "+task.method_defaults.bif.burn_in=20",
-        "+task.method_defaults.bif.batch_size=32"]
+        "task.trajectory_checkpoints=2", "method=bif", "++task.method_defaults.bif.burn_in=20",
+        "++task.method_defaults.bif.batch_size=32"]
 
 
 def assert_png(path, min_bytes=5_000):
@@ -167,3 +167,60 @@ def test_training_loss_draws_capability_matches_the_kept_losses(small_digits):
     assert losses.shape == (12, 3) and torch.equal(losses, kept.train_loss_draws)
     with pytest.raises(NotImplementedError, match="does not offer training_loss_draws"):
         Method().training_loss_draws(small_digits, model, idx)
+
+
+def _saved_run(tmp_path, overrides, scores):
+    """A results folder holding one ok run of ``overrides`` (its record and scores file), as
+    ``tdabench`` writes them."""
+    from tdabench.harness.engine.compose import compose
+    from tdabench.harness.engine.run import config_hash
+    from tdabench.harness.engine.writing import write_result
+    from tdabench.harness.read.record import new_record
+
+    cfg = compose(overrides)
+    record = new_record(run_id="digits_mlp-grad_dot-0000abcd", task="digits_mlp", method="grad_dot", status="ok",
+                        lds=0.3, lds_ci=[0.2, 0.4], config_hash=config_hash(cfg), config=cfg)
+    write_result(record, scores, tmp_path / "r", tmp_path / "c")
+    return tmp_path / "r" / "scores" / "digits_mlp-grad_dot-0000abcd.pt"
+
+
+def test_a_scores_file_is_drawn_only_over_its_own_runs_settings(tmp_path, capsys):
+    where = [f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"]
+    path = _saved_run(tmp_path, [*DIGITS, *where], torch.randn(20, 200))
+    for bad in (["seed=1"], ["task.n_train=150"]):  # other data: refused, one line, nothing drawn
+        with pytest.raises(SystemExit) as exc:
+            main([*DIGITS, *where, *bad, "--views", "top", "--scores", str(path), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and "digits_mlp-grad_dot-0000abcd" in err[0]
+        assert bad[0] in err[0].replace("'", "").replace(" here", "") and not (tmp_path / "o").exists()
+    # the file alone, or --run: the settings of the run's record
+    main(["--views", "top", "--scores", str(path), "--out", str(tmp_path / "alone"), "--queries", "0"])
+    main([f"results_dir={tmp_path / 'r'}", "--run", "digits_mlp-grad_dot-0000abcd", "--views", "top",
+          "--out", str(tmp_path / "run"), "--queries", "0"])
+    assert_png(tmp_path / "alone" / "top_examples.png") and assert_png(tmp_path / "run" / "top_examples.png")
+    # a file without its record and without settings: refused, never read over the default task
+    moved = tmp_path / "elsewhere" / "x.pt"
+    moved.parent.mkdir()
+    for p in (path, path.with_name(path.name + ".sha256")):
+        p.rename(moved.parent / (moved.name + p.name[len(path.name):]))
+    with pytest.raises(SystemExit):
+        main(["--views", "tokens", "--scores", str(moved), "--compare", str(moved), "--out", str(tmp_path / "t")])
+    assert "settings are unknown" in capsys.readouterr().err
+
+
+def test_the_top_view_calls_no_example_harmful_when_every_score_is_negative():
+    from tdabench.harness.views.top_examples import top_indices
+
+    helpful, harmful = top_indices(torch.tensor([-0.5, -0.1, -0.003, -0.2]), 3)
+    assert helpful == [0, 3, 1] and harmful == []
+    helpful, harmful = top_indices(torch.tensor([0.5, -0.1, 0.0, 0.2]), 3)
+    assert helpful == [1] and harmful == [0, 3]
+
+
+def test_insight_help_lists_every_view(capsys):
+    from tdabench.harness.views.insight import VIEWS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "three views" not in text and all(v in text for v in VIEWS) and "--run" in text

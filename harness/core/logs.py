@@ -109,6 +109,16 @@ class Ticker:
                           f"{now - self.start:.0f} s)")
 
 
+def apart(a: float, b: float, digits: int = 4) -> tuple[str, str]:
+    """``a`` and ``b`` with ``digits`` significant digits, or as many more (up to 12) as tell
+    them apart, so a message never quotes two different numbers as equal ones."""
+    for d in range(digits, 13):
+        pair = f"{a:.{d}g}", f"{b:.{d}g}"
+        if pair[0] != pair[1] or a == b:
+            return pair
+    return pair
+
+
 def take_verbosity_flags(argv: list[str]) -> tuple[int, list[str]]:
     """Remove ``-q/--quiet`` and ``-v/--verbose`` from ``argv``; return (verbosity, the rest)."""
     quiet = {"-q", "--quiet"}

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["DPI", "decoder", "example_name", "image_of", "is_class_task", "plt", "sequence_scores", "token_strip"]
+__all__ = ["DPI", "colour_scale", "decoder", "example_name", "image_of", "is_class_task", "plt", "sequence_scores",
+           "token_strip"]
 
 DPI = 80
 
@@ -55,14 +56,15 @@ def example_name(task, split, i: int) -> str:
 
 
 def token_strip(ax, tokens: list[str], values: np.ndarray | None, width: int, vmax: float,
-                 title: str, colour: str = "black") -> None:
-    """Tokens in rows of ``width`` cells, each cell coloured by its value (blue < 0 < red)."""
+                 title: str, colour: str = "black"):
+    """Tokens in rows of ``width`` cells, each cell coloured by its value (blue < 0 < red, on
+    [-vmax, vmax]); returns the image, for a colour bar (:func:`colour_scale`)."""
     rows = -(-len(tokens) // width)
     grid = np.full((rows, width), np.nan)
     if values is not None:
         grid.flat[: len(values)] = values
-    ax.imshow(grid, cmap="coolwarm", vmin=-vmax, vmax=vmax, aspect="auto",
-              interpolation="nearest")
+    image = ax.imshow(grid, cmap="coolwarm", vmin=-vmax, vmax=vmax, aspect="auto",
+                      interpolation="nearest")
     for j, t in enumerate(tokens):
         ax.text(j % width, j // width, t, ha="center", va="center", fontsize=7, family="monospace")
     ax.set_xlim(-0.5, width - 0.5)
@@ -70,3 +72,13 @@ def token_strip(ax, tokens: list[str], values: np.ndarray | None, width: int, vm
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8, loc="left", color=colour)
+    return image
+
+
+def colour_scale(fig, image, axes, label: str) -> None:
+    """A colour bar for the token strips ``axes`` coloured as ``image``, right of them (after the
+    figure's layout is done)."""
+    if image is not None and len(axes):
+        bar = fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, aspect=max(5, 8 * len(axes)))
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=7)

@@ -52,7 +52,7 @@ def kernel_view(task, sampler, model, out: Path, n_examples: int, seed: int) -> 
     im = axes[0].imshow(corr[np.ix_(order, order)], cmap="coolwarm", vmin=-1, vmax=1,
                         interpolation="nearest")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
-    axes[0].set_title(f"BIF kernel (loss correlation over {corr.shape[0]} examples), sorted by {what}",
+    axes[0].set_title(f"BIF kernel: loss correlation over {corr.shape[0]} examples,\nsorted by {what}",
                       fontsize=9)
     axes[0].set_xticks([])
     axes[0].set_yticks([])

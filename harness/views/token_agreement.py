@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdabench.harness.views.plotting import DPI, decoder, plt, token_strip
+from tdabench.harness.views.plotting import DPI, colour_scale, decoder, plt, token_strip
 
 
 def token_agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -63,11 +63,14 @@ def token_agreement_view(task, a: torch.Tensor, b: torch.Tensor, names: tuple[st
     ax.set_xlim(-1, 1)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"{task.name}: agreement of per-token attributions", fontsize=9)
+    strip_axes, image = [], None
     for k, (q, toks) in enumerate(strips, start=1):
-        token_strip(fig.add_subplot(grid[k]), toks, pt[q, : len(toks)], width, 1.0,
-                     f"query {q}: each token coloured by the agreement of its scores (red: agree, "
-                     f"blue: opposite; sequence-level {seq[q]:+.3f})")
+        strip_axes.append(fig.add_subplot(grid[k]))
+        image = token_strip(strip_axes[-1], toks, pt[q, : len(toks)], width, 1.0,
+                            f"query {q}: each token coloured by the agreement of its scores (red: agree, "
+                            f"blue: opposite; sequence-level {seq[q]:+.3f})")
     fig.tight_layout()
+    colour_scale(fig, image, strip_axes, "Spearman agreement")
     png = out / "token_agreement.png"
     fig.savefig(png, dpi=DPI)
     plt.close(fig)

@@ -8,14 +8,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdabench.harness.views.plotting import DPI, decoder, image_of, is_class_task, plt, sequence_scores, token_strip
+from tdabench.harness.views.plotting import (
+    DPI,
+    colour_scale,
+    decoder,
+    image_of,
+    is_class_task,
+    plt,
+    sequence_scores,
+    token_strip,
+)
 
 
 def top_indices(row: torch.Tensor, top: int) -> tuple[list[int], list[int]]:
-    """Training indices of the ``top`` most helpful (most negative) and most harmful scores."""
+    """Training indices of the ``top`` most helpful (most negative scores) and most harmful (most
+    positive) examples. Only a negative score is helpful and only a positive one harmful: when
+    every score is negative the harmful list is empty (the least helpful examples are no harm)."""
     order = torch.argsort(row)
-    k = min(top, len(row))
-    return order[:k].tolist(), order.flip(0)[:k].tolist()
+    helpful = [i for i in order[:top].tolist() if row[i] < 0]
+    harmful = [i for i in order.flip(0)[:top].tolist() if row[i] > 0]
+    return helpful, harmful
+
+
+#: what an empty side of the top view says
+NONE_OF_SIGN = {"helpful": "no training example lowers this query's loss (no score < 0)",
+                "harmful": "no training example raises this query's loss (no score > 0)"}
 
 
 def _label(task, split, i: int) -> str:
@@ -41,7 +58,11 @@ def plot_top_images(task, scores: torch.Tensor, queries: list[int], top: int, pa
         ax.set_title(f"query {q}\n{_label(task, query, q)}", fontsize=8, color="navy")
         axes[2 * r + 1, 0].text(0.5, 0.5, "helpful \u2191\nharmful \u2193", ha="center",
                                 va="center", fontsize=8, transform=axes[2 * r + 1, 0].transAxes)
-        for row, idx, colour in ((2 * r, helpful, "tab:green"), (2 * r + 1, harmful, "tab:red")):
+        for row, idx, colour, name in ((2 * r, helpful, "tab:green", "helpful"),
+                                       (2 * r + 1, harmful, "tab:red", "harmful")):
+            if not idx:
+                axes[row, 1].text(0, 0.5, NONE_OF_SIGN[name], fontsize=8, va="center",
+                                  transform=axes[row, 1].transAxes)
             for c, i in enumerate(idx, start=1):
                 ax = axes[row, c]
                 ax.imshow(image_of(train.inputs[i]), cmap=cmap)
@@ -73,7 +94,7 @@ def plot_top_text(task, scores: torch.Tensor, q: int, top: int, path: Path, widt
     shown = [("helpful", helpful, "tab:green"), ("harmful", harmful, "tab:red")]
     q_tokens = decode(query.targets[q])
     width = min(width, len(q_tokens))
-    lines = 1 + (2 if per_token else 0) + 2 * top
+    lines = 1 + sum((1 if per_token and idx else 0) + max(len(idx), 1) for _, idx, _ in shown)
     rows_each = -(-len(q_tokens) // width)
     fig, axes = plt.subplots(lines, 1, squeeze=False,
                              figsize=(max(width * 0.2, 10.0), 0.25 + 0.45 * lines * rows_each))
@@ -82,22 +103,30 @@ def plot_top_text(task, scores: torch.Tensor, q: int, top: int, path: Path, widt
     token_strip(axes[0], q_tokens, None, width, 1.0,
                  f"query {q}: the tokens it predicts")
     k = 1
+    token_image = seq_image = None
     if per_token:
-        for name, idx, colour in shown:
+        for name, idx, colour in [side for side in shown if side[1]]:
             i = idx[0]
             vals = scores[q, :, i].numpy()
-            token_strip(axes[k], q_tokens, vals, width, vmax,
+            token_image = token_strip(axes[k], q_tokens, vals, width, vmax,
                          f"per-token influence of the most {name} example #{i} "
                          f"(sequence score {float(seq[q, i]):+.3g}; blue lowers, red raises the "
                          f"token's loss)", colour)
             k += 1
+    first_seq = k
     for name, idx, colour in shown:
+        if not idx:
+            axes[k].text(0, 0.5, NONE_OF_SIGN[name], fontsize=9, va="center", transform=axes[k].transAxes)
+            axes[k].axis("off")
+            k += 1
         for i in idx:
             vals = np.full(train.targets.shape[1], float(seq[q, i]))
-            token_strip(axes[k], decode(train.targets[i]), vals, width, float(seq[q].abs().max()),
-                         f"{name} #{i}: {float(seq[q, i]):+.3g}", colour)
+            seq_image = token_strip(axes[k], decode(train.targets[i]), vals, width, float(seq[q].abs().max()),
+                                    f"{name} #{i}: {float(seq[q, i]):+.3g}", colour)
             k += 1
     fig.tight_layout()
+    colour_scale(fig, token_image, axes[1:first_seq], "per-token score")
+    colour_scale(fig, seq_image, axes[first_seq:], "sequence score")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

@@ -175,3 +175,22 @@ def test_devinterp_adapter_agrees_with_native(small_digits):
     assert a.shape == b.shape == (small_digits.n_query, small_digits.n_train)
     # same estimator, independent noise: the scores agree up to Monte Carlo error, sign included
     assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.25
+
+
+def test_a_long_fit_logs_its_progress(small_digits, monkeypatch, caplog):
+    import logging
+
+    from tdabench.harness.core.logs import Ticker
+    from tdabench.methods import bif as bif_module
+
+    monkeypatch.setattr(bif_module, "Ticker", lambda log, what, total: Ticker(log, what, total, every_s=0.0))
+    method = bif_module.BIF(seed=0, chains=2, draws=3, burn_in=4, steps_between_draws=2, parallel_chains=1)
+    root = logging.getLogger("tdabench")  # which may not propagate (the console's set-up)
+    root.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="tdabench"):
+            method.fit(small_digits, small_digits.checkpoint())
+    finally:
+        root.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bif: SGLD steps")]
+    assert lines[0].startswith("bif: SGLD steps: 1/20 ") and lines[-1].startswith("bif: SGLD steps: 20/20 (100%")

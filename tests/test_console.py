@@ -194,3 +194,19 @@ def test_leaderboard_names_each_folder_of_an_unquoted_path(tmp_path):
                          capture_output=True, text=True, timeout=120)
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 2 and f"'{tmp_path / 'my'}', 'results'" in last and "quote" in last
+
+
+def test_two_different_means_are_never_quoted_as_equal():
+    assert logs.apart(10.8612, 10.8634) == ("10.861", "10.863")
+    assert logs.apart(0.5, 0.25) == ("0.5", "0.25") and logs.apart(3.0, 3.0) == ("3", "3")
+
+
+def test_the_console_quotes_the_peak_memory_the_leaderboard_shows():
+    from tdabench.harness.engine.run import _summary
+    from tdabench.harness.read.record import RunRecord
+    from tdabench.harness.read.record_view import run_cost
+
+    record = RunRecord.from_dict({"run_id": "p-ekfac-1", "task": "pythia_scaling", "method": "ekfac", "status": "ok",
+                                  "lds": None, "time_s": {"fit": 3.0, "score": 1.0},
+                                  "peak_mem_mb": {"prepare": 447.0, "fit": 413.9, "score": 120.0}})
+    assert run_cost(record)["peak_mem_mb"] == 413.9 and "peak 414 MiB" in _summary(record)

@@ -231,3 +231,29 @@ def test_shard_jobs_do_not_multiply_by_the_method_list():
     assert shard_overrides(argv) == [*argv, "method=grad_dot"]
     assert shard_overrides([*argv, "method=ekfac"]) == [*argv, "method=ekfac"]
     assert shard_overrides(["-m", "method=bif,ekfac"]) == ["-m", "method=bif,ekfac"]
+
+
+def test_language_model_rows_name_regime_observable_and_held_out_loss():
+    quality = {"model_quality": {"test_acc": 0.27, "test_loss": 2.41}}
+    scratch, finetune = ({"config": {"task": {"name": "text_neox", "observable": "loss", "regime": r},
+                                     "method": {"name": "ekfac", "seed": 0},
+                                     "gt": {"subsets": 40, "seeds": 2, "alpha": 0.5}}} for r in ("scratch", "finetune"))
+    records = [RunRecord.from_dict({**rec("ekfac", 0.5, gt_key="text_neox-aaaaaaaaaaaa", task="text_neox").as_dict(),
+                                    **scratch, **quality}),
+               RunRecord.from_dict({**rec("ekfac", 0.3, gt_key="text_neox-bbbbbbbbbbbb", task="text_neox").as_dict(),
+                                    **finetune, **quality})]
+    assert [ground_truth_label(r) for r in records] == ["text_neox n=1000 100x3 alpha=0.5 loss scratch #aaaaaa",
+                                                       "text_neox n=1000 100x3 alpha=0.5 loss finetune #bbbbbb"]
+    df, pairs, gts = build(records)
+    assert df["test_loss"].tolist() == [2.41, 2.41] and df["test_acc"].tolist() == [0.27, 0.27]
+    md = render_markdown(df, pairs, gts)
+    assert md.count("Observable: each query's mean token loss") == 2 and "mean over tokens" in md
+    assert "mean token loss" not in render_markdown(*build([rec("ekfac", 0.5)]))  # digits: a class loss
+
+
+def test_an_unknown_ceiling_names_its_real_cause():
+    from tdabench.harness.read.leaderboard import ceiling_text
+
+    info = {"gt_key": "k", "gt_subsets": 20, "gt_seeds": 3, "lds_ceiling": None}
+    assert "gt.seeds >= 2" not in ceiling_text(info) and "reached the LDS" in ceiling_text(info)
+    assert "gt.seeds >= 2" in ceiling_text({**info, "gt_seeds": 1})

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tdabench.harness.core.registry import TASKS, UnknownNameError
 from tdabench.harness.core.storage import atomic_write_bytes
 from tdabench.harness.read.metric_tables import agreement, metric_table, render_metric_tables
 from tdabench.harness.read.record import RunRecord
@@ -52,7 +53,7 @@ from tdabench.harness.read.trend import trends
 COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
            "lds_ci_low", "lds_ci_high", "normalized_lds", "tied_with_best", "lds_sd_over_seeds",
            "method_seeds", "fit_s", "score_s", "total_s", "flops", "peak_mem_mb", "trainings",
-           "overloaded", "n_train", "n_query", "test_acc", "runs"]
+           "overloaded", "n_train", "n_query", "test_acc", "test_loss", "runs"]
 #: columns left out of leaderboard.md: the ground truth and task head each table, the interval's
 #: ends are in lds_ci; optional columns no row fills are dropped too
 NOT_IN_MARKDOWN = ["ground_truth", "task", "lds_ci_low", "lds_ci_high"]
@@ -176,7 +177,8 @@ def _row(key: tuple, rec: RunRecord, recs: list[RunRecord]) -> dict:
         **run_cost(rec),
         "trainings": rec.trainings, "overloaded": True if rec.overloaded else None,
         "n_train": rec.n_train, "n_query": rec.n_query,
-        "test_acc": (rec.model_quality or {}).get("test_acc"), "runs": len(recs),
+        "test_acc": (rec.model_quality or {}).get("test_acc"),
+        "test_loss": (rec.model_quality or {}).get("test_loss"), "runs": len(recs),
     }
 
 
@@ -249,7 +251,9 @@ def ceiling_text(info: dict) -> str:
         return ""
     size = f"{info['gt_subsets']} subsets x {info['gt_seeds']} seeds"
     if info.get("lds_ceiling") is None:
-        return f"LDS ceiling unknown ({size}; it needs gt.seeds >= 2)"
+        why = ("it needs gt.seeds >= 2" if (info.get("gt_seeds") or 0) < 2
+               else "no run on this ground truth reached the LDS")
+        return f"LDS ceiling unknown ({size}; {why})"
     lo, hi = info["lds_ceiling_ci"]
     return (f"LDS ceiling {info['lds_ceiling']:.3f} [{lo:.3f}, {hi:.3f}] (ground-truth reliability "
             f"{info['gt_reliability']:.3f}; {size})")
@@ -257,9 +261,23 @@ def ceiling_text(info: dict) -> str:
 
 def _ceiling_line(gt: str, info: dict) -> str:
     line = f"**{gt}**" + (f": {ceiling_text(info)}" if ceiling_text(info) else "")
+    if observable_note(info.get("task")):
+        line += f"\n\n{observable_note(info.get('task'))}"
     if info.get("gt_warning"):
         line += f"\n\n> warning: {info['gt_warning']}"
     return line
+
+
+def observable_note(task: str | None) -> str:
+    """What the LDS of a language-model task (capability ``per_token``) is measured on, or ''."""
+    try:
+        per_token = bool(task) and "per_token" in TASKS.get(task).capabilities
+    except UnknownNameError:  # a task no longer installed
+        return ""
+    return ("Observable: each query's mean token loss (nats per token); per-token scores are "
+            "reduced to sequence scores by their mean over tokens, so the LDS judges sequence "
+            "scores (a per-token LDS does not exist yet). test_acc is next-token accuracy, "
+            "test_loss the held-out mean token loss.") if per_token else ""
 
 
 def shown_columns(df: pd.DataFrame, drop: list[str]) -> pd.DataFrame:

@@ -2,10 +2,12 @@
 ran, and what it cost. The leaderboard, the report and wandb tracking all read records through
 these functions, so a row, a plot and a wandb run of the same record carry the same names.
 
-* ``ground_truth_label``: task, n_train, subsets x seeds, alpha, observable and the first six hex
-  digits of the ground truth's content hash (``gt_key``), e.g.
-  ``digits_mlp n=1000 100x3 alpha=0.5 loss #ee711b``. Records with different labels were scored
-  against different retraining outcomes and are never ranked in one table.
+* ``ground_truth_label``: task, n_train, subsets x seeds, alpha, observable, the regime of the
+  retrained models where the task has one (text_neox's ``scratch`` or ``finetune``; ``from
+  checkpoint`` with ``gt.from_checkpoint``) and the first six hex digits of the ground truth's
+  content hash (``gt_key``), e.g. ``digits_mlp n=1000 100x3 alpha=0.5 loss #ee711b``. Records
+  with different labels were scored against different retraining outcomes and are never ranked
+  in one table.
 * ``setting``: ``tuned (N trials)`` for a tuned record; else the method parameters whose values
   differ from the method's defaults, e.g.
   ``chains=2 draws=50``; empty for a run at the defaults. The defaults are those of the method
@@ -47,7 +49,9 @@ def ground_truth_prefix(rec: RunRecord) -> str:
     subsets = rec.gt_subsets if rec.has("gt_subsets") else gt.get("subsets")
     seeds = rec.gt_seeds if rec.has("gt_seeds") else gt.get("seeds")
     observable = task_cfg.get("observable", "loss")
-    return f"{task} n={n_train} {subsets}x{seeds} alpha={gt.get('alpha', 0.5):g} {observable}"
+    regime = [str(task_cfg["regime"])] if task_cfg.get("regime") else []  # e.g. text_neox: scratch, finetune
+    regime += ["from checkpoint"] if gt.get("from_checkpoint") else []
+    return " ".join([f"{task} n={n_train} {subsets}x{seeds} alpha={gt.get('alpha', 0.5):g} {observable}", *regime])
 
 
 def ground_truth_label(rec: RunRecord) -> str:

@@ -98,13 +98,19 @@ def test_adequacy_curves_from_saved_scores(results):
 
     from tdabench.harness.views.adequacy import adequacy
 
-    paths = adequacy(results, "digits_mlp")
+    said = []
+    paths = adequacy(results, "digits_mlp", say=said.append)
     assert [p.name for p in paths] == ["adequacy_digits_mlp.png"]
     df = pd.read_csv(results / "adequacy_digits_mlp.csv")
     assert set(df["seeds"]) == {1, 2} and df["subsets"].max() == 6
     assert df.loc[df["seeds"] == 1, "ceiling"].isna().all()  # one seed: no ceiling
     assert df.loc[df["seeds"] == 2, "ceiling"].notna().all()
-    assert {"random", "grad_dot"} <= set(df.columns)
+    assert {"random", "grad_dot", "grad_dot_ci_low", "grad_dot_ci_high", "ceiling_ci_low"} <= set(df.columns)
+    assert (df["grad_dot_ci_low"] <= df["grad_dot"]).all() and (df["grad_dot"] <= df["grad_dot_ci_high"]).all()
+    # the verdict: ceiling and LDS with intervals, and which comparison the ground truth resolves
+    assert said[0].startswith("digits_mlp n=100 6x2") and "LDS ceiling" in said[0] and "[" in said[0]
+    assert "grad_dot" in said[1] and "random" in said[1]
+    assert "comparisons" in said[2] and ("resolves 1 of 1" in said[2] or "cannot resolve" in said[3])
 
 
 def test_cost_by_size_lists_every_size_and_marks_cached_fits():

@@ -1,6 +1,7 @@
 """Write the documentation pages that would otherwise drift: docs/reference/methods.md,
 docs/reference/tasks.md and docs/reference/configuration.md, from the registered methods and tasks
-(entry points, plugins included) and conf/config.yaml with its comments.
+(entry points, plugins included) and conf/config.yaml with its comments, and the sections of
+results READMEs that docs/results.md copies (between its ``<!-- from ... -->`` lines).
 
     python docs/generate.py          # write the pages (``make docs`` runs this first)
     python docs/generate.py --check  # exit 1, naming the stale pages, when a page differs
@@ -16,8 +17,11 @@ from omegaconf import OmegaConf
 
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS
 from tdabench.harness.engine.listing import _summary
+from tdabench.harness.engine.space import describe
 
-OUT = Path(__file__).resolve().parent / "reference"
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+OUT = DOCS / "reference"
 HEADER = "<!-- written by docs/generate.py from the registry and conf/; edit those, then run `make docs` -->\n\n"
 
 
@@ -43,7 +47,7 @@ def methods_page() -> str:
              "first.\n"]
     for name in names:
         cls = METHODS.get(name)
-        lines.append(f"\n## {name}\n\n{_summary(cls)}.\n\n")
+        lines.append(f"\n## {name}\n\n{_summary(cls, None)}.\n\n")
         needs = sorted(set(cls.requires) - {"checkpoint"})
         if needs:
             lines.append(f"Needs from the task: {', '.join(needs)}.\n\n")
@@ -55,6 +59,10 @@ def methods_page() -> str:
             rungs = "; ".join(f"{i}: " + ", ".join(f"{k}={v}" for k, v in rung.items())
                               for i, rung in enumerate(cls.cost_ladder))
             lines.append(f"\nCost ladder: {rungs}.\n")
+        space = getattr(cls, "search_space", None) or {}
+        if space:
+            lines.append("\nSearch space (`tune.trials`): "
+                         + ", ".join(f"`{k}` {v}" for k, v in describe(space).items()) + ".\n")
     return "".join(lines)
 
 
@@ -72,7 +80,7 @@ def tasks_page() -> str:
     for name in names:
         cfg = _task_config(name)
         defaults = cfg.pop("method_defaults", {}) or {}
-        lines.append(f"\n## {name}\n\n{_summary(TASKS.get(name))}.\n\n| key | default |\n|---|---|\n")
+        lines.append(f"\n## {name}\n\n{_summary(TASKS.get(name), None)}.\n\n| key | default |\n|---|---|\n")
         lines += [f"| `task.{k}` | `{_value(v)}` |\n" for k, v in _flat(cfg) if k != "name"]
         if defaults:
             lines.append("\nMethod defaults this task sets: "
@@ -120,16 +128,40 @@ def configuration_page() -> str:
     return "".join(lines)
 
 
+#: a section of a results README copied into a page, between these two lines
+INCLUDED = re.compile(r"(<!-- from (\S+) section (\w+): written by docs/generate.py, edit it there -->\n)"
+                      r".*?(<!-- end of \2 section \3 -->)", re.S)
+
+
+def readme_section(path: str, name: str) -> str:
+    """The text of ``path`` between its ``[start:name]`` and ``[end:name]`` markers."""
+    text = (ROOT / path).read_text()
+    start = re.search(rf"^.*\[start:{name}\].*\n", text, re.M)
+    end = re.search(rf"^.*\[end:{name}\].*$", text, re.M)
+    if not start or not end:
+        raise SystemExit(f"docs/generate.py: {path} has no section {name}")
+    return text[start.end():end.start()]
+
+
+def with_sections(page: Path) -> str:
+    """``page`` with every included section (:data:`INCLUDED`) copied anew from its README, so the
+    page reads whole on a forge as in the built site."""
+    return INCLUDED.sub(lambda m: m.group(1) + readme_section(m.group(2), m.group(3)) + m.group(4),
+                        page.read_text())
+
+
 def main(argv: list[str]) -> int:
-    pages = {"methods.md": methods_page(), "tasks.md": tasks_page(), "configuration.md": configuration_page()}
+    pages = {OUT / "methods.md": methods_page(), OUT / "tasks.md": tasks_page(),
+             OUT / "configuration.md": configuration_page()}
+    pages[DOCS / "results.md"] = with_sections(DOCS / "results.md")
     if "--check" in argv:
-        stale = [n for n, text in pages.items() if not (OUT / n).exists() or (OUT / n).read_text() != text]
-        for name in stale:
-            print(f"docs/reference/{name} is out of date: run `make docs`", file=sys.stderr)
+        stale = [p for p, text in pages.items() if not p.exists() or p.read_text() != text]
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is out of date: run `make docs`", file=sys.stderr)
         return 1 if stale else 0
     OUT.mkdir(exist_ok=True)
-    for name, text in pages.items():
-        (OUT / name).write_text(text)
+    for path, text in pages.items():
+        path.write_text(text)
     return 0
 
 

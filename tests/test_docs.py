@@ -62,3 +62,16 @@ def test_readme_demo_table_is_the_reference_leaderboard():
     shown = {m: float(lds) for m, lds in re.findall(r"^\| (\w+) \| (-?[\d.]+) \|", table, re.M)}
     board = pd.read_csv(ROOT / "results" / "reference" / "demo" / "leaderboard.csv")
     assert shown == {m: pytest.approx(v, abs=5e-4) for m, v in zip(board["method"], board["lds"])}
+
+
+def test_a_method_count_the_docs_quote_is_the_registered_one():
+    from tdabench.harness.core.registry import METHODS
+
+    count = re.compile(r"\b(\d+) (?:registered methods|methods of the default sweep|methods are registered)")
+    quoted = [(page.name, m.group(0)) for page in PAGES for m in count.finditer(page.read_text())]
+    assert all(int(text.split()[0]) == len(METHODS.names()) for _, text in quoted), quoted
+
+
+def test_results_page_reads_whole_without_the_site_builder():
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert "--8<--" not in text and "### CIFAR-10 at CPU scale" in text

@@ -19,12 +19,13 @@ from tdabench.harness.engine.space import describe
 WIDTH = 100  # longest description shown
 
 
-def _summary(cls) -> str:
-    """First sentence of the class's own docstring, else of its module's (never a base class's)."""
+def _summary(cls, width: int | None = WIDTH) -> str:
+    """First sentence of the class's own docstring, else of its module's (never a base class's),
+    cut at ``width`` characters (None: whole)."""
     doc = cls.__dict__.get("__doc__") or getattr(inspect.getmodule(cls), "__doc__", None) or ""
     paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
     sentence = re.sub(r"^``[\w-]+``: ", "", re.split(r"(?<=\S)\. (?=[A-Z])", paragraph)[0].rstrip("."))
-    return sentence if len(sentence) <= WIDTH else sentence[:WIDTH - 3].rsplit(" ", 1)[0] + " ..."
+    return sentence if width is None or len(sentence) <= width else sentence[:width - 3].rsplit(" ", 1)[0] + " ..."
 
 
 def method_lines() -> list[str]:

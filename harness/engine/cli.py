@@ -32,6 +32,7 @@ from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownName
 from tdabench.harness.engine.compose import compose, register_configs, resolve
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, conflicts, level_problem
+from tdabench.harness.engine.launchers import slurm_problem, submits_elsewhere
 from tdabench.harness.engine.method import missing_extra
 from tdabench.harness.engine.metric import unknown_metric
 from tdabench.harness.read.record import FAILED, STATUSES
@@ -54,26 +55,6 @@ _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--con
 
 #: launchers of the slurm extra (hydra-submitit-launcher)
 _SUBMITIT = {"slurm", "submitit_local", "submitit_slurm"}
-#: launchers that submit each job to another machine (the device is checked there, not here)
-_REMOTE = {"slurm", "submitit_slurm"}
-
-
-def _launcher(overrides) -> str | None:
-    chosen = [str(o.value()) for o in overrides if o.key_or_group == "hydra/launcher"]
-    return chosen[-1] if chosen else None
-
-
-def slurm_problem(launcher: str | None) -> str | None:
-    """Why a launcher that submits through SLURM cannot submit from this machine (its commands
-    ``sbatch`` and ``srun`` are not on the PATH), or None."""
-    import shutil
-
-    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
-    if launcher not in _REMOTE or not missing:
-        return None
-    return (f"hydra/launcher={launcher}: SLURM's {' and '.join(missing)} not found on this machine's PATH; "
-            "submit from a login node of the SLURM cluster, or use hydra/launcher=submitit_local "
-            "to run the same jobs here")
 
 
 def _importable(module: str) -> bool:
@@ -163,7 +144,7 @@ def precheck(argv: list[str]) -> list[str]:
     others = [o for o in keyed if not o.key_or_group.startswith("method.")]
     if others:
         problems += _unknown_keys(overrides, others)
-    return problems or _settings_check(overrides, device_here=_launcher(overrides) not in _REMOTE)
+    return problems or _settings_check(overrides, device_here=not submits_elsewhere(overrides))
 
 
 #: the config sections :mod:`harness.engine.settings` types (a sweep over their keys is checked per value)

@@ -14,6 +14,7 @@ Usage:
 Other commands:
   tdabench-leaderboard RESULTS_DIR        leaderboard.md/.csv, pairwise tests, report.html, plots
   tdabench-insight task=T method=M --out D  views of what a method's scores credit, as PNG files
+  tdabench-insight --scores FILE --out D  the same views of a finished run (its settings from its record)
   tdabench-adequacy RESULTS_DIR           is the ground truth precise enough to rank the methods?
 
 Keys people change (all keys: docs/reference/configuration.md):
@@ -30,7 +31,8 @@ Keys people change (all keys: docs/reference/configuration.md):
 Launchers (with -m):
   hydra/launcher=parallel                 local processes (joblib), the cores shared among them
   hydra/launcher=submitit_local           local submitit jobs, the same way
-  hydra/launcher=slurm                    SLURM jobs (pip install 'tdabench[slurm]')
+  hydra/launcher=slurm                    SLURM jobs (pip install 'tdabench[slurm]'); device=cuda
+                                          asks one GPU per job and is checked in the job
 
 Examples:
   tdabench task=digits_mlp method=ekfac

@@ -344,7 +344,7 @@ def write_report(results_dirs, out: str | Path | None = None) -> Path:
 #: leaderboard columns logged to wandb as numbers (identity columns are logged as strings)
 WANDB_NUMERIC = ["lds", "lds_ci_low", "lds_ci_high", "normalized_lds", "lds_sd_over_seeds", "method_seeds",
                  "fit_s", "score_s", "total_s", "flops", "peak_mem_mb", "trainings", "n_train", "n_query",
-                 "test_acc", "runs"]
+                 "test_acc", "test_loss", "runs"]
 
 
 def _most_common(values: list):

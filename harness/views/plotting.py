@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["DPI", "colour_scale", "decoder", "example_name", "image_of", "is_class_task", "plt", "sequence_scores",
-           "token_strip"]
+__all__ = ["DPI", "STRIPS_RIGHT", "colour_scale", "decoder", "example_name", "image_of", "is_class_task", "plt",
+           "sequence_scores", "token_strip"]
 
 DPI = 80
 
@@ -75,10 +75,20 @@ def token_strip(ax, tokens: list[str], values: np.ndarray | None, width: int, vm
     return image
 
 
+#: the right edge of a figure's strips when colour scales sit beside them (``tight_layout(rect=...)``)
+STRIPS_RIGHT = 0.88
+
+
 def colour_scale(fig, image, axes, label: str) -> None:
-    """A colour bar for the token strips ``axes`` coloured as ``image``, right of them (after the
-    figure's layout is done)."""
-    if image is not None and len(axes):
-        bar = fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, aspect=max(5, 8 * len(axes)))
-        bar.set_label(label, fontsize=7)
-        bar.ax.tick_params(labelsize=7)
+    """A colour bar beside the token strips ``axes`` coloured as ``image``, as tall as they are
+    together, in the margin right of :data:`STRIPS_RIGHT` (call after the figure's layout)."""
+    if image is None or not len(axes):
+        return
+    boxes = [ax.get_position() for ax in axes]
+    low, high = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+    bar = fig.colorbar(image, cax=fig.add_axes([max(b.x1 for b in boxes) + 0.01, low, 0.012, high - low]),
+                       format="%.2g")
+    vmax = image.get_clim()[1]
+    bar.set_ticks([-vmax, 0.0, vmax])
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label(label, fontsize=7)

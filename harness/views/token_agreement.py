@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdabench.harness.views.plotting import DPI, colour_scale, decoder, plt, token_strip
+from tdabench.harness.views.plotting import DPI, STRIPS_RIGHT, colour_scale, decoder, plt, token_strip
 
 
 def token_agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -69,7 +69,7 @@ def token_agreement_view(task, a: torch.Tensor, b: torch.Tensor, names: tuple[st
         image = token_strip(strip_axes[-1], toks, pt[q, : len(toks)], width, 1.0,
                             f"query {q}: each token coloured by the agreement of its scores (red: agree, "
                             f"blue: opposite; sequence-level {seq[q]:+.3f})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, STRIPS_RIGHT, 1))
     colour_scale(fig, image, strip_axes, "Spearman agreement")
     png = out / "token_agreement.png"
     fig.savefig(png, dpi=DPI)

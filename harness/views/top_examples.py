@@ -10,6 +10,7 @@ import torch
 
 from tdabench.harness.views.plotting import (
     DPI,
+    STRIPS_RIGHT,
     colour_scale,
     decoder,
     image_of,
@@ -124,7 +125,7 @@ def plot_top_text(task, scores: torch.Tensor, q: int, top: int, path: Path, widt
             seq_image = token_strip(axes[k], decode(train.targets[i]), vals, width, float(seq[q].abs().max()),
                                     f"{name} #{i}: {float(seq[q, i]):+.3g}", colour)
             k += 1
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, STRIPS_RIGHT, 1))
     colour_scale(fig, token_image, axes[1:first_seq], "per-token score")
     colour_scale(fig, seq_image, axes[first_seq:], "sequence score")
     fig.savefig(path, dpi=DPI)

@@ -16,8 +16,8 @@ DIGITS = ["task=digits_mlp", "task.n_train=200", "task.n_query=20", "task.hidden
           "task.method_defaults.bif.burn_in=50"]
 TEXT = ["task=text_neox", "task.seq_len=32", "task.n_train=120", "task.n_query=4", "task.n_test=32",
         "task.layers=1", "task.width=32", "task.heads=2", "task.recipe.epochs=3",
-        "task.trajectory_checkpoints=2", "method=bif", "++task.method_defaults.bif.burn_in=20",
-        "++task.method_defaults.bif.batch_size=32"]
+        "task.trajectory_checkpoints=2", "method=bif", "+task.method_defaults.bif.burn_in=20",
+        "+task.method_defaults.bif.batch_size=32"]
 
 
 def assert_png(path, min_bytes=5_000):

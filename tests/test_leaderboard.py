@@ -257,3 +257,12 @@ def test_an_unknown_ceiling_names_its_real_cause():
     info = {"gt_key": "k", "gt_subsets": 20, "gt_seeds": 3, "lds_ceiling": None}
     assert "gt.seeds >= 2" not in ceiling_text(info) and "reached the LDS" in ceiling_text(info)
     assert "gt.seeds >= 2" in ceiling_text({**info, "gt_seeds": 1})
+
+
+def test_the_report_names_a_language_models_observable(tmp_path):
+    from tdabench.harness.read.report import write_report
+
+    folder = _write(tmp_path / "r", [rec("ekfac", 0.5, gt_key="text_neox-aaaaaaaaaaaa", task="text_neox"),
+                                     rec("grad_dot", 0.4, gt_key="text_neox-aaaaaaaaaaaa", task="text_neox")])
+    page = write_report([folder]).read_text()
+    assert "mean token loss" in page and "mean over tokens" in page

@@ -41,6 +41,7 @@ from tdabench.harness.read.leaderboard import (  # noqa: E402
     ceiling_text,
     chosen_records,
     ground_truths,
+    observable_note,
     read_folders,
     row_keys,
     row_label,
@@ -312,8 +313,9 @@ def write_report(results_dirs, out: str | Path | None = None) -> Path:
         for col in shown.columns:
             table = table.replace(f"<th>{html.escape(col)}</th>", f"<th>{_heading_breaks(col)}</th>", 1)
         text = ceiling_text(gts.get(gt, {}))
+        note = observable_note(gts.get(gt, {}).get("task"))  # what a language model's LDS judges
         parts += [f"<h3>{html.escape(gt)}</h3>", f"<p>{html.escape(text)}</p>" if text else "",
-                  f"<div class='scroll'>{table}</div>"]
+                  f"<p>{html.escape(note)}</p>" if note else "", f"<div class='scroll'>{table}</div>"]
     if not pairs.empty:
         parts += ["<h2>Pairwise comparisons</h2>",
                   "<p>Row minus column: mean per-query LDS difference; * marks a Holm-adjusted p &lt; "

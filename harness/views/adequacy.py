@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tdabench.harness.core.logs import setup as setup_logging  # noqa: E402
 from tdabench.harness.core.registry import TASKS  # noqa: E402
@@ -67,14 +68,14 @@ def curves(gt_outcomes, masks, scores: dict, seeds_grid, subsets_grid) -> pd.Dat
 
 
 def verdict(task: str, gt, scores: dict) -> list[str]:
-    """What the whole ground truth can tell apart: its ceiling and each method's LDS with their
+    """What the whole ground truth (labelled ``task``) can tell apart: its ceiling and each method's LDS with their
     95% intervals, then the comparisons it resolves (Holm-adjusted p < 0.05) and those it cannot."""
-    m, k = gt.outcomes.shape[:2]
+    k = gt.outcomes.shape[1]
     c = noise_ceiling(gt.outcomes.numpy(), n_boot=1000) if k >= 2 else None
     ceiling = (f"LDS ceiling {c.ceiling:.3f} [{c.ceiling_ci[0]:.3f}, {c.ceiling_ci[1]:.3f}]" if c and c.ceiling
                is not None else "LDS ceiling unknown (it needs gt.seeds >= 2)")
     results = {name: lds(s, gt.masks, gt.mean_outcomes, n_boot=1000) for name, s in scores.items()}
-    lines = [f"{task}, {m} subsets x {k} seeds: {ceiling}",
+    lines = [f"{task}: {ceiling}",
              "  LDS: " + ", ".join(f"{n} {r.lds:.3f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]" for n, r in
                                    sorted(results.items(), key=lambda item: -item[1].lds))]
     pairs = pairwise_table({n: np.asarray(r.per_query, dtype=float) for n, r in results.items()})
@@ -162,6 +163,7 @@ def adequacy(results_dir: str | Path, task: str | None = None, compute: bool = F
                                 color="k", alpha=0.1, lw=0)
             ax.set_xlabel(label)
             ax.set_ylabel("LDS")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # seeds and subsets are counts
         axes[1].legend(fontsize=7, loc="lower right")
         fig.suptitle(f"{task_name}: ground-truth adequacy (bands: 95% intervals over queries)")
         fig.tight_layout()

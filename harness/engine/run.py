@@ -77,6 +77,7 @@ from tdabench.harness.engine.writing import complete_pending_writes, pending_rec
 from tdabench.harness.read.record import RunRecord, new_record
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
+from tdabench.harness.share.source import adopt_settings, from_problems, ground_truth_source
 
 #: config keys that do not change a run's numbers (left out of its config hash)
 #: (``frontier`` only selects method parameters, which ``config.method`` holds as applied)
@@ -96,14 +97,22 @@ def config_hash(cfg: dict) -> str:
     unused |= {"loo"} if "loo" not in metrics else set()
     unused |= {"mislabel"} if "mislabel_auc" not in metrics else set()
     unused |= {"tune"} if not (cfg.get("tune") or {}).get("trials") else set()
-    return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING and k not in unused})
+    kept = _without_gt_from(cfg)
+    return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
+
+
+def _without_gt_from(cfg: dict) -> dict:
+    """``cfg`` without ``gt.from`` where it is null (a setting added after records were first hashed)."""
+    if "gt" not in cfg or "from" not in cfg["gt"] or cfg["gt"]["from"] is not None:
+        return cfg
+    return {**cfg, "gt": {k: v for k, v in cfg["gt"].items() if k != "from"}}
 
 
 def study_key(cfg: dict) -> str:
     """The hash of the settings that define a tuned pairing's Optuna study: those of
     :func:`config_hash` with every ``tune`` setting but the trial count, the storage and the cap
     of the final choice (``select_cpu_s``: every cap chooses from the same study)."""
-    kept = {k: v for k, v in cfg.items() if k not in NON_DETERMINING and k != "tune"}
+    kept = {k: v for k, v in _without_gt_from(cfg).items() if k not in NON_DETERMINING and k != "tune"}
     tune_cfg = {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
     return content_hash({**kept, "tune": tune_cfg})
 
@@ -112,7 +121,7 @@ def config_problems(cfg: dict) -> tuple[type | None, type | None, list[str]]:
     """The task and method classes of ``cfg`` and every problem of its settings, task and method
     parameters, found without building anything or creating a file (the command line runs it
     before Hydra creates a folder, :func:`prepare` again before a run)."""
-    problems = validate_settings(cfg) + metric_problems(cfg)
+    problems = validate_settings(cfg) + metric_problems(cfg) + from_problems(cfg)
     set_data_root(cfg.get("data_root"))
     task_cls, method_cls, more = resolve_names(cfg)
     problems += more
@@ -200,6 +209,8 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
                 gt = builder.build()
                 prof.exclude(builder.wait_s - waited)
             record["gt_cached"] = not builder.produced
+            if getattr(builder, "source", None):
+                record["gt_source"] = builder.source
             record["gt_wait_s"] = round(builder.wait_s, 4)
             share = record["gt_degenerate_share"] = gt.degenerate_share
             if share is not None and share > MAX_DEGENERATE_SHARE:
@@ -305,11 +316,11 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     ``cfg['method']`` (a config from :func:`harness.cli.compose` has it applied already, after
     refusing conflicts with explicit values); past the ladder's end ``LevelBeyondLadder`` is raised.
     """
-    cfg = apply_level(cfg)
+    cfg = adopt_settings(apply_level(cfg))
     task, method = prepare(cfg)
     set_threads(cfg.get("threads"))
     with user_interrupts():
-        builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"])
+        builder = ground_truth_source(task, cfg)
         if cfg["gt"]["shard"] is not None:
             if not task.measures_lds:
                 raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "

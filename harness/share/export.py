@@ -35,6 +35,7 @@ from tdabench.harness.share.bundle import (
     write_bundle,
 )
 from tdabench.harness.share.fingerprints import checkpoint_sha256, data_fingerprint
+from tdabench.harness.share.formats import write_dattri
 
 #: the settings of ``gt`` that determine a ground truth (those its cache key hashes)
 GT_SETTINGS = ("subsets", "alpha", "seeds", "same_seed", "from_checkpoint", "finetune_epochs")
@@ -145,8 +146,6 @@ def export_results(results_dir: str | Path, out_dir: str | Path, cache_dir: str 
                    fmt: str = "tdabench", with_checkpoint: bool = False, log=print) -> list[Path]:
     """One bundle (``fmt='tdabench'``) or one dattri layout (``fmt='dattri'``) per ground truth of
     ``results_dir``'s records, in ``out_dir/<gt_key>/``; returns their folders."""
-    from tdabench.harness.share.formats import write_dattri
-
     groups = ground_truths_of(results_dir)
     if not groups:
         raise BundleError(f"{results_dir}: no ok record scored against a computed ground truth; nothing to export")

@@ -39,6 +39,7 @@ from tdabench.harness.core.storage import atomic_write_bytes
 from tdabench.harness.engine.ground_truth import GroundTruth
 from tdabench.harness.share.bundle import BundleError
 from tdabench.harness.share.fingerprints import checkpoint_sha256
+from tdabench.harness.share.reading import ReadGroundTruth
 
 #: relative and absolute tolerance of a half model's observables against its row of target values
 ROW_RTOL, ROW_ATOL = 1e-4, 1e-5
@@ -128,8 +129,6 @@ def check_rows(folder: Path, task, targets: torch.Tensor, sign: float = -1.0) ->
 
 
 def read_dattri(folder: Path, task):
-    from tdabench.harness.share.source import ReadGroundTruth
-
     indices, idx_sha = _load_pt(folder / "lds" / "indices_lds.pt")
     targets, tv_sha = _load_pt(folder / "lds" / "target_values_lds.pt")
     for name, t in (("indices_lds.pt", indices), ("target_values_lds.pt", targets)):
@@ -165,8 +164,6 @@ def read_dattri(folder: Path, task):
 
 
 def read_trak(folder: Path, task):
-    from tdabench.harness.share.source import ReadGroundTruth
-
     mask, mask_sha = _load_npy(folder / "mask.npy")
     margins, m_sha = _load_npy(folder / "val_margins.npy")
     if task.observable_kind != "margin":

@@ -20,6 +20,8 @@ from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.ground_truth import GroundTruth, GroundTruthBuilder, effective_seeds, gt_mode
 from tdabench.harness.share.bundle import Bundle, BundleError, open_bundle
 from tdabench.harness.share.export import GT_SETTINGS, task_mismatches
+from tdabench.harness.share.formats import read_foreign
+from tdabench.harness.share.reading import ReadGroundTruth
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +86,6 @@ def adopt_settings(cfg: dict) -> dict:
     return out
 
 
-class ReadGroundTruth:
-    """Stands where a :class:`GroundTruthBuilder` stands in a run, for a ground truth read from a
-    file: ``build()`` returns it, nothing is retrained or waited for. ``source`` is the record's
-    ``gt_source``."""
-
-    wait_s = 0.0
-    produced = False
-
-    def __init__(self, gt: GroundTruth, key: str, mode: str, seeds: int, source: dict):
-        self.gt, self.mode, self.seeds, self.source = gt, mode, seeds, source
-        self.dir = Path(key)  # the record's gt_key is ``dir.name``, as for a computed ground truth
-
-    def build(self) -> GroundTruth:
-        return self.gt
-
-
 def ground_truth_source(task, cfg: dict):
     """The run's ground truth: a :class:`GroundTruthBuilder` (computed and cached, as always) or,
     with ``gt.from``, a :class:`ReadGroundTruth` whose fingerprints match ``task`` (its data, its
@@ -110,8 +96,6 @@ def ground_truth_source(task, cfg: dict):
         return GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"])
     try:
         if src.startswith(FOREIGN):
-            from tdabench.harness.share.formats import read_foreign
-
             return read_foreign(src, task)
         bundle = _open(src)
         problems = task_mismatches(bundle, task)

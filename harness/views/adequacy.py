@@ -26,12 +26,14 @@ import pandas as pd  # noqa: E402
 from tdabench.harness.core.logs import setup as setup_logging  # noqa: E402
 from tdabench.harness.core.registry import TASKS  # noqa: E402
 from tdabench.harness.core.storage import CorruptFileError, load_verified  # noqa: E402
+from tdabench.harness.engine.config import ConfigError  # noqa: E402
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.read.lds import lds  # noqa: E402
 from tdabench.harness.read.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
 from tdabench.harness.read.record import RunRecord, scores_path  # noqa: E402
 from tdabench.harness.read.results import one_line_errors, read_records  # noqa: E402
 from tdabench.harness.read.statistics import noise_ceiling  # noqa: E402
+from tdabench.harness.share.source import ground_truth_source  # noqa: E402
 
 
 class AdequacyError(RuntimeError):
@@ -55,6 +57,11 @@ def curves(gt_outcomes, masks, scores: dict, seeds_grid, subsets_grid) -> pd.Dat
 def _ground_truth(task_name: str, cfg: dict, compute: bool):
     """The cached ground truth of a recorded run's config; retrained only with ``compute``."""
     t = TASKS.get(task_name)(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], log=lambda m: None)
+    if (cfg["gt"].get("from")) is not None:  # read from a bundle or a field format, as the run did
+        try:
+            return ground_truth_source(t, cfg).build()
+        except ConfigError as exc:
+            raise AdequacyError("; ".join(exc.problems)) from exc
     builder = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"], log=print)
     if compute:
         return builder.build()

@@ -77,6 +77,7 @@ from tdabench.harness.engine.writing import complete_pending_writes, pending_rec
 from tdabench.harness.read.record import RunRecord, new_record
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
+from tdabench.harness.share.artifacts import run_artifacts
 from tdabench.harness.share.source import adopt_settings, from_problems, ground_truth_source
 
 #: config keys that do not change a run's numbers (left out of its config hash)
@@ -405,7 +406,8 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     record.update(provenance(cfg["device"]))
     if write_result(record, scores, results_dir, cfg["cache_dir"]):
         try:
-            record["wandb_dir"] = log_run(RunRecord.from_dict(record), cfg["wandb"], results_dir, group)
+            record["wandb_dir"] = log_run(RunRecord.from_dict(record), cfg["wandb"], results_dir, group,
+                                          run_artifacts(record, cfg, results_dir))
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
     replay = record.get("count_replay_s")

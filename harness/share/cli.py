@@ -4,6 +4,7 @@
     tdabench-gt verify BUNDLE        every hash and the manifest's consistency
     tdabench-gt info BUNDLE          a short summary
     tdabench-gt import BUNDLE [--cache DIR]   into the cache, where runs of the same config find it
+    (BUNDLE: a folder, a .tar, or a logged artifact wandb:ENTITY/PROJECT/NAME:VERSION, online)
 
 ``export`` writes one bundle per ground truth the folder's records were scored against, in
 ``OUT_DIR/<gt_key>/``, read from the cache the records name (or ``--cache``); ``--format dattri``
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from tdabench.harness.core.logs import setup as setup_logging
 from tdabench.harness.read.results import one_line_errors
+from tdabench.harness.share.artifacts import ARTIFACT_PREFIX
 from tdabench.harness.share.bundle import BundleError, open_bundle, write_tar
 
 
@@ -50,7 +52,7 @@ def summary(bundle) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tdabench-gt", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+                                     epilog="\n".join(__doc__.splitlines()[2:7]))
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="one bundle per ground truth of a results folder's records")
     ex.add_argument("results_dir")
@@ -80,6 +82,11 @@ def run(args) -> None:
             if args.tar and args.format == "tdabench":
                 print(f"{write_tar(folder, folder.with_name(folder.name + '.tar'))}: the same bundle as one .tar")
         return
+    if args.bundle.startswith(ARTIFACT_PREFIX):
+        from tdabench.harness.share.artifacts import download
+
+        args.bundle = download(args.bundle, getattr(args, "cache", None) or os.environ.get(
+            "TDABENCH_CACHE", ".cache/tdabench"))
     bundle = open_bundle(args.bundle)
     if args.command == "verify":
         files = ", ".join(f"{n} {f['sha256'][:12]}" for n, f in bundle.manifest["files"].items())

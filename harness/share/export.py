@@ -85,7 +85,7 @@ def _provenance(records: list[RunRecord], assembled: Path) -> dict:
                          "started": (end - timedelta(seconds=phase)).isoformat(timespec="seconds") if phase else None,
                          "finished": end.isoformat(timespec="seconds"), "by_this_run": producer is not None},
             "exported": {"version": __version__, "git_sha": git_sha(), "host": platform.node(),
-                         "command": " ".join(["tdabench-gt", *sys.argv[1:]]) if sys.argv else None,
+                         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
                          "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
 
 

@@ -1,5 +1,6 @@
 """A run's ground truth read instead of retrained: ``gt.from=BUNDLE`` (a tdabench bundle, folder
-or ``.tar``), ``gt.from=dattri:FOLDER`` (dattri's benchmark layout) or ``gt.from=trak:FOLDER``
+or ``.tar``, or a logged artifact ``wandb:ENTITY/PROJECT/NAME:VERSION``), ``gt.from=dattri:FOLDER``
+(dattri's benchmark layout) or ``gt.from=trak:FOLDER``
 (TRAK's datamodels arrays, ``mask.npy`` and ``val_margins.npy``).
 
 Before any work the bundle is verified (every hash) and the run's ground-truth settings become
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.ground_truth import GroundTruth, GroundTruthBuilder, effective_seeds, gt_mode
+from tdabench.harness.share.artifacts import ARTIFACT_PREFIX, download
 from tdabench.harness.share.bundle import Bundle, BundleError, open_bundle
 from tdabench.harness.share.export import GT_SETTINGS, task_mismatches
 from tdabench.harness.share.formats import read_foreign
@@ -43,7 +45,7 @@ def from_problems(cfg: dict) -> list[str]:
                 "dattri:FOLDER or trak:FOLDER"]
     problems = []
     path = Path(src.split(":", 1)[1] if src.startswith(FOREIGN) else src).expanduser()
-    if not path.exists():
+    if not src.startswith(ARTIFACT_PREFIX) and not path.exists():
         problems.append(f"gt.from={src}: {path} does not exist; give a bundle written by tdabench-gt export")
     if (cfg.get("gt") or {}).get("shard") is not None:
         problems.append(f"gt.from={src} reads the ground truth; it cannot be combined with gt.shard "
@@ -54,9 +56,10 @@ def from_problems(cfg: dict) -> list[str]:
 _opened: dict[tuple, Bundle] = {}
 
 
-def _open(src: str) -> Bundle:
-    """The verified bundle at ``src`` (read once per process and file state)."""
-    path = Path(src).expanduser()
+def _open(src: str, cache_dir: str | Path) -> Bundle:
+    """The verified bundle at ``src`` (read once per process and file state); a logged wandb
+    artifact (``wandb:ENTITY/PROJECT/NAME:VERSION``) is downloaded into the cache first."""
+    path = download(src, cache_dir) if src.startswith(ARTIFACT_PREFIX) else Path(src).expanduser()
     stamp = (str(path.resolve()), *((p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(
         path.iterdir() if path.is_dir() else [path])))
     if stamp not in _opened:
@@ -73,7 +76,7 @@ def adopt_settings(cfg: dict) -> dict:
     if src is None or src.startswith(FOREIGN):
         return cfg
     try:
-        bundle = _open(src)
+        bundle = _open(src, cfg["cache_dir"])
     except BundleError as exc:
         raise ConfigError([f"gt.from: {exc}"]) from None
     wanted = {k: bundle.manifest["ground_truth"].get(k) for k in GT_SETTINGS}
@@ -97,7 +100,7 @@ def ground_truth_source(task, cfg: dict):
     try:
         if src.startswith(FOREIGN):
             return read_foreign(src, task)
-        bundle = _open(src)
+        bundle = _open(src, cfg["cache_dir"])
         problems = task_mismatches(bundle, task)
     except BundleError as exc:
         raise ConfigError([f"gt.from: {exc}"]) from None

@@ -37,8 +37,8 @@ def scores_of(results: Path, record: dict) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("formats")
-    record = run(tmp)
-    assert record["status"] == "ok"
+    record = run(tmp, "metric=[lds,loo]", "loo.samples=20")
+    assert record["status"] == "ok" and record["metrics"]["loo"]["status"] == "ok"
     return tmp, record
 
 
@@ -51,6 +51,13 @@ def test_dattri_export_scored_by_dattri_gives_the_record(scored):
     per_query = dattri_metric.lds(-scores_of(tmp / "results", record).T.float(), (targets, indices))[0]
     assert float(torch.nanmean(per_query)) == pytest.approx(record["lds"], abs=1e-6)
     assert json.loads((folder / "tdabench.json").read_text())["gt_key"] == record["gt_key"]
+    # the leave-one-out pair, scored by dattri's loo_corr on the left-out examples' scores
+    removed = torch.load(folder / "loo" / "indices_loo.pt", weights_only=True)
+    loo_values = torch.load(folder / "loo" / "target_values_loo.pt", weights_only=True)
+    assert removed.shape == (20,) and loo_values.shape == (20, 12)
+    predicted = -scores_of(tmp / "results", record)[:, removed].T.double()
+    corr = dattri_metric.loo_corr(predicted, (loo_values.double(), removed))[0]
+    assert float(torch.nanmean(corr)) == pytest.approx(record["metrics"]["loo"]["value"], abs=1e-6)
     # read back as a ground truth: outcomes are averaged, so the LDS is the record's again
     again = run(tmp, f"gt.from=dattri:{folder}", "results_dir=" + str(tmp / "r-dattri"))
     assert again["lds"] == pytest.approx(record["lds"], abs=1e-12)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.data_paths import set_data_root
-from tdabench.harness.core.registry import TASKS
+from tdabench.harness.core.registry import METRICS, TASKS
 from tdabench.harness.core.storage import save_verified
 from tdabench.harness.core.version import __version__, git_sha
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder, gt_mode
@@ -142,6 +142,18 @@ def collect(records: list[RunRecord], cache_dir: str | Path | None, with_checkpo
     return manifest, files, task, gt, model
 
 
+def leave_one_out(records: list[RunRecord], task, cache_dir: str | Path | None):
+    """``(examples, outcomes)`` of the leave-one-out outcomes the records' ``loo`` metric used, when
+    they are cached (the metric's ``builder``, found through the registry), else None."""
+    with_loo = [r for r in records if "loo" in ((r.metrics or {}).keys())]
+    if not with_loo or "loo" not in METRICS.names() or not hasattr(METRICS.get("loo"), "builder"):
+        return None
+    cfg = {**with_loo[0].config, "cache_dir": str(cache_dir or with_loo[0].config["cache_dir"])}
+    builder = METRICS.get("loo")().builder(task, cfg)
+    out = builder.cached()
+    return None if out is None else (builder.examples, out.outcomes)
+
+
 def export_results(results_dir: str | Path, out_dir: str | Path, cache_dir: str | Path | None = None,
                    fmt: str = "tdabench", with_checkpoint: bool = False, log=print) -> list[Path]:
     """One bundle (``fmt='tdabench'``) or one dattri layout (``fmt='dattri'``) per ground truth of
@@ -154,7 +166,7 @@ def export_results(results_dir: str | Path, out_dir: str | Path, cache_dir: str 
         manifest, files, task, gt, model = collect(records, cache_dir, with_checkpoint or fmt == "dattri")
         target = Path(out_dir) / key
         if fmt == "dattri":
-            write_dattri(target, manifest, gt, model)
+            write_dattri(target, manifest, gt, model, leave_one_out(records, task, cache_dir))
         else:
             write_bundle(target, manifest, files)
         size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())

@@ -13,12 +13,11 @@ only) into the cache, where it is verified like any bundle.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from tdabench.harness.read.record import RunRecord
-from tdabench.harness.share.bundle import MANIFEST, BundleError, open_bundle, sha256, write_bundle
+from tdabench.harness.share.bundle import BundleError, open_bundle, write_bundle
 from tdabench.harness.share.export import collect
 
 ARTIFACT_PREFIX = "wandb:"
@@ -31,7 +30,7 @@ def _bundle_for_run(record: dict, cfg: dict) -> Path | None:
     source = record.get("gt_source")
     if source:
         path = Path(source["path"])
-        return path if source.get("format") == "tdabench-ground-truth" and path.is_dir() else None
+        return path if source.get("format") == "tdabench-ground-truth" and path.exists() else None
     folder = Path(cfg["cache_dir"]) / "bundles" / record["gt_key"]
     try:
         open_bundle(folder)
@@ -50,11 +49,10 @@ def run_artifacts(record: dict, cfg: dict, results_dir: Path) -> list[dict]:
     bundle = _bundle_for_run(record, cfg)
     manifest_sha = None
     if bundle is not None:
-        raw = (bundle / MANIFEST).read_bytes()
-        manifest_sha = sha256(raw)
-        manifest = {k: v for k, v in json.loads(raw).items()}
+        opened = open_bundle(bundle)  # verified, as every reader of it
+        manifest_sha = opened.manifest_sha256
         out.append({"name": f"gt-{record['gt_key']}", "type": "ground-truth", "path": bundle,
-                    "metadata": {**manifest, "manifest_sha256": manifest_sha}})
+                    "metadata": {**opened.manifest, "manifest_sha256": manifest_sha}})
     if record.get("scores_file"):
         out.append({"name": f"scores-{record['run_id']}", "type": "scores",
                     "path": Path(results_dir) / record["scores_file"],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,10 +97,12 @@ def write_bundle(out_dir: str | Path, manifest: dict, files: dict[str, dict[str,
     for name, tensors in files.items():
         data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         atomic_write_bytes(out / name, data)
+        os.chmod(out / name, 0o644)  # made to be handed on: readable like any exported file
         listed[name] = {"sha256": sha256(data), "bytes": len(data),
                         "tensors": {k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in tensors.items()}}
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": listed}
     atomic_write_bytes(out / MANIFEST, (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
+    os.chmod(out / MANIFEST, 0o644)
     return out
 
 
@@ -172,8 +175,9 @@ def open_bundle(path: str | Path) -> Bundle:
     listed = manifest.get("files")
     if not isinstance(listed, dict) or not all(isinstance(v, dict) for v in listed.values()):
         raise BundleError(f"{path / MANIFEST}: field files must map each file name to its sha256")
-    for name in sorted(set(members) - set(listed)):
-        raise BundleError(f"{path / name}: a file the manifest does not list; a bundle holds manifest.json and "
+    extra = sorted(set(members) - set(listed))
+    if extra:
+        raise BundleError(f"{path / extra[0]}: a file the manifest does not list; a bundle holds manifest.json and "
                           "the files it lists, nothing else")
     for name, meta in listed.items():
         if name not in members:

@@ -97,13 +97,21 @@ def write_bundle(out_dir: str | Path, manifest: dict, files: dict[str, dict[str,
     for name, tensors in files.items():
         data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         atomic_write_bytes(out / name, data)
-        os.chmod(out / name, 0o644)  # made to be handed on: readable like any exported file
+        _as_umask_allows(out / name)
         listed[name] = {"sha256": sha256(data), "bytes": len(data),
                         "tensors": {k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in tensors.items()}}
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": listed}
     atomic_write_bytes(out / MANIFEST, (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
-    os.chmod(out / MANIFEST, 0o644)
+    _as_umask_allows(out / MANIFEST)
     return out
+
+
+def _as_umask_allows(path: Path) -> None:
+    """Give ``path`` the permissions a plain new file gets (a bundle is made to be handed on; the
+    atomic write creates it private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def write_tar(bundle_dir: str | Path, tar_path: str | Path) -> Path:

@@ -145,3 +145,20 @@ def test_gt_from_null_keeps_config_hashes():
     without = {**cfg, "gt": {k: v for k, v in cfg["gt"].items() if k != "from"}}
     assert config_hash(cfg) == config_hash(without)
     assert config_hash(compose([*BASE, "gt.from=/x"])) != config_hash(cfg)
+
+
+def test_rows_that_do_not_belong_to_their_subsets_fail_the_retraining_check(exported, tmp_path):
+    from safetensors.torch import load, save
+
+    from tdabench.harness.share.spotcheck import retrain_rows
+
+    tmp, _, bundle = exported
+    assert [r for r, _ in retrain_rows(open_bundle(bundle), 2, tmp / "c1", log=lambda m: None)] == [0, 7]
+    # rows 0 and 1 swapped, every hash made to match: only retraining tells
+    b = copy(bundle, tmp_path / "swapped")
+    tensors = load((b / OUTCOMES).read_bytes())
+    tensors["outcomes"] = tensors["outcomes"][[1, 0, *range(2, 8)]].contiguous()
+    (b / OUTCOMES).write_bytes(save(tensors))
+    rewrite_manifest(b, lambda m: m["files"][OUTCOMES].update(sha256=sha256((b / OUTCOMES).read_bytes())))
+    with pytest.raises(BundleError, match="row 0 is not what retraining subset 0 gives"):
+        retrain_rows(open_bundle(b), 2, tmp / "c1", log=lambda m: None)

@@ -1,7 +1,7 @@
 """``tdabench-gt``: ground truths as files to hand on.
 
     tdabench-gt export RESULTS_DIR OUT_DIR [--cache DIR] [--format dattri] [--checkpoint] [--tar]
-    tdabench-gt verify BUNDLE        every hash and the manifest's consistency
+    tdabench-gt verify BUNDLE [--retrain N]   every hash and the manifest's consistency; N rows retrained
     tdabench-gt info BUNDLE          a short summary
     tdabench-gt import BUNDLE [--cache DIR]   into the cache, where runs of the same config find it
     (BUNDLE: a folder, a .tar, or a logged artifact wandb:ENTITY/PROJECT/NAME:VERSION, online)
@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("--format", choices=["tdabench", "dattri"], default="tdabench")
     ex.add_argument("--checkpoint", action="store_true", help="include the reference checkpoint (safetensors)")
     ex.add_argument("--tar", action="store_true", help="also write each bundle as OUT_DIR/<gt_key>.tar")
-    for name, text in (("verify", "check every hash and the manifest's consistency"), ("info", "a short summary")):
-        sub.add_parser(name, help=text).add_argument("bundle")
+    ve = sub.add_parser("verify", help="check every hash and the manifest's consistency")
+    ve.add_argument("bundle")
+    ve.add_argument("--retrain", type=int, default=0, metavar="N",
+                    help="also retrain N subsets with the recorded seeds and compare their rows (needs the task)")
+    ve.add_argument("--cache", default=os.environ.get("TDABENCH_CACHE", ".cache/tdabench"))
+    sub.add_parser("info", help="a short summary").add_argument("bundle")
     im = sub.add_parser("import", help="write a bundle's ground truth into the cache")
     im.add_argument("bundle")
     im.add_argument("--cache", default=os.environ.get("TDABENCH_CACHE", ".cache/tdabench"))
@@ -91,6 +95,11 @@ def run(args) -> None:
     if args.command == "verify":
         files = ", ".join(f"{n} {f['sha256'][:12]}" for n, f in bundle.manifest["files"].items())
         print(f"{bundle.path}: ok (manifest sha256 {bundle.manifest_sha256}; {files})")
+        if args.retrain > 0:
+            from tdabench.harness.share.spotcheck import retrain_rows
+
+            rows = retrain_rows(bundle, args.retrain, Path(args.cache))
+            print(f"{bundle.path}: rows {', '.join(str(r) for r, _ in rows)} are what retraining their subsets gives")
     elif args.command == "info":
         print(summary(bundle))
     else:

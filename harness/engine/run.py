@@ -78,7 +78,7 @@ from tdabench.harness.read.record import RunRecord, new_record
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
 from tdabench.harness.share.artifacts import run_artifacts
-from tdabench.harness.share.source import adopt_settings, from_problems, ground_truth_source
+from tdabench.harness.share.source import adopt_settings, from_problems, ground_truth_source, without_null_gt_from
 
 #: config keys that do not change a run's numbers (left out of its config hash)
 #: (``frontier`` only selects method parameters, which ``config.method`` holds as applied)
@@ -98,22 +98,15 @@ def config_hash(cfg: dict) -> str:
     unused |= {"loo"} if "loo" not in metrics else set()
     unused |= {"mislabel"} if "mislabel_auc" not in metrics else set()
     unused |= {"tune"} if not (cfg.get("tune") or {}).get("trials") else set()
-    kept = _without_gt_from(cfg)
+    kept = without_null_gt_from(cfg)
     return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
-
-
-def _without_gt_from(cfg: dict) -> dict:
-    """``cfg`` without ``gt.from`` where it is null (a setting added after records were first hashed)."""
-    if "gt" not in cfg or "from" not in cfg["gt"] or cfg["gt"]["from"] is not None:
-        return cfg
-    return {**cfg, "gt": {k: v for k, v in cfg["gt"].items() if k != "from"}}
 
 
 def study_key(cfg: dict) -> str:
     """The hash of the settings that define a tuned pairing's Optuna study: those of
     :func:`config_hash` with every ``tune`` setting but the trial count, the storage and the cap
     of the final choice (``select_cpu_s``: every cap chooses from the same study)."""
-    kept = {k: v for k, v in _without_gt_from(cfg).items() if k not in NON_DETERMINING and k != "tune"}
+    kept = {k: v for k, v in without_null_gt_from(cfg).items() if k not in NON_DETERMINING and k != "tune"}
     tune_cfg = {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
     return content_hash({**kept, "tune": tune_cfg})
 

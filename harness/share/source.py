@@ -35,6 +35,15 @@ def gt_from(cfg: dict) -> str | None:
     return (cfg.get("gt") or {}).get("from")
 
 
+def without_null_gt_from(cfg: dict) -> dict:
+    """``cfg`` without ``gt.from`` where it is null: the setting came after records were first
+    hashed, so a run that does not use it keeps the config hash of one written before it."""
+    gt = cfg.get("gt")
+    if not isinstance(gt, dict) or "from" not in gt or gt["from"] is not None:
+        return cfg
+    return {**cfg, "gt": {k: v for k, v in gt.items() if k != "from"}}
+
+
 def from_problems(cfg: dict) -> list[str]:
     """Cheap checks of ``gt.from`` (no file is read but the path's existence)."""
     src = gt_from(cfg)

@@ -162,3 +162,14 @@ def test_rows_that_do_not_belong_to_their_subsets_fail_the_retraining_check(expo
     rewrite_manifest(b, lambda m: m["files"][OUTCOMES].update(sha256=sha256((b / OUTCOMES).read_bytes())))
     with pytest.raises(BundleError, match="row 0 is not what retraining subset 0 gives"):
         retrain_rows(open_bundle(b), 2, tmp / "c1", log=lambda m: None)
+
+
+def test_gt_from_problems_are_found_before_any_file_is_made(tmp_path):
+    from tdabench.harness.engine.run import config_problems
+
+    problems = config_problems(compose([*BASE, f"gt.from={tmp_path / 'nowhere'}"]))[2]
+    assert any("gt.from=" in p and "does not exist" in p for p in problems)
+    problems = config_problems(compose([*BASE, f"gt.from={tmp_path}", "gt.num_shards=2", "gt.shard=0"]))[2]
+    assert any("cannot be combined with gt.shard" in p for p in problems)
+    with pytest.raises(ConfigError, match="no manifest.json"):
+        run(tmp_path, "c", "r", f"gt.from={tmp_path}")

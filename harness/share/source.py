@@ -69,6 +69,8 @@ def _open(src: str, cache_dir: str | Path) -> Bundle:
     """The verified bundle at ``src`` (read once per process and file state); a logged wandb
     artifact (``wandb:ENTITY/PROJECT/NAME:VERSION``) is downloaded into the cache first."""
     path = download(src, cache_dir) if src.startswith(ARTIFACT_PREFIX) else Path(src).expanduser()
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle (a folder with manifest.json, or a .tar of one)")
     stamp = (str(path.resolve()), *((p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(
         path.iterdir() if path.is_dir() else [path])))
     if stamp not in _opened:

@@ -173,3 +173,28 @@ def test_gt_from_problems_are_found_before_any_file_is_made(tmp_path):
     assert any("cannot be combined with gt.shard" in p for p in problems)
     with pytest.raises(ConfigError, match="no manifest.json"):
         run(tmp_path, "c", "r", f"gt.from={tmp_path}")
+
+
+def test_a_bundle_with_its_reference_run_evaluates_on_the_same_model_elsewhere(exported, tmp_path):
+    from tdabench.harness.core.storage import save_verified
+    from tdabench.harness.share.export import build_task
+    from tdabench.harness.share.fingerprints import checkpoint_sha256
+
+    tmp, record, _ = exported
+    [bundle] = export_results(tmp / "r1", tmp_path / "out", with_checkpoint=True, log=lambda m: None)
+    b = open_bundle(bundle)
+    assert b.manifest["checkpoint"]["file"] == "checkpoint.safetensors" and len(b.manifest["checkpoint"]["trajectory"])
+    messages = []
+    import_bundle(b, tmp_path / "c", log=messages.append)
+    assert "the reference model the ground truth belongs to" in messages[0]
+    task = build_task(compose([*BASE, f"cache_dir={tmp_path / 'c'}"]), tmp_path / "c")
+    assert task.models.reference_path().exists()  # installed, not trained
+    assert checkpoint_sha256(task.checkpoint()) == b.manifest["checkpoint"]["sha256"]
+    again = execute(compose([*BASE, f"cache_dir={tmp_path / 'c'}", f"results_dir={tmp_path / 'r'}"]))
+    assert again["gt_cached"] is True and again["lds"] == record["lds"]
+    # a cache that holds another reference model for the task is not overwritten
+    run_state = task.models.reference_run()
+    other = {**run_state, "state": {k: v + 1 for k, v in run_state["state"].items()}}
+    save_verified(other, task.models.reference_path())
+    with pytest.raises(BundleError, match="holds another reference model"):
+        import_bundle(b, tmp_path / "c", log=lambda m: None)

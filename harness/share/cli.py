@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("out_dir")
     ex.add_argument("--cache", default=None, help="the cache holding the ground truths (default: the records')")
     ex.add_argument("--format", choices=["tdabench", "dattri"], default="tdabench")
-    ex.add_argument("--checkpoint", action="store_true", help="include the reference checkpoint (safetensors)")
+    ex.add_argument("--checkpoint", action="store_true",
+                    help="include the reference run (checkpoint, trajectory, losses), which import installs")
     ex.add_argument("--tar", action="store_true", help="also write each bundle as OUT_DIR/<gt_key>.tar")
     ve = sub.add_parser("verify", help="check every hash and the manifest's consistency")
     ve.add_argument("bundle")

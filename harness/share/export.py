@@ -36,6 +36,7 @@ from tdabench.harness.share.bundle import (
 )
 from tdabench.harness.share.fingerprints import checkpoint_sha256, data_fingerprint
 from tdabench.harness.share.formats import write_dattri
+from tdabench.harness.share.reference import install_reference, reference_file
 
 #: the settings of ``gt`` that determine a ground truth (those its cache key hashes)
 GT_SETTINGS = ("subsets", "alpha", "seeds", "same_seed", "from_checkpoint", "finetune_epochs")
@@ -124,14 +125,16 @@ def collect(records: list[RunRecord], cache_dir: str | Path | None, with_checkpo
     if gt.degenerate is not None:
         outcomes["degenerate"] = gt.degenerate.bool()
     files = {SUBSETS: {"indices": indices.to(torch.int64), "retrain_seeds": seeds}, OUTCOMES: outcomes}
+    reference = {}
     if with_checkpoint:
-        files[CHECKPOINT] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        files[CHECKPOINT], reference = reference_file(task.models.reference_run())
     manifest = {
         "gt_key": key,
         "task": {"name": task.name, "config": cfg["task"], "seed": task.seed, "n_train": task.n_train,
                  "n_query": task.n_query, "observable": task.observable_kind},
         "data": data_fingerprint(task),
-        "checkpoint": {"sha256": checkpoint_sha256(model), "file": CHECKPOINT if with_checkpoint else None},
+        "checkpoint": {"sha256": checkpoint_sha256(model), "file": CHECKPOINT if with_checkpoint else None,
+                       **reference},
         "ground_truth": {"kind": "lds", "subsets": int(M), "subset_size": int(indices.shape[1]) if M else 0,
                          "retrainings": int(K), "mode": gt_mode(cfg["gt"]), "observable": task.observable_kind,
                          **{k: cfg["gt"].get(k) for k in GT_SETTINGS},
@@ -163,7 +166,7 @@ def export_results(results_dir: str | Path, out_dir: str | Path, cache_dir: str 
         raise BundleError(f"{results_dir}: no ok record scored against a computed ground truth; nothing to export")
     written = []
     for key, records in groups.items():
-        manifest, files, task, gt, model = collect(records, cache_dir, with_checkpoint or fmt == "dattri")
+        manifest, files, task, gt, model = collect(records, cache_dir, with_checkpoint and fmt == "tdabench")
         target = Path(out_dir) / key
         if fmt == "dattri":
             write_dattri(target, manifest, gt, model, leave_one_out(records, task, cache_dir))
@@ -177,16 +180,20 @@ def export_results(results_dir: str | Path, out_dir: str | Path, cache_dir: str 
     return written
 
 
-def import_bundle(bundle: Bundle, cache_dir: str | Path, check_task: bool = True) -> Path:
+def import_bundle(bundle: Bundle, cache_dir: str | Path, check_task: bool = True, log=print) -> Path:
     """Write ``bundle``'s ground truth into ``cache_dir`` under its key, as a run computing it would
-    have (``ground_truth/<gt_key>/ground_truth.pt``, checksummed). With ``check_task`` the task the
-    manifest names is built and its data and queries are compared first."""
+    have (``ground_truth/<gt_key>/ground_truth.pt``, checksummed), and its reference run where it
+    holds one. With ``check_task`` the task the manifest names is built and its data and queries
+    are compared first."""
     m = bundle.manifest
-    if check_task:
+    if check_task or m["checkpoint"].get("file"):
         cfg = {"task": m["task"]["config"], "seed": m["task"]["seed"], "data_root": os.environ.get("TDABENCH_DATA")}
-        problems = task_mismatches(bundle, build_task(cfg, cache_dir), checkpoint=False)
+        task = build_task(cfg, cache_dir)
+        problems = task_mismatches(bundle, task, checkpoint=False) if check_task else []
         if problems:
             raise BundleError("; ".join(problems))
+        if m["checkpoint"].get("file"):
+            log(install_reference(bundle, task))
     target = Path(cache_dir) / "ground_truth" / bundle.gt_key / "ground_truth.pt"
     save_verified({"masks": bundle.masks(), "outcomes": bundle.outcomes(), "degenerate": bundle.degenerate()}, target)
     return target

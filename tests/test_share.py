@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tdabench.harness.core.bundle import OUTCOMES, SUBSETS, BundleError, open_bundle, sha256, write_tar
 from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.run import config_hash, execute
-from tdabench.harness.share.bundle import OUTCOMES, SUBSETS, BundleError, open_bundle, sha256, write_tar
 from tdabench.harness.share.export import export_results, import_bundle
 
 BASE = ["task=digits_mlp", "seed=3", "task.n_train=120", "task.n_query=16", "gt.subsets=8", "gt.seeds=2",
@@ -176,9 +176,9 @@ def test_gt_from_problems_are_found_before_any_file_is_made(tmp_path):
 
 
 def test_a_bundle_with_its_reference_run_evaluates_on_the_same_model_elsewhere(exported, tmp_path):
+    from tdabench.harness.core.fingerprints import checkpoint_sha256
     from tdabench.harness.core.storage import save_verified
     from tdabench.harness.share.export import build_task
-    from tdabench.harness.share.fingerprints import checkpoint_sha256
 
     tmp, record, _ = exported
     [bundle] = export_results(tmp / "r1", tmp_path / "out", with_checkpoint=True, log=lambda m: None)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import wandb
 
+from tdabench.harness.core.bundle import open_bundle, sha256
 from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.run import execute
 from tdabench.harness.read.report import log_to_wandb
 from tdabench.harness.read.tracking import offline_artifacts, read_offline_run
-from tdabench.harness.share.bundle import open_bundle, sha256
 
 BASE = ["task=digits_mlp", "seed=6", "task.n_train=100", "task.n_query=12", "gt.subsets=6", "gt.seeds=2",
         "threads=1", "cost.count=off", "lds.bootstrap=50", "method=grad_dot"]

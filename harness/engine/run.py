@@ -52,6 +52,13 @@ from tdabench.harness.engine.config import (
     validate_settings,
 )
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.gt_from import (
+    adopt_settings,
+    from_problems,
+    ground_truth_source,
+    run_artifacts,
+    without_null_gt_from,
+)
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
 from tdabench.harness.engine.metric import (
@@ -77,8 +84,6 @@ from tdabench.harness.engine.writing import complete_pending_writes, pending_rec
 from tdabench.harness.read.record import RunRecord, new_record
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
-from tdabench.harness.share.artifacts import run_artifacts
-from tdabench.harness.share.source import adopt_settings, from_problems, ground_truth_source, without_null_gt_from
 
 #: config keys that do not change a run's numbers (left out of its config hash)
 #: (``frontier`` only selects method parameters, which ``config.method`` holds as applied)
@@ -400,7 +405,7 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     if write_result(record, scores, results_dir, cfg["cache_dir"]):
         try:
             record["wandb_dir"] = log_run(RunRecord.from_dict(record), cfg["wandb"], results_dir, group,
-                                          run_artifacts(record, cfg, results_dir))
+                                          run_artifacts(record, cfg, results_dir, task, builder))
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
     replay = record.get("count_replay_s")

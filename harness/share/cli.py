@@ -20,10 +20,10 @@ import os
 import sys
 from pathlib import Path
 
+from tdabench.harness.core.bundle import BundleError, open_bundle, write_tar
 from tdabench.harness.core.logs import setup as setup_logging
+from tdabench.harness.read.gt_sources import ARTIFACT_PREFIX
 from tdabench.harness.read.results import one_line_errors
-from tdabench.harness.share.artifacts import ARTIFACT_PREFIX
-from tdabench.harness.share.bundle import BundleError, open_bundle, write_tar
 
 
 def summary(bundle) -> str:
@@ -88,7 +88,7 @@ def run(args) -> None:
                 print(f"{write_tar(folder, folder.with_name(folder.name + '.tar'))}: the same bundle as one .tar")
         return
     if args.bundle.startswith(ARTIFACT_PREFIX):
-        from tdabench.harness.share.artifacts import download
+        from tdabench.harness.read.gt_sources import download
 
         args.bundle = download(args.bundle, getattr(args, "cache", None) or os.environ.get(
             "TDABENCH_CACHE", ".cache/tdabench"))

@@ -12,34 +12,19 @@ config finds it as if it had computed it.
 from __future__ import annotations
 
 import os
-import platform
-import sys
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import torch
-
+from tdabench.harness.core.bundle import CHECKPOINT, Bundle, BundleError, write_bundle
 from tdabench.harness.core.data_paths import set_data_root
 from tdabench.harness.core.registry import METRICS, TASKS
 from tdabench.harness.core.storage import save_verified
-from tdabench.harness.core.version import __version__, git_sha
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder, gt_mode
+from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.read.gt_manifest import bundle_content
+from tdabench.harness.read.gt_sources import task_mismatches
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.results import read_records
-from tdabench.harness.share.bundle import (
-    CHECKPOINT,
-    OUTCOMES,
-    SUBSETS,
-    Bundle,
-    BundleError,
-    write_bundle,
-)
-from tdabench.harness.share.fingerprints import checkpoint_sha256, data_fingerprint
 from tdabench.harness.share.formats import write_dattri
 from tdabench.harness.share.reference import install_reference, reference_file
-
-#: the settings of ``gt`` that determine a ground truth (those its cache key hashes)
-GT_SETTINGS = ("subsets", "alpha", "seeds", "same_seed", "from_checkpoint", "finetune_epochs")
 
 
 def build_task(cfg: dict, cache_dir: str | Path):
@@ -58,46 +43,6 @@ def ground_truths_of(results_dir: str | Path) -> dict[str, list[RunRecord]]:
     return groups
 
 
-def _command(cfg: dict) -> str:
-    """A ``tdabench`` command line whose ground truth is this one: the task, its seed and every
-    task and ground-truth setting."""
-    def flat(prefix: str, node: dict):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                yield from flat(f"{prefix}{k}.", v)
-            elif k != "name":
-                yield f"{prefix}{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-    task = {k: v for k, v in cfg["task"].items() if k != "method_defaults"}
-    gt = {k: cfg["gt"][k] for k in GT_SETTINGS if k in cfg["gt"]}
-    return " ".join(["tdabench", f"task={cfg['task']['name']}", f"seed={cfg['seed']}", *flat("task.", task),
-                     *flat("gt.", gt)])
-
-
-def _provenance(records: list[RunRecord], assembled: Path) -> dict:
-    """Where and when the ground truth was computed (the run that produced it, else the first
-    record; its end is when the cache file was written, its start that minus the producing run's
-    ground-truth phase), and where it was exported."""
-    producer = next((r for r in records if r.gt_cached is False), None)
-    first = producer or records[0]
-    end = datetime.fromtimestamp(assembled.stat().st_mtime, timezone.utc)
-    phase = (producer.time_s or {}).get("ground_truth") if producer else None
-    return {"computed": {"version": first.version, "git_sha": first.git_sha, "host": first.host,
-                         "platform": first.platform, "device": first.device, "command": _command(first.config),
-                         "started": (end - timedelta(seconds=phase)).isoformat(timespec="seconds") if phase else None,
-                         "finished": end.isoformat(timespec="seconds"), "by_this_run": producer is not None},
-            "exported": {"version": __version__, "git_sha": git_sha(), "host": platform.node(),
-                         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
-                         "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-
-
-def _ceiling(records: list[RunRecord]) -> dict | None:
-    r = next((r for r in records if r.lds_ceiling is not None or r.gt_reliability is not None), None)
-    if r is None:
-        return None
-    return {"ceiling": r.lds_ceiling, "ceiling_ci": r.lds_ceiling_ci, "reliability": r.gt_reliability,
-            "reliability_ci": r.gt_reliability_ci, "bootstrap": r.config["lds"]["bootstrap"], "seed": r.config["seed"]}
-
-
 def collect(records: list[RunRecord], cache_dir: str | Path | None, with_checkpoint: bool = False):
     """``(manifest, files, task, ground truth, checkpoint)`` of the ground truth ``records`` share,
     read from ``cache_dir`` (default: the first record's ``cache_dir``). Raises BundleError when it
@@ -114,34 +59,11 @@ def collect(records: list[RunRecord], cache_dir: str | Path | None, with_checkpo
     if gt is None:
         raise BundleError(f"{key}: not in the cache {cache} ({builder.dir / 'ground_truth.pt'} is missing); "
                           "pass the cache that holds it with --cache DIR")
-    model = task.checkpoint()
-    M, K = gt.outcomes.shape[:2]
-    if gt_mode(cfg["gt"]) == "same_seed":
-        seeds = torch.full((M, K), task.seed, dtype=torch.int64)
-    else:
-        seeds = torch.tensor([[builder.job_seed(j, k) for k in range(K)] for j in range(M)], dtype=torch.int64)
-    indices = torch.stack([torch.nonzero(row)[:, 0] for row in gt.masks]) if M else torch.zeros(0, 0, dtype=torch.int64)
-    outcomes = {"outcomes": gt.outcomes.float(), "query_ids": torch.tensor(task.query_ids(), dtype=torch.int64)}
-    if gt.degenerate is not None:
-        outcomes["degenerate"] = gt.degenerate.bool()
-    files = {SUBSETS: {"indices": indices.to(torch.int64), "retrain_seeds": seeds}, OUTCOMES: outcomes}
-    reference = {}
+    manifest, files = bundle_content(task, cfg, builder, gt, records)
     if with_checkpoint:
         files[CHECKPOINT], reference = reference_file(task.models.reference_run())
-    manifest = {
-        "gt_key": key,
-        "task": {"name": task.name, "config": cfg["task"], "seed": task.seed, "n_train": task.n_train,
-                 "n_query": task.n_query, "observable": task.observable_kind},
-        "data": data_fingerprint(task),
-        "checkpoint": {"sha256": checkpoint_sha256(model), "file": CHECKPOINT if with_checkpoint else None,
-                       **reference},
-        "ground_truth": {"kind": "lds", "subsets": int(M), "subset_size": int(indices.shape[1]) if M else 0,
-                         "retrainings": int(K), "mode": gt_mode(cfg["gt"]), "observable": task.observable_kind,
-                         **{k: cfg["gt"].get(k) for k in GT_SETTINGS},
-                         "outcomes_mean": "the LDS correlates with outcomes averaged over retrainings"},
-        "lds_ceiling": _ceiling(records),
-        "provenance": _provenance(records, builder.dir / "ground_truth.pt"),
-    }
+        manifest["checkpoint"].update(file=CHECKPOINT, **reference)
+    model = task.checkpoint()
     return manifest, files, task, gt, model
 
 
@@ -197,28 +119,3 @@ def import_bundle(bundle: Bundle, cache_dir: str | Path, check_task: bool = True
     target = Path(cache_dir) / "ground_truth" / bundle.gt_key / "ground_truth.pt"
     save_verified({"masks": bundle.masks(), "outcomes": bundle.outcomes(), "degenerate": bundle.degenerate()}, target)
     return target
-
-
-def task_mismatches(bundle: Bundle, task, checkpoint: bool = True) -> list[str]:
-    """Why ``bundle`` is not a ground truth of ``task`` (one line each): task name, sizes,
-    observable, training data, queries and, with ``checkpoint``, the reference checkpoint."""
-    m, where = bundle.manifest, bundle.path / "manifest.json"
-    t = m["task"]
-    problems = []
-    for field, want, have in (("task.name", t["name"], task.name), ("task.n_train", t["n_train"], task.n_train),
-                              ("task.n_query", t["n_query"], task.n_query),
-                              ("task.observable", t.get("observable", "loss"), task.observable_kind)):
-        if want != have:
-            problems.append(f"{where}: field {field}={want!r}, the run's task has {have!r}")
-    if problems:
-        return problems
-    data = data_fingerprint(task)
-    for field in ("train_sha256", "query_sha256", "query_ids"):
-        if data[field] != m["data"][field]:
-            what = {"train_sha256": "training data (inputs and labels in order)",
-                    "query_sha256": "query inputs and targets", "query_ids": "query ids"}[field]
-            return [f"{where}: field data.{field} differs from the run's {what}: the bundle was made for other data"]
-    if checkpoint and checkpoint_sha256(task.checkpoint()) != m["checkpoint"]["sha256"]:
-        return [f"{where}: field checkpoint.sha256 differs from the run's reference checkpoint (task.seed, recipe "
-                "or the machine's arithmetic differ); the ground truth belongs to another model"]
-    return []

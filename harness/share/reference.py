@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from tdabench.harness.core.bundle import CHECKPOINT, Bundle, BundleError
+from tdabench.harness.core.fingerprints import checkpoint_sha256
 from tdabench.harness.core.storage import load_verified, save_verified
-from tdabench.harness.share.bundle import CHECKPOINT, Bundle, BundleError
-from tdabench.harness.share.fingerprints import checkpoint_sha256
 
 
 def reference_file(run: dict) -> tuple[dict[str, torch.Tensor], dict]:

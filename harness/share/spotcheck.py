@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from tdabench.harness.core.bundle import OUTCOMES, Bundle, BundleError
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
-from tdabench.harness.share.bundle import OUTCOMES, Bundle, BundleError
-from tdabench.harness.share.export import build_task, task_mismatches
+from tdabench.harness.read.gt_sources import task_mismatches
+from tdabench.harness.share.export import build_task
 
 #: the largest difference allowed, relative to the spread of the row's outcomes over subsets
 TOLERANCE = 0.05

@@ -81,6 +81,7 @@ def test_dattri_task_runs_against_dattris_checkpoints_and_ground_truth(download,
     assert record["status"] == "ok", record.get("message")
     src = record["gt_source"]
     assert src["rows_checked_against_models_half"] == SUBSETS and src["models_full_0"] == "matches"
+    assert record["gt_subsets"] == SUBSETS and record["gt_seeds"] == 1 and record["config"]["gt"]["alpha"] == 0.5
     assert record["model_quality"]["test_acc"] > 0.5 and record["n_train"] == N_TRAIN
     folder = download / "benchmark" / "mnist_mlp" / "lds"
     targets = torch.load(folder / "target_values_lds.pt", weights_only=True)

@@ -132,6 +132,7 @@ def test_trak_datamodels_arrays_are_read_with_their_observable(scored, tmp_path)
     np.save(tmp_path / "val_margins.npy", margins.astype(np.float32))
     got = run(tmp, "task.observable=margin", f"gt.from=trak:{tmp_path}", f"results_dir={tmp_path / 'r'}")
     assert got["status"] == "ok" and got["gt_source"]["observable"] == "margin"
+    assert got["gt_subsets"] == 8 and got["gt_seeds"] == 1
     outcomes = torch.from_numpy(margins.astype(np.float32))
     expected = lds(scores_of(tmp_path / "r", got), torch.from_numpy(masks), outcomes)
     assert got["lds"] == pytest.approx(expected.lds, abs=1e-12)

@@ -22,7 +22,7 @@ from pathlib import Path
 from tdabench.harness.core.bundle import BundleError, open_bundle, write_bundle
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.ground_truth import GroundTruth, GroundTruthBuilder, effective_seeds, gt_mode
-from tdabench.harness.read.gt_formats import read_foreign
+from tdabench.harness.read.gt_formats import foreign_settings, read_foreign
 from tdabench.harness.read.gt_manifest import bundle_content
 from tdabench.harness.read.gt_sources import (
     ARTIFACT_PREFIX,
@@ -86,16 +86,17 @@ def from_problems(cfg: dict) -> list[str]:
 
 def adopt_settings(cfg: dict) -> dict:
     """``cfg`` with the ground-truth settings of the bundle ``gt.from`` names (its subsets, alpha,
-    seeds and mode), after verifying the bundle; ``cfg`` itself when ``gt.from`` is null or names a
-    field format (whose settings follow from its arrays). Raises ConfigError with the bundle's problem."""
+    seeds and mode) after verifying the bundle, or those a field format's subset file implies;
+    ``cfg`` itself when ``gt.from`` is null. Raises ConfigError with the source's problem."""
     src = gt_from(cfg)
-    if src is None or src.startswith(FOREIGN):
+    if src is None or from_problems(cfg):  # the run's config checks report them
         return cfg
     try:
-        settings = open_source(src, cfg["cache_dir"]).manifest["ground_truth"]
+        settings = (foreign_settings(src, cfg["task"]["n_train"]) if src.startswith(FOREIGN)
+                    else open_source(src, cfg["cache_dir"]).manifest["ground_truth"])
     except BundleError as exc:
         raise ConfigError([f"gt.from: {exc}"]) from None
-    changed = {k: settings.get(k) for k in GT_SETTINGS if cfg["gt"].get(k) != settings.get(k)}
+    changed = {k: settings[k] for k in GT_SETTINGS if k in settings and cfg["gt"].get(k) != settings[k]}
     if not changed:
         return cfg
     log.info("gt.from: the bundle's ground truth has " + ", ".join(f"gt.{k}={v}" for k, v in changed.items()))

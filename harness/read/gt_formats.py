@@ -167,3 +167,23 @@ def read_foreign(src: str, task) -> ForeignGroundTruth:
     kind, _, path = src.partition(":")
     folder = Path(path).expanduser()
     return (read_dattri if kind == "dattri" else read_trak)(folder, task)
+
+
+def foreign_settings(src: str, n_train: int) -> dict:
+    """The ground-truth settings a ``dattri:`` or ``trak:`` source implies (subsets, alpha, one
+    averaged retraining per subset), read from its subset file alone, for the run's config and
+    record; {} where that file is not as expected (reading the source says why)."""
+    kind, _, path = src.partition(":")
+    folder = Path(path).expanduser()
+    if kind == "dattri":
+        subsets, _ = _load_pt(folder / "lds" / "indices_lds.pt")
+        shape = tuple(subsets.shape) if isinstance(subsets, torch.Tensor) else ()
+        size = shape[1] if len(shape) == 2 else 0
+    else:
+        mask, _ = _load_npy(folder / "mask.npy")
+        shape = mask.shape
+        size = float(mask.sum(1).mean()) if mask.ndim == 2 and len(mask) else 0
+    if len(shape) != 2 or shape[0] < 2 or not 0 < size < n_train:
+        return {}
+    return {"subsets": int(shape[0]), "alpha": round(size / n_train, 6), "seeds": 1, "same_seed": False,
+            "from_checkpoint": False}

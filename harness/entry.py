@@ -32,3 +32,7 @@ def insight() -> None:
 
 def adequacy() -> None:
     _guarded("tdabench-adequacy", "tdabench.harness.views.adequacy")
+
+
+def ground_truths() -> None:
+    _guarded("tdabench-gt", "tdabench.harness.share.cli")

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: top-level folders installed as tdabench.<name>; metrics/ takes part once it exists
 PLUGINS = ("methods", "tasks", "metrics")
 FOLDERS = ("harness", *PLUGINS)
-ROOMS = ("core", "engine", "read", "views")
+ROOMS = ("core", "engine", "read", "views", "share")
 #: which rooms (and folders) each room of harness/ may import
 ALLOWED = {"core": {"core"}, "read": {"core", "read"}, "engine": {"core", "read", "engine"},
-           "views": set(ROOMS)}
+           "views": set(ROOMS), "share": {"core", "read", "engine", "share"}}
 MAX_LINES = 450
 
 

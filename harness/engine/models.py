@@ -133,9 +133,12 @@ class ModelCache:
                 return {"state": res.model.state_dict(), "losses": res.losses,
                         "trajectory": [asdict(s) for s in res.trajectory]}
 
-            self._reference = load_or_compute(self._model_path("reference", {"snapshots": snapshots}), compute,
-                                              "reference checkpoint", task.log)
+            self._reference = load_or_compute(self.reference_path(), compute, "reference checkpoint", task.log)
         return self._reference
+
+    def reference_path(self) -> Path:
+        """The cache file of :meth:`reference_run`."""
+        return self._model_path("reference", {"snapshots": self.task.trajectory_checkpoints})
 
     def member_states(self, k: int, mode: str) -> Iterator[dict]:
         """State dicts of ensemble members 1 .. k-1 (member 0 is the reference run), each trained

@@ -52,6 +52,13 @@ from tdabench.harness.engine.config import (
     validate_settings,
 )
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.engine.gt_from import (
+    adopt_settings,
+    from_problems,
+    ground_truth_source,
+    run_artifacts,
+    without_null_gt_from,
+)
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
 from tdabench.harness.engine.metric import (
@@ -97,14 +104,15 @@ def config_hash(cfg: dict) -> str:
     unused |= {"loo"} if "loo" not in metrics else set()
     unused |= {"mislabel"} if "mislabel_auc" not in metrics else set()
     unused |= {"tune"} if not (cfg.get("tune") or {}).get("trials") else set()
-    return content_hash({k: v for k, v in cfg.items() if k not in NON_DETERMINING and k not in unused})
+    kept = without_null_gt_from(cfg)
+    return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
 
 
 def study_key(cfg: dict) -> str:
     """The hash of the settings that define a tuned pairing's Optuna study: those of
     :func:`config_hash` with every ``tune`` setting but the trial count, the storage and the cap
     of the final choice (``select_cpu_s``: every cap chooses from the same study)."""
-    kept = {k: v for k, v in cfg.items() if k not in NON_DETERMINING and k != "tune"}
+    kept = {k: v for k, v in without_null_gt_from(cfg).items() if k not in NON_DETERMINING and k != "tune"}
     tune_cfg = {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
     return content_hash({**kept, "tune": tune_cfg})
 
@@ -114,7 +122,7 @@ def config_problems(cfg: dict, device_here: bool = True) -> tuple[type | None, t
     parameters, found without building anything or creating a file (the command line runs it
     before Hydra creates a folder, :func:`prepare` again before a run; ``device_here`` False when
     a launcher submits the run to another machine, where :func:`prepare` checks the device)."""
-    problems = validate_settings(cfg, device_here) + metric_problems(cfg)
+    problems = validate_settings(cfg, device_here) + metric_problems(cfg) + from_problems(cfg)
     set_data_root(cfg.get("data_root"))
     task_cls, method_cls, more = resolve_names(cfg)
     problems += more
@@ -202,6 +210,8 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
                 gt = builder.build()
                 prof.exclude(builder.wait_s - waited)
             record["gt_cached"] = not builder.produced
+            if getattr(builder, "source", None):
+                record["gt_source"] = builder.source
             record["gt_wait_s"] = round(builder.wait_s, 4)
             share = record["gt_degenerate_share"] = gt.degenerate_share
             if share is not None and share > MAX_DEGENERATE_SHARE:
@@ -307,11 +317,11 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     ``cfg['method']`` (a config from :func:`harness.cli.compose` has it applied already, after
     refusing conflicts with explicit values); past the ladder's end ``LevelBeyondLadder`` is raised.
     """
-    cfg = apply_level(cfg)
+    cfg = adopt_settings(apply_level(cfg))
     task, method = prepare(cfg)
     set_threads(cfg.get("threads"))
     with user_interrupts():
-        builder = GroundTruthBuilder(task, cfg["gt"], cfg["cache_dir"])
+        builder = ground_truth_source(task, cfg)
         if cfg["gt"]["shard"] is not None:
             if not task.measures_lds:
                 raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "
@@ -396,7 +406,8 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     record.update(provenance(cfg["device"]))
     if write_result(record, scores, results_dir, cfg["cache_dir"]):
         try:
-            record["wandb_dir"] = log_run(RunRecord.from_dict(record), cfg["wandb"], results_dir, group)
+            record["wandb_dir"] = log_run(RunRecord.from_dict(record), cfg["wandb"], results_dir, group,
+                                          run_artifacts(record, cfg, results_dir, task, builder))
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
     replay = record.get("count_replay_s")

@@ -89,6 +89,7 @@ class WandbSettings:
     mode: str = setting("offline", f": use one of {', '.join(WANDB_MODES)}", choices=WANDB_MODES)
     project: str = setting("tdabench", "must be a wandb project name")
     entity: str | None = setting(None, "must be null or a wandb entity name")
+    artifacts: bool = setting(False, "must be true or false (true: log the ground truth and the scores as artifacts)")
 
 
 @dataclass

@@ -69,6 +69,8 @@ class RunRecord:
     gt_seeds: int | None = UNSET         # retrainings per subset (1 in the same-seed mode)
     gt_mode: str = UNSET                 # fresh_seeds or same_seed
     gt_cached: bool = UNSET
+    gt_source: dict[str, Any] | None = UNSET  # with gt.from: the bundle or file the ground truth was read
+                                         # from (format, path, manifest_sha256 or the files' sha256, gt_key)
     count_replay_s: float = UNSET        # wall seconds of the untimed counting replay (cost.count=separate)
     gt_wait_s: float = UNSET             # seconds spent waiting for another run's ground truth
     gt_degenerate_share: float | None = UNSET  # share of retrained models no better than chance

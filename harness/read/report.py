@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -50,6 +51,8 @@ from tdabench.harness.read.leaderboard import (  # noqa: E402
 from tdabench.harness.read.record import RunRecord  # noqa: E402
 from tdabench.harness.read.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
 from tdabench.harness.read.size_plot import plot_n_train  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def _save(fig, path: Path) -> Path:
@@ -393,13 +396,16 @@ def log_to_wandb(results_dirs, mode: str = "offline", out: str | Path | None = N
         wandb_cfgs = [(r.config or {}).get("wandb") or {} for r in recs]
         groups = sorted({r.group for r in recs if r.group})
         slug = gt_slug(gt, info)
+        logged = [r for r in recs if ((r.config or {}).get("wandb") or {}).get("artifacts")]
+        artifacts = {"ground_truth": f"gt-{info.get('gt_key')}" if logged else None,
+                     "scores": [f"scores-{r.run_id}" for r in logged]}
         run = wandb.init(project=_most_common([w.get("project") for w in wandb_cfgs]) or "tdabench",
                          entity=_most_common([w.get("entity") for w in wandb_cfgs]), mode=mode,
                          group=_most_common([r.group for r in recs]) or "leaderboard",
                          name=f"leaderboard {gt}", job_type="leaderboard", dir=str(out), resume="allow",
                          id=summary_run_id(out, gt, groups), reinit="finish_previous",
                          config={"ground_truth": gt, "gt_key": info.get("gt_key"), "task": info.get("task"),
-                                 "groups": groups, "results_dirs": [str(d) for d in dirs]})
+                                 "groups": groups, "results_dirs": [str(d) for d in dirs], "artifacts": artifacts})
         try:
             table = wandb.Table(dataframe=leaderboard_table(sub))
             payload = {"leaderboard": table,
@@ -410,6 +416,11 @@ def log_to_wandb(results_dirs, mode: str = "offline", out: str | Path | None = N
                 if slug in p.stem:
                     payload[f"plots/{p.stem}"] = wandb.Image(str(p))
             run.log(payload)
+            for name in filter(None, [artifacts["ground_truth"], *artifacts["scores"]]) if mode == "online" else []:
+                try:  # the lineage link; an artifact not uploaded yet (wandb sync) stays named in the config
+                    run.use_artifact(f"{name}:latest")
+                except Exception as exc:  # noqa: BLE001
+                    log.warning(f"wandb: artifact {name} is not available ({type(exc).__name__}); named in the config")
             for k in ("lds_ceiling", "gt_reliability", "gt_subsets", "gt_seeds"):
                 run.summary[k] = info.get(k)
             run_dirs.append(run.dir)

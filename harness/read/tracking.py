@@ -108,8 +108,10 @@ def run_name(record: RunRecord, setting: str) -> str:
     return f"{record.task}/{record.method}" + (f" [{setting}]" if setting else "")
 
 
-def log_run(record: RunRecord, wandb_cfg: dict, results_dir: str | Path, group: str) -> str | None:
-    """Log ``record`` as one wandb run; returns the run's local directory (None when disabled)."""
+def log_run(record: RunRecord, wandb_cfg: dict, results_dir: str | Path, group: str,
+            artifacts: list[dict] = ()) -> str | None:
+    """Log ``record`` as one wandb run, with ``artifacts`` (dicts of ``name``, ``type``, ``path`` of a
+    folder or file, ``metadata``); returns the run's local directory (None when disabled)."""
     if wandb_cfg.get("mode", "offline") == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -126,9 +128,44 @@ def log_run(record: RunRecord, wandb_cfg: dict, results_dir: str | Path, group: 
     try:
         for k, v in summary_of(record).items():
             run.summary[k] = v
+        for spec in artifacts:
+            log_artifact(run, spec)
         return run.dir
     finally:
         run.finish()
+
+
+def log_artifact(run, spec: dict) -> None:
+    """Log one artifact of ``run``; its files are staged inside the run's own folder (offline, they
+    stay there until ``wandb sync`` uploads them)."""
+    import wandb
+
+    before = os.environ.get("WANDB_DATA_DIR")
+    os.environ["WANDB_DATA_DIR"] = str(Path(run.dir).parent / "artifacts")
+    try:
+        art = wandb.Artifact(spec["name"], type=spec["type"], metadata=spec["metadata"])
+        path = Path(spec["path"])
+        art.add_dir(str(path)) if path.is_dir() else art.add_file(str(path))
+        run.log_artifact(art)
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_DATA_DIR", None)
+        else:
+            os.environ["WANDB_DATA_DIR"] = before
+
+
+def offline_artifacts(run_dir: str | Path) -> list[dict]:
+    """The artifacts an offline run folder logged: name, type, metadata and manifest entries
+    (path, digest, staged file), read back from its ``.wandb`` file."""
+    run_file = next(Path(run_dir).glob("run-*.wandb"))
+    out = []
+    for rec in _offline_records(run_file):
+        if rec.WhichOneof("record_type") == "artifact":
+            a = rec.artifact
+            out.append({"name": a.name, "type": a.type, "metadata": json.loads(a.metadata or "{}"),
+                        "files": {c.path: {"digest": c.digest, "local_path": c.local_path}
+                                  for c in a.manifest.contents}})
+    return out
 
 
 def _offline_records(path: Path):

@@ -34,7 +34,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tdabench.harness.core.logs import setup as setup_logging  # noqa: E402
 from tdabench.harness.core.registry import TASKS  # noqa: E402
 from tdabench.harness.core.storage import CorruptFileError, atomic_write_bytes, load_verified  # noqa: E402
+from tdabench.harness.engine.config import ConfigError  # noqa: E402
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
+from tdabench.harness.engine.gt_from import ground_truth_source  # noqa: E402
 from tdabench.harness.read.lds import lds  # noqa: E402
 from tdabench.harness.read.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
 from tdabench.harness.read.record import RunRecord, scores_path  # noqa: E402
@@ -96,6 +98,11 @@ def verdict(task: str, gt, scores: dict) -> list[str]:
 def _ground_truth(task_name: str, cfg: dict, compute: bool):
     """The cached ground truth of a recorded run's config; retrained only with ``compute``."""
     t = TASKS.get(task_name)(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], log=lambda m: None)
+    if (cfg["gt"].get("from")) is not None:  # read from a bundle or a field format, as the run did
+        try:
+            return ground_truth_source(t, cfg).build()
+        except ConfigError as exc:
+            raise AdequacyError("; ".join(exc.problems)) from exc
     builder = GroundTruthBuilder(t, cfg["gt"], cfg["cache_dir"], log=print)
     if compute:
         return builder.build()

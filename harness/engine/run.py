@@ -70,7 +70,7 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.engine.space import accepted_setting
+from tdabench.harness.engine.space import accepted_setting, space_problems
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
@@ -125,7 +125,10 @@ def config_problems(cfg: dict) -> tuple[type | None, type | None, list[str]]:
             problems.append(f"tune.trials={cfg['tune']['trials']}: task {task_cls.name} measures cost only "
                             "and has no ground truth to tune on; use tune.trials=0")
     if method_cls is not None:
-        problems += validate_method_params(method_cls, cfg)
+        more = validate_method_params(method_cls, cfg)
+        if not more and (cfg.get("tune") or {}).get("trials"):  # the study starts from these settings
+            more = space_problems(method_cls, (cfg.get("task") or {}).get("n_train") or 1000, method_params(cfg))
+        problems += more
     return task_cls, method_cls, problems
 
 
@@ -365,7 +368,10 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     })
     scores = None
     try:
-        if (cfg.get("tune") or {}).get("trials"):  # trials on validation; the record is the test run
+        if (cfg.get("tune") or {}).get("trials") and not type(method).search_space:
+            log.info(f"{method.name} has no search space: tune.trials={cfg['tune']['trials']} is ignored and "
+                     "the run is untuned (no validation ground truth)")
+        elif (cfg.get("tune") or {}).get("trials"):  # trials on validation; the record is the test run
             tuned = tune(task, type(method), cfg, study_key(cfg))
             cfg = {**cfg, "method": {**cfg["method"], **tuned.params}}
             method = type(method)(**method_params(cfg))

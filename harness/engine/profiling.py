@@ -58,6 +58,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
+from tdabench.harness.core.storage import COMPUTE_METERS
+
 MIB = 1024 * 1024
 
 
@@ -236,6 +238,42 @@ class CostMode(TorchDispatchMode):
         return out
 
 
+#: the dispatch modes counting now, innermost last
+_COUNTING: list[CostMode] = []
+
+
+@contextmanager
+def _counting(mode: CostMode):
+    _COUNTING.append(mode)
+    try:
+        with mode:
+            yield
+    finally:
+        _COUNTING.remove(mode)
+
+
+@contextmanager
+def cached_work_meter():
+    """Measures, while a phase is counted, the FLOPs and tensor-level peak (MiB) of one
+    computation of cached work (:data:`~tdabench.harness.core.storage.COMPUTE_METERS`): a dict,
+    filled on exit, empty when nothing is counted."""
+    out: dict = {}
+    mode = _COUNTING[-1] if _COUNTING else None
+    if mode is None:
+        yield out
+        return
+    flops0, live0, peak0 = mode.flops, mode.live, mode.peak
+    mode.peak = mode.live
+    try:
+        yield out
+    finally:
+        out["flops"] = mode.flops - flops0
+        out["peak_mem_mb"] = round(max(mode.peak - live0, 0) / MIB, 2)
+        mode.peak = max(peak0, mode.peak)
+
+
+COMPUTE_METERS.append(cached_work_meter)
+
 _WARMED: set[str] = set()
 
 
@@ -360,7 +398,7 @@ class Profiler:
                 if mode is None:
                     yield self
                 else:
-                    with mode:
+                    with _counting(mode):
                         yield self
         finally:
             if cuda:
@@ -390,7 +428,7 @@ class Profiler:
         its times, resident set and load are left as the timed phase measured them."""
         release_free_memory()
         mode = CostMode()
-        with mode:
+        with _counting(mode):
             yield self
         self.flops[name] = mode.flops
         if not self.on_gpu:

@@ -41,6 +41,7 @@ from tdabench.harness.core.storage import (
     record_cache_misses,
     record_cache_reads,
 )
+from tdabench.harness.engine.cold_cost import cold_cost, uncounted
 from tdabench.harness.engine.config import (
     ConfigError,
     UnsupportedPairingError,
@@ -221,18 +222,22 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     rng = torch.get_rng_state()
     with time_limit(cfg["limits"]["max_seconds"]):  # fit, score and their counting replay
         with record_cache_misses() as computed, record_cache_reads() as reads:
-            with prof.phase("fit", count=count == "inline"):
+            with prof.phase("fit", count=count == "inline"), record_cache_reads() as fit_reads:
                 method.fit(task, model)
             with prof.phase("score", count=count == "inline"):
                 scores = method.score(task, model)
                 if isinstance(scores, torch.Tensor) and scores.device.type != "cpu":
                     scores = scores.cpu()  # LDS, storage and the checks work on the host
                 check_scores(scores, task)
-        earlier = sorted({what for path, what in reads if path not in computed})
-        if earlier:  # work an earlier run paid for: this run's fit and score seconds leave it out
-            record["cached_work"] = earlier
+        reads = {(path, what) for path, what in reads if path not in computed}
+        recount = uncounted(reads) if separate else set()
+        if reads:  # work an earlier run paid for: this run's fit and score seconds leave it out
+            record["cached_work"] = sorted({what for _, what in reads})
         if separate:
-            record["count_replay_s"] = _count_replay(before, task, model, rng, computed, prof)
+            record["count_replay_s"] = _count_replay(before, task, model, rng, computed | recount, prof)
+        if reads:  # what the setting costs from scratch: its own cost and that of the work it read
+            record["cold_cost"] = cold_cost(prof.fields(), {"fit": reads & fit_reads, "score": reads - fit_reads},
+                                            recount)
     if task.measures_lds:
         run = MetricRun(task, method, model, scores, cfg, gt, builder.mode if gt is not None else None,
                         lambda: type(method)(**method_params(cfg)))

@@ -39,6 +39,7 @@ from tdabench.harness.read.record_view import (
     ground_truth_prefix,
     method_defaults,
     method_params,
+    row_cost,
     run_cost,
     setting,
 )
@@ -51,12 +52,12 @@ from tdabench.harness.read.trend import trends
 
 COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
            "lds_ci_low", "lds_ci_high", "normalized_lds", "tied_with_best", "lds_sd_over_seeds",
-           "method_seeds", "fit_s", "score_s", "total_s", "flops", "peak_mem_mb", "trainings",
+           "method_seeds", "fit_s", "score_s", "total_s", "warm_s", "flops", "peak_mem_mb", "trainings",
            "overloaded", "n_train", "n_query", "test_acc", "runs"]
 #: columns left out of leaderboard.md: the ground truth and task head each table, the interval's
 #: ends are in lds_ci; optional columns no row fills are dropped too
 NOT_IN_MARKDOWN = ["ground_truth", "task", "lds_ci_low", "lds_ci_high"]
-OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "flops", "overloaded"]
+OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "warm_s", "flops", "overloaded"]
 SWEEP = "_sweep"  # key of a record's ``extra`` read from one of several folders: the folder's name
 
 
@@ -173,7 +174,7 @@ def _row(key: tuple, rec: RunRecord, recs: list[RunRecord]) -> dict:
         "normalized_lds": rec.normalized_lds, "tied_with_best": "",
         "lds_sd_over_seeds": float(np.std(list(by_seed.values()), ddof=1)) if len(by_seed) > 1 else None,
         "method_seeds": len(by_seed) or None,
-        **run_cost(rec),
+        **row_cost(rec, recs),
         "trainings": rec.trainings, "overloaded": True if rec.overloaded else None,
         "n_train": rec.n_train, "n_query": rec.n_query,
         "test_acc": (rec.model_quality or {}).get("test_acc"), "runs": len(recs),
@@ -207,8 +208,8 @@ def build(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             pairs.append({"ground_truth": gt, "method_a": p.a, "method_b": p.b, "mean_diff": p.mean_diff,
                           "ci_low": p.ci[0], "ci_high": p.ci[1], "p_value": p.p_value, "p_holm": p.p_holm,
                           "queries": p.n, "significant": p.p_holm < 0.05})
-    for key, (rec, _) in chosen.items():
-        if key[0] in gts and fit_from_cache(rec):
+    for key, (rec, recs) in chosen.items():
+        if key[0] in gts and row_cost(rec, recs)["from_cache"]:
             gts[key[0]].setdefault("cached_fits", []).append(row_label(key))
     df = pd.DataFrame(list(rows.values()), columns=COLUMNS)
     if not df.empty:
@@ -232,13 +233,13 @@ def cost_by_size(records: list[RunRecord]) -> pd.DataFrame:
             continue
         rows.append({"task": r.task, "method": r.method,
                      "size": r.task_config.get("size"),
-                     "parameters": r.num_params, "status": r.status, **run_cost(r),
+                     "parameters": r.num_params, "status": r.status,
+                     **{k: v for k, v in run_cost(r).items() if k != "from_cache"},
                      "fit_from_cache": fit_from_cache(r)})
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["task", "method", "parameters"], na_position="last").reset_index(drop=True)
-        if df["flops"].isna().all():
-            df = df.drop(columns="flops")
+        df = df.drop(columns=[c for c in ("flops", "warm_s") if df[c].isna().all()])
     return df
 
 
@@ -293,8 +294,12 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
         cached = sorted(info.get("cached_fits", []))
         if cached:
             parts += [f"fit_s and score_s of {', '.join(cached)}: work read from the cache of an "
-                      "earlier run (curvature factors or ensemble members; a file read, not the cost "
-                      "of computing them)", ""]
+                      "earlier run whose cost is unknown (cached before costs were kept; a file read, "
+                      "not the cost of computing it)", ""]
+        if "warm_s" in shown:
+            parts += ["Costs are from scratch: a run that read work cached by an earlier run or trial "
+                      "(curvature factors, ensemble members) counts it at what computing it cost; "
+                      "warm_s is that run's own fit + score seconds, the cache read", ""]
         if not pairs.empty and (pairs["ground_truth"] == gt).any():
             p = pairs[pairs["ground_truth"] == gt].drop(columns="ground_truth")
             parts += [f"Pairwise comparisons ({gt}): mean per-query LDS difference a - b, paired "

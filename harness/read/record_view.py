@@ -206,18 +206,55 @@ def _phase_sum(d: dict | None, phases=("fit", "score")):
 
 
 def run_cost(rec: RunRecord) -> dict:
-    """A record's fit and score seconds, their sum, their CPU seconds (``cpu_s``), the larger of
-    their peak memories (MiB) and, when recorded, their FLOPs (fit + score); None where the record
-    has no such measurement."""
-    t, m = rec.time_s or {}, rec.peak_mem_mb or {}
+    """What a record's setting costs from scratch: fit and score seconds, their sum, their CPU
+    seconds (``cpu_s``), the larger of their peak memories (MiB) and, when recorded, their FLOPs
+    (fit + score); None where the record has no such measurement. A run that read work an earlier
+    run cached (``cached_work``) counts that work at what computing it cost (``cold_cost``,
+    :mod:`harness.engine.cold_cost`), where that is known; ``warm_s`` is then its own fit + score
+    seconds, the cache read."""
+    cold = rec.cold_cost or {}
+
+    def measure(name: str) -> dict:
+        own, scratch = getattr(rec, name) or {}, cold.get(name) or {}
+        return {p: scratch[p] if scratch.get(p) is not None else own.get(p) for p in ("fit", "score")
+                if p in own or p in scratch}
+
+    t, m = measure("time_s"), measure("peak_mem_mb")
+    own = rec.time_s or {}
     return {"fit_s": t.get("fit"), "score_s": t.get("score"),
             "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
-            "cpu_s": _phase_sum(rec.cpu_time_s),
+            "cpu_s": _phase_sum(measure("cpu_time_s")),
             "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
-            "flops": _phase_sum(rec.flops)}
+            "flops": _phase_sum(measure("flops")),
+            "warm_s": round(sum(own.get(p) or 0 for p in ("fit", "score")), 3) if read_cached(rec) else None,
+            "from_cache": fit_from_cache(rec)}
+
+
+def read_cached(rec: RunRecord) -> bool:
+    """Whether the run's fit or score read work cached by an earlier run (curvature factors,
+    ensemble members) instead of computing it."""
+    return bool((rec.diagnostics or {}).get("factors_from_cache") or rec.cached_work)
 
 
 def fit_from_cache(rec: RunRecord) -> bool:
-    """Whether the run's fit or score read work cached by an earlier run (curvature factors,
-    ensemble members): its time is then partly a file read, not the cost of that work."""
-    return bool((rec.diagnostics or {}).get("factors_from_cache") or rec.cached_work)
+    """Whether the record's cost is partly a file read: it read cached work whose cost is not known
+    (cached before costs were kept; a cost that is known is counted, see :func:`run_cost`)."""
+    if not read_cached(rec):
+        return False
+    scratch = (rec.cold_cost or {}).get("time_s") or {}
+    return not scratch or any(v is None for v in scratch.values())
+
+
+def row_cost(rec: RunRecord, recs: list[RunRecord]) -> dict:
+    """The cost a leaderboard row shows: that of its shown record ``rec`` (:func:`run_cost`),
+    unless it is partly a file read (:func:`fit_from_cache`) and an ok record of the same row
+    (``recs``, oldest first) has a from-scratch cost: then the newest such record's, with ``rec``'s
+    own seconds as ``warm_s``. A rerun that read cached work never hides the cost of the run
+    that computed it."""
+    cost = run_cost(rec)
+    if not fit_from_cache(rec):
+        return cost
+    cold = [r for r in recs if r.is_ok and r.time_s and not fit_from_cache(r)]
+    if not cold:
+        return cost
+    return {**run_cost(cold[-1]), "warm_s": cost["warm_s"]}

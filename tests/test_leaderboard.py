@@ -231,3 +231,13 @@ def test_shard_jobs_do_not_multiply_by_the_method_list():
     assert shard_overrides(argv) == [*argv, "method=grad_dot"]
     assert shard_overrides([*argv, "method=ekfac"]) == [*argv, "method=ekfac"]
     assert shard_overrides(["-m", "method=bif,ekfac"]) == ["-m", "method=bif,ekfac"]
+
+
+def test_a_tuned_row_names_the_values_it_chose():
+    tuned = {"trials": 4, "search_space": {"damping": "[0.001, 10] log"}, "best_params": {"damping": 0.0312}}
+    chosen = rec("ekfac", 0.7, params={"damping": 0.0312}, tuned=tuned)
+    at_default = rec("ekfac", 0.66, params={"damping": 0.1}, tuned={**tuned, "best_params": {"damping": 0.1}})
+    assert record_setting(chosen) == "tuned (4 trials) damping=0.0312"
+    assert record_setting(at_default) == "tuned (4 trials)"  # the default was best: nothing differs
+    df, _, _ = build([chosen, rec("ekfac", 0.66)])
+    assert set(df["setting"]) == {"tuned (4 trials) damping=0.0312", ""}

@@ -122,7 +122,8 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
     assert "chosen at <= 1e+09 CPU s" in record_setting(RunRecord(tuned=chosen.info))
     rung = RunRecord(method="ekfac", tuned=chosen.info,
                      config={"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}})
-    assert record_setting(rung).endswith(") max_examples=100")  # a rung stays in the label
+    # the chosen value and a rung are in the label
+    assert record_setting(rung).endswith(") damping=3 max_examples=100")
 
 
 def test_tuned_run_record_and_journal_storage(tmp_path):
@@ -134,7 +135,9 @@ def test_tuned_run_record_and_journal_storage(tmp_path):
     assert t["storage"] == str(journal) and journal.exists() and t["val_gt_key"] != rec["gt_key"]
     assert rec["config"]["method"]["damping"] == t["best_params"]["damping"]
     typed = RunRecord.from_dict(rec)
-    assert record_setting(typed).startswith("tuned (2 trials")
+    chosen = t["best_params"]["damping"]
+    assert record_setting(typed) == ("tuned (2 trials, <= 1000 CPU s per trial)"
+                                     + (f" damping={chosen:g}" if chosen != 0.1 else ""))
     assert summary_of(typed)["val_lds"] == t["val_lds"] and summary_of(typed)["tune_trials"] == 2
     untuned = execute(_cfg(tmp_path, "method=ekfac"))
     assert untuned["gt_key"] == rec["gt_key"] and untuned["query_ids"] == rec["query_ids"]

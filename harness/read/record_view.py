@@ -6,9 +6,9 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   digits of the ground truth's content hash (``gt_key``), e.g.
   ``digits_mlp n=1000 100x3 alpha=0.5 loss #ee711b``. Records with different labels were scored
   against different retraining outcomes and are never ranked in one table.
-* ``setting``: ``tuned (N trials)`` for a tuned record; else the method parameters whose values
-  differ from the method's defaults, e.g.
-  ``chains=2 draws=50``; empty for a run at the defaults. The defaults are those of the method
+* ``setting``: the method parameters whose values differ from the method's defaults, e.g.
+  ``chains=2 draws=50``; empty for a run at the defaults; a tuned record's starts with
+  ``tuned (N trials)`` and names the chosen values that differ, e.g. ``tuned (4 trials) damping=0.0312``. The defaults are those of the method
   class's signature, updated by the task's per-method defaults as the task sets them now (its
   ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
   the record's config), including those a reference implementation shares with its native method
@@ -183,14 +183,13 @@ def setting(rec: RunRecord, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
     from ``defaults`` updated by the task's ``method_defaults`` for this method
     (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
-    :func:`tuned_label` followed by the parameters outside its search space that differ (a rung
-    of the cost ladder, e.g. ``tuned (16 trials) chains=2 draws=50``); the tuned parameters are
-    the study's best, in ``tuned.best_params``."""
+    :func:`tuned_label` followed by the parameters that differ, the chosen ones (the study's best,
+    ``tuned.best_params``) and those outside its search space (a rung of the cost ladder), e.g.
+    ``tuned (16 trials) chains=2 draws=50 gamma=1234.5``."""
     base = {**defaults, **task_method_defaults(rec)}
     tuned = rec.tuned or {}
-    searched = set(tuned.get("search_space") or {})
     differ = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
-                      if k not in searched and (k not in base or not _same(v, base[k])))
+                      if k not in base or not _same(v, base[k]))
     return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
 
 

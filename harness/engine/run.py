@@ -285,7 +285,13 @@ def _summary(record: RunRecord) -> str:
     if record.lds is None:
         t, m = record.time_s, record.peak_mem_mb
         return f"cost only: fit {t['fit']:.1f} s, score {t['score']:.1f} s, peak {max(m.values()):.0f} MiB"
-    return f"LDS {record.lds:.4f} [{record.lds_ci[0]:.3f}, {record.lds_ci[1]:.3f}]"
+    parts = [f"LDS {record.lds:.4f} [{record.lds_ci[0]:.3f}, {record.lds_ci[1]:.3f}]"]
+    for name, m in (record.metrics or {}).items():  # every other metric the run computed
+        if name != "lds":
+            ok = m.get("status", "ok") == "ok" and m.get("value") is not None and m.get("ci")
+            parts.append(f"{name} {m['value']:.4f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if ok
+                         else f"{name} {m.get('status')}")
+    return "; ".join(parts)
 
 
 def set_threads(threads: int | None) -> None:

@@ -14,7 +14,8 @@ overloaded machine. Tasks whose runs span several model sizes (the pythia_scalin
 a table of every run's cost by size. Runs with metrics besides the LDS (``metric=[...]``) add one
 table per metric and ground truth and the metrics' rank agreement (:mod:`harness.read.metric_tables`).
 Writes ``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (with ``p_holm``),
-``leaderboard_metrics.csv`` and ``metric_agreement.csv``; where the same ground-truth settings were
+``leaderboard_metrics.csv``, ``metric_agreement.csv`` and ``pairwise_metrics.csv`` (paired tests
+of every metric, Holm within metric and ground truth); where the same ground-truth settings were
 run at several data seeds, also an "across data seeds" section with ``leaderboard_seeds.csv`` and
 ``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); where a pair of rows was run at two or more
 training-set sizes, the slope of their difference against log2(n_train), ``trend.csv``
@@ -31,15 +32,17 @@ import numpy as np
 import pandas as pd
 
 from tdabench.harness.core.storage import atomic_write_bytes
-from tdabench.harness.read.metric_tables import agreement, metric_table, render_metric_tables
+from tdabench.harness.read.metric_tables import agreement, metric_table, pairwise_metrics, render_metric_tables
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import (
+    engineering,
     fit_from_cache,
     ground_truth_label,
     ground_truth_prefix,
     method_defaults,
     method_params,
     row_cost,
+    row_label,
     run_cost,
     setting,
 )
@@ -140,12 +143,6 @@ def chosen_records(records: list[RunRecord]) -> dict[tuple, tuple[RunRecord, lis
         ok = [r for r in recs if r.is_ok]
         out[key] = (ok[-1] if ok else recs[-1], recs)
     return out
-
-
-def row_label(key: tuple) -> str:
-    """A row's name in pairwise tables and plots: method, [setting], @sweep."""
-    _, _, method, setting_, sweep = key
-    return method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
 
 
 def ground_truths(records: list[RunRecord]) -> dict[str, dict]:
@@ -272,6 +269,14 @@ def shown_columns(df: pd.DataFrame, drop: list[str]) -> pd.DataFrame:
     return df.drop(columns=[c for c in [*drop, *empty] if c in df])
 
 
+def _with_flops_text(df: pd.DataFrame) -> str:
+    """``df`` as a markdown table, its FLOPs in engineering notation."""
+    if "flops" not in df:
+        return df.to_markdown(index=False, floatfmt=".4g")
+    return df.assign(flops=df["flops"].map(engineering)).to_markdown(
+        index=False, floatfmt=".4g", disable_numparse=[list(df.columns).index("flops")])
+
+
 def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
                     costs: pd.DataFrame | None = None) -> str:
     parts = ["# Leaderboard", "",
@@ -287,7 +292,10 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
         if "overloaded" in shown:
             shown = shown.assign(overloaded=shown["overloaded"].map(lambda v: "⚠" if v is True else ""))
         shown = shown.astype(object).where(shown.notna(), None)  # blank, not "nan", where unmeasured
-        parts += [shown.to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
+        text = [list(shown.columns).index("flops")] if "flops" in shown else []  # kept as written
+        if text:
+            shown["flops"] = shown["flops"].map(engineering)
+        parts += [shown.to_markdown(index=False, floatfmt=".4g", missingval="", disable_numparse=text), ""]
         if "overloaded" in shown:
             parts += ["⚠ overloaded: measured while the machine was overloaded; its times are not "
                       "comparable with the other rows", ""]
@@ -310,7 +318,7 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
         for task, c in costs.groupby("task", sort=True):
             parts += [f"Cost by model size ({task}): every run, fit and score seconds and peak "
                       "memory above each phase's start (MiB)", "",
-                      c.drop(columns="task").to_markdown(index=False, floatfmt=".4g"), ""]
+                      _with_flops_text(c.drop(columns="task")), ""]
     return "\n".join(parts)
 
 
@@ -328,6 +336,8 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     agree = agreement(metrics)
     atomic_write_bytes(out / "leaderboard_metrics.csv", metrics.to_csv(index=False).encode())
     atomic_write_bytes(out / "metric_agreement.csv", agree.to_csv(index=False).encode())
+    paired = pairwise_metrics(chosen_records(records))
+    atomic_write_bytes(out / "pairwise_metrics.csv", paired.to_csv(index=False).encode())
     markdown = render_markdown(df, pairs, gts, cost_by_size(records))
     section = render_metric_tables(metrics, agree)
     if section:

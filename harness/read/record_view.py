@@ -8,8 +8,9 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   against different retraining outcomes and are never ranked in one table.
 * ``setting``: the method parameters whose values differ from the method's defaults, e.g.
   ``chains=2 draws=50``; empty for a run at the defaults; a tuned record's starts with
-  ``tuned (N trials)`` and names the chosen values that differ, e.g. ``tuned (4 trials) damping=0.0312``. The defaults are those of the method
-  class's signature, updated by the task's per-method defaults as the task sets them now (its
+  ``tuned (N trials)`` and names the chosen values that differ, e.g.
+  ``tuned (4 trials) damping=0.0312``. The defaults are those of the method class's signature,
+  updated by the task's per-method defaults as the task sets them now (its
   ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
   the record's config), including those a reference implementation shares with its native method
   (``Method.shared_task_defaults``). A record made before a task changed a default is therefore
@@ -193,6 +194,27 @@ def setting(rec: RunRecord, defaults: dict) -> str:
     return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
 
 
+def row_label(key: tuple) -> str:
+    """A leaderboard row's name in pairwise tables and plots (``key``: ground truth, task, method,
+    setting, sweep): method, [setting], @sweep."""
+    _, _, method, setting_, sweep = key
+    return method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
+
+
+def engineering(value) -> str:
+    """A count (FLOPs) in engineering notation, three significant digits and an exponent that is a
+    multiple of three: ``2.3e9``, ``776e6``, ``512``; '' for None or NaN."""
+    if value is None or value != value:
+        return ""
+    if value == 0:
+        return "0"
+    exponent = 3 * math.floor(math.log10(abs(value)) / 3)
+    mantissa = float(f"{value / 10 ** exponent:.3g}")
+    if abs(mantissa) >= 1000:  # rounding carried into the next group
+        mantissa, exponent = mantissa / 1000, exponent + 3
+    return f"{mantissa:g}" + (f"e{exponent}" if exponent else "")
+
+
 def record_setting(rec: RunRecord) -> str:
     """The setting of one record on its own (defaults from its method's class signature)."""
     return setting(rec, method_defaults(rec.method, [rec]))
@@ -247,13 +269,15 @@ def fit_from_cache(rec: RunRecord) -> bool:
 def row_cost(rec: RunRecord, recs: list[RunRecord]) -> dict:
     """The cost a leaderboard row shows: that of its shown record ``rec`` (:func:`run_cost`),
     unless it is partly a file read (:func:`fit_from_cache`) and an ok record of the same row
-    (``recs``, oldest first) has a from-scratch cost: then the newest such record's, with ``rec``'s
-    own seconds as ``warm_s``. A rerun that read cached work never hides the cost of the run
-    that computed it."""
+    (``recs``, oldest first) with the same task and method settings has a from-scratch cost: then
+    the newest such record's, with ``rec``'s own seconds as ``warm_s``. A rerun that read cached
+    work never hides the cost of the run that computed it."""
     cost = run_cost(rec)
     if not fit_from_cache(rec):
         return cost
-    cold = [r for r in recs if r.is_ok and r.time_s and not fit_from_cache(r)]
+    same = (rec.task_config, method_params(rec))
+    cold = [r for r in recs if r.is_ok and r.time_s and not fit_from_cache(r)
+            and (r.task_config, method_params(r)) == same]
     if not cold:
         return cost
     return {**run_cost(cold[-1]), "warm_s": cost["warm_s"]}

@@ -238,6 +238,6 @@ def test_a_tuned_row_names_the_values_it_chose():
     chosen = rec("ekfac", 0.7, params={"damping": 0.0312}, tuned=tuned)
     at_default = rec("ekfac", 0.66, params={"damping": 0.1}, tuned={**tuned, "best_params": {"damping": 0.1}})
     assert record_setting(chosen) == "tuned (4 trials) damping=0.0312"
-    assert record_setting(at_default) == "tuned (4 trials)"  # the default was best: nothing differs
+    assert record_setting(at_default) == "tuned (4 trials) damping=0.1"  # the default won: said so
     df, _, _ = build([chosen, rec("ekfac", 0.66)])
     assert set(df["setting"]) == {"tuned (4 trials) damping=0.0312", ""}

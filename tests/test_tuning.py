@@ -136,8 +136,7 @@ def test_tuned_run_record_and_journal_storage(tmp_path):
     assert rec["config"]["method"]["damping"] == t["best_params"]["damping"]
     typed = RunRecord.from_dict(rec)
     chosen = t["best_params"]["damping"]
-    assert record_setting(typed) == ("tuned (2 trials, <= 1000 CPU s per trial)"
-                                     + (f" damping={chosen:g}" if chosen != 0.1 else ""))
+    assert record_setting(typed) == f"tuned (2 trials, <= 1000 CPU s per trial) damping={chosen:g}"
     assert summary_of(typed)["val_lds"] == t["val_lds"] and summary_of(typed)["tune_trials"] == 2
     untuned = execute(_cfg(tmp_path, "method=ekfac"))
     assert untuned["gt_key"] == rec["gt_key"] and untuned["query_ids"] == rec["query_ids"]

@@ -8,7 +8,7 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   against different retraining outcomes and are never ranked in one table.
 * ``setting``: the method parameters whose values differ from the method's defaults, e.g.
   ``chains=2 draws=50``; empty for a run at the defaults; a tuned record's starts with
-  ``tuned (N trials)`` and names the chosen values that differ, e.g.
+  ``tuned (N trials)`` and names the values tuning chose (the default's too, when it won), e.g.
   ``tuned (4 trials) damping=0.0312``. The defaults are those of the method class's signature,
   updated by the task's per-method defaults as the task sets them now (its
   ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
@@ -184,13 +184,14 @@ def setting(rec: RunRecord, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
     from ``defaults`` updated by the task's ``method_defaults`` for this method
     (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
-    :func:`tuned_label` followed by the parameters that differ, the chosen ones (the study's best,
-    ``tuned.best_params``) and those outside its search space (a rung of the cost ladder), e.g.
-    ``tuned (16 trials) chains=2 draws=50 gamma=1234.5``."""
+    :func:`tuned_label` followed by the values it chose (the study's best, ``tuned.best_params``,
+    named even where the default won) and the other parameters that differ (a rung of the cost
+    ladder), e.g. ``tuned (16 trials) chains=2 draws=50 gamma=1234.5``."""
     base = {**defaults, **task_method_defaults(rec)}
     tuned = rec.tuned or {}
+    chosen = set(tuned.get("best_params") or {})
     differ = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
-                      if k not in base or not _same(v, base[k]))
+                      if k in chosen or k not in base or not _same(v, base[k]))
     return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
 
 

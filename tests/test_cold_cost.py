@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -100,3 +101,22 @@ def test_a_rerun_that_read_the_cache_never_replaces_the_cold_cost():
     pts = points([cold, unknown])
     (line,) = next(iter(pts.values())).values()
     assert line[0].s == pytest.approx(1.7) and not line[0].cached_fit
+
+
+def test_the_frontier_and_its_pareto_flag_use_the_cost_from_scratch():
+    from tdabench.harness.read.frontier import table
+
+    def rec(method, lds, cpu, params=None, cold_cpu=None):
+        raw = _rec(f"{method}-{lds}", cpu, ["ekfac factors"] if cold_cpu else None,
+                   {"time_s": {"fit": cold_cpu, "score": 0.2}, "cpu_time_s": {"fit": cold_cpu, "score": 0.2},
+                    "flops": {"fit": 1, "score": 1}, "peak_mem_mb": {"fit": 3.0, "score": 1.0}} if cold_cpu else None,
+                   lds).as_dict()
+        raw["method"] = raw["config"]["method"]["name"] = method
+        raw["config"]["method"].update(params or {})
+        return RunRecord.from_dict(raw)
+
+    records = [rec("trak", 0.7, 1.0), rec("trak", 0.5, 0.5, {"models": 2}),
+               rec("ekfac", 0.6, 0.01, cold_cpu=5.0), rec("ekfac", 0.55, 0.01, {"damping": 1.0}, cold_cpu=5.0)]
+    df = table(records).set_index("method")
+    assert df.loc["ekfac", "cpu_s"] == pytest.approx(5.2) and not df.loc["ekfac", "pareto"]
+    assert pd.isna(df.loc["ekfac", "cached_fits"])  # a known cost is counted, not flagged

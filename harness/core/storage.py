@@ -5,6 +5,12 @@ into place, so a reader never sees half a file. A ``.sha256`` sidecar holds the 
 content; :func:`load_verified` refuses a file whose bytes do not match it. The checksum only
 detects damage (whoever writes a file can write its checksum too): files are read as data only,
 tensors and plain containers (``torch.load(weights_only=True)``), so a planted file runs no code.
+Every file gets the mode a plain ``open`` would give it under the user's umask.
+
+Work cached by :func:`load_or_compute` keeps what computing it cost, in a JSON sidecar
+``<file>.cost.json`` (:func:`read_cost`): wall and CPU seconds, and the FLOPs and tensor-level
+peak memory that :data:`COMPUTE_METERS` measured (the profiler's, while it counts). A run that
+reads the work later counts it at that cost (:mod:`tdabench.harness.engine.cold_cost`).
 """
 
 from __future__ import annotations

@@ -25,10 +25,13 @@ or last of many, in a launcher worker). Three choices make it so:
   operators (the BIF's SGLD chains on an MLP). With ``cost.count: separate`` (the default) the
   method's fit and score are timed without it, then replayed untimed under it (a copy of the
   method as it was before fit, the same random state, caches that the timed pass computed
-  computed again) to count their FLOPs and tensor-level peak; a run takes about twice as long
-  and its recorded times carry no counting overhead. ``cost.count: inline`` counts during the
-  timed phases instead (one pass; times inflated by that overhead). The harness's own phases
-  (prepare, ground_truth, lds) are always counted inline.
+  computed again, once each) to count their FLOPs and tensor-level peak; a run takes about twice
+  as long and its recorded times carry no counting overhead. ``cost.count: inline`` counts during
+  the timed phases instead (one pass; times inflated by that overhead). The harness's own phases
+  (prepare, ground_truth, lds) are always counted inline. While a phase is counted, each
+  computation of cached work inside it is also measured on its own (:func:`cached_work_meter`),
+  and its FLOPs and peak are kept beside the cached file, so that a run that later reads the file
+  counts it at what it cost.
 
 FLOPs (``flops``) are counted by the same dispatch mode with the shape formulas of
 :mod:`torch.utils.flop_counter` (matrix products, convolutions, attention: 2 FLOPs per

@@ -95,6 +95,9 @@ def test_a_rerun_that_read_the_cache_never_replaces_the_cold_cost():
     assert row_cost(unknown, [cold, unknown])["fit_s"] == 1.5
     assert row_cost(unknown, [cold, unknown])["warm_s"] == pytest.approx(0.3)
     assert row_cost(unknown, [unknown])["from_cache"]
+    # FLOPs of read work nobody counted are unknown, never the read's own
+    uncounted_flops = _rec("u", 0.1, ["ensemble member 1"], {**known.cold_cost, "flops": {"fit": None, "score": 10}})
+    assert run_cost(uncounted_flops)["flops"] is None and run_cost(uncounted_flops)["fit_s"] == 1.6
     df, _, gts = build([cold, unknown])
     assert df.loc[0, "fit_s"] == 1.5 and df.loc[0, "warm_s"] == pytest.approx(0.3) and df.loc[0, "runs"] == 2
     assert not gts[df.loc[0, "ground_truth"]].get("cached_fits")

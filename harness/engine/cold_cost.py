@@ -11,9 +11,11 @@ of unknown cost (cached before costs were kept) has None for that measure; ``col
 names that work. Readers (the leaderboard, the frontier, plots) show this cost, the record's own
 ``time_s`` beside it.
 
-FLOPs of cached work the sidecar does not hold yet are counted by the run's counting replay
-(``cost.count=separate``), which computes that work again (:func:`uncounted`); they are then in the
-run's own FLOPs, and in the sidecar for the next run.
+FLOPs of cached work the sidecar does not hold yet (work a tuning trial computed: trials do not
+count) are counted by the run's counting replay (``cost.count=separate``), which computes that
+work again (:func:`uncounted`); they are then in the run's own FLOPs, and in the sidecar for the
+next run. Under ``limits.max_seconds``, which bounds the replay too, the replay does not take on
+that extra work, and such FLOPs stay unknown (None).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
                     scores = scores.cpu()  # LDS, storage and the checks work on the host
                 check_scores(scores, task)
         reads = {(path, what) for path, what in reads if path not in computed}
-        recount = uncounted(reads) if separate else set()
+        recount = uncounted(reads) if separate and not cfg["limits"].get("max_seconds") else set()
         if reads:  # work an earlier run paid for: this run's fit and score seconds leave it out
             record["cached_work"] = sorted({what for _, what in reads})
         if separate:

@@ -237,9 +237,12 @@ def run_cost(rec: RunRecord) -> dict:
     cold = rec.cold_cost or {}
 
     def measure(name: str) -> dict:
+        """Per phase: from scratch where known; else the run's own value, flagged by
+        :func:`fit_from_cache` for seconds, unknown (None) for FLOPs, which nothing flags."""
         own, scratch = getattr(rec, name) or {}, cold.get(name) or {}
-        return {p: scratch[p] if scratch.get(p) is not None else own.get(p) for p in ("fit", "score")
-                if p in own or p in scratch}
+        unknown = {p for p in scratch if scratch[p] is None and name == "flops"}
+        return {p: None if p in unknown else scratch[p] if scratch.get(p) is not None else own.get(p)
+                for p in ("fit", "score") if p in own or p in scratch}
 
     t, m = measure("time_s"), measure("peak_mem_mb")
     own = rec.time_s or {}
@@ -247,7 +250,7 @@ def run_cost(rec: RunRecord) -> dict:
             "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
             "cpu_s": _phase_sum(measure("cpu_time_s")),
             "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
-            "flops": _phase_sum(measure("flops")),
+            "flops": None if None in (flops := measure("flops")).values() else _phase_sum(flops),
             "warm_s": round(sum(own.get(p) or 0 for p in ("fit", "score")), 3) if read_cached(rec) else None,
             "from_cache": fit_from_cache(rec)}
 

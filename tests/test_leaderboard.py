@@ -241,3 +241,7 @@ def test_a_tuned_row_names_the_values_it_chose():
     assert record_setting(at_default) == "tuned (4 trials) damping=0.1"  # the default won: said so
     df, _, _ = build([chosen, rec("ekfac", 0.66)])
     assert set(df["setting"]) == {"tuned (4 trials) damping=0.0312", ""}
+    # rows are keyed by the tuning procedure: another data seed's choice lines up with this one
+    other_seed = rec("ekfac", 0.6, gt_key="digits_mlp-bbbbbbbbbbbb", params={"damping": 0.5},
+                     tuned={**tuned, "best_params": {"damping": 0.5}})
+    assert [k[3] for k in row_keys([chosen, other_seed])] == ["tuned (4 trials)"] * 2

@@ -45,6 +45,7 @@ from tdabench.harness.read.record_view import (
     row_label,
     run_cost,
     setting,
+    shown_setting,
 )
 from tdabench.harness.read.results import read_records
 from tdabench.harness.read.seeds import across_seeds
@@ -164,7 +165,7 @@ def _row(key: tuple, rec: RunRecord, recs: list[RunRecord]) -> dict:
     ok = [r for r in recs if r.is_ok]
     by_seed = {_method_seed(r): r.lds for r in ok if r.lds is not None}
     return {
-        "ground_truth": key[0], "task": rec.task, "method": rec.method, "setting": key[3],
+        "ground_truth": key[0], "task": rec.task, "method": rec.method, "setting": shown_setting(key[3], rec),
         "sweep": key[4], "status": rec.status, "lds": rec.lds,
         "lds_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "",
         "lds_ci_low": ci[0], "lds_ci_high": ci[1],

@@ -8,7 +8,8 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   against different retraining outcomes and are never ranked in one table.
 * ``setting``: the method parameters whose values differ from the method's defaults, e.g.
   ``chains=2 draws=50``; empty for a run at the defaults; a tuned record's starts with
-  ``tuned (N trials)`` and names the values tuning chose (the default's too, when it won), e.g.
+  ``tuned (N trials)``. Rows are keyed by the tuning procedure; the shown setting
+  (``shown_setting``) also names the values tuning chose (the default's too, when it won), e.g.
   ``tuned (4 trials) damping=0.0312``. The defaults are those of the method class's signature,
   updated by the task's per-method defaults as the task sets them now (its
   ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
@@ -184,15 +185,29 @@ def setting(rec: RunRecord, defaults: dict) -> str:
     """``key=value`` pairs (sorted, space-separated) of the record's method parameters that differ
     from ``defaults`` updated by the task's ``method_defaults`` for this method
     (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
-    :func:`tuned_label` followed by the values it chose (the study's best, ``tuned.best_params``,
-    named even where the default won) and the other parameters that differ (a rung of the cost
-    ladder), e.g. ``tuned (16 trials) chains=2 draws=50 gamma=1234.5``."""
+    :func:`tuned_label` followed by the parameters outside its search space that differ (a rung
+    of the cost ladder, e.g. ``tuned (16 trials) chains=2 draws=50``): the tuning procedure, which
+    keys a leaderboard row, so that tuned runs over data seeds or sizes share a row label. The
+    values it chose are added where a row is shown (:func:`shown_setting`)."""
     base = {**defaults, **task_method_defaults(rec)}
     tuned = rec.tuned or {}
-    chosen = set(tuned.get("best_params") or {})
+    searched = set(tuned.get("search_space") or {})
     differ = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
-                      if k in chosen or k not in base or not _same(v, base[k]))
+                      if k not in searched and (k not in base or not _same(v, base[k])))
     return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
+
+
+def shown_setting(key_setting: str, rec: RunRecord) -> str:
+    """The setting a row shows: its key's (:func:`setting`) and, for a tuned record, every value
+    tuning chose (``tuned.best_params``, as the run applied them; the default's too when it won)
+    after the tuned label, e.g. ``tuned (16 trials) eps=0.0003 gamma=1234.5 chains=2 draws=50``."""
+    tuned = rec.tuned or {}
+    label = tuned_label(tuned) if tuned else ""
+    if not label or not key_setting.startswith(label):
+        return key_setting
+    params = method_params(rec)
+    chosen = " ".join(f"{k}={_fmt(params.get(k, v))}" for k, v in sorted((tuned.get("best_params") or {}).items()))
+    return " ".join(filter(None, [label, chosen, key_setting[len(label):].strip()]))
 
 
 def row_label(key: tuple) -> str:
@@ -217,8 +232,9 @@ def engineering(value) -> str:
 
 
 def record_setting(rec: RunRecord) -> str:
-    """The setting of one record on its own (defaults from its method's class signature)."""
-    return setting(rec, method_defaults(rec.method, [rec]))
+    """The setting of one record on its own as a row shows it (:func:`shown_setting`; defaults
+    from its method's class signature)."""
+    return shown_setting(setting(rec, method_defaults(rec.method, [rec])), rec)
 
 
 def _phase_sum(d: dict | None, phases=("fit", "score")):
@@ -247,9 +263,9 @@ def run_cost(rec: RunRecord) -> dict:
     t, m = measure("time_s"), measure("peak_mem_mb")
     own = rec.time_s or {}
     return {"fit_s": t.get("fit"), "score_s": t.get("score"),
-            "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
+            "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if rec.time_s else None,
             "cpu_s": _phase_sum(measure("cpu_time_s")),
-            "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
+            "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if rec.peak_mem_mb else None,
             "flops": None if None in (flops := measure("flops")).values() else _phase_sum(flops),
             "warm_s": round(sum(own.get(p) or 0 for p in ("fit", "score")), 3) if read_cached(rec) else None,
             "from_cache": fit_from_cache(rec)}

@@ -9,7 +9,9 @@ is hard to fit moves its own loss most: the suspicion of i is ``|s_i|`` (self-in
 usually negative, so this is ``-s_i`` wherever the method keeps the sign convention). The value is
 the ROC AUC of suspicion against the flipped mask (0.5: chance, 1: every flipped example ranked
 above every clean one), with a percentile bootstrap 95% interval over training examples. The
-flipped model's test quality is reported beside it.
+flipped model's test quality is reported beside it, and every example's suspicion
+(``suspicion``) with the flipped ones (``flipped_idx``), so that two methods can be compared by a
+paired bootstrap over the same examples (:mod:`tdabench.harness.read.metric_report`).
 """
 
 from __future__ import annotations
@@ -71,4 +73,7 @@ class MislabelAUC(Metric):
         return MetricResult(auc, ci, None, extra={
             "flipped": int(labels.sum()), "fraction": fraction,
             "negative_share": float((s < 0).mean()),
-            "model_quality": {k: quality[k] for k in ("test_acc", "test_loss")}})
+            "model_quality": {k: quality[k] for k in ("test_acc", "test_loss")},
+            # per example, for paired tests between methods on the same flipped labels
+            "suspicion": [float(f"{v:.6g}") for v in suspicion],
+            "flipped_idx": np.flatnonzero(labels).tolist()})

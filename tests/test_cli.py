@@ -84,9 +84,14 @@ def test_ensemble_members_read_from_the_cache_are_recorded(sweep, tmp_path):
     assert first["status"] == second["status"] == "ok"
     assert "cached_work" not in first and second["cached_work"] == ["ensemble member 1"]
     from tdabench.harness.read.record import RunRecord
-    from tdabench.harness.read.record_view import fit_from_cache
+    from tdabench.harness.read.record_view import fit_from_cache, read_cached, run_cost
 
-    assert not fit_from_cache(RunRecord.from_dict(first)) and fit_from_cache(RunRecord.from_dict(second))
+    a, b = RunRecord.from_dict(first), RunRecord.from_dict(second)
+    assert not read_cached(a) and read_cached(b)
+    # the member's training, timed when the first run computed it, is counted in the second's cost
+    assert not fit_from_cache(b) and "cold_cost" not in first
+    assert b.cold_cost["time_s"]["fit"] > b.time_s["fit"] and run_cost(b)["fit_s"] == b.cold_cost["time_s"]["fit"]
+    assert run_cost(b)["warm_s"] == pytest.approx(b.time_s["fit"] + b.time_s["score"], abs=1e-3)
 
 
 def test_second_sweep_reuses_ground_truth_and_reproduces_lds(sweep):

@@ -266,3 +266,17 @@ def test_the_report_names_a_language_models_observable(tmp_path):
                                      rec("grad_dot", 0.4, gt_key="text_neox-aaaaaaaaaaaa", task="text_neox")])
     page = write_report([folder]).read_text()
     assert "mean token loss" in page and "mean over tokens" in page
+
+
+def test_a_tuned_row_names_the_values_it_chose():
+    tuned = {"trials": 4, "search_space": {"damping": "[0.001, 10] log"}, "best_params": {"damping": 0.0312}}
+    chosen = rec("ekfac", 0.7, params={"damping": 0.0312}, tuned=tuned)
+    at_default = rec("ekfac", 0.66, params={"damping": 0.1}, tuned={**tuned, "best_params": {"damping": 0.1}})
+    assert record_setting(chosen) == "tuned (4 trials) damping=0.0312"
+    assert record_setting(at_default) == "tuned (4 trials) damping=0.1"  # the default won: said so
+    df, _, _ = build([chosen, rec("ekfac", 0.66)])
+    assert set(df["setting"]) == {"tuned (4 trials) damping=0.0312", ""}
+    # rows are keyed by the tuning procedure: another data seed's choice lines up with this one
+    other_seed = rec("ekfac", 0.6, gt_key="digits_mlp-bbbbbbbbbbbb", params={"damping": 0.5},
+                     tuned={**tuned, "best_params": {"damping": 0.5}})
+    assert [k[3] for k in row_keys([chosen, other_seed])] == ["tuned (4 trials)"] * 2

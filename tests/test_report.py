@@ -132,3 +132,67 @@ def test_cost_by_size_lists_every_size_and_marks_cached_fits():
     md = render_markdown(*build(records), costs)
     assert "Cost by model size (pythia_scaling)" in md and "| 31m" in md
     assert "fit_s and score_s of ekfac: work read from the cache" in md  # the shown ekfac run
+
+
+def _metric_records():
+    """Two ok records on one ground truth with all three metrics: ekfac ahead of trak on each."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    flipped = [0, 3, 5, 8, 13, 21, 34]
+    labels = np.zeros(60, bool)
+    labels[flipped] = True
+    out = []
+    for method, shift, sharp in (("ekfac", 0.1, 2.0), ("trak", 0.0, 0.5)):
+        loo = (0.5 + shift + 0.05 * rng.standard_normal(30)).round(6).tolist()
+        lds = (0.4 + shift + 0.05 * rng.standard_normal(30)).round(6).tolist()
+        suspicion = (sharp * labels + rng.random(60)).round(6).tolist()
+        out.append(RunRecord.from_dict({
+            "run_id": method, "task": "digits_mlp", "method": method, "status": "ok", "config_hash": method,
+            "lds": float(np.mean(lds)), "lds_ci": [float(np.mean(lds)) - 0.05, float(np.mean(lds)) + 0.05],
+            "lds_per_query": lds, "gt_key": "digits_mlp-abcdef123456", "n_train": 60, "gt_subsets": 20,
+            "gt_seeds": 2, "config": {"task": {"name": "digits_mlp"}, "method": {"name": method, "seed": 0},
+                                      "gt": {"subsets": 20, "seeds": 2, "alpha": 0.5}},
+            "time_s": {"fit": 1.0, "score": 1.0}, "flops": {"fit": 2_300_000_000, "score": 0},
+            "metrics": {"loo": {"status": "ok", "value": float(np.mean(loo)), "ci": [0.4, 0.7], "ceiling": 0.9,
+                                "per_query": loo, "outcomes_key": "digits_mlp-loo-1"},
+                        "mislabel_auc": {"status": "ok", "value": 0.8, "ci": [0.6, 0.95], "ceiling": None,
+                                         "suspicion": suspicion, "flipped_idx": flipped}}}))
+    return out
+
+
+def test_every_metric_has_paired_tests_and_a_report_section(tmp_path):
+    from tdabench.harness.read.leaderboard import chosen_records, write
+    from tdabench.harness.read.metric_tables import pairwise_metrics
+
+    records = _metric_records()
+    pairs = pairwise_metrics(chosen_records(records))
+    assert sorted(pairs["metric"]) == ["lds", "loo", "mislabel_auc"]  # one pair per metric, its own family
+    by = pairs.set_index("metric")
+    assert (by["method_a"] == "ekfac").all() and (by["mean_diff"] > 0).all() and (by["p_holm"] == by["p_value"]).all()
+    assert by.loc["loo", "ci_low"] > 0 and by.loc["loo", "n"] == 30 and "Wilcoxon" in by.loc["loo", "test"]
+    assert by.loc["mislabel_auc", "n"] == 60 and "examples" in by.loc["mislabel_auc", "test"]
+    assert by.loc["mislabel_auc", "ci_low"] < by.loc["mislabel_auc", "mean_diff"] < by.loc["mislabel_auc", "ci_high"]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in records))
+    write(tmp_path)
+    assert (tmp_path / "pairwise_metrics.csv").exists()
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| 2.3e9 " in md and "2.3e+09" not in md  # FLOPs in engineering notation
+    page = write_report(tmp_path).read_text()
+    assert "<h2>Metric: leave-one-out correlation (loo)</h2>" in page
+    assert "<h2>Metric: mislabel detection AUC (mislabel_auc)</h2>" in page
+    assert page.count("<h3>loo: ") == 1 and page.count("<h3>mislabel_auc: ") == 1
+    assert sorted(p.name.split("_digits")[0] for p in (tmp_path / "plots").glob("*.png")
+                  if p.name.startswith(("loo", "mislabel"))) == ["loo", "mislabel_auc"]
+    # the matrices show the interval and hold the p-values in a tooltip
+    lds_pair = pairs[pairs["metric"] == "lds"].iloc[0]
+    assert f"[{lds_pair['ci_low']:+.3f}, {lds_pair['ci_high']:+.3f}]" in page
+    assert "Holm-adjusted p = " in page and page.count("title='ekfac minus trak") == 3
+    assert "2.3e9" in page and "2300000000" not in page
+
+
+def test_the_console_line_shows_every_computed_metric():
+    from tdabench.harness.engine.run import _summary
+
+    line = _summary(_metric_records()[0])
+    assert line.startswith("LDS 0.") and "; loo 0." in line and "; mislabel_auc 0.8000 [0.600, 0.950]" in line

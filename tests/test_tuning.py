@@ -122,7 +122,8 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
     assert "chosen at <= 1e+09 CPU s" in record_setting(RunRecord(tuned=chosen.info))
     rung = RunRecord(method="ekfac", tuned=chosen.info,
                      config={"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}})
-    assert record_setting(rung).endswith(") max_examples=100")  # a rung stays in the label
+    # the chosen value and a rung are in the label
+    assert record_setting(rung).endswith(") damping=3 max_examples=100")
 
 
 def test_tuned_run_record_and_journal_storage(tmp_path):
@@ -134,7 +135,8 @@ def test_tuned_run_record_and_journal_storage(tmp_path):
     assert t["storage"] == str(journal) and journal.exists() and t["val_gt_key"] != rec["gt_key"]
     assert rec["config"]["method"]["damping"] == t["best_params"]["damping"]
     typed = RunRecord.from_dict(rec)
-    assert record_setting(typed).startswith("tuned (2 trials")
+    chosen = t["best_params"]["damping"]
+    assert record_setting(typed) == f"tuned (2 trials, <= 1000 CPU s per trial) damping={chosen:g}"
     assert summary_of(typed)["val_lds"] == t["val_lds"] and summary_of(typed)["tune_trials"] == 2
     untuned = execute(_cfg(tmp_path, "method=ekfac"))
     assert untuned["gt_key"] == rec["gt_key"] and untuned["query_ids"] == rec["query_ids"]
@@ -275,3 +277,49 @@ def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
     assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
     assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
     assert done.info["completed_trials"] == 2
+
+
+def test_a_search_space_is_checked_with_the_settings_before_any_work(tmp_path, monkeypatch):
+    from tdabench.harness.engine.run import config_problems
+
+    class Fake:
+        name = "fake"
+        search_space = {"power": Float(0.0, 1.0), "width": Float(1.0, 4.0), "kind": (1, 2)}
+
+        @staticmethod
+        def parameters():
+            return ["power", "width", "kind"]
+
+        @staticmethod
+        def defaults():
+            return {"power": 1.5, "width": 2, "kind": 1}
+
+        @staticmethod
+        def parameter_problems(params):
+            return [f"method.{k}={v!r} must be int" for k, v in params.items()
+                    if k == "width" and not isinstance(v, int)]
+
+    problems = space_problems(Fake)
+    assert any("'kind'" in p and "not a Float, Int or Categorical" in p for p in problems)
+    assert any("'width'" in p and "wrong type" in p for p in problems)  # floats for an int parameter
+    assert any("power=1.5" in p for p in problems)
+    assert space_problems(Fake, params={"power": 0.5}) == [p for p in problems if "power" not in p]
+    # a registered method's space, checked against the run's own settings when it is tuned
+    ekfac = METHODS.get("ekfac")
+    monkeypatch.setattr(ekfac, "search_space", {"dampng": Float(1e-3, 10.0, log=True)})
+    assert not config_problems(_cfg(tmp_path, "method=ekfac"))[2]
+    (line,) = config_problems(_cfg(tmp_path, "method=ekfac", "tune.trials=2"))[2]
+    assert "names dampng, not among its parameters" in line
+    monkeypatch.setattr(ekfac, "search_space", {"damping": Float(1e-3, 1.0, log=True)})
+    assert not config_problems(_cfg(tmp_path, "method=ekfac", "tune.trials=2"))[2]
+    (line,) = config_problems(_cfg(tmp_path, "method=ekfac", "tune.trials=2", "method.damping=5.0"))[2]
+    assert "does not contain the setting tuning starts from, damping=5.0" in line
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_tuning_a_method_without_a_search_space_builds_no_validation_ground_truth(tmp_path, caplog):
+    rec = execute(_cfg(tmp_path, "method=grad_dot", "tune.trials=3"))
+    assert rec["status"] == "ok" and "tuned" not in rec
+    assert not [p for p in (tmp_path / "cache").rglob("*") if "-val-" in p.name]
+    assert "grad_dot has no search space: tune.trials=3 is ignored" in caplog.text
+    assert record_setting(RunRecord.from_dict(rec)) == ""

@@ -5,6 +5,12 @@ into place, so a reader never sees half a file. A ``.sha256`` sidecar holds the 
 content; :func:`load_verified` refuses a file whose bytes do not match it. The checksum only
 detects damage (whoever writes a file can write its checksum too): files are read as data only,
 tensors and plain containers (``torch.load(weights_only=True)``), so a planted file runs no code.
+Every file gets the mode a plain ``open`` would give it under the user's umask.
+
+Work cached by :func:`load_or_compute` keeps what computing it cost, in a JSON sidecar
+``<file>.cost.json`` (:func:`read_cost`): wall and CPU seconds, and the FLOPs and tensor-level
+peak memory that :data:`COMPUTE_METERS` measured (the profiler's, while it counts). A run that
+reads the work later counts it at that cost (:mod:`tdabench.harness.engine.cold_cost`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +56,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (read from /proc where it can be, so that no other
+    thread ever sees a changed mask; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename). The file gets the
+    mode a plain ``open`` would give it (0666 less the umask), not the temporary file's private
+    0600, so a colleague can read what the user's umask lets them read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -107,7 +130,7 @@ def load_verified(path: str | Path) -> Any:
 
 def remove_verified(path: str | Path) -> None:
     path = Path(path)
-    for p in (path, _sidecar(path)):
+    for p in (path, _sidecar(path), cost_path(path)):
         try:
             p.unlink()
         except FileNotFoundError:
@@ -211,7 +234,7 @@ def record_cache_reads():
     try:
         yield reads
     finally:
-        _READ_RECORDERS.remove(reads)
+        _READ_RECORDERS[:] = [r for r in _READ_RECORDERS if r is not reads]  # by identity: equal sets nest
 
 
 @contextmanager
@@ -223,13 +246,14 @@ def record_cache_misses():
     try:
         yield misses
     finally:
-        _MISS_RECORDERS.remove(misses)
+        _MISS_RECORDERS[:] = [r for r in _MISS_RECORDERS if r is not misses]  # by identity: equal sets nest
 
 
 @contextmanager
 def recompute_caches(paths):
     """Inside the block, :func:`load_or_compute` computes the content of ``paths`` again without
-    reading, locking or writing its file (a replay of work that computed them, for counting)."""
+    reading, locking or writing its file (a replay of work that computed them, for counting): the
+    first time each is asked for; later it is read, as the work being replayed read it."""
     added = {str(p) for p in paths} - _RECOMPUTE
     _RECOMPUTE.update(added)
     try:
@@ -247,8 +271,11 @@ def load_or_compute(path: str | Path, compute, what: str, log=None, on_wait=None
     Inside :func:`recompute_caches` of ``path`` the content is computed and returned, nothing
     else; inside :func:`record_cache_misses` a computed ``path`` is recorded.
     """
-    if str(path) in _RECOMPUTE:
-        return compute()
+    if str(path) in _RECOMPUTE:  # once: a later use in the replay reads it, as the timed pass did
+        _RECOMPUTE.discard(str(path))
+        obj, counted = _measured(compute)
+        _merge_cost(Path(path), {k: v for k, v in counted.items() if k not in ("wall_s", "cpu_s")})
+        return obj
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(str(path) + ".lock", f"the {what}", log, on_wait):
@@ -261,8 +288,68 @@ def load_or_compute(path: str | Path, compute, what: str, log=None, on_wait=None
             except CorruptFileError as exc:
                 (log or _log.warning)(f"cached {what} is damaged, recomputing: {exc}")
                 remove_verified(path)
-        obj = compute()
+        obj, cost = _measured(compute)
         save_verified(obj, path)
+        write_cost(path, {"what": what, **cost})
         for misses in _MISS_RECORDERS:
             misses.add(str(path))
         return obj
+
+
+# ----- what cached work cost when it was computed ----------------------------------------------
+#: functions called around every computation of :func:`load_or_compute`: each returns a context
+#: manager whose value is a dict it fills, on exit, with measurements of the computation (the
+#: profiler counts FLOPs and the tensor-level peak this way while it counts a phase)
+COMPUTE_METERS: list = []
+
+
+def _measured(compute) -> tuple[Any, dict]:
+    """``compute()`` and its cost: wall and CPU seconds (``wall_s``, ``cpu_s``) and what the
+    :data:`COMPUTE_METERS` measured."""
+    found: list[dict] = []
+    with ExitStack() as stack:
+        found = [stack.enter_context(meter()) for meter in COMPUTE_METERS]
+        t0, c0 = time.perf_counter(), time.process_time()
+        obj = compute()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    cost = {"wall_s": round(wall, 4), "cpu_s": round(cpu, 4)}
+    for measured in found:
+        cost.update(measured)
+    return obj, cost
+
+
+def cost_path(path: str | Path) -> Path:
+    """The JSON sidecar of a cached file that says what computing it cost (``<file>.cost.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".cost.json")
+
+
+def write_cost(path: str | Path, cost: dict) -> None:
+    """Write the cost sidecar of the cached file ``path``: what it holds (``what``), the wall and
+    CPU seconds its computation took and, where they were counted, its FLOPs and tensor-level peak
+    memory (``flops``, ``peak_mem_mb``). A failure to write it is not an error: the cached work
+    then has no known cost."""
+    try:
+        atomic_write_bytes(cost_path(path), json.dumps(cost, sort_keys=True).encode())
+    except OSError as exc:
+        _log.warning(f"could not write the cost of {path}: {exc}")
+
+
+def _merge_cost(path: Path, measured: dict) -> None:
+    """Add ``measured`` (counted in a replay that computed ``path`` again) to its sidecar (a new
+    one, without seconds, for work cached before costs were kept)."""
+    if not measured or not path.exists():
+        return
+    cost = read_cost(path) or {}
+    if any(cost.get(k) != v for k, v in measured.items()):
+        write_cost(path, {**cost, **measured})
+
+
+def read_cost(path: str | Path) -> dict | None:
+    """The cost sidecar of the cached file ``path`` (:func:`write_cost`), or None when there is
+    none or it is not a JSON object (work cached before costs were kept)."""
+    try:
+        cost = json.loads(cost_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return cost if isinstance(cost, dict) else None

@@ -25,10 +25,13 @@ or last of many, in a launcher worker). Three choices make it so:
   operators (the BIF's SGLD chains on an MLP). With ``cost.count: separate`` (the default) the
   method's fit and score are timed without it, then replayed untimed under it (a copy of the
   method as it was before fit, the same random state, caches that the timed pass computed
-  computed again) to count their FLOPs and tensor-level peak; a run takes about twice as long
-  and its recorded times carry no counting overhead. ``cost.count: inline`` counts during the
-  timed phases instead (one pass; times inflated by that overhead). The harness's own phases
-  (prepare, ground_truth, lds) are always counted inline.
+  computed again, once each) to count their FLOPs and tensor-level peak; a run takes about twice
+  as long and its recorded times carry no counting overhead. ``cost.count: inline`` counts during
+  the timed phases instead (one pass; times inflated by that overhead). The harness's own phases
+  (prepare, ground_truth, lds) are always counted inline. While a phase is counted, each
+  computation of cached work inside it is also measured on its own (:func:`cached_work_meter`),
+  and its FLOPs and peak are kept beside the cached file, so that a run that later reads the file
+  counts it at what it cost.
 
 FLOPs (``flops``) are counted by the same dispatch mode with the shape formulas of
 :mod:`torch.utils.flop_counter` (matrix products, convolutions, attention: 2 FLOPs per
@@ -57,6 +60,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
+
+from tdabench.harness.core.storage import COMPUTE_METERS
 
 MIB = 1024 * 1024
 
@@ -236,6 +241,42 @@ class CostMode(TorchDispatchMode):
         return out
 
 
+#: the dispatch modes counting now, innermost last
+_COUNTING: list[CostMode] = []
+
+
+@contextmanager
+def _counting(mode: CostMode):
+    _COUNTING.append(mode)
+    try:
+        with mode:
+            yield
+    finally:
+        _COUNTING.remove(mode)
+
+
+@contextmanager
+def cached_work_meter():
+    """Measures, while a phase is counted, the FLOPs and tensor-level peak (MiB) of one
+    computation of cached work (:data:`~tdabench.harness.core.storage.COMPUTE_METERS`): a dict,
+    filled on exit, empty when nothing is counted."""
+    out: dict = {}
+    mode = _COUNTING[-1] if _COUNTING else None
+    if mode is None:
+        yield out
+        return
+    flops0, live0, peak0 = mode.flops, mode.live, mode.peak
+    mode.peak = mode.live
+    try:
+        yield out
+    finally:
+        out["flops"] = mode.flops - flops0
+        out["peak_mem_mb"] = round(max(mode.peak - live0, 0) / MIB, 2)
+        mode.peak = max(peak0, mode.peak)
+
+
+COMPUTE_METERS.append(cached_work_meter)
+
 _WARMED: set[str] = set()
 
 
@@ -360,7 +401,7 @@ class Profiler:
                 if mode is None:
                     yield self
                 else:
-                    with mode:
+                    with _counting(mode):
                         yield self
         finally:
             if cuda:
@@ -390,7 +431,7 @@ class Profiler:
         its times, resident set and load are left as the timed phase measured them."""
         release_free_memory()
         mode = CostMode()
-        with mode:
+        with _counting(mode):
             yield self
         self.flops[name] = mode.flops
         if not self.on_gpu:

@@ -41,6 +41,7 @@ from tdabench.harness.core.storage import (
     record_cache_misses,
     record_cache_reads,
 )
+from tdabench.harness.engine.cold_cost import cold_cost, uncounted
 from tdabench.harness.engine.config import (
     ConfigError,
     UnsupportedPairingError,
@@ -77,7 +78,7 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.engine.space import accepted_setting
+from tdabench.harness.engine.space import accepted_setting, space_problems
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
@@ -135,7 +136,10 @@ def config_problems(cfg: dict, device_here: bool = True) -> tuple[type | None, t
             problems.append(f"tune.trials={cfg['tune']['trials']}: task {task_cls.name} measures cost only "
                             "and has no ground truth to tune on; use tune.trials=0")
     if method_cls is not None:
-        problems += validate_method_params(method_cls, cfg)
+        more = validate_method_params(method_cls, cfg)
+        if not more and (cfg.get("tune") or {}).get("trials"):  # the study starts from these settings
+            more = space_problems(method_cls, (cfg.get("task") or {}).get("n_train") or 1000, method_params(cfg))
+        problems += more
     return task_cls, method_cls, problems
 
 
@@ -230,18 +234,22 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     rng = torch.get_rng_state()
     with time_limit(cfg["limits"]["max_seconds"]):  # fit, score and their counting replay
         with record_cache_misses() as computed, record_cache_reads() as reads:
-            with prof.phase("fit", count=count == "inline"):
+            with prof.phase("fit", count=count == "inline"), record_cache_reads() as fit_reads:
                 method.fit(task, model)
             with prof.phase("score", count=count == "inline"):
                 scores = method.score(task, model)
                 if isinstance(scores, torch.Tensor) and scores.device.type != "cpu":
                     scores = scores.cpu()  # LDS, storage and the checks work on the host
                 check_scores(scores, task)
-        earlier = sorted({what for path, what in reads if path not in computed})
-        if earlier:  # work an earlier run paid for: this run's fit and score seconds leave it out
-            record["cached_work"] = earlier
+        reads = {(path, what) for path, what in reads if path not in computed}
+        recount = uncounted(reads) if separate and not cfg["limits"].get("max_seconds") else set()
+        if reads:  # work an earlier run paid for: this run's fit and score seconds leave it out
+            record["cached_work"] = sorted({what for _, what in reads})
         if separate:
-            record["count_replay_s"] = _count_replay(before, task, model, rng, computed, prof)
+            record["count_replay_s"] = _count_replay(before, task, model, rng, computed | recount, prof)
+        if reads:  # what the setting costs from scratch: its own cost and that of the work it read
+            record["cold_cost"] = cold_cost(prof.fields(), {"fit": reads & fit_reads, "score": reads - fit_reads},
+                                            recount)
     if task.measures_lds:
         run = MetricRun(task, method, model, scores, cfg, gt, builder.mode if gt is not None else None,
                         lambda: type(method)(**method_params(cfg)))
@@ -289,7 +297,13 @@ def _summary(record: RunRecord) -> str:
     if record.lds is None:  # the peak of fit and score, as the leaderboard shows it (set-up is no method cost)
         t, peak = record.time_s, run_cost(record)["peak_mem_mb"]
         return f"cost only: fit {t['fit']:.1f} s, score {t['score']:.1f} s, peak {peak or 0:.0f} MiB"
-    return f"LDS {record.lds:.4f} [{record.lds_ci[0]:.3f}, {record.lds_ci[1]:.3f}]"
+    parts = [f"LDS {record.lds:.4f} [{record.lds_ci[0]:.3f}, {record.lds_ci[1]:.3f}]"]
+    for name, m in (record.metrics or {}).items():  # every other metric the run computed
+        if name != "lds":
+            ok = m.get("status", "ok") == "ok" and m.get("value") is not None and m.get("ci")
+            parts.append(f"{name} {m['value']:.4f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if ok
+                         else f"{name} {m.get('status')}")
+    return "; ".join(parts)
 
 
 def set_threads(threads: int | None) -> None:
@@ -377,7 +391,10 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     })
     scores = None
     try:
-        if (cfg.get("tune") or {}).get("trials"):  # trials on validation; the record is the test run
+        if (cfg.get("tune") or {}).get("trials") and not type(method).search_space:
+            log.info(f"{method.name} has no search space: tune.trials={cfg['tune']['trials']} is ignored and "
+                     "the run is untuned (no validation ground truth)")
+        elif (cfg.get("tune") or {}).get("trials"):  # trials on validation; the record is the test run
             tuned = tune(task, type(method), cfg, study_key(cfg))
             cfg = {**cfg, "method": {**cfg["method"], **tuned.params}}
             method = type(method)(**method_params(cfg))

@@ -140,20 +140,37 @@ def accepted_setting(space: dict, params: dict, n_train: int, accepts, draws: in
     return None
 
 
+def _samples(dim, n_train: int) -> list:
+    """Parameter values ``dim`` can set (its bounds, or every choice), to check against the
+    constructor's types."""
+    values = list(dim.choices) if isinstance(dim, Categorical) else [dim.low, dim.high]
+    return [to_param(dim, v, n_train) for v in values]
+
+
 def space_problems(method_cls, n_train: int = 1000, params: dict | None = None) -> list[str]:
-    """One line per dimension of ``method_cls.search_space`` that names a parameter the method
-    lacks, or whose range misses the method's default (``params``: the resolved defaults;
-    the class's own by default)."""
+    """One line per dimension of ``method_cls.search_space`` that is not a :class:`Float`,
+    :class:`Int` or :class:`Categorical`, names a parameter the method lacks, sets values the
+    constructor's type annotation refuses, or whose range misses the method's setting the study
+    starts from (``params``: the resolved settings, a task's defaults and explicit values included;
+    the class's own defaults by default)."""
     space = getattr(method_cls, "search_space", {}) or {}
     known = set(method_cls.parameters())
     params = method_cls.defaults() if params is None else params
-    problems = [f"method {method_cls.name}: search_space names {k}, not among its parameters"
-                for k in sorted(set(space) - known)]
+    where = f"method {method_cls.name}: search_space"
+    problems = [f"{where}[{k!r}] = {d!r} is not a Float, Int or Categorical (tdabench.harness.Float ...)"
+                for k, d in space.items() if not isinstance(d, (Float, Int, Categorical))]
+    problems += [f"{where} names {k}, not among its parameters ({', '.join(sorted(known))}); rename the "
+                 "dimension or the parameter" for k in sorted(set(space) - known)]
+    checks = getattr(method_cls, "parameter_problems", None)
     for k, d in space.items():
-        if k not in known:
+        if k not in known or not isinstance(d, (Float, Int, Categorical)):
+            continue
+        typed = [p for v in _samples(d, n_train) for p in (checks({k: v}) if checks else [])]
+        if typed:
+            problems.append(f"{where}[{k!r}] = {d.describe()} sets values of the wrong type: {typed[0]}")
             continue
         v = to_trial_value(d, params.get(k), n_train)
         if not d.contains(v) or (isinstance(v, float) and not math.isfinite(v)):
-            problems.append(f"method {method_cls.name}: search_space[{k!r}] = {d.describe()} does not "
-                            f"contain the default {k}={params.get(k)!r}")
+            problems.append(f"{where}[{k!r}] = {d.describe()} does not contain the setting tuning starts "
+                            f"from, {k}={params.get(k)!r}: widen the range or change the default")
     return problems

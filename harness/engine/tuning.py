@@ -12,8 +12,10 @@ already holds (a resumed study draws new points, not the first ones again; studi
 only in a cost rung draw the same first random points, common random numbers across the rungs of a
 tuned frontier); the first trial is the
 method's own setting (enqueued), so the tuned setting is never worse than the default on
-validation. Only the method's :attr:`Method.search_space` is searched; a method without one runs
-its single setting once. A setting the method refuses before any work (its ``check``, e.g. TRAK's
+validation. Only the method's :attr:`Method.search_space` is searched; a method without one is not
+tuned (the run says so and evaluates its setting on test, with no validation ground truth), and
+a space is checked before any work (:func:`~tdabench.harness.engine.space.space_problems`). A
+setting the method refuses before any work (its ``check``, e.g. TRAK's
 projection larger than the training set without a ridge) completes with the worst LDS, -1, and
 the user attribute ``refused``, so that the sampler learns to avoid the region instead of proposing
 it again; it is never chosen and does not count as completed. A trial is failed (not scored) when
@@ -237,7 +239,7 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
     storage, where = storage_of(cfg)
     name = f"{task.name}-{method_cls.name}-{study_key}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-    budget = trials if space else 1  # without a search space every trial would be the same setting
+    budget = trials if space else 1  # a direct call without a space: its one setting
     held = _counted(study)
     seed = int(np.random.SeedSequence([cfg["seed"], len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 3)))

@@ -18,8 +18,11 @@ truth, for every ground truth where some method ran at two or more settings:
   ``s_max``, ``flops_min`` / ``flops_max``: what was measured; ``cpu_s``, ``peak_mem_mb`` and
   ``flops``: the cost of the best setting; ``pareto``: whether that setting is on the Pareto front
   of every method's settings on the ground truth in CPU seconds (no setting of any method costs
-  no more and has a higher LDS); ``cached_fits``: settings whose fit read curvature factors
-  cached by an earlier run (EK-FAC, K-FAC: their cost is a file read, not a fit).
+  no more and has a higher LDS); ``cached_fits``: settings whose cost is still partly a file
+  read (work cached before costs were kept). Every cost is what the setting costs from scratch:
+  a run that read work an earlier run or trial cached (EK-FAC's factors, TRAK's members) counts
+  it at what computing it cost, and of repeated runs of a setting a read never replaces the cost
+  of the run that computed the work (:func:`~tdabench.harness.read.record_view.row_cost`).
 * ``ekfac_s`` / ``ekfac_flops``: EK-FAC's cost on that ground truth (its row at the default
   setting, else its costliest row; ``ekfac_row`` says which), and ``lds_at_ekfac_s`` (with
   ``_low`` / ``_high``, the curve through the interval bounds) and ``lds_at_ekfac_flops``: the
@@ -42,7 +45,7 @@ import pandas as pd
 from tdabench.harness.core.storage import atomic_write_bytes
 from tdabench.harness.read.leaderboard import chosen_records, ground_truths
 from tdabench.harness.read.record import RunRecord
-from tdabench.harness.read.record_view import fit_from_cache, run_cost
+from tdabench.harness.read.record_view import row_cost
 
 #: the cost axes: fit + score CPU seconds, wall seconds and FLOPs
 AXES = ("cpu_s", "s", "flops")
@@ -57,15 +60,17 @@ TARGET_FRACTION = 0.9
 @dataclass(frozen=True)
 class Point:
     """One setting of a method on one ground truth (``setting``: its leaderboard setting, or
-    "defaults"): LDS, its 95% interval, costs (None when the record has no such measurement) and
-    whether its fit was a read of cached curvature factors (its cost then understates a fit)."""
+    "defaults"): LDS, its 95% interval, costs from scratch (the leaderboard row's,
+    :func:`~tdabench.harness.read.record_view.row_cost`; None when the record has no such
+    measurement) and whether that cost is still partly a read of cached work of unknown cost
+    (factors or ensemble members cached before costs were kept: it then understates the setting)."""
     setting: str
     lds: float
     low: float
     high: float
     s: float | None
     flops: float | None
-    cached_fit: bool = False  # the fit read curvature factors cached by an earlier run
+    cached_fit: bool = False  # the cost is partly a read of cached work of unknown cost
     cpu_s: float | None = None
     peak_mem_mb: float | None = None
 
@@ -82,15 +87,15 @@ def line_name(method: str, sweep: str | None) -> str:
 def points(records: list[RunRecord]) -> dict[str, dict[str, list[Point]]]:
     """Ground-truth label -> line (method, @sweep) -> its ok points, cheapest first (seconds)."""
     out: dict[str, dict[str, list[Point]]] = {}
-    for (gt, _, method, setting, sweep), (rec, _) in chosen_records(records).items():
+    for (gt, _, method, setting, sweep), (rec, recs) in chosen_records(records).items():
         if not rec.is_ok or rec.lds is None:
             continue
         lds = float(rec.lds)
         low, high = rec.lds_ci or [lds, lds]
-        cost = run_cost(rec)
+        cost = row_cost(rec, recs)
         out.setdefault(gt, {}).setdefault(line_name(method, sweep), []).append(
             Point(setting or "defaults", lds, float(low), float(high), cost["total_s"], cost["flops"],
-                  fit_from_cache(rec), cost["cpu_s"], cost["peak_mem_mb"]))
+                  cost["from_cache"], cost["cpu_s"], cost["peak_mem_mb"]))
     for lines in out.values():
         for pts in lines.values():
             pts.sort(key=lambda p: (p.s is None, p.s or 0.0))
@@ -164,7 +169,8 @@ def reference_point(lines: dict[str, list[Point]]) -> tuple[Point | None, str]:
     default = [p for p in rows if p.setting == "defaults"]
     p = default[0] if default else max(rows, key=lambda p: p.s or 0.0)
     which = "default setting" if default else f"[{p.setting}] (no row at the default setting: its costliest)"
-    return p, which + ("; its fit read cached curvature factors, so its cost is a file read" if p.cached_fit else "")
+    return p, which + ("; it read cached work of unknown cost, so its cost is partly a file read" if p.cached_fit
+                       else "")
 
 
 def table(records: list[RunRecord]) -> pd.DataFrame:

@@ -14,7 +14,8 @@ overloaded machine. Tasks whose runs span several model sizes (the pythia_scalin
 a table of every run's cost by size. Runs with metrics besides the LDS (``metric=[...]``) add one
 table per metric and ground truth and the metrics' rank agreement (:mod:`harness.read.metric_tables`).
 Writes ``leaderboard.md``, ``leaderboard.csv``, ``pairwise.csv`` (with ``p_holm``),
-``leaderboard_metrics.csv`` and ``metric_agreement.csv``; where the same ground-truth settings were
+``leaderboard_metrics.csv``, ``metric_agreement.csv`` and ``pairwise_metrics.csv`` (paired tests
+of every metric, Holm within metric and ground truth); where the same ground-truth settings were
 run at several data seeds, also an "across data seeds" section with ``leaderboard_seeds.csv`` and
 ``pairwise_seeds.csv`` (:mod:`harness.read.seeds`); where a pair of rows was run at two or more
 training-set sizes, the slope of their difference against log2(n_train), ``trend.csv``
@@ -32,16 +33,20 @@ import pandas as pd
 
 from tdabench.harness.core.registry import TASKS, UnknownNameError
 from tdabench.harness.core.storage import atomic_write_bytes
-from tdabench.harness.read.metric_tables import agreement, metric_table, render_metric_tables
+from tdabench.harness.read.metric_tables import agreement, metric_table, pairwise_metrics, render_metric_tables
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import (
+    engineering,
     fit_from_cache,
     ground_truth_label,
     ground_truth_prefix,
     method_defaults,
     method_params,
+    row_cost,
+    row_label,
     run_cost,
     setting,
+    shown_setting,
 )
 from tdabench.harness.read.results import read_records
 from tdabench.harness.read.seeds import across_seeds
@@ -52,12 +57,12 @@ from tdabench.harness.read.trend import trends
 
 COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds", "lds_ci",
            "lds_ci_low", "lds_ci_high", "normalized_lds", "tied_with_best", "lds_sd_over_seeds",
-           "method_seeds", "fit_s", "score_s", "total_s", "flops", "peak_mem_mb", "trainings",
+           "method_seeds", "fit_s", "score_s", "total_s", "warm_s", "flops", "peak_mem_mb", "trainings",
            "overloaded", "n_train", "n_query", "test_acc", "test_loss", "runs"]
 #: columns left out of leaderboard.md: the ground truth and task head each table, the interval's
 #: ends are in lds_ci; optional columns no row fills are dropped too
 NOT_IN_MARKDOWN = ["ground_truth", "task", "lds_ci_low", "lds_ci_high"]
-OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "flops", "overloaded"]
+OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "warm_s", "flops", "overloaded"]
 SWEEP = "_sweep"  # key of a record's ``extra`` read from one of several folders: the folder's name
 
 
@@ -142,12 +147,6 @@ def chosen_records(records: list[RunRecord]) -> dict[tuple, tuple[RunRecord, lis
     return out
 
 
-def row_label(key: tuple) -> str:
-    """A row's name in pairwise tables and plots: method, [setting], @sweep."""
-    _, _, method, setting_, sweep = key
-    return method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
-
-
 def ground_truths(records: list[RunRecord]) -> dict[str, dict]:
     """Per ground-truth label: its task, key, LDS ceiling with interval, reliability, size and
     warning, from its newest ok record (else its newest record)."""
@@ -167,14 +166,14 @@ def _row(key: tuple, rec: RunRecord, recs: list[RunRecord]) -> dict:
     ok = [r for r in recs if r.is_ok]
     by_seed = {_method_seed(r): r.lds for r in ok if r.lds is not None}
     return {
-        "ground_truth": key[0], "task": rec.task, "method": rec.method, "setting": key[3],
+        "ground_truth": key[0], "task": rec.task, "method": rec.method, "setting": shown_setting(key[3], rec),
         "sweep": key[4], "status": rec.status, "lds": rec.lds,
         "lds_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "",
         "lds_ci_low": ci[0], "lds_ci_high": ci[1],
         "normalized_lds": rec.normalized_lds, "tied_with_best": "",
         "lds_sd_over_seeds": float(np.std(list(by_seed.values()), ddof=1)) if len(by_seed) > 1 else None,
         "method_seeds": len(by_seed) or None,
-        **run_cost(rec),
+        **row_cost(rec, recs),
         "trainings": rec.trainings, "overloaded": True if rec.overloaded else None,
         "n_train": rec.n_train, "n_query": rec.n_query,
         "test_acc": (rec.model_quality or {}).get("test_acc"),
@@ -209,8 +208,8 @@ def build(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             pairs.append({"ground_truth": gt, "method_a": p.a, "method_b": p.b, "mean_diff": p.mean_diff,
                           "ci_low": p.ci[0], "ci_high": p.ci[1], "p_value": p.p_value, "p_holm": p.p_holm,
                           "queries": p.n, "significant": p.p_holm < 0.05})
-    for key, (rec, _) in chosen.items():
-        if key[0] in gts and fit_from_cache(rec):
+    for key, (rec, recs) in chosen.items():
+        if key[0] in gts and row_cost(rec, recs)["from_cache"]:
             gts[key[0]].setdefault("cached_fits", []).append(row_label(key))
     df = pd.DataFrame(list(rows.values()), columns=COLUMNS)
     if not df.empty:
@@ -234,13 +233,13 @@ def cost_by_size(records: list[RunRecord]) -> pd.DataFrame:
             continue
         rows.append({"task": r.task, "method": r.method,
                      "size": r.task_config.get("size"),
-                     "parameters": r.num_params, "status": r.status, **run_cost(r),
+                     "parameters": r.num_params, "status": r.status,
+                     **{k: v for k, v in run_cost(r).items() if k != "from_cache"},
                      "fit_from_cache": fit_from_cache(r)})
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["task", "method", "parameters"], na_position="last").reset_index(drop=True)
-        if df["flops"].isna().all():
-            df = df.drop(columns="flops")
+        df = df.drop(columns=[c for c in ("flops", "warm_s") if df[c].isna().all()])
     return df
 
 
@@ -289,6 +288,14 @@ def shown_columns(df: pd.DataFrame, drop: list[str]) -> pd.DataFrame:
     return df.drop(columns=[c for c in [*drop, *empty] if c in df])
 
 
+def _with_flops_text(df: pd.DataFrame) -> str:
+    """``df`` as a markdown table, its FLOPs in engineering notation."""
+    if "flops" not in df:
+        return df.to_markdown(index=False, floatfmt=".4g")
+    return df.assign(flops=df["flops"].map(engineering)).to_markdown(
+        index=False, floatfmt=".4g", disable_numparse=[list(df.columns).index("flops")])
+
+
 def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
                     costs: pd.DataFrame | None = None) -> str:
     parts = ["# Leaderboard", "",
@@ -304,15 +311,22 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
         if "overloaded" in shown:
             shown = shown.assign(overloaded=shown["overloaded"].map(lambda v: "⚠" if v is True else ""))
         shown = shown.astype(object).where(shown.notna(), None)  # blank, not "nan", where unmeasured
-        parts += [shown.to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
+        text = [list(shown.columns).index("flops")] if "flops" in shown else []  # kept as written
+        if text:
+            shown["flops"] = shown["flops"].map(engineering)
+        parts += [shown.to_markdown(index=False, floatfmt=".4g", missingval="", disable_numparse=text), ""]
         if "overloaded" in shown:
             parts += ["⚠ overloaded: measured while the machine was overloaded; its times are not "
                       "comparable with the other rows", ""]
         cached = sorted(info.get("cached_fits", []))
         if cached:
             parts += [f"fit_s and score_s of {', '.join(cached)}: work read from the cache of an "
-                      "earlier run (curvature factors or ensemble members; a file read, not the cost "
-                      "of computing them)", ""]
+                      "earlier run whose cost is unknown (cached before costs were kept; a file read, "
+                      "not the cost of computing it)", ""]
+        if "warm_s" in shown:
+            parts += ["Costs are from scratch: a run that read work cached by an earlier run or trial "
+                      "(curvature factors, ensemble members) counts it at what computing it cost; "
+                      "warm_s is that run's own fit + score seconds, the cache read", ""]
         if not pairs.empty and (pairs["ground_truth"] == gt).any():
             p = pairs[pairs["ground_truth"] == gt].drop(columns="ground_truth")
             parts += [f"Pairwise comparisons ({gt}): mean per-query LDS difference a - b, paired "
@@ -323,7 +337,7 @@ def render_markdown(df: pd.DataFrame, pairs: pd.DataFrame, gts: dict,
         for task, c in costs.groupby("task", sort=True):
             parts += [f"Cost by model size ({task}): every run, fit and score seconds and peak "
                       "memory above each phase's start (MiB)", "",
-                      c.drop(columns="task").to_markdown(index=False, floatfmt=".4g"), ""]
+                      _with_flops_text(c.drop(columns="task")), ""]
     return "\n".join(parts)
 
 
@@ -341,6 +355,8 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     agree = agreement(metrics)
     atomic_write_bytes(out / "leaderboard_metrics.csv", metrics.to_csv(index=False).encode())
     atomic_write_bytes(out / "metric_agreement.csv", agree.to_csv(index=False).encode())
+    paired = pairwise_metrics(chosen_records(records))
+    atomic_write_bytes(out / "pairwise_metrics.csv", paired.to_csv(index=False).encode())
     markdown = render_markdown(df, pairs, gts, cost_by_size(records))
     section = render_metric_tables(metrics, agree)
     if section:

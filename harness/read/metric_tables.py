@@ -10,20 +10,40 @@ the same outcomes (``outcomes``: their cache key). The agreement table gives, pe
 pair of metrics, Kendall's tau between the two rankings of the rows both metrics scored, with its
 p-value. Rows come from :func:`harness.read.leaderboard.chosen_records` (the shown record of each
 leaderboard row); ``leaderboard_metrics.csv`` holds :data:`COLUMNS`.
+
+Paired tests (``pairwise_metrics.csv``, :data:`PAIRWISE_COLUMNS`): per metric, ground truth and
+outcomes, every pair of rows whose shown records carry the metric's per-unit values:
+
+* per query (the LDS's ``lds_per_query``, leave-one-out's ``per_query``): the mean per-query
+  difference a - b, its paired bootstrap 95% interval and the Wilcoxon signed-rank p-value
+  (:func:`harness.read.statistics.paired_comparison`, as for the LDS in ``pairwise.csv``);
+* per training example (mislabel detection's ``suspicion`` of each example, on the same flipped
+  examples ``flipped_idx``): the difference of the two ROC AUCs, with a paired bootstrap over
+  examples (both AUCs on each resample) for its 95% interval and its two-sided p-value (twice
+  the share of resampled differences on the far side of zero).
+
+``p_holm`` is the Holm adjustment within one metric, ground truth and outcomes (the family a
+verdict is drawn from); ``significant``: ``p_holm < 0.05``. Rows are ordered best first, so a
+pair's ``mean_diff`` is >= 0 when a is ahead.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
 
+import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau
+from scipy.stats import kendalltau, rankdata
 
 from tdabench.harness.read.record import RunRecord
+from tdabench.harness.read.record_view import row_label
+from tdabench.harness.read.statistics import Paired, holm, paired_comparison
 
 COLUMNS = ["metric", "ground_truth", "outcomes", "task", "method", "setting", "sweep", "status", "value",
            "ci_low", "ci_high", "ceiling", "normalized", "spearman", "message"]
 AGREEMENT_COLUMNS = ["ground_truth", "metric_a", "metric_b", "rows", "kendall_tau", "p_value"]
+PAIRWISE_COLUMNS = ["metric", "ground_truth", "outcomes", "method_a", "method_b", "mean_diff", "ci_low",
+                    "ci_high", "p_value", "p_holm", "n", "test", "significant"]
 
 
 def _row(key: tuple, name: str, entry: dict) -> dict:
@@ -95,3 +115,76 @@ def render_metric_tables(table: pd.DataFrame, agree: pd.DataFrame) -> str:
                   "the same ground truth (1: the same order), with its p-value", "",
                   agree.to_markdown(index=False, floatfmt=".3g"), ""]
     return "\n".join(parts)
+
+
+def _units(name: str, rec: RunRecord, entry: dict):
+    """The per-unit values of a record's metric entry: ('query', values) or ('example', (suspicion,
+    flipped)); None when the record does not carry them."""
+    per_query = rec.lds_per_query if name == "lds" else entry.get("per_query")
+    if per_query:
+        return "query", np.array([np.nan if v is None else v for v in per_query], float)
+    if entry.get("suspicion") and entry.get("flipped_idx") is not None:
+        labels = np.zeros(len(entry["suspicion"]), bool)
+        labels[entry["flipped_idx"]] = True
+        return "example", (np.asarray(entry["suspicion"], float), labels)
+    return None
+
+
+def auc(labels: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of ``score`` against bool ``labels`` (ties count one half): the Mann-Whitney
+    statistic from average ranks."""
+    ranks = rankdata(score)
+    pos = int(labels.sum())
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * (len(labels) - pos)))
+
+
+def paired_auc(a: np.ndarray, b: np.ndarray, labels: np.ndarray, name_a: str, name_b: str,
+               n_boot: int = 2000, seed: int = 0) -> Paired:
+    """AUC of suspicion ``a`` minus that of ``b`` against the same bool ``labels``, with a paired
+    bootstrap over examples (interval and two-sided p)."""
+    rng = np.random.default_rng(seed)
+    diff = auc(labels, a) - auc(labels, b)
+    n, draws = len(labels), []
+    while len(draws) < n_boot:
+        idx = rng.integers(0, n, size=n)
+        if labels[idx].any() and not labels[idx].all():
+            draws.append(auc(labels[idx], a[idx]) - auc(labels[idx], b[idx]))
+    draws = np.asarray(draws)
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    p = 1.0 if np.allclose(draws, 0) else min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean()))
+    return Paired(name_a, name_b, diff, (float(lo), float(hi)), float(p), n)
+
+
+def pairwise_metrics(chosen: dict) -> pd.DataFrame:
+    """Paired tests of every metric (see the module docstring) among the shown ok records of
+    ``chosen`` (:func:`harness.read.leaderboard.chosen_records`)."""
+    groups: dict[tuple, dict[str, tuple]] = {}
+    for key, (rec, _) in chosen.items():
+        if not rec.is_ok:
+            continue
+        entries = dict(rec.metrics or {})
+        if rec.lds_per_query:
+            entries.setdefault("lds", {"value": rec.lds})
+        for name, entry in entries.items():
+            units = _units(name, rec, entry) if entry.get("status", "ok") == "ok" else None
+            if units is not None and entry.get("value") is not None:
+                group = (name, key[0], entry.get("outcomes_key") or "")
+                groups.setdefault(group, {})[row_label(key)] = (entry["value"], *units)
+    rows = []
+    for (name, gt, outcomes), rows_of in sorted(groups.items()):
+        labels = sorted(rows_of, key=lambda k: -rows_of[k][0])
+        pairs = []
+        for a, b in combinations(labels, 2):
+            (_, kind_a, ua), (_, kind_b, ub) = rows_of[a], rows_of[b]
+            if kind_a != kind_b:
+                continue
+            if kind_a == "query" and len(ua) == len(ub):
+                pairs.append((paired_comparison(ua, ub, a, b), "paired bootstrap + Wilcoxon over queries"))
+            elif kind_a == "example" and len(ua[0]) == len(ub[0]) and np.array_equal(ua[1], ub[1]):
+                pairs.append((paired_auc(ua[0], ub[0], ua[1], a, b), "paired bootstrap over examples"))
+        for (p, test), adjusted in zip(pairs, holm([p.p_value for p, _ in pairs])):
+            rows.append({"metric": name, "ground_truth": gt, "outcomes": outcomes, "method_a": p.a,
+                         "method_b": p.b, "mean_diff": p.mean_diff, "ci_low": p.ci[0], "ci_high": p.ci[1],
+                         "p_value": p.p_value, "p_holm": adjusted, "n": p.n, "test": test,
+                         "significant": adjusted < 0.05})
+    return pd.DataFrame(rows, columns=PAIRWISE_COLUMNS)

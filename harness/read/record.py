@@ -106,6 +106,8 @@ class RunRecord:
     overloaded: bool = UNSET             # the load exceeded the core count during a timed phase
     diagnostics: dict[str, Any] | None = UNSET
     cached_work: list[str] = UNSET       # work fit and score read from the cache instead of computing it
+    cold_cost: dict[str, Any] = UNSET    # with cached_work: time_s, cpu_time_s, flops, peak_mem_mb per
+                                         # phase from scratch (own + the cached work's), unknown
     scores_file: str = UNSET             # relative to the results folder, inside it
     write_error: str = UNSET             # why the result could not be written where it belonged
     wandb_dir: str | None = UNSET

@@ -8,10 +8,12 @@ these functions, so a row, a plot and a wandb run of the same record carry the s
   content hash (``gt_key``), e.g. ``digits_mlp n=1000 100x3 alpha=0.5 loss #ee711b``. Records
   with different labels were scored against different retraining outcomes and are never ranked
   in one table.
-* ``setting``: ``tuned (N trials)`` for a tuned record; else the method parameters whose values
-  differ from the method's defaults, e.g.
-  ``chains=2 draws=50``; empty for a run at the defaults. The defaults are those of the method
-  class's signature, updated by the task's per-method defaults as the task sets them now (its
+* ``setting``: the method parameters whose values differ from the method's defaults, e.g.
+  ``chains=2 draws=50``; empty for a run at the defaults; a tuned record's starts with
+  ``tuned (N trials)``. Rows are keyed by the tuning procedure; the shown setting
+  (``shown_setting``) also names the values tuning chose (the default's too, when it won), e.g.
+  ``tuned (4 trials) damping=0.0312``. The defaults are those of the method class's signature,
+  updated by the task's per-method defaults as the task sets them now (its
   ``conf/task`` YAML or its class's ``default_config``; for a task that is not installed, those in
   the record's config), including those a reference implementation shares with its native method
   (``Method.shared_task_defaults``). A record made before a task changed a default is therefore
@@ -188,8 +190,9 @@ def setting(rec: RunRecord, defaults: dict) -> str:
     from ``defaults`` updated by the task's ``method_defaults`` for this method
     (:func:`task_method_defaults`); '' at defaults. A tuned record's setting is its
     :func:`tuned_label` followed by the parameters outside its search space that differ (a rung
-    of the cost ladder, e.g. ``tuned (16 trials) chains=2 draws=50``); the tuned parameters are
-    the study's best, in ``tuned.best_params``."""
+    of the cost ladder, e.g. ``tuned (16 trials) chains=2 draws=50``): the tuning procedure, which
+    keys a leaderboard row, so that tuned runs over data seeds or sizes share a row label. The
+    values it chose are added where a row is shown (:func:`shown_setting`)."""
     base = {**defaults, **task_method_defaults(rec)}
     tuned = rec.tuned or {}
     searched = set(tuned.get("search_space") or {})
@@ -198,9 +201,44 @@ def setting(rec: RunRecord, defaults: dict) -> str:
     return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))
 
 
+def shown_setting(key_setting: str, rec: RunRecord) -> str:
+    """The setting a row shows: its key's (:func:`setting`) and, for a tuned record, every value
+    tuning chose (``tuned.best_params``, as the run applied them; the default's too when it won)
+    after the tuned label, e.g. ``tuned (16 trials) eps=0.0003 gamma=1234.5 chains=2 draws=50``."""
+    tuned = rec.tuned or {}
+    label = tuned_label(tuned) if tuned else ""
+    if not label or not key_setting.startswith(label):
+        return key_setting
+    params = method_params(rec)
+    chosen = " ".join(f"{k}={_fmt(params.get(k, v))}" for k, v in sorted((tuned.get("best_params") or {}).items()))
+    return " ".join(filter(None, [label, chosen, key_setting[len(label):].strip()]))
+
+
+def row_label(key: tuple) -> str:
+    """A leaderboard row's name in pairwise tables and plots (``key``: ground truth, task, method,
+    setting, sweep): method, [setting], @sweep."""
+    _, _, method, setting_, sweep = key
+    return method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
+
+
+def engineering(value) -> str:
+    """A count (FLOPs) in engineering notation, three significant digits and an exponent that is a
+    multiple of three: ``2.3e9``, ``776e6``, ``512``; '' for None or NaN."""
+    if value is None or value != value:
+        return ""
+    if value == 0:
+        return "0"
+    exponent = 3 * math.floor(math.log10(abs(value)) / 3)
+    mantissa = float(f"{value / 10 ** exponent:.3g}")
+    if abs(mantissa) >= 1000:  # rounding carried into the next group
+        mantissa, exponent = mantissa / 1000, exponent + 3
+    return f"{mantissa:g}" + (f"e{exponent}" if exponent else "")
+
+
 def record_setting(rec: RunRecord) -> str:
-    """The setting of one record on its own (defaults from its method's class signature)."""
-    return setting(rec, method_defaults(rec.method, [rec]))
+    """The setting of one record on its own as a row shows it (:func:`shown_setting`; defaults
+    from its method's class signature)."""
+    return shown_setting(setting(rec, method_defaults(rec.method, [rec])), rec)
 
 
 def _phase_sum(d: dict | None, phases=("fit", "score")):
@@ -210,18 +248,60 @@ def _phase_sum(d: dict | None, phases=("fit", "score")):
 
 
 def run_cost(rec: RunRecord) -> dict:
-    """A record's fit and score seconds, their sum, their CPU seconds (``cpu_s``), the larger of
-    their peak memories (MiB) and, when recorded, their FLOPs (fit + score); None where the record
-    has no such measurement."""
-    t, m = rec.time_s or {}, rec.peak_mem_mb or {}
+    """What a record's setting costs from scratch: fit and score seconds, their sum, their CPU
+    seconds (``cpu_s``), the larger of their peak memories (MiB) and, when recorded, their FLOPs
+    (fit + score); None where the record has no such measurement. A run that read work an earlier
+    run cached (``cached_work``) counts that work at what computing it cost (``cold_cost``,
+    :mod:`harness.engine.cold_cost`), where that is known; ``warm_s`` is then its own fit + score
+    seconds, the cache read."""
+    cold = rec.cold_cost or {}
+
+    def measure(name: str) -> dict:
+        """Per phase: from scratch where known; else the run's own value, flagged by
+        :func:`fit_from_cache` for seconds, unknown (None) for FLOPs, which nothing flags."""
+        own, scratch = getattr(rec, name) or {}, cold.get(name) or {}
+        unknown = {p for p in scratch if scratch[p] is None and name == "flops"}
+        return {p: None if p in unknown else scratch[p] if scratch.get(p) is not None else own.get(p)
+                for p in ("fit", "score") if p in own or p in scratch}
+
+    t, m = measure("time_s"), measure("peak_mem_mb")
+    own = rec.time_s or {}
     return {"fit_s": t.get("fit"), "score_s": t.get("score"),
-            "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if t else None,
-            "cpu_s": _phase_sum(rec.cpu_time_s),
-            "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if m else None,
-            "flops": _phase_sum(rec.flops)}
+            "total_s": round(sum(t.get(p) or 0 for p in ("fit", "score")), 3) if rec.time_s else None,
+            "cpu_s": _phase_sum(measure("cpu_time_s")),
+            "peak_mem_mb": max(m.get("fit") or 0, m.get("score") or 0) if rec.peak_mem_mb else None,
+            "flops": None if None in (flops := measure("flops")).values() else _phase_sum(flops),
+            "warm_s": round(sum(own.get(p) or 0 for p in ("fit", "score")), 3) if read_cached(rec) else None,
+            "from_cache": fit_from_cache(rec)}
+
+
+def read_cached(rec: RunRecord) -> bool:
+    """Whether the run's fit or score read work cached by an earlier run (curvature factors,
+    ensemble members) instead of computing it."""
+    return bool((rec.diagnostics or {}).get("factors_from_cache") or rec.cached_work)
 
 
 def fit_from_cache(rec: RunRecord) -> bool:
-    """Whether the run's fit or score read work cached by an earlier run (curvature factors,
-    ensemble members): its time is then partly a file read, not the cost of that work."""
-    return bool((rec.diagnostics or {}).get("factors_from_cache") or rec.cached_work)
+    """Whether the record's cost is partly a file read: it read cached work whose cost is not known
+    (cached before costs were kept; a cost that is known is counted, see :func:`run_cost`)."""
+    if not read_cached(rec):
+        return False
+    scratch = (rec.cold_cost or {}).get("time_s") or {}
+    return not scratch or any(v is None for v in scratch.values())
+
+
+def row_cost(rec: RunRecord, recs: list[RunRecord]) -> dict:
+    """The cost a leaderboard row shows: that of its shown record ``rec`` (:func:`run_cost`),
+    unless it is partly a file read (:func:`fit_from_cache`) and an ok record of the same row
+    (``recs``, oldest first) with the same task and method settings has a from-scratch cost: then
+    the newest such record's, with ``rec``'s own seconds as ``warm_s``. A rerun that read cached
+    work never hides the cost of the run that computed it."""
+    cost = run_cost(rec)
+    if not fit_from_cache(rec):
+        return cost
+    same = (rec.task_config, method_params(rec))
+    cold = [r for r in recs if r.is_ok and r.time_s and not fit_from_cache(r)
+            and (r.task_config, method_params(r)) == same]
+    if not cold:
+        return cost
+    return {**run_cost(cold[-1]), "warm_s": cost["warm_s"]}

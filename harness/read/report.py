@@ -48,8 +48,16 @@ from tdabench.harness.read.leaderboard import (  # noqa: E402
     row_label,
     shown_columns,
 )
+from tdabench.harness.read.metric_report import matrix_html, metric_sections  # noqa: E402
+from tdabench.harness.read.metric_tables import metric_table, pairwise_metrics  # noqa: E402
 from tdabench.harness.read.record import RunRecord  # noqa: E402
-from tdabench.harness.read.record_view import fit_from_cache, run_cost, short_hash  # noqa: E402
+from tdabench.harness.read.record_view import (  # noqa: E402
+    engineering,
+    fit_from_cache,
+    row_cost,
+    run_cost,
+    short_hash,
+)
 from tdabench.harness.read.size_plot import plot_n_train  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -107,33 +115,38 @@ def plot_lds(records: list[RunRecord], out: Path) -> list[Path]:
 
 def plot_cost(records: list[RunRecord], out: Path) -> list[Path]:
     """LDS against each cost that differs between the rows of a ground truth: fit + score seconds,
-    model trainings, FLOPs (fit + score). A cost every row shares (zero aside: the random
-    baseline trains nothing) carries no information and has no panel."""
+    model trainings, FLOPs (fit + score), each from scratch (:func:`row_cost`). A cost every row
+    shares (zero aside: the random baseline trains nothing) carries no information and has no
+    panel. Rows are told apart by colour and marker and named in one legend beside the panels
+    (labels beside the points would overlap); a cross marks a cost that is partly a file read."""
     chosen = chosen_records(records)
     gts = ground_truths(records)
     paths = []
     for gt, info in sorted(gts.items()):
-        rows = _shown_ok(chosen, gt)
+        rows = [(key, rec, row_cost(rec, chosen[key][1])) for key, rec in _shown_ok(chosen, gt)]
         if len(rows) < 2:
             continue
-        costs = {"fit + score seconds (log)": [run_cost(r)["total_s"] for _, r in rows],
-                 "model trainings consumed": [r.trainings for _, r in rows],
-                 "FLOPs, fit + score (log)": [run_cost(r)["flops"] for _, r in rows]}
+        costs = {"fit + score seconds (log)": [c["total_s"] for _, _, c in rows],
+                 "model trainings consumed": [r.trainings for _, r, _ in rows],
+                 "FLOPs, fit + score (log)": [c["flops"] for _, _, c in rows]}
         panels = {k: v for k, v in costs.items()  # zero (the random baseline) differs trivially
                   if all(x is not None for x in v) and len({x for x in v if x}) > 1}
         if not panels:
             continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 6 * len(panels), 4.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.5 + 5 * len(panels), max(4.4, 0.22 * len(rows) + 1)),
+                                 squeeze=False)
+        colors = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
         for ax, (label, xs) in zip(axes[0], panels.items()):
-            for (key, r), x in zip(rows, xs):
-                name = row_label(key)
-                ax.scatter(x, r.lds)
-                ax.annotate(name if len(name) <= 30 else name[:29] + "…", (x, r.lds), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+            for i, ((key, r, c), x) in enumerate(zip(rows, xs)):
+                ax.scatter(x, r.lds, color=colors(i % colors.N), marker="osD^v<>"[i // colors.N % 7],
+                           label=row_label(key) + (" (cost partly a cache read)" if c["from_cache"] else ""))
+                if c["from_cache"]:
+                    ax.scatter(x, r.lds, color="k", marker="x", s=60)
             if "(log)" in label and min(xs) > 0:
                 ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("LDS")
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         fig.suptitle(f"LDS against compute: {gt}", fontsize=10)
         paths.append(_save(fig, out / f"cost_{gt_slug(gt, info)}.png"))
     return paths
@@ -241,9 +254,9 @@ def plot_frontier(records: list[RunRecord], out: Path) -> list[Path]:
                 err = [y - np.array([p.low for p in line]), np.array([p.high for p in line]) - y]
                 bar = ax.errorbar(x, y, yerr=err, fmt="o-", ms=4, capsize=3, lw=1.2, label=name)
                 cached = [(p.cost(axis), p.lds) for p in line if p.cached_fit]
-                if cached:  # a cached fit's cost is a file read
+                if cached:  # work cached before costs were kept: its cost is partly a file read
                     ax.scatter(*zip(*cached), marker="x", s=60, color=bar[0].get_color(),
-                               label=f"{name}: fit read cached factors")
+                               label=f"{name}: cost partly a read of cached work")
             front = pareto([p for line in lines.values() for p in line], axis)
             if front:
                 fx = [p.cost(axis) for p in front] + [max(p.cost(axis) for line in lines.values() for p in line
@@ -308,6 +321,8 @@ def write_report(results_dirs, out: str | Path | None = None) -> Path:
              "the best (paired Wilcoxon, Holm-adjusted p &ge; 0.05).</p>", "<h2>Leaderboard</h2>"]
     for gt, sub in df.groupby("ground_truth", sort=True):
         shown = shown_columns(sub, ["ground_truth", "task", "lds_ci_low", "lds_ci_high"])
+        if "flops" in shown:
+            shown = shown.assign(flops=shown["flops"].map(engineering))
         shown = shown.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v))
         shown = shown.replace("nan", "")
         if "overloaded" in shown:
@@ -321,16 +336,14 @@ def write_report(results_dirs, out: str | Path | None = None) -> Path:
                   f"<p>{html.escape(note)}</p>" if note else "", f"<div class='scroll'>{table}</div>"]
     if not pairs.empty:
         parts += ["<h2>Pairwise comparisons</h2>",
-                  "<p>Row minus column: mean per-query LDS difference; * marks a Holm-adjusted p &lt; "
-                  "0.05 (paired Wilcoxon signed-rank test, adjusted over every pair of the ground "
-                  "truth). Intervals, p-values and p_holm are in pairwise.csv.</p>"]
+                  "<p>Row minus column: mean per-query LDS difference with its paired bootstrap 95% "
+                  "interval below; * marks a Holm-adjusted p &lt; 0.05 (paired Wilcoxon signed-rank "
+                  "test, adjusted over every pair of the ground truth); hover a cell for the p-values. "
+                  "All are in pairwise.csv.</p>"]
         for gt, sub in pairs.groupby("ground_truth"):
-            cells = sub.assign(cell=[f"{d:+.3f}{'*' if sig else ''}" for d, sig in
-                                     zip(sub["mean_diff"], sub["significant"])])
-            order = list(dict.fromkeys([*sub["method_a"], *sub["method_b"]]))
-            matrix = cells.pivot(index="method_a", columns="method_b", values="cell")
-            matrix = matrix.reindex(index=order[:-1], columns=order[1:]).fillna("")
-            parts += [f"<h3>{html.escape(gt)}</h3>", f"<div class='scroll'>{matrix.to_html()}</div>"]
+            parts += [f"<h3>{html.escape(gt)}</h3>", f"<div class='scroll'>{matrix_html(sub)}</div>"]
+    chosen = chosen_records(records)
+    parts += metric_sections(metric_table(chosen), pairwise_metrics(chosen), out / "plots", _save, _slug, _img)
     frontier = frontier_table(records)
     if not frontier.empty:
         shown = frontier[FRONTIER_SHOWN].map(

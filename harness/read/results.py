@@ -75,7 +75,7 @@ def append_record(results_dir: str | Path, record: dict) -> Path:
     path = Path(results_dir) / "runs.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = record_line(record)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size

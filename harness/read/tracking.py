@@ -84,7 +84,7 @@ def summary_of(record: RunRecord) -> dict:
         out["lds_ci_low"], out["lds_ci_high"] = record.lds_ci
     if record.lds_ceiling_ci:
         out["lds_ceiling_ci_low"], out["lds_ceiling_ci_high"] = record.lds_ceiling_ci
-    out.update({k: v for k, v in run_cost(record).items() if v is not None})
+    out.update({k: v for k, v in run_cost(record).items() if v is not None and k != "from_cache"})
     for field, suffix in (("time_s", "_s"), ("cpu_time_s", "_cpu_s"), ("peak_mem_mb", "_peak_mem_mb"),
                           ("flops", "_flops"), ("peak_rss_mb", "_peak_rss_mb"), ("load_avg", "_load_avg")):
         for phase, v in (getattr(record, field) or {}).items():

@@ -247,6 +247,10 @@ class BIF(Method):
     def trainings(self, task) -> int:
         return 1
 
+    def token_scores(self, task) -> bool:
+        """Whether :meth:`score` gives per-token scores on ``task`` (on every per-token task)."""
+        return "per_token" in task.capabilities
+
     def total_steps(self) -> int:
         return self.burn_in + self.draws * self.steps_between_draws
 

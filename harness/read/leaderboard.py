@@ -32,6 +32,7 @@ import pandas as pd
 
 from tdabench.harness.core.registry import TASKS, UnknownNameError
 from tdabench.harness.core.storage import atomic_write_bytes
+from tdabench.harness.read.importance import importance_table, render_importance
 from tdabench.harness.read.metric_tables import agreement, metric_table, render_metric_tables
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import (
@@ -354,5 +355,9 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     if not trend.empty:
         atomic_write_bytes(out / "trend.csv", trend.to_csv(index=False).encode())
         markdown = "\n".join([markdown, *render_trend(trend)])
+    importance = importance_table(records)
+    if not importance.empty:
+        atomic_write_bytes(out / "importance.csv", importance.to_csv(index=False).encode())
+        markdown = "\n".join([markdown, *render_importance(importance)])
     atomic_write_bytes(out / "leaderboard.md", markdown.encode())
     return df

@@ -170,3 +170,14 @@ def test_fanova_finds_the_parameter_that_matters():
     row = table[table["parameter"] == "gamma"].iloc[0]
     best = max(t["value"] for t in log)
     assert row["gain"] == pytest.approx(best - log[0]["value"]) and row["importance"] == pytest.approx(imp["gamma"])
+
+
+def test_stagewise_table_has_a_column_per_step():
+    from tdabench.harness.read.stagewise import render_stagewise, stagewise_table
+
+    snaps = [{"snapshot": t, "step": 10 * (t + 1), "lds": 0.1 * t, "ci": [0.0, 0.3]} for t in range(3)]
+    rec = RunRecord.from_dict({"status": "ok", "method": "ekfac", "metrics": {"lds_stagewise": {"snapshots": snaps}}})
+    table = stagewise_table({("gt", "digits_mlp", "ekfac", "", ""): (rec, [rec])})
+    assert table["step"].tolist() == [10, 20, 30] and table["lds"].tolist() == pytest.approx([0, 0.1, 0.2])
+    text = "\n".join(render_stagewise(table))
+    assert "step 10" in text and "step 30" in text and "digits_mlp" in text

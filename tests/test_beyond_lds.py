@@ -181,3 +181,27 @@ def test_stagewise_table_has_a_column_per_step():
     assert table["step"].tolist() == [10, 20, 30] and table["lds"].tolist() == pytest.approx([0, 0.1, 0.2])
     text = "\n".join(render_stagewise(table))
     assert "step 10" in text and "step 30" in text and "digits_mlp" in text
+
+
+def test_trace_keeps_each_query_tokens_loss_on_a_language_task(tmp_path):
+    """On a per-token task the trace also holds every query token's loss of each retrained model;
+    their mean over tokens is the sequence observable at the last snapshot."""
+    from tdabench.tasks.text import TextNeoX
+    from tests.test_tasks_text import text_cfg
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(bytes(range(256)) * 40)
+    task = TextNeoX(text_cfg(text_path=str(path), tokens="byte", n_train=20, n_query=2, n_test=2, seq_len=16,
+                             recipe={"epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
+                                     "weight_decay": 0.0, "schedule": "constant", "warmup": 0.0}),
+                    seed=0, cache_dir=tmp_path, log=lambda m: None)
+    gt = dict(GT, subsets=2, seeds=1)
+    trace = TraceBuilder(task, gt, tmp_path / "c", quiet)
+    out = trace.build()
+    assert trace.tokens and trace.n_tokens == 16 and out.outcomes.shape == (2, 1, 2 * (2 + 16))
+    tokens, stages = trace.token_outcomes(out), trace.stage_outcomes(out)
+    assert tokens.shape == (2, 1, 2, 16)
+    assert torch.allclose(tokens.mean(dim=-1), stages[-1], atol=1e-5)
+    model = task.fit_model(torch.nonzero(trace.masks[1])[:, 0], trace.job_seed(1, 0)).model
+    expected = task.batched(task.token_observables, model, task.query_split)
+    assert torch.allclose(tokens[1, 0], expected, atol=1e-6)

@@ -205,3 +205,16 @@ def test_trace_keeps_each_query_tokens_loss_on_a_language_task(tmp_path):
     model = task.fit_model(torch.nonzero(trace.masks[1])[:, 0], trace.job_seed(1, 0)).model
     expected = task.batched(task.token_observables, model, task.query_split)
     assert torch.allclose(tokens[1, 0], expected, atol=1e-6)
+
+
+def test_the_removal_settings_leave_other_runs_hashes_alone():
+    """Runs without the removal metric keep the hash they had before its settings existed (reruns
+    skip their done work, tuned studies continue); runs with it hash its settings."""
+    from tdabench.harness.engine.compose import compose
+    from tdabench.harness.engine.run import config_hash, study_key
+
+    cfg = compose([])
+    before = {k: v for k, v in cfg.items() if k != "removal"}
+    assert config_hash(cfg) == config_hash(before) and study_key(cfg) == study_key(before)
+    with_removal = compose(["metric=[lds,removal]"])
+    assert config_hash(with_removal) != config_hash(compose(["metric=[lds,removal]", "removal.seeds=3"]))

@@ -247,14 +247,16 @@ class BIF(Method):
     def trainings(self, task) -> int:
         return 1
 
+    def token_scores(self, task) -> bool:
+        """Whether :meth:`score` gives per-token scores on ``task``: on every per-token task."""
+        return "per_token" in task.capabilities
+
     def total_steps(self) -> int:
         return self.burn_in + self.draws * self.steps_between_draws
 
     # ----- sampling ------------------------------------------------------------------------------
     def _query_fn(self, task):
-        if "per_token" in task.capabilities:
-            return task.token_observables
-        return task.observable
+        return task.token_observables if self.token_scores(task) else task.observable
 
     def _evaluate_split(self, chain_model, fn, params, split) -> torch.Tensor:
         """``fn`` on every example of ``split`` under every chain: [C, N * (T)] (flattened)."""
@@ -407,8 +409,7 @@ class BIF(Method):
             # [chains][<= TRACE_POINTS]: full training mean loss at the draws, likewise
             "draw_loss_trace": _block_means(draw_trace),
             "draw_loss_trace_block": -(-draw_trace.shape[1] // TRACE_POINTS),
-            "vectorized": vectorized,
-            "settled": self._settled(task, start, draw_trace),
+            "vectorized": vectorized, "settled": self._settled(task, start, draw_trace),
         }
 
     def training_loss_draws(self, task, model, idx: torch.Tensor) -> torch.Tensor:

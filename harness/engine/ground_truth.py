@@ -154,6 +154,14 @@ class GroundTruthBuilder:
         """The seed of retraining ``k`` of row ``row`` (fresh-seeds mode)."""
         return retrain_seed(self.draw_seed, row, k)
 
+    def outcome_width(self) -> int:
+        """Numbers recorded per retrained model (the queries' observables)."""
+        return self.task.n_query
+
+    def observe(self, model) -> torch.Tensor:
+        """What is recorded of one retrained model: [outcome_width] (every query's observable)."""
+        return self.task.query_observables(model).cpu()
+
     def _waited(self, seconds: float) -> None:
         self.wait_s += seconds
 
@@ -183,7 +191,7 @@ class GroundTruthBuilder:
                                        init, recipe, vectorize=gt.get("vectorize", True))
                 for i, m in zip(at, fitted):
                     models[i] = m
-        outs = torch.stack([task.query_observables(m).cpu() for m in models])
+        outs = torch.stack([self.observe(m) for m in models])
         degenerate = torch.tensor([degenerate_reason(task.evaluate(m)) is not None for m in models])
         return outs.view(len(subsets), self.seeds, -1), degenerate.view(len(subsets), self.seeds)
 
@@ -252,7 +260,7 @@ class GroundTruthBuilder:
 
         def assemble():
             self.produced = True
-            outcomes = torch.empty(self.gt["subsets"], self.seeds, self.task.n_query)
+            outcomes = torch.empty(self.gt["subsets"], self.seeds, self.outcome_width())
             degenerate = torch.zeros(self.gt["subsets"], self.seeds, dtype=torch.bool)
             known = True
             for s in range(n):

@@ -98,12 +98,13 @@ log = logging.getLogger(__name__)
 
 def config_hash(cfg: dict) -> str:
     """The hash of the settings that determine a run's numbers. Settings added after records were
-    first hashed (``metric``, ``loo``, ``mislabel``, ``tune``) count only where they change the
+    first hashed (``metric``, ``loo``, ``mislabel``, ``removal``, ``tune``) count only where they change the
     run, so a run at their defaults keeps the hash of a record written before them."""
     metrics = metric_names(cfg)
     unused = {"metric"} if metrics == ["lds"] else set()
     unused |= {"loo"} if "loo" not in metrics else set()
     unused |= {"mislabel"} if "mislabel_auc" not in metrics else set()
+    unused |= {"removal"} if "removal" not in metrics else set()
     unused |= {"tune"} if not (cfg.get("tune") or {}).get("trials") else set()
     kept = without_null_gt_from(cfg)
     return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
@@ -112,8 +113,10 @@ def config_hash(cfg: dict) -> str:
 def study_key(cfg: dict) -> str:
     """The hash of the settings that define a tuned pairing's Optuna study: those of
     :func:`config_hash` with every ``tune`` setting but the trial count, the storage and the cap
-    of the final choice (``select_cpu_s``: every cap chooses from the same study)."""
-    kept = {k: v for k, v in without_null_gt_from(cfg).items() if k not in NON_DETERMINING and k != "tune"}
+    of the final choice (``select_cpu_s``: every cap chooses from the same study); the ``removal``
+    settings, which tuning never reads, are left out (studies made before them continue)."""
+    kept = {k: v for k, v in without_null_gt_from(cfg).items()
+            if k not in NON_DETERMINING and k not in ("tune", "removal")}
     tune_cfg = {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
     return content_hash({**kept, "tune": tune_cfg})
 

@@ -221,6 +221,19 @@ def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
     return value
 
 
+def trial_log(study) -> list[dict]:
+    """Every trial of ``study`` as JSON: number, state, search-space values, their Optuna
+    distributions (JSON), validation LDS (None unless complete), CPU seconds and whether it was
+    refused; the record keeps them, so what the settings did is read without the study file."""
+    from optuna.distributions import distribution_to_json
+
+    return [{"number": t.number, "state": t.state.name, "params": dict(t.params),
+             "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()},
+             "value": t.value if t.state.name == "COMPLETE" and "refused" not in t.user_attrs else None,
+             "cpu_s": t.user_attrs.get("cpu_s"), "refused": "refused" in t.user_attrs}
+            for t in study.trials]
+
+
 def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
     """Run (or continue) the pairing's study up to ``tune.trials`` trials on the validation view
     of ``task``; the best setting and the record's ``tuned`` field. ``study_key``: the hash of the
@@ -296,7 +309,8 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
             "select_cpu_s": select, "best_cpu_s": best.user_attrs.get("cpu_s"),
             "completed_trials": len(done),
             "refused_trials": sum("refused" in t.user_attrs for t in study.trials), "study": name, "storage": where,
-            "trials_cpu_s": round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3)}
+            "trials_cpu_s": round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3),
+            "trial_log": trial_log(study)}
     log.info(f"{task.name} / {method_cls.name}: best of {len(study.trials)} trials {params}, "
              f"validation LDS {best.value:.4f}")
     return Tuned(params, info)

@@ -33,6 +33,7 @@ import pandas as pd
 
 from tdabench.harness.core.registry import TASKS, UnknownNameError
 from tdabench.harness.core.storage import atomic_write_bytes
+from tdabench.harness.read.importance import importance_table, render_importance
 from tdabench.harness.read.metric_tables import agreement, metric_table, pairwise_metrics, render_metric_tables
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import (
@@ -51,6 +52,7 @@ from tdabench.harness.read.record_view import (
 from tdabench.harness.read.results import read_records
 from tdabench.harness.read.seeds import across_seeds
 from tdabench.harness.read.seeds import render as render_seeds
+from tdabench.harness.read.stagewise import render_stagewise, stagewise_table
 from tdabench.harness.read.statistics import pairwise_table, tied_with_best
 from tdabench.harness.read.trend import render as render_trend
 from tdabench.harness.read.trend import trends
@@ -370,5 +372,13 @@ def write(results_dirs: list[str | Path], out: str | Path | None = None) -> pd.D
     if not trend.empty:
         atomic_write_bytes(out / "trend.csv", trend.to_csv(index=False).encode())
         markdown = "\n".join([markdown, *render_trend(trend)])
+    stages = stagewise_table(chosen_records(records))
+    if not stages.empty:
+        atomic_write_bytes(out / "stagewise.csv", stages.to_csv(index=False).encode())
+        markdown = "\n".join([markdown, *render_stagewise(stages)])
+    importance = importance_table(records)
+    if not importance.empty:
+        atomic_write_bytes(out / "importance.csv", importance.to_csv(index=False).encode())
+        markdown = "\n".join([markdown, *render_importance(importance)])
     atomic_write_bytes(out / "leaderboard.md", markdown.encode())
     return df

@@ -1,0 +1,40 @@
+"""The stagewise LDS as a leaderboard table: LDS against training step, per method.
+
+From the shown record of each leaderboard row that carries ``metrics.lds_stagewise``: one row per
+(task, method, setting, snapshot) with the reference run's step, the LDS and its interval
+(``stagewise.csv``), and in leaderboard.md one table per task with a column per step.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tdabench.harness.read.record import RunRecord
+
+COLUMNS = ["task", "method", "setting", "snapshot", "step", "lds", "ci_low", "ci_high"]
+
+
+def stagewise_table(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> pd.DataFrame:
+    rows = []
+    for key, (rec, _) in chosen.items():
+        entry = (rec.metrics or {}).get("lds_stagewise") or {}
+        for s in entry.get("snapshots") or []:
+            ci = s.get("ci") or [None, None]
+            rows.append({"task": key[1], "method": key[2], "setting": key[3], "snapshot": s.get("snapshot"),
+                         "step": s.get("step"), "lds": s.get("lds"), "ci_low": ci[0], "ci_high": ci[1]})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def render_stagewise(table: pd.DataFrame) -> list[str]:
+    """One markdown table per task: a row per method and setting, the LDS at each step."""
+    if table.empty:
+        return []
+    parts = []
+    for task, sub in table.groupby("task", sort=True):
+        wide = sub.pivot_table(index=["method", "setting"], columns="step", values="lds", aggfunc="first")
+        wide.columns = [f"step {c}" for c in wide.columns]
+        parts += [f"## LDS along training ({task})", "",
+                  "metric lds_stagewise: each method fitted at the reference run's snapshot and scored "
+                  "against retraining stopped at the same point of training", "",
+                  wide.reset_index().to_markdown(index=False, floatfmt=".3f"), ""]
+    return parts

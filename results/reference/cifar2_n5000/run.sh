@@ -28,8 +28,10 @@ if [ ! -x "$src/.venv/bin/tdabench" ]; then
   say "freezing $COMMIT into $src"
   rm -rf "$src" && mkdir -p "$src"
   git archive "$COMMIT" | tar -x -C "$src" || { say "git archive $COMMIT failed"; exit 1; }
-  python3 -m venv "$src/.venv" && echo "$MAIN_SITE" > "$src/.venv/lib/python3.11/site-packages/zz_main_site.pth"
-  (cd "$src" && .venv/bin/pip install -q --no-deps --no-build-isolation -e .) || { say "install failed"; exit 1; }
+  # no packages of its own: pip, setuptools and everything else come from the main environment
+  python3 -m venv --without-pip "$src/.venv" && echo "$MAIN_SITE" > "$src/.venv/lib/python3.11/site-packages/zz_main_site.pth"
+  (cd "$src" && .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .) \
+    || { say "install failed"; exit 1; }
 fi
 cd "$src" || exit 1
 export OMP_NUM_THREADS=1 WANDB_MODE=disabled TQDM_MININTERVAL=60

@@ -3,7 +3,8 @@
 Run it from a copy of the project on a machine with one CUDA GPU, with that machine's own
 PyTorch (any recent version; ``pip install --no-deps -e .`` of the project and its pure-Python
 dependencies), and the CIFAR-10 archive ``cifar10-jpeg.tar.gz`` beside the project in
-``../shared/data/`` (or ``shared/data/`` inside it, or ``--data DIR``); nothing is downloaded.
+``../shared/data/`` (or ``shared/data/`` inside it, ``$TDABENCH_DATA`` or ``--data DIR``); nothing
+is downloaded.
 
     python benchmarks/gpu_check.py [--out results/reference/gpu_cifar10]   # on a GPU
     python benchmarks/gpu_check.py --tiny                                  # every step, on this CPU
@@ -70,7 +71,8 @@ GT_METHODS = ("ekfac", "trak", "grad_dot", "bif")
 
 
 def find_archive(given: str | None) -> Path:
-    for d in ([Path(given)] if given else []) + [ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]:
+    env = [Path(os.environ["TDABENCH_DATA"])] if os.environ.get("TDABENCH_DATA") else []
+    for d in ([Path(given)] if given else []) + env + [ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]:
         if (d / ARCHIVE).is_file():
             return d
     raise SystemExit(f"gpu_check: {ARCHIVE} not found in {given or '../shared/data or shared/data'}; "

@@ -24,19 +24,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tdabench.harness.engine.compose import compose
 from tdabench.harness.engine.training import Recipe, train
-from tdabench.tasks.cifar import ARCHITECTURES
 
 
-def matmul_peak(dtype: torch.dtype, n: int, seconds: float = 1.5) -> float:
-    """FLOP/s of an n x n by n x n product in ``dtype``: the best of repetitions over ``seconds``."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    best, start = float("inf"), time.process_time()
-    while time.process_time() - start < seconds:
-        t0 = time.process_time()
+def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...], seconds: float = 1.0) -> float:
+    """FLOP/s of square products in ``dtype``: the best over ``sizes`` (n x n by n x n) of the
+    fastest of the repetitions that fit in ``seconds`` of CPU time per size (at least two)."""
+    best_rate = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b
-        best = min(best, time.process_time() - t0)
-    return 2 * n**3 / max(best, 1e-9)
+        best, start, reps = float("inf"), time.process_time(), 0
+        while reps < 2 or time.process_time() - start < seconds:
+            t0 = time.process_time()
+            a @ b
+            best, reps = min(best, time.process_time() - t0), reps + 1
+        best_rate = max(best_rate, 2 * n**3 / max(best, 1e-9))
+    return best_rate
 
 
 def step_flops(model, loss_fn, x, y, recipe: Recipe) -> int:
@@ -79,30 +82,32 @@ def where_time_goes(task, recipe: Recipe, steps: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="fast", help="a preset of conf/recipe/, or none")
-    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--width", type=int, default=None, help="default: the recipe's (or the task's)")
     ap.add_argument("--steps", type=int, default=30, help="training steps timed")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--matmul", type=int, default=1024)
+    ap.add_argument("--matmul", default="256,512,1024", help="sizes of the square products timed")
     ap.add_argument("--n-train", type=int, default=5000, help="training images the models per hour are for")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    over = ["task=cifar2_resnet9", f"task.width={args.width}", "task.n_train=1000", "wandb.mode=disabled"]
-    cfg = compose(over + ([f"recipe={args.recipe}"] if args.recipe != "none" else []))
+    over = ["task=cifar2_resnet9", "task.n_train=1000", "wandb.mode=disabled"]
+    over += [f"recipe={args.recipe}"] if args.recipe != "none" else []
+    cfg = compose(over + ([f"task.width={args.width}"] if args.width else []))
+    width = cfg["task"]["width"]
     from tdabench.harness.engine.run import prepare
 
     task, _ = prepare(cfg)
     recipe = task.recipe()
     split = task.train_split
-    peak32 = matmul_peak(torch.float32, args.matmul)
-    peak16 = matmul_peak(torch.bfloat16, args.matmul)
-    print(f"matrix-multiply peak ({args.threads} thread(s), {args.matmul}^3): float32 {peak32 / 1e9:.1f} "
+    sizes = tuple(int(n) for n in args.matmul.split(","))
+    peak32 = matmul_peak(torch.float32, sizes)
+    peak16 = matmul_peak(torch.bfloat16, sizes)
+    print(f"matrix-multiply peak ({args.threads} thread(s), best of {args.matmul}): float32 {peak32 / 1e9:.1f} "
           f"GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
 
-    arch = ARCHITECTURES[cfg["task"].get("arch", "resnet9")]
     x, y = split.inputs[:recipe.batch_size], split.targets[:recipe.batch_size]
-    flops = step_flops(arch(args.width, 2), task.per_example_loss, x, y, recipe)
+    flops = step_flops(task.new_model(0), task.per_example_loss, x, y, recipe)
     per_image = flops / recipe.batch_size
-    print(f"one training step ({recipe.batch_size} images, width {args.width}): {flops / 1e9:.2f} GFLOP, "
+    print(f"one training step ({recipe.batch_size} images, width {width}): {flops / 1e9:.2f} GFLOP, "
           f"{per_image / 1e6:.0f} MFLOP per image")
 
     n = min(task.n_train, args.steps * recipe.batch_size)

@@ -51,6 +51,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/trak_speed.py --models 5; \
 	$(BIN)/python benchmarks/pythia_cost.py; \
 	$(BIN)/python benchmarks/exact_if_memory.py --solvers dense; \
+	$(BIN)/python benchmarks/trainer_throughput.py; \
+	$(BIN)/python benchmarks/gpu_check.py --tiny; \
 	$(BIN)/python -m pytest -q -m slow -o addopts=""; \
 	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s"
 

@@ -39,7 +39,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from tdabench.harness.core.storage import load_or_compute
+from tdabench.harness.core.storage import load_or_compute, to_device
 from tdabench.methods.curvature_factors import (
     DAMPING_KINDS,
     STRATEGIES,
@@ -83,7 +83,8 @@ def fit_curvature(task, model: nn.Module, cfg: CurvatureConfig, of: str = "the m
         curv = fit_curvature_uncached(task, model, cfg)
         return {"layers": {n: asdict(f) for n, f in curv.layers.items()}, "n_examples": curv.n_examples}
 
-    blob = load_or_compute(path, compute, f"{cfg.strategy} factors", task.log)
+    # read from the cache onto the CPU: back to the device the factors are used on
+    blob = to_device(load_or_compute(path, compute, f"{cfg.strategy} factors", task.log), task.device)
     return Curvature(cfg, {n: LayerFactors(**f) for n, f in blob["layers"].items()}, blob["n_examples"],
                      from_cache=not fitted)
 

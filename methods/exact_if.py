@@ -132,7 +132,7 @@ def conjugate_gradient(op, b: torch.Tensor, tol: float, max_iter: int, state_pat
     b_norm = b.norm(dim=1).clamp_min(1e-300)
     it = start = 0
     st = load_state(state_path, ("b", "x", "r", "p", "rs", "iterations"),
-                    lambda st: st["b"].shape == b.shape and torch.equal(st["b"], b))
+                    lambda st: st["b"].shape == b.shape and torch.equal(st["b"], b), device=b.device)
     if st is not None:
         x, r, p, rs, start = st["x"], st["r"], st["p"], st["rs"], st["iterations"]
     bar = tqdm(total=max_iter, initial=start, desc="exact_if: conjugate gradients", unit="it",
@@ -180,10 +180,11 @@ def lissa(op, b: torch.Tensor, scale: float, max_iter: int, tol: float) -> tuple
     return x / scale, {"iterations": it, "relative_change": change, "scale": scale}
 
 
-def top_eigenvalue(op, p: int, iters: int = 20, seed: int = 0) -> float:
-    """Largest-magnitude eigenvalue of op (a symmetric [P, P] operator) by power iteration."""
+def top_eigenvalue(op, p: int, iters: int = 20, seed: int = 0, device=None) -> float:
+    """Largest-magnitude eigenvalue of op (a symmetric [P, P] operator on ``device``) by power
+    iteration (the start vector is drawn on the CPU, so every device starts from the same one)."""
     g = torch.Generator().manual_seed(seed)
-    v = torch.randn(1, p, generator=g, dtype=torch.float64)
+    v = torch.randn(1, p, generator=g, dtype=torch.float64).to(device)
     v /= v.norm()
     lam = 0.0
     for _ in range(iters):
@@ -265,7 +266,7 @@ class ExactIF(Method):
         if self.solver == "cg":
             x, info = conjugate_gradient(op.matmul, gq, self.tol, self.max_iter, self.state_path(task, model))
         else:
-            scale = self.scale or 1.1 * top_eigenvalue(op.matmul, op.size, seed=self.seed)
+            scale = self.scale or 1.1 * top_eigenvalue(op.matmul, op.size, seed=self.seed, device=gq.device)
             x, info = lissa(op.matmul, gq, scale, self.max_iter, self.tol)
         self.h_inv_q = x.T
         self.diagnostics = {"solver": self.solver, "hvp_calls": op.calls, **info}

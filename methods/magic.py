@@ -82,7 +82,7 @@ class Magic(Method):
         return len(self.training_seeds(task))
 
     def score(self, task, model) -> torch.Tensor:
-        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64)
+        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64, device=task.device)
         seeds = self.training_seeds(task)
         for i, s in enumerate(seeds):
             log.info(f"magic: metagradients through training run {i + 1} of {len(seeds)} (seed {s})")
@@ -142,7 +142,8 @@ def metagradient(task, replay, queries: slice, segment: int | None = None,
     names = list(final)
     done_from = T  # the reverse pass has covered steps done_from .. T-1
     st = load_state(state_path, ("steps", "segment", "done_from", "adj_w", "adj_m", "out"),
-                    lambda st: st["steps"] == T and st["segment"] == k and st["out"].shape == out.shape)
+                    lambda st: st["steps"] == T and st["segment"] == k and st["out"].shape == out.shape,
+                    device=phi.device)
     if st is not None:
         adj_w, adj_m, out, done_from = st["adj_w"], st["adj_m"], st["out"], st["done_from"]
         if diagnostics is not None:

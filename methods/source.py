@@ -175,7 +175,7 @@ class SOURCE(Method):
 
     def score(self, task, model) -> torch.Tensor:
         s = task.train_split
-        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64)
+        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64, device=task.device)
         for (models, _, _), w in zip(self._groups, self._queries):
             for m in models:
                 start = 0

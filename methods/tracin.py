@@ -35,7 +35,7 @@ class TracIn(Method):
         return 1  # the reference run, which also produced the snapshots
 
     def score(self, task, model) -> torch.Tensor:
-        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64)
+        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64, device=task.device)
         for snap in task.trajectory():
             m = task.snapshot_model(snap)
             step = effective_lr(task, snap.lr) * snap.steps / task.n_train

@@ -14,6 +14,10 @@ split. The decoded images are cached as uint8 tensors; inputs are normalized per
 
 Model. ResNet-9 (conv-BN-ReLU blocks, two residual stages, max pooling, a bias-free linear head
 scaled by 0.2) with channel widths (w, 2w, 4w, 2w) for ``task.width`` = w; TRAK's is w = 64.
+``task.arch=dattri_resnet9`` is dattri's CIFAR-2 ResNet-9 instead (basic blocks with projection
+shortcuts and dropout 0.1; 4.83M parameters at w = 64; its dropout masks are drawn from a
+generator seeded per training, so the same seed gives the same model, but exact replay
+(``magic``) does not reproduce them).
 
 Training (conf/task/cifar10_resnet9.yaml). SGD with momentum 0.9, a one-cycle learning rate
 (peak 0.2 a quarter of the way in), weight decay 5e-4, batch 64, 20 epochs, label smoothing 0.1
@@ -23,6 +27,13 @@ cross-entropy (or the margin). Measured on one CPU core: width 16 on 1000 CIFAR-
 about 49% test accuracy (42-45% with 15 epochs; a naive 15-epoch recipe reached 22-30%), on 500
 images about 42%; CIFAR-2 (cat vs dog) width 16 on 500 images about 67%. One training costs
 about 2.7 ms per image and epoch at width 16 (about 55 s for 1000 images, 20 epochs).
+
+Recipe presets (conf/recipe/, ``recipe=NAME``) replace these settings: ``fast`` (Nesterov SGD,
+short warm-up and linear decay, label smoothing 0.2, flips and 2-pixel translations, batch 128,
+channels-last; its width and epochs the knee measured on cat vs dog at 5,000 images, see
+docs/tasks.md) and ``dattri`` (dattri's architecture and recipe). bf16 autocast
+(``task.recipe.precision=bf16``) is for GPUs and CPUs with AVX-512 BF16 or AMX: on an AVX2-only
+CPU PyTorch falls back to a slow convolution and a training step is about 8x slower.
 """
 
 from __future__ import annotations
@@ -105,6 +116,39 @@ def resnet9(width: int = 64, num_classes: int = 10) -> nn.Sequential:
         nn.Linear(w2, num_classes, bias=False),
         Scale(0.2),
     )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers (ReLU between, dropout after each) plus a shortcut (a 1x1 conv-BN
+    projection with dropout when the shape changes), ReLU after the sum."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Dropout(dropout))
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out), nn.Dropout(dropout))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def dattri_resnet9(width: int = 64, num_classes: int = 2, dropout: float = 0.1) -> nn.Sequential:
+    """dattri's CIFAR-2 ResNet-9 shape: a 3x3 conv-BN-ReLU stem of w channels, basic blocks of 2w
+    (stride 1), 4w and 8w channels (stride 2 each), global average pooling and a linear layer with
+    bias; dropout after every conv. 4,825,154 parameters at w = 64 with two classes."""
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.Dropout(dropout),
+        BasicBlock(width, 2 * width, 1, dropout),
+        BasicBlock(2 * width, 4 * width, 2, dropout),
+        BasicBlock(4 * width, 8 * width, 2, dropout),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * width, num_classes))
+
+
+ARCHITECTURES = {"resnet9": resnet9, "dattri_resnet9": dattri_resnet9}
 
 
 # ----- data sources ------------------------------------------------------------------------------
@@ -198,6 +242,8 @@ class CifarResNet9(Task):
             elif cfg["n_query"] + (n_test or 1) > TEST_PER_CLASS * c:
                 problems.append(f"task.n_query={cfg['n_query']} plus task.n_test={n_test} exceed the "
                                 f"{TEST_PER_CLASS * c} test images of {c} classes")
+        if cfg.get("arch", "resnet9") not in ARCHITECTURES:
+            problems.append(f"task.arch={cfg.get('arch')!r}: use one of {', '.join(ARCHITECTURES)}")
         width = cfg.get("width", 16)
         if not isinstance(width, int) or width < 1:
             problems.append(f"task.width={width!r} must be a positive integer (channels of the first layer)")
@@ -269,7 +315,18 @@ class CifarResNet9(Task):
 
     # ----- model, losses, augmentation ---------------------------------------------------
     def build_model(self) -> nn.Module:
-        return resnet9(int(self.cfg.get("width", 16)), len(self.classes))
+        arch = ARCHITECTURES[self.cfg.get("arch", "resnet9")]
+        return arch(int(self.cfg.get("width", 16)), len(self.classes))
+
+    def fit_model(self, idx, seed, init_state=None, snapshots=0, recipe=None, weights=None):
+        """As the task's, with torch's global generator seeded from ``seed`` for the training of
+        an architecture with dropout (its masks come from that generator), so that the same seed
+        gives the same model; other architectures draw nothing from it and train unchanged."""
+        if self.cfg.get("arch", "resnet9") == "resnet9":
+            return super().fit_model(idx, seed, init_state, snapshots, recipe, weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return super().fit_model(idx, seed, init_state, snapshots, recipe, weights)
 
     def per_example_loss(self, model, inputs, targets):
         """The training loss l_i: cross-entropy with ``task.label_smoothing``. [B]"""

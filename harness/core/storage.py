@@ -204,10 +204,24 @@ def exclusive_lock(path: str | Path, what: str, log=None, on_wait=None):
         lock.release()
 
 
-def load_state(path: str | Path | None, keys: tuple[str, ...], matches=lambda state: True) -> dict | None:
+def to_device(tree: Any, device) -> Any:
+    """``tree`` (tensors in dicts, lists and tuples) with every tensor moved to ``device`` (files
+    are read onto the CPU; a computation on another device moves what it reads back there)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
+
+
+def load_state(path: str | Path | None, keys: tuple[str, ...], matches=lambda state: True,
+               device=None) -> dict | None:
     """The saved state of an interrupted computation (written by :func:`save_verified`): its dict
     when ``path`` exists, is intact, holds every one of ``keys`` and ``matches(state)``; else None.
-    A damaged or incomplete file is removed, so the computation starts afresh."""
+    A damaged or incomplete file is removed, so the computation starts afresh. ``device``: where
+    its tensors go (default: the CPU, where files are read)."""
     if path is None or not Path(path).exists():
         return None
     try:
@@ -217,6 +231,7 @@ def load_state(path: str | Path | None, keys: tuple[str, ...], matches=lambda st
     if not isinstance(state, dict) or not all(k in state for k in keys):
         remove_verified(path)
         return None
+    state = state if device is None else to_device(state, device)
     return state if matches(state) else None
 
 

@@ -13,6 +13,7 @@ the parameters, the momentum buffers and the minibatch's weights beta: what exac
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -23,8 +24,13 @@ from torch import nn
 
 @dataclass
 class Recipe:
-    """Optimizer and schedule. ``schedule`` is ``constant``, ``cosine`` or ``onecycle`` (linear
-    warm-up over ``warmup`` of the steps, then linear decay to zero)."""
+    """Optimizer, schedule and arithmetic of training. ``schedule`` is ``constant``, ``cosine`` or
+    ``onecycle`` (linear warm-up over ``warmup`` of the steps, then linear decay to zero).
+    ``nesterov`` uses Nesterov momentum. ``precision`` ``bf16`` runs the training steps' forward
+    pass under bfloat16 autocast (the parameters, their gradients and the optimizer stay float32;
+    everything outside training is float32). ``channels_last`` trains image models with 4-D
+    tensors in the channels-last memory layout (faster convolutions on CPUs and GPUs); the trained
+    model is handed back in the default layout."""
 
     epochs: int = 30
     batch_size: int = 32
@@ -33,6 +39,21 @@ class Recipe:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup: float = 0.2
+    nesterov: bool = False
+    precision: str = "float32"
+    channels_last: bool = False
+
+    def autocast(self, device: torch.device):
+        """The context of a training step's forward pass: bfloat16 autocast or nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the training's memory layout (channels-last for 4-D tensors if set)."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def lr_at(self, step: int, total: int) -> float:
         if self.schedule == "constant":
@@ -50,7 +71,10 @@ class Recipe:
 def num_params(model: nn.Module) -> int:
     """Number of trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("float32", "bf16")
 
 
 def recipe_problems(values, key: str = "task.recipe") -> list[str]:
@@ -75,6 +99,9 @@ def recipe_problems(values, key: str = "task.recipe") -> list[str]:
         "weight_decay": (lambda v: num(v) and v >= 0, "a non-negative number"),
         "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
         "warmup": (lambda v: num(v) and 0 <= v < 1, "a fraction of the steps in [0, 1)"),
+        "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+        "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        "channels_last": (lambda v: isinstance(v, bool), "true or false"),
     }
     problems = []
     for name, value in values.items():
@@ -125,6 +152,11 @@ def batch_loss(losses: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
     return losses.mean() if beta is None else (beta * losses).sum() / len(losses)
 
 
+#: training reads its losses back from the device (a host synchronization) every this many steps
+#: and stops there if one is not finite
+CHECK_EVERY = 16
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -143,31 +175,46 @@ def train(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: to
     :func:`batch_loss`); None is plain training.
     """
     gen = torch.Generator().manual_seed(seed)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
+                          weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
     total = total_steps(len(idx), recipe)
     bounds = [round(total * (s + 1) / snapshots) for s in range(snapshots)] if snapshots else []
     result = TrainResult(model)
     seg_lrs: list[float] = []
+    losses: list[torch.Tensor] = []  # kept on the device; read back every CHECK_EVERY steps
+
+    def check(upto: int) -> None:
+        values = torch.stack(losses[len(result.losses):upto]).tolist() if upto > len(result.losses) else []
+        for i, v in enumerate(values, start=len(result.losses)):
+            if not math.isfinite(v):
+                raise FloatingPointError(f"training loss became {v} at step {i}; lower the task's "
+                                         "learning rate or add weight decay")
+        result.losses.extend(values)
+
     model.train()
     for step, batch, x, y, lr in minibatches(idx, recipe, gen, inputs, targets, augment):
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = batch_loss(loss_fn(model, x, y), None if weights is None else weights[batch])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {step}; lower the task's learning "
-                "rate or add weight decay"
-            )
+        with recipe.autocast(x.device):
+            step_losses = loss_fn(model, recipe.layout(x), y)
+        loss = batch_loss(step_losses.float(), None if weights is None else weights[batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        result.losses.append(loss.item())
+        losses.append(loss.detach())
+        if len(losses) % CHECK_EVERY == 0:
+            check(len(losses))
         seg_lrs.append(lr)
         if bounds and step + 1 == bounds[len(result.trajectory)]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state = {k: v.detach().clone(memory_format=torch.contiguous_format)
+                     for k, v in model.state_dict().items()}
             result.trajectory.append(Snapshot(state, sum(seg_lrs) / len(seg_lrs), len(seg_lrs)))
             seg_lrs = []
+    check(len(losses))
+    if recipe.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return result
 
@@ -206,16 +253,17 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
         order = torch.stack([idx[j][torch.randperm(n, generator=gens[j])] for j in range(n_models)])
         for b in range(steps_per_epoch):
             batch = order[:, b * recipe.batch_size:(b + 1) * recipe.batch_size]
-            if weights is None:
-                g = step_grad(params, inputs[batch], targets[batch])
-            else:
-                g = step_grad(params, inputs[batch], targets[batch], torch.gather(weights, 1, batch))
+            with recipe.autocast(inputs.device):
+                if weights is None:
+                    g = step_grad(params, inputs[batch], targets[batch])
+                else:
+                    g = step_grad(params, inputs[batch], targets[batch], torch.gather(weights, 1, batch))
             lr = recipe.lr_at(step, total)
             with torch.no_grad():
                 for k in names:
                     d = g[k] + recipe.weight_decay * params[k] if recipe.weight_decay else g[k]
                     bufs[k] = recipe.momentum * bufs[k] + d if step else d
-                    params[k] = params[k] - lr * bufs[k]
+                    params[k] = params[k] - lr * (d + recipe.momentum * bufs[k] if recipe.nesterov else bufs[k])
             step += 1
     model.eval()
     for k, v in params.items():
@@ -267,7 +315,7 @@ class Replay:
 
     def initial(self) -> tuple[dict, dict, dict]:
         """(parameters, momentum buffers (zeros), model buffers) before step 0."""
-        params = {k: self.init_state[k].clone() for k in self.names}
+        params = {k: self.recipe.layout(self.init_state[k].clone()) for k in self.names}
         momentum = {k: torch.zeros_like(v) for k, v in params.items()}
         buffers = {k: v.clone() for k, v in self.init_buffers.items()}
         return params, momentum, buffers
@@ -300,15 +348,18 @@ class Replay:
         the minibatch's losses (None: all 1, bit-identical to training)."""
         batch, x, y = self.batch(t)
         lr, mu, wd = self.lr(t), self.recipe.momentum, self.recipe.weight_decay
-        losses = self.loss_fn(lambda inp: self.call(params, buffers, inp, True), x, y)
-        grads = torch.autograd.grad(batch_loss(losses, beta), [params[k] for k in self.names],
+        with self.recipe.autocast(x.device):
+            losses = self.loss_fn(lambda inp: self.call(params, buffers, inp, True), self.recipe.layout(x), y)
+        grads = torch.autograd.grad(batch_loss(losses.float(), beta), [params[k] for k in self.names],
                                     create_graph=create_graph)
         new_params, new_momentum = {}, {}
         for k, g in zip(self.names, grads):
             d = g.add(params[k], alpha=wd) if wd else g
+            buf = d
             if mu:
-                d = d if t == 0 else momentum[k].mul(mu).add(d)
-            new_momentum[k] = d
+                buf = d if t == 0 else momentum[k].mul(mu).add(d)
+                d = d.add(buf, alpha=mu) if self.recipe.nesterov else buf
+            new_momentum[k] = buf
             new_params[k] = params[k].add(d, alpha=-lr)
         return new_params, new_momentum
 

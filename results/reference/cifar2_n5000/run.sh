@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The cifar2_n5000 reference, computed in the background on idle CPU (one process at a time,
+# one thread, nice 19), resumable: rerun this script and it goes on where it stopped.
+#   results/reference/cifar2_n5000/run.sh COMMIT        # from the project root
+# 1. freezes the code of COMMIT into $CODE/COMMIT (its own virtual environment over the main one),
+#    so later edits of the checkout cannot change the models the ground truth is made of;
+# 2. computes the ground truth's shards one after another, skipping finished ones (a shard
+#    interrupted mid-way goes on from its last finished subset);
+# 3. runs the untuned methods on it, one after another, into $RESULTS.
+# Logs: $LOGS/shard-I.log (with the shard's CPU seconds), $LOGS/methods.log, $LOGS/driver.log.
+set -u
+COMMIT=${1:?usage: run.sh COMMIT}
+CACHE=${TDABENCH_CACHE:-/root/.cache/tdabench}
+LOGS=${TDABENCH_LOGS:-/root/.cache/tdabench-logs}/cifar2_n5000
+CODE=${TDABENCH_CODE:-/root/.cache/tdabench-code}
+RESULTS=${TDABENCH_RESULTS:-/root/.cache/tdabench-results}/cifar2_n5000
+DATA=${TDABENCH_DATA:-/work/shared/data}
+MAIN_SITE=${MAIN_SITE:-/work/main/.venv/lib/python3.11/site-packages}
+SHARDS=10
+METHODS=ekfac,kfac,source,trak,tracin,grad_dot,bif
+ARGS=(task=cifar2_resnet9 recipe=fast task.n_train=5000 task.n_query=500 gt.subsets=100 gt.seeds=2
+      threads=1 wandb.mode=disabled cost.count=off "cache_dir=$CACHE" "data_root=$DATA")
+mkdir -p "$LOGS" "$RESULTS"
+say() { echo "$(date -u +%FT%TZ) $*" | tee -a "$LOGS/driver.log"; }
+
+src="$CODE/$COMMIT"
+if [ ! -x "$src/.venv/bin/tdabench" ]; then
+  say "freezing $COMMIT into $src"
+  rm -rf "$src" && mkdir -p "$src"
+  git archive "$COMMIT" | tar -x -C "$src" || { say "git archive $COMMIT failed"; exit 1; }
+  # no packages of its own: pip, setuptools and everything else come from the main environment
+  python3 -m venv --without-pip "$src/.venv" && echo "$MAIN_SITE" > "$src/.venv/lib/python3.11/site-packages/zz_main_site.pth"
+  (cd "$src" && .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .) \
+    || { say "install failed"; exit 1; }
+fi
+cd "$src" || exit 1
+export OMP_NUM_THREADS=1 WANDB_MODE=disabled TQDM_MININTERVAL=60
+
+for ((i = 0; i < SHARDS; i++)); do
+  [ -f "$LOGS/shard-$i.done" ] && continue
+  say "shard $i of $SHARDS: start"
+  if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/shard-$i.log" \
+       nice -n 19 .venv/bin/tdabench "${ARGS[@]}" gt.shard=$i gt.num_shards=$SHARDS >>"$LOGS/shard-$i.log" 2>&1; then
+    touch "$LOGS/shard-$i.done"; say "shard $i of $SHARDS: done ($(tail -1 "$LOGS/shard-$i.log"))"
+  else
+    say "shard $i of $SHARDS: failed, see $LOGS/shard-$i.log"; exit 1
+  fi
+done
+
+if [ ! -f "$LOGS/methods.done" ]; then
+  say "methods $METHODS: start"
+  if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/methods.log" \
+       nice -n 19 .venv/bin/tdabench -m "${ARGS[@]}" gt.num_shards=$SHARDS "method=$METHODS" \
+       "results_dir=$RESULTS" >>"$LOGS/methods.log" 2>&1; then
+    touch "$LOGS/methods.done"; say "methods: done, results in $RESULTS"
+  else
+    say "methods: failed, see $LOGS/methods.log"; exit 1
+  fi
+fi

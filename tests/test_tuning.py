@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.config import tune_problems
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
+from tdabench.harness.engine.settings import settings_problems
 from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.engine.tuning import TuningFailed, tune
 from tdabench.harness.read.record import RunRecord
@@ -74,10 +74,15 @@ def test_space_problems_and_multiples_of_n_train():
     assert to_param(nbeta, 0.5, 200) == 100.0
 
 
+def tune_problems(tune: dict) -> list[str]:
+    return settings_problems({"tune": tune})
+
+
 def test_tune_settings_are_checked():
     assert tune_problems({"trials": -1, "val_subsets": 1, "val_seeds": 0, "max_cpu_s": 0,
                           "storage": "studies.db"})[4].startswith("tune.storage=")
     assert len(tune_problems({"trials": -1, "val_subsets": 1, "val_seeds": 0})) == 3
+    assert tune_problems({"select_cpu_s": float("nan")})[0].startswith("tune.select_cpu_s=nan")
     assert tune_problems({"trials": 4, "val_subsets": 20, "val_seeds": 2, "storage": "s.journal"}) == []
 
 

@@ -81,34 +81,12 @@ def validate_settings(cfg: dict, device_here: bool = True) -> list[str]:
         if problem:
             p.append(problem)
     p += method_default_problems(cfg)
-    p += tune_problems(cfg.get("tune") or {})
     if not p:
         need = ground_truth_mb(cfg) + MIN_FREE_MB
         free = free_disk_mb(cfg["cache_dir"])
         if free < need:
             p.append(f"cache_dir: {free:.0f} MiB free on {cfg['cache_dir']}, about {need:.0f} MiB needed "
                      "(ground truth, checkpoints and scores); free space or choose another cache_dir")
-    return p
-
-
-def tune_problems(tune: dict) -> list[str]:
-    """Checks of the ``tune`` settings (trials, validation ground truth, cost cap, storage)."""
-    p = []
-    for key, least, meaning in (("trials", 0, "trials per pairing; 0: no tuning"),
-                                ("val_subsets", 2, "subsets of the validation ground truth"),
-                                ("val_seeds", 1, "retraining seeds per validation subset")):
-        v = tune.get(key, least)
-        if not _is_int(v) or v < least:
-            p.append(f"tune.{key}={v!r} must be an integer >= {least} ({meaning})")
-    for key in ("max_cpu_s", "select_cpu_s"):
-        cap = tune.get(key)
-        if cap is not None and (not _is_num(cap) or cap <= 0):
-            p.append(f"tune.{key}={cap!r} must be null or a positive number of CPU seconds")
-    storage = tune.get("storage")
-    if storage is not None and not (isinstance(storage, str)
-                                    and (storage.endswith(".journal") or "://" in storage)):
-        p.append(f"tune.storage={storage!r}: use null (SQLite in the results folder), a path ending in "
-                 ".journal (Optuna's journal file) or a database URL such as sqlite:///studies.db")
     return p
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 MAX_SEED = 2**63  # seeds must fit a signed 64-bit integer (torch and numpy generators)
 COUNT_MODES = ("separate", "inline", "off")
@@ -21,11 +21,20 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 
 def setting(default: Any, must: str, low: float | None = None, high: float | None = None,
-            open_low: bool = False, open_high: bool = False, choices: tuple | None = None):
+            open_low: bool = False, open_high: bool = False, choices: tuple | None = None,
+            check: Callable[[Any], bool] | None = None, key: str | None = None):
     """A field of a settings section: its default, the text of its problem (``KEY=VALUE must ...``),
-    and its range (``low``/``high``, inclusive unless ``open_*``) or allowed ``choices``."""
+    its range (``low``/``high``, inclusive unless ``open_*``) or allowed ``choices``, a further
+    ``check`` of a value of the right type, and the config ``key`` where it differs from the name."""
     return field(default=default, metadata={"must": must, "low": low, "high": high, "open_low": open_low,
-                                            "open_high": open_high, "choices": choices})
+                                            "open_high": open_high, "choices": choices, "check": check,
+                                            "key": key})
+
+
+def checked_elsewhere(default: Any, where: str, key: str | None = None):
+    """A field whose value needs the file system, the machine or the registry to check: ``where``
+    names the check (it runs with the others, before any work); the field only carries the value."""
+    return field(default=default, metadata={"must": "", "elsewhere": where, "key": key})
 
 
 @dataclass
@@ -41,6 +50,7 @@ class GroundTruthSettings:
     models_per_batch: int = setting(64, "must be a positive integer (models trained together; default 64)", 1)
     shard: int | None = setting(None, "must be null or an integer in [0, gt.num_shards)", 0)
     num_shards: int = setting(1, "must be a positive integer, at most gt.subsets", 1)
+    source: str | None = checked_elsewhere(None, "gt_from.from_problems", key="from")
 
 
 @dataclass
@@ -70,7 +80,11 @@ class TuneSettings:
     val_seeds: int = setting(2, "must be a positive integer", 1)
     max_cpu_s: float | None = setting(None, "must be null or a positive, finite number of CPU seconds", 0,
                                       open_low=True)
-    storage: str | None = setting(None, "must be null or a path (an .journal file for Optuna's journal)")
+    select_cpu_s: float | None = setting(None, "must be null or a positive, finite number of CPU seconds", 0,
+                                         open_low=True)
+    storage: str | None = setting(None, ": use null (SQLite in the results folder), a path ending in .journal "
+                                  "(Optuna's journal file) or a database URL such as sqlite:///studies.db",
+                                  check=lambda v: v is None or v.endswith(".journal") or "://" in v)
 
 
 @dataclass
@@ -85,6 +99,11 @@ class MislabelSettings:
 
 
 @dataclass
+class FrontierSettings:
+    level: int | None = checked_elsewhere(None, "ladder.level_problem")
+
+
+@dataclass
 class WandbSettings:
     mode: str = setting("offline", f": use one of {', '.join(WANDB_MODES)}", choices=WANDB_MODES)
     project: str = setting("tdabench", "must be a wandb project name")
@@ -94,11 +113,18 @@ class WandbSettings:
 
 @dataclass
 class RunSettings:
-    """The checked settings of a run (the task, method, folders and device are checked elsewhere)."""
+    """The settings of a run, one field per key of ``conf/config.yaml`` (the task's and the method's
+    nodes are checked by the task class and the method's signature). Built once per run by
+    :meth:`from_config`; ``config`` keeps the resolved config as recorded and hashed."""
 
     seed: int = setting(0, "must be an integer with 0 <= seed < 2**63 (default 0)", 0, MAX_SEED, open_high=True)
+    device: str = checked_elsewhere("cpu", "config.device_problem")
     threads: int | None = setting(None, "must be null or a positive integer", 1)
+    results_dir: str = checked_elsewhere("results", "config.folder_problem")
     force: bool = setting(False, "must be true or false")
+    sweep_name: str | None = setting(None, "must be null or a name (the wandb group of the runs)")
+    cache_dir: str = checked_elsewhere(".cache/tdabench", "config.folder_problem")
+    data_root: str | None = checked_elsewhere(None, "data_paths.set_data_root")
     metric: str | list[str] = setting("lds", "must be a metric name or a list of names (default lds)")
     gt: GroundTruthSettings = field(default_factory=GroundTruthSettings)
     lds: LdsSettings = field(default_factory=LdsSettings)
@@ -107,7 +133,49 @@ class RunSettings:
     tune: TuneSettings = field(default_factory=TuneSettings)
     loo: LooSettings = field(default_factory=LooSettings)
     mislabel: MislabelSettings = field(default_factory=MislabelSettings)
+    frontier: FrontierSettings = field(default_factory=FrontierSettings)
     wandb: WandbSettings = field(default_factory=WandbSettings)
+    task: dict = checked_elsewhere(None, "the task class's validate")
+    method: dict = checked_elsewhere(None, "the method's signature")
+    config: dict = field(default_factory=dict, repr=False, compare=False, metadata={"raw": True})
+
+    @classmethod
+    def from_config(cls, cfg) -> RunSettings:
+        """The settings of the resolved config ``cfg`` (a dict or an OmegaConf config). Raises
+        ``ConfigError`` with one line per problem."""
+        if not isinstance(cfg, dict):
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        settings, problems = typed_settings(cfg)
+        if problems:
+            from tdabench.harness.engine.config import ConfigError
+
+            raise ConfigError(problems)
+        return settings
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metric names, in order."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def task_name(self) -> str:
+        return self.task.get("name")
+
+    @property
+    def method_name(self) -> str:
+        return self.method.get("name")
+
+    @property
+    def method_params(self) -> dict:
+        """The method's parameters (its config node without the name)."""
+        return {k: v for k, v in self.method.items() if k != "name"}
+
+    def replace(self, **config_changes) -> RunSettings:
+        """These settings with top-level config keys replaced (``method={...}``): built again from
+        the changed config, so the typed fields and ``config`` agree."""
+        return RunSettings.from_config({**self.config, **config_changes})
 
 
 def _fits(value, tp) -> bool:
@@ -143,6 +211,12 @@ def _section(cls, values: dict, prefix: str) -> tuple[Any, list[str]]:
     problems, kwargs = [], {}
     hints = get_type_hints(cls)
     for f in fields(cls):
+        key = f.metadata.get("key") or f.name
+        if f.metadata.get("raw"):
+            continue
+        if f.metadata.get("elsewhere"):
+            kwargs[f.name] = values.get(key, f.default)
+            continue
         if f.metadata.get("must") is None:  # a nested section
             sub_values = values.get(f.name) or {}
             if not isinstance(sub_values, dict):
@@ -152,12 +226,13 @@ def _section(cls, values: dict, prefix: str) -> tuple[Any, list[str]]:
             sub, more = _section(hints[f.name], sub_values, f"{prefix}{f.name}.")
             kwargs[f.name], problems = sub, problems + more
             continue
-        value = values.get(f.name, f.default if f.default is not MISSING else None)
-        if _fits(value, hints[f.name]) and _in_range(value, f.metadata):
+        value = values.get(key, f.default if f.default is not MISSING else None)
+        check = f.metadata["check"]
+        if _fits(value, hints[f.name]) and _in_range(value, f.metadata) and (check is None or check(value)):
             kwargs[f.name] = value
         else:
             must = f.metadata["must"]
-            problems.append(f"{prefix}{f.name}={value!r}{'' if must.startswith(':') else ' '}{must}")
+            problems.append(f"{prefix}{key}={value!r}{'' if must.startswith(':') else ' '}{must}")
     return (cls(**kwargs) if not problems else None), problems
 
 
@@ -171,6 +246,8 @@ def typed_settings(cfg: dict) -> tuple[RunSettings | None, list[str]]:
                             "(each shard retrains at least one subset)")
         if gt.shard is not None and gt.shard >= gt.num_shards:
             problems.append(f"gt.shard={gt.shard} must be null or an integer in [0, gt.num_shards={gt.num_shards})")
+    if settings is not None:
+        settings.config = cfg
     return (settings if not problems else None), problems
 
 

@@ -226,6 +226,8 @@ def invalid_reason(raw: dict) -> str | None:
     lds = raw.get("lds")
     if lds is not None and not -1 - _TOLERANCE <= lds <= 1 + _TOLERANCE:
         return f"lds={lds} lies outside [-1, 1]"
+    if lds is None and raw["status"] == "ok" and _claims_lds(raw):
+        return "status ok without an LDS (a run scored on a ground truth has a finite lds, or is not ok)"
     problem = (_interval_problem("lds_ci", raw.get("lds_ci"), lds, (-1, 1))
                or _metrics_problem(raw.get("metrics") or {}))
     if problem:
@@ -236,6 +238,16 @@ def invalid_reason(raw: dict) -> str | None:
         except ValueError as exc:
             return str(exc).split(";")[0]
     return None
+
+
+def _claims_lds(raw: dict) -> bool:
+    """Whether the record was scored with the LDS: it names a ground truth (cost-only tasks have
+    none) and lists the LDS among its metrics (records before metric plugins always computed it)."""
+    if raw.get("gt_key") is None:
+        return False
+    metrics = raw.get("metrics")
+    entry = (metrics or {}).get("lds") if metrics is not None else {"status": "ok"}
+    return isinstance(entry, dict) and entry.get("status") == "ok"
 
 
 def _metrics_problem(metrics: dict) -> str | None:

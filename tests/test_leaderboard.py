@@ -282,5 +282,5 @@ def test_an_ok_record_without_an_lds_is_invalid_never_ranked_and_reported_once(t
     assert err.count("not a complete record") == 1, err
     board = pd.read_csv(folder / "leaderboard.csv")
     assert board.loc[board["method"] == good["method"], "lds"].notna().all()
-    cost_only = json.loads((ROOT / "results" / "reference" / "pythia_scaling" / "runs.jsonl").read_text().splitlines()[0])
+    cost_only = json.loads((ROOT / "results" / "reference" / "pythia_scaling" / "runs.jsonl").open().readline())
     assert cost_only["lds"] is None and invalid_reason(cost_only) is None  # no ground truth: no LDS claimed

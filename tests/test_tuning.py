@@ -9,7 +9,7 @@ import torch
 from tdabench.harness.core.registry import METHODS
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
-from tdabench.harness.engine.settings import settings_problems
+from tdabench.harness.engine.settings import settings_of, settings_problems
 from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.engine.tuning import TuningFailed, tune
 from tdabench.harness.read.record import RunRecord
@@ -240,7 +240,8 @@ def test_the_choice_waits_for_another_workers_running_trial(tmp_path):
     wait_for_other_workers(study, "s", patience=60, poll_s=0.05)
     assert time.monotonic() - start >= 0.2
     cfg = {"tune": {"max_cpu_s": 100}, "limits": {"max_seconds": None}}
-    assert patience_s(cfg) == 460.0 and patience_s({**cfg, "limits": {"max_seconds": 50}}) == 110.0
+    assert patience_s(settings_of(cfg)) == 460.0
+    assert patience_s(settings_of({**cfg, "limits": {"max_seconds": 50}})) == 110.0
 
 
 def test_the_cpu_cap_stops_a_trial_when_it_is_reached():

@@ -43,6 +43,7 @@ from tdabench.harness.core.storage import (
     save_verified,
 )
 from tdabench.harness.engine.quality import degenerate_reason
+from tdabench.harness.engine.settings import GroundTruthSettings, gt_settings
 
 _log = logging.getLogger(__name__)
 
@@ -90,26 +91,27 @@ def shard_ids(subsets: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, subsets, num_shards))
 
 
-def gt_mode(gt: dict) -> str:
+def gt_mode(gt: GroundTruthSettings | dict) -> str:
     """``same_seed`` (every subset retrained with the reference run's seed and data order) or
     ``fresh_seeds`` (K new seeds per subset)."""
-    return "same_seed" if gt.get("same_seed") else "fresh_seeds"
+    return "same_seed" if gt_settings(gt).same_seed else "fresh_seeds"
 
 
-def effective_seeds(gt: dict) -> int:
+def effective_seeds(gt: GroundTruthSettings | dict) -> int:
     """Retrainings per subset: ``gt.seeds``, or 1 in the same-seed mode (they would be equal)."""
-    return 1 if gt.get("same_seed") else gt["seeds"]
+    gt = gt_settings(gt)
+    return 1 if gt.same_seed else gt.seeds
 
 
-def gt_key(task, gt: dict) -> str:
+def gt_key(task, gt: GroundTruthSettings | dict) -> str:
     """Cache key of a ground truth; the same-seed mode is named and hashed in it (the default
     mode's key is unchanged, so its caches stay valid)."""
-    parts = {k: gt[k] for k in ("subsets", "alpha", "seeds", "from_checkpoint", "finetune_epochs")}
-    if gt.get("same_seed"):
-        parts["seeds"] = 1
-        parts["mode"] = "same_seed"
+    gt = gt_settings(gt)
+    parts = {k: getattr(gt, k) for k in ("subsets", "alpha", "seeds", "from_checkpoint", "finetune_epochs")}
+    if gt.same_seed:
+        parts.update(seeds=1, mode="same_seed")
     key = content_hash({"task": task.fingerprint(), "gt": parts, "format": FORMAT_VERSION})
-    key = f"same_seed-{key}" if gt.get("same_seed") else key
+    key = f"same_seed-{key}" if gt.same_seed else key
     return key if getattr(task, "queries", "test") == "test" else f"val-{key}"
 
 
@@ -124,9 +126,9 @@ class GroundTruthBuilder:
     folder = "ground_truth"
     label = "ground truth"
 
-    def __init__(self, task, gt: dict, cache_dir: str | Path, log=None):
+    def __init__(self, task, gt: GroundTruthSettings | dict, cache_dir: str | Path, log=None):
         self.task = task
-        self.gt = gt
+        self.gt = gt = gt_settings(gt)
         self.log = log or _log.info
         #: the seed of the subsets and retrainings (the task's, or its validation seed)
         self.draw_seed = task.seed if getattr(task, "queries", "test") == "test" else validation_seed(task.seed)
@@ -138,8 +140,8 @@ class GroundTruthBuilder:
         self.produced = False
         self.mode = gt_mode(gt)
         self.seeds = effective_seeds(gt)
-        if gt.get("same_seed") and gt["seeds"] > 1:
-            self.log(f"gt.same_seed: one retraining per subset (gt.seeds={gt['seeds']} would "
+        if gt.same_seed and gt.seeds > 1:
+            self.log(f"gt.same_seed: one retraining per subset (gt.seeds={gt.seeds} would "
                 "repeat the same run)")
 
     def key(self) -> str:
@@ -148,7 +150,7 @@ class GroundTruthBuilder:
 
     def make_masks(self) -> torch.Tensor:
         """bool [M, n_train]: the training examples each row retrains on."""
-        return make_masks(self.task.n_train, self.gt["subsets"], self.gt["alpha"], self.draw_seed)
+        return make_masks(self.task.n_train, self.gt.subsets, self.gt.alpha, self.draw_seed)
 
     def job_seed(self, row: int, k: int) -> int:
         """The seed of retraining ``k`` of row ``row`` (fresh-seeds mode)."""
@@ -162,25 +164,25 @@ class GroundTruthBuilder:
         and whether each retrained model is no better than chance, bool [len, K]."""
         task, gt = self.task, self.gt
         init, recipe = None, None
-        if gt["from_checkpoint"]:
+        if gt.from_checkpoint:
             init = task.checkpoint().state_dict()
             recipe = task.recipe()
-            recipe.epochs = gt["finetune_epochs"]
+            recipe.epochs = gt.finetune_epochs
         if self.mode == "same_seed":
             # the reference run's data order, with the removed examples at weight 0
             idx = torch.arange(task.n_train).expand(len(subsets), -1)
             seeds = [task.seed] * len(subsets)
             weights = self.masks[subsets].float()
-            models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True),
+            models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.vectorize,
                                    weights=weights)
         else:
-            jobs = [(j, k) for j in subsets for k in range(gt["seeds"])]
+            jobs = [(j, k) for j in subsets for k in range(gt.seeds)]
             rows = [torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs]
             models = [None] * len(jobs)
             for size in dict.fromkeys(len(r) for r in rows):  # fit_many takes rows of one size
                 at = [i for i, r in enumerate(rows) if len(r) == size]
                 fitted = task.fit_many(torch.stack([rows[i] for i in at]), [self.job_seed(*jobs[i]) for i in at],
-                                       init, recipe, vectorize=gt.get("vectorize", True))
+                                       init, recipe, vectorize=gt.vectorize)
                 for i, m in zip(at, fitted):
                     models[i] = m
         outs = torch.stack([task.query_observables(m).cpu() for m in models])
@@ -212,20 +214,20 @@ class GroundTruthBuilder:
         "degenerate" [len, K]}``. Retrainings are saved chunk by chunk to a partial file, so an
         interrupted shard continues where it stopped; the partial file goes once the shard is
         saved."""
-        ids = shard_ids(self.gt["subsets"], shard, num_shards)
+        ids = shard_ids(self.gt.subsets, shard, num_shards)
         partial = self.partial_path(shard, num_shards)
 
         def compute():
             self.produced = True
             desc = f"{self.label} {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
             # models trained one at a time are saved after every subset; trained together, per batch
-            together = self.gt.get("vectorize", True) and self.task.vectorizable
-            per_batch = max(1, self.gt.get("models_per_batch", 64) // self.seeds) if together else 1
+            together = self.gt.vectorize and self.task.vectorizable
+            per_batch = max(1, self.gt.models_per_batch // self.seeds) if together else 1
             outs, degs = [], []
             part = self._resume(partial, ids)
             if part is not None:
                 outs, degs = [part["outcomes"]], [part["degenerate"]]
-                self.log(f"{desc}: continuing from {len(part['ids']) * self.gt['seeds']} "
+                self.log(f"{desc}: continuing from {len(part['ids']) * self.gt.seeds} "
                          f"retrained models of an interrupted run")
             start = len(part["ids"]) if part is not None else 0
             with tqdm(total=len(ids) * self.seeds, initial=start * self.seeds, desc=desc,
@@ -248,12 +250,12 @@ class GroundTruthBuilder:
 
     def build(self) -> GroundTruth:
         """Load the assembled ground truth, assembling or computing missing shards first."""
-        n = self.gt["num_shards"]
+        n = self.gt.num_shards
 
         def assemble():
             self.produced = True
-            outcomes = torch.empty(self.gt["subsets"], self.seeds, self.task.n_query)
-            degenerate = torch.zeros(self.gt["subsets"], self.seeds, dtype=torch.bool)
+            outcomes = torch.empty(self.gt.subsets, self.seeds, self.task.n_query)
+            degenerate = torch.zeros(self.gt.subsets, self.seeds, dtype=torch.bool)
             known = True
             for s in range(n):
                 part = self.compute_shard(s, n)

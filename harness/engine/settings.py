@@ -156,21 +156,21 @@ class RunSettings:
 
     @property
     def metrics(self) -> list[str]:
-        """The metric names, in order."""
-        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+        """The metric names, in order, without repeats."""
+        return list(dict.fromkeys([self.metric] if isinstance(self.metric, str) else self.metric))
 
     @property
-    def task_name(self) -> str:
-        return self.task.get("name")
+    def task_name(self) -> str | None:
+        return (self.task or {}).get("name")
 
     @property
-    def method_name(self) -> str:
-        return self.method.get("name")
+    def method_name(self) -> str | None:
+        return (self.method or {}).get("name")
 
     @property
     def method_params(self) -> dict:
         """The method's parameters (its config node without the name)."""
-        return {k: v for k, v in self.method.items() if k != "name"}
+        return {k: v for k, v in (self.method or {}).items() if k != "name"}
 
     def replace(self, **config_changes) -> RunSettings:
         """These settings with top-level config keys replaced (``method={...}``): built again from
@@ -206,8 +206,13 @@ def _in_range(value, meta: dict) -> bool:
             and (hi is None or (value < hi if meta["open_high"] else value <= hi)))
 
 
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
 def _section(cls, values: dict, prefix: str) -> tuple[Any, list[str]]:
-    """``cls`` built from ``values`` (missing keys at their defaults), and the problems found."""
+    """``cls`` built from ``values`` (missing keys, and bad values, at their defaults), and the
+    problems found."""
     problems, kwargs = [], {}
     hints = get_type_hints(cls)
     for f in fields(cls):
@@ -222,33 +227,53 @@ def _section(cls, values: dict, prefix: str) -> tuple[Any, list[str]]:
             if not isinstance(sub_values, dict):
                 problems.append(f"{prefix}{f.name}={sub_values!r} must be a group of settings "
                                 f"({prefix}{f.name}.KEY=...)")
-                continue
-            sub, more = _section(hints[f.name], sub_values, f"{prefix}{f.name}.")
-            kwargs[f.name], problems = sub, problems + more
+                sub_values = {}
+            kwargs[f.name], more = _section(hints[f.name], sub_values, f"{prefix}{f.name}.")
+            problems += more
             continue
-        value = values.get(key, f.default if f.default is not MISSING else None)
+        value = values.get(key, _default(f))
         check = f.metadata["check"]
         if _fits(value, hints[f.name]) and _in_range(value, f.metadata) and (check is None or check(value)):
             kwargs[f.name] = value
         else:
+            kwargs[f.name] = _default(f)
             must = f.metadata["must"]
             problems.append(f"{prefix}{key}={value!r}{'' if must.startswith(':') else ' '}{must}")
-    return (cls(**kwargs) if not problems else None), problems
+    return cls(**kwargs), problems
 
 
-def typed_settings(cfg: dict) -> tuple[RunSettings | None, list[str]]:
-    """The :class:`RunSettings` of the resolved config ``cfg``, or None with one line per problem."""
+def typed_settings(cfg: dict) -> tuple[RunSettings, list[str]]:
+    """The :class:`RunSettings` of the resolved config ``cfg`` (a bad value replaced by its
+    default, so the other checks can go on) and one line per problem."""
     settings, problems = _section(RunSettings, cfg, "")
-    if settings is not None:
-        gt = settings.gt
-        if gt.num_shards > gt.subsets:
-            problems.append(f"gt.num_shards={gt.num_shards} must be at most gt.subsets={gt.subsets} "
-                            "(each shard retrains at least one subset)")
-        if gt.shard is not None and gt.shard >= gt.num_shards:
-            problems.append(f"gt.shard={gt.shard} must be null or an integer in [0, gt.num_shards={gt.num_shards})")
-    if settings is not None:
-        settings.config = cfg
-    return (settings if not problems else None), problems
+    gt = settings.gt
+    if not problems and gt.num_shards > gt.subsets:
+        problems.append(f"gt.num_shards={gt.num_shards} must be at most gt.subsets={gt.subsets} "
+                        "(each shard retrains at least one subset)")
+    if not problems and gt.shard is not None and gt.shard >= gt.num_shards:
+        problems.append(f"gt.shard={gt.shard} must be null or an integer in [0, gt.num_shards={gt.num_shards})")
+    settings.config = cfg
+    return settings, problems
+
+
+def settings_of(cfg) -> RunSettings:
+    """``cfg`` itself when it is a :class:`RunSettings`, else the settings of the resolved config
+    ``cfg`` (a dict or an OmegaConf config; unchecked: see :meth:`RunSettings.from_config`)."""
+    if isinstance(cfg, RunSettings):
+        return cfg
+    if not isinstance(cfg, dict):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return typed_settings(cfg)[0]
+
+
+def gt_settings(gt) -> GroundTruthSettings:
+    """``gt`` as :class:`GroundTruthSettings` (a ``gt`` config node is read as one; unchecked)."""
+    if isinstance(gt, GroundTruthSettings):
+        return gt
+    return GroundTruthSettings(**{f.name: gt.get(f.metadata.get("key") or f.name, _default(f))
+                                  for f in fields(GroundTruthSettings)})
 
 
 def settings_problems(cfg: dict) -> list[str]:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from tdabench.harness.core.registry import METHODS
 from tdabench.harness.engine.compose import CONF_DIR, compose
-from tdabench.harness.engine.settings import RunSettings
+from tdabench.harness.engine.settings import RunSettings, config_key
 
 TASK_FILES = sorted((CONF_DIR / "task").glob("*.yaml"))
 
@@ -60,9 +60,9 @@ def _yaml_defaults() -> dict:
 def _dataclass_defaults(cls) -> dict:
     out = {}
     for f in fields(cls):
-        if f.metadata.get("raw") or f.name in ("task", "method"):
+        if f.name in ("config", "task", "method"):
             continue
-        key = f.metadata.get("key") or f.name
+        key = config_key(f)
         out[key] = _dataclass_defaults(f.type if isinstance(f.type, type) else get_type_hints(cls)[f.name]) \
             if f.default is MISSING else f.default
     return out

@@ -124,13 +124,12 @@ def ground_truth_source(task, cfg: RunSettings | dict):
     return ReadGroundTruth(gt, bundle.gt_key, gt_mode(gt_cfg), effective_seeds(gt_cfg), bundle.source())
 
 
-def run_artifacts(record: dict, s: RunSettings, results_dir: Path, task, builder) -> list[dict]:
+def run_artifacts(rec: RunRecord, s: RunSettings, results_dir: Path, task, builder) -> list[dict]:
     """With ``wandb.artifacts`` set, the artifacts of an ``ok`` run (dicts of ``name``, ``type``,
     ``path``, ``metadata``): its ground truth as a bundle (type ``ground-truth``, ``gt-<gt_key>``,
     the manifest as metadata: the bundle ``gt.from`` named, else one written once per ground truth
     under ``cache_dir/bundles/<gt_key>/``) and its scores (type ``scores``, ``scores-<run_id>``);
     [] otherwise."""
-    rec = RunRecord.from_dict(record)
     if not s.wandb.artifacts or not rec.is_ok or not rec.gt_key:
         return []
     if rec.gt_source:

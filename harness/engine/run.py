@@ -1,7 +1,7 @@
 """One run: config -> task -> ground truth -> method.fit -> method.score -> metrics -> record.
 
 The metrics are plugins (:mod:`harness.engine.metric`): the LDS by default, any list of
-registered ones with ``metric=[...]``; each is stored under ``record["metrics"][name]``.
+registered ones with ``metric=[...]``; each is stored under ``record.metrics[name]``.
 
 Every run, successful or not, appends one record to ``RESULTS_DIR/runs.jsonl`` and logs a wandb
 run. Configuration problems are raised as :class:`ConfigError` before any expensive work; failures
@@ -81,7 +81,7 @@ from tdabench.harness.engine.space import accepted_setting
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
-from tdabench.harness.read.record import RunRecord, new_record
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import run_cost
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
@@ -178,17 +178,17 @@ def record_unsupported(cfg: RunSettings | dict, exc: UnsupportedPairingError, gr
     """In a sweep, an unsupported pairing is recorded (status ``unsupported``) and skipped."""
     s = settings_of(cfg)
     task, method = s.task_name, s.method_name
-    record = new_record(run_id=f"{task}-{method}-{uuid.uuid4().hex[:8]}", task=task, method=method,
+    record = RunRecord.new(run_id=f"{task}-{method}-{uuid.uuid4().hex[:8]}", task=task, method=method,
                         status="unsupported", message=" ".join(exc.problems), lds=None,
                         n_train=s.task.get("n_train"), n_query=s.task.get("n_query"), group=group,
                         config_hash=config_hash(s), config=s.config, **Profiler(s.device).fields(),
                         **provenance(s.device))
     write_result(record, None, Path(s.results_dir), s.cache_dir)
-    log.log(RESULT, f"{record['task']} / {record['method']}: unsupported: {record['message']}")
-    return record
+    log.log(RESULT, f"{record.task} / {record.method}: unsupported: {record.message}")
+    return record.as_dict()
 
 
-def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record: dict,
+def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record: RunRecord,
                prof: Profiler) -> torch.Tensor:
     """The profiled phases of one run; fills ``record`` and returns the scores. The time limit
     covers the method's own phases (fit and score): the shared ground truth is never cut short.
@@ -201,12 +201,11 @@ def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record
     gt = None
     with prof.phase("prepare"):
         model = task.checkpoint()
-        record["num_params"] = num_params(model)
-        record["model_quality"] = task.evaluate(model)
-        record["trainings"] = method.trainings(task)
+        record.update(num_params=num_params(model), model_quality=task.evaluate(model),
+                      trainings=method.trainings(task))
     if task.measures_lds:
-        record["query_ids"] = task.query_ids()
-        reason = degenerate_reason(record["model_quality"])
+        record.update(query_ids=task.query_ids())
+        reason = degenerate_reason(record.model_quality)
         if reason:
             raise DegenerateModelError(degenerate_model_message(task.name, reason))
         if needs_ground_truth(s.config):
@@ -214,11 +213,11 @@ def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record
                 waited = builder.wait_s
                 gt = builder.build()
                 prof.exclude(builder.wait_s - waited)
-            record["gt_cached"] = not builder.produced
+            record.update(gt_cached=not builder.produced)
             if getattr(builder, "source", None):
-                record["gt_source"] = builder.source
-            record["gt_wait_s"] = round(builder.wait_s, 4)
-            share = record["gt_degenerate_share"] = gt.degenerate_share
+                record.update(gt_source=builder.source)
+            share = gt.degenerate_share
+            record.update(gt_wait_s=round(builder.wait_s, 4), gt_degenerate_share=share)
             if share is not None and share > MAX_DEGENERATE_SHARE:
                 raise DegenerateModelError(
                     f"{share:.0%} of the ground truth's {gt.degenerate.numel()} retrained models are no "
@@ -226,7 +225,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record
                     f"gt.alpha={s.gt.alpha} x task.n_train={task.n_train} examples are too small "
                     "for the task's recipe; raise gt.alpha or task.n_train, or fix the recipe")
     else:
-        record["quality_check"] = "exempt: the task measures cost only"
+        record.update(quality_check="exempt: the task measures cost only")
         log.info(f"{task.name} measures cost only: its model is not checked against chance "
             "(it may be untrained on purpose)")
     count = s.cost.count
@@ -244,13 +243,13 @@ def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record
                 check_scores(scores, task)
         earlier = sorted({what for path, what in reads if path not in computed})
         if earlier:  # work an earlier run paid for: this run's fit and score seconds leave it out
-            record["cached_work"] = earlier
+            record.update(cached_work=earlier)
         if separate:
-            record["count_replay_s"] = _count_replay(before, task, model, rng, computed, prof)
+            record.update(count_replay_s=_count_replay(before, task, model, rng, computed, prof))
     if task.measures_lds:
         run = MetricRun(task, method, model, scores, s.config, gt, builder.mode if gt is not None else None,
                         lambda: type(method)(**s.method_params))
-        record["metrics"] = evaluate_metrics(run, record, prof.phase)
+        record.update(metrics=evaluate_metrics(run, record, prof.phase))
     return scores
 
 
@@ -346,7 +345,7 @@ def execute(cfg: RunSettings | dict, group: str = "single") -> dict | None:
         with exclusive_lock(pairing_lock(s.cache_dir, results_dir, chash), f"{task.name} / {method.name}",
                             log.warning):
             if not s.force:
-                pending = [RunRecord.from_dict(r) for r in pending_records(results_dir, s.cache_dir)]
+                pending = pending_records(results_dir, s.cache_dir)
                 done = [r for r in read_records(results_dir) + pending if r.config_hash == chash and r.is_ok]
                 if done:
                     log.log(RESULT, f"{task.name} / {method.name}: already done in {results_dir} "
@@ -371,17 +370,16 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 def _run(task, method, builder: GroundTruthBuilder, s: RunSettings, group: str, chash: str) -> dict:
+    """The run itself: fills its :class:`RunRecord`, writes it and returns its JSON object."""
     started = time.perf_counter()
     results_dir = Path(s.results_dir)
     run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
     prof = Profiler(s.device)
-    record = new_record(**{
-        "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
-        "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
-        "gt_subsets": s.gt.subsets, "gt_seeds": builder.seeds, "gt_mode": builder.mode,
-        "group": group, "split": "test",
-        "config_hash": chash, "gt_key": builder.dir.name if task.measures_lds else None, "config": s.config,
-    })
+    record = RunRecord.new(
+        run_id=run_id, task=task.name, method=method.name, status="ok", lds=None, lds_ci=None,
+        n_train=task.n_train, n_query=task.n_query, gt_subsets=s.gt.subsets, gt_seeds=builder.seeds,
+        gt_mode=builder.mode, group=group, split="test", config_hash=chash,
+        gt_key=builder.dir.name if task.measures_lds else None, config=s.config)
     scores = None
     try:
         if s.tune.trials:  # trials on validation; the record is the test run
@@ -405,20 +403,20 @@ def _run(task, method, builder: GroundTruthBuilder, s: RunSettings, group: str, 
     except (SystemExit, KeyboardInterrupt) as exc:  # from the method's code, not from the user
         record.update(status="error", message=_failure(exc), failed_phase=prof.current,
                       traceback=traceback.format_exc()[-4000:])
-    if record["status"] != "ok":  # no result: neither scores nor a (non-finite) LDS is kept
+    if not record.is_ok:  # no result: neither scores nor a (non-finite) LDS is kept
         scores = None
         record.update(lds=None, lds_ci=None)
-    record["diagnostics"] = getattr(method, "diagnostics", None)
+    record.update(diagnostics=getattr(method, "diagnostics", None))
     record.update(prof.fields())
     record.update(provenance(s.device))
     if write_result(record, scores, results_dir, s.cache_dir):
         try:
-            record["wandb_dir"] = log_run(RunRecord.from_dict(record), asdict(s.wandb), results_dir, group,
-                                          run_artifacts(record, s, results_dir, task, builder))
+            record.update(wandb_dir=log_run(record, asdict(s.wandb), results_dir, group,
+                                            run_artifacts(record, s, results_dir, task, builder)))
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
-    replay = record.get("count_replay_s")
-    summary = _summary(RunRecord.from_dict(record))
+    replay = record.count_replay_s
+    summary = _summary(record)
     log.log(RESULT, f"{task.name} / {method.name}: {summary} ({time.perf_counter() - started:.1f} s"
                     + (f", {replay:.1f} s of it the counting replay)" if replay else ")"))
-    return record
+    return record.as_dict()

@@ -20,21 +20,49 @@ COUNT_MODES = ("separate", "inline", "off")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a settings field accepts: the text of its problem (``KEY=VALUE must ...``), its range
+    (``low``/``high``, inclusive unless ``open_*``) or allowed ``choices``, a further ``check`` of
+    a value of the right type, the config ``key`` where it differs from the field's name, and
+    ``elsewhere``: the check that needs the file system, the machine or the registry (the field
+    only carries the value)."""
+
+    must: str = ""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple | None = None
+    check: Callable[[Any], bool] | None = None
+    key: str | None = None
+    elsewhere: str | None = None
+
+
 def setting(default: Any, must: str, low: float | None = None, high: float | None = None,
             open_low: bool = False, open_high: bool = False, choices: tuple | None = None,
             check: Callable[[Any], bool] | None = None, key: str | None = None):
-    """A field of a settings section: its default, the text of its problem (``KEY=VALUE must ...``),
-    its range (``low``/``high``, inclusive unless ``open_*``) or allowed ``choices``, a further
-    ``check`` of a value of the right type, and the config ``key`` where it differs from the name."""
-    return field(default=default, metadata={"must": must, "low": low, "high": high, "open_low": open_low,
-                                            "open_high": open_high, "choices": choices, "check": check,
-                                            "key": key})
+    """A field of a settings section: its default and its :class:`Rule`."""
+    return field(default=default, metadata={RULE: Rule(must, low, high, open_low, open_high, choices, check, key)})
 
 
 def checked_elsewhere(default: Any, where: str, key: str | None = None):
-    """A field whose value needs the file system, the machine or the registry to check: ``where``
-    names the check (it runs with the others, before any work); the field only carries the value."""
-    return field(default=default, metadata={"must": "", "elsewhere": where, "key": key})
+    """A field whose value is checked by ``where`` (it runs with the other checks, before any work)."""
+    return field(default=default, metadata={RULE: Rule(key=key, elsewhere=where)})
+
+
+RULE = "rule"  # the metadata entry of a settings field that holds its Rule
+
+
+def rule(f) -> Rule | None:
+    """The :class:`Rule` of the dataclass field ``f``; None for a section or the raw config."""
+    return f.metadata.get(RULE)
+
+
+def config_key(f) -> str:
+    """The config key of the dataclass field ``f``."""
+    r = rule(f)
+    return (r.key if r else None) or f.name
 
 
 @dataclass
@@ -137,7 +165,7 @@ class RunSettings:
     wandb: WandbSettings = field(default_factory=WandbSettings)
     task: dict = checked_elsewhere(None, "the task class's validate")
     method: dict = checked_elsewhere(None, "the method's signature")
-    config: dict = field(default_factory=dict, repr=False, compare=False, metadata={"raw": True})
+    config: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, cfg) -> RunSettings:
@@ -196,14 +224,14 @@ def _fits(value, tp) -> bool:
     return isinstance(value, tp)
 
 
-def _in_range(value, meta: dict) -> bool:
-    if meta["choices"] is not None:
-        return value in meta["choices"]
+def _in_range(value, r: Rule) -> bool:
+    if r.choices is not None:
+        return value in r.choices
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return True
-    lo, hi = meta["low"], meta["high"]
-    return ((lo is None or (value > lo if meta["open_low"] else value >= lo))
-            and (hi is None or (value < hi if meta["open_high"] else value <= hi)))
+    lo, hi = r.low, r.high
+    return ((lo is None or (value > lo if r.open_low else value >= lo))
+            and (hi is None or (value < hi if r.open_high else value <= hi)))
 
 
 def _default(f):
@@ -216,13 +244,13 @@ def _section(cls, values: dict, prefix: str) -> tuple[Any, list[str]]:
     problems, kwargs = [], {}
     hints = get_type_hints(cls)
     for f in fields(cls):
-        key = f.metadata.get("key") or f.name
-        if f.metadata.get("raw"):
+        key, r = config_key(f), rule(f)
+        if f.name == "config":  # the raw config, set by typed_settings
             continue
-        if f.metadata.get("elsewhere"):
+        if r is not None and r.elsewhere:
             kwargs[f.name] = values.get(key, f.default)
             continue
-        if f.metadata.get("must") is None:  # a nested section
+        if r is None:  # a nested section
             sub_values = values.get(f.name) or {}
             if not isinstance(sub_values, dict):
                 problems.append(f"{prefix}{f.name}={sub_values!r} must be a group of settings "
@@ -232,12 +260,11 @@ def _section(cls, values: dict, prefix: str) -> tuple[Any, list[str]]:
             problems += more
             continue
         value = values.get(key, _default(f))
-        check = f.metadata["check"]
-        if _fits(value, hints[f.name]) and _in_range(value, f.metadata) and (check is None or check(value)):
+        if _fits(value, hints[f.name]) and _in_range(value, r) and (r.check is None or r.check(value)):
             kwargs[f.name] = value
         else:
             kwargs[f.name] = _default(f)
-            must = f.metadata["must"]
+            must = r.must
             problems.append(f"{prefix}{key}={value!r}{'' if must.startswith(':') else ' '}{must}")
     return cls(**kwargs), problems
 
@@ -272,7 +299,7 @@ def gt_settings(gt) -> GroundTruthSettings:
     """``gt`` as :class:`GroundTruthSettings` (a ``gt`` config node is read as one; unchecked)."""
     if isinstance(gt, GroundTruthSettings):
         return gt
-    return GroundTruthSettings(**{f.name: gt.get(f.metadata.get("key") or f.name, _default(f))
+    return GroundTruthSettings(**{f.name: gt.get(config_key(f), _default(f))
                                   for f in fields(GroundTruthSettings)})
 
 

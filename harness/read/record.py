@@ -1,13 +1,13 @@
 """The run record: the contract between a run and every reader of its results.
 
-A run builds one :class:`RunRecord` (:func:`new_record`) and writes it as a JSON line to
+A run builds one :class:`RunRecord` (:meth:`RunRecord.new`) and writes it as a JSON line to
 ``RESULTS_DIR/runs.jsonl`` (:func:`tdabench.harness.read.results.append_record`); the leaderboard,
 report, adequacy, insight and tracking read them through
 :func:`tdabench.harness.read.results.read_records`, which passes every line through
 :func:`upgrade` (records written by earlier versions read as the current schema) and
 :func:`invalid_reason` (a record of the wrong types or out of range is skipped, never ranked)
-and hands each over as a :class:`RunRecord`: readers use its attributes (a field the record lacks
-reads as None), not string keys.
+and hands each over as a :class:`RunRecord`: readers use its attributes (every field is optional:
+a field the record lacks is None), not string keys.
 
 Units: seconds for ``time_s`` and ``cpu_time_s``, MiB for ``peak_mem_mb`` and ``peak_rss_mb``,
 floating-point operations for ``flops``; each of these maps a phase (prepare, ground_truth, fit,
@@ -31,100 +31,102 @@ STATUSES = ("ok", "error", "oom", "timeout", "unsupported", "degenerate_model")
 FAILED = ("error", "oom", "timeout", "degenerate_model")
 
 
-class _Unset:
-    """The value of a field a record does not have (left out of its dict form)."""
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNSET: Any = _Unset()
-
-
 @dataclass
 class RunRecord:
-    """Every field a run writes. A field left :data:`UNSET` is absent from the JSON line.
+    """Every field a run writes; each is optional (None: the record does not have it, or has it
+    as null). ``present`` names the fields the record holds even where they are None (set by
+    :meth:`new`, :meth:`update` and :meth:`from_dict`): :meth:`as_dict` writes those and every
+    field that is not None, so a record read and written back is unchanged, and :meth:`has` tells
+    an absent field from one set to None. Nested JSON objects (``config``, ``time_s``...) stay dicts."""
 
-    Readers use attributes: a field the record does not have reads as None (as ``dict.get`` would
-    give), while :meth:`as_dict` still leaves it out, so a record read and written back is
-    unchanged; :meth:`has` tells an absent field from one set to None. Nested JSON objects
-    (``config``, ``metrics``, ``time_s``...) stay dicts."""
-
-    schema_version: int = UNSET
-    run_id: str = UNSET                  # <task>-<method>-<8 hex digits>; names the scores file too
-    task: str = UNSET
-    method: str = UNSET
-    status: str = UNSET                  # one of STATUSES
-    message: str | None = UNSET          # why the status is not ok
-    failed_phase: str | None = UNSET
-    traceback: str = UNSET
-    group: str = UNSET                   # the sweep (or single run) the record belongs to
-    config: dict[str, Any] = UNSET       # the resolved config, every method parameter included
-    config_hash: str = UNSET             # hash of the settings that determine the numbers
-    gt_key: str | None = UNSET           # the ground truth's cache key (same key: same ground truth)
-    gt_subsets: int | None = UNSET
-    gt_seeds: int | None = UNSET         # retrainings per subset (1 in the same-seed mode)
-    gt_mode: str = UNSET                 # fresh_seeds or same_seed
-    gt_cached: bool = UNSET
-    gt_source: dict[str, Any] | None = UNSET  # with gt.from: the bundle or file the ground truth was read
+    schema_version: int | None = None
+    run_id: str | None = None                  # <task>-<method>-<8 hex digits>; names the scores file too
+    task: str | None = None
+    method: str | None = None
+    status: str | None = None                  # one of STATUSES
+    message: str | None = None          # why the status is not ok
+    failed_phase: str | None = None
+    traceback: str | None = None
+    group: str | None = None                   # the sweep (or single run) the record belongs to
+    config: dict[str, Any] | None = None       # the resolved config, every method parameter included
+    config_hash: str | None = None             # hash of the settings that determine the numbers
+    gt_key: str | None = None           # the ground truth's cache key (same key: same ground truth)
+    gt_subsets: int | None = None
+    gt_seeds: int | None = None         # retrainings per subset (1 in the same-seed mode)
+    gt_mode: str | None = None                 # fresh_seeds or same_seed
+    gt_cached: bool | None = None
+    gt_source: dict[str, Any] | None = None  # with gt.from: the bundle or file the ground truth was read
                                          # from (format, path, manifest_sha256 or the files' sha256, gt_key)
-    count_replay_s: float = UNSET        # wall seconds of the untimed counting replay (cost.count=separate)
-    gt_wait_s: float = UNSET             # seconds spent waiting for another run's ground truth
-    gt_degenerate_share: float | None = UNSET  # share of retrained models no better than chance
-    quality_check: str = UNSET           # why the model was not checked against chance
-    n_train: int | None = UNSET
-    n_query: int | None = UNSET
-    num_params: int = UNSET
-    model_quality: dict[str, float | None] = UNSET  # test_acc, test_loss of the attributed model
-    trainings: int | float = UNSET       # full model trainings the method consumed
-    lds: float | None = UNSET
-    lds_ci: list[float] | None = UNSET   # bootstrap 95% interval over queries
-    lds_per_query: list[float | None] = UNSET
-    constant_outcome_queries: list[int] = UNSET
-    constant_prediction_queries: list[int] = UNSET
-    gt_reliability: float | None = UNSET
-    gt_reliability_ci: list[float | None] | None = UNSET
-    lds_ceiling: float | None = UNSET
-    lds_ceiling_ci: list[float | None] | None = UNSET
-    normalized_lds: float | None = UNSET
-    gt_warning: str = UNSET
-    metrics: dict[str, dict[str, Any]] | None = UNSET  # per metric: status (ok, unsupported, error),
+    count_replay_s: float | None = None        # wall seconds of the untimed counting replay (cost.count=separate)
+    gt_wait_s: float | None = None             # seconds spent waiting for another run's ground truth
+    gt_degenerate_share: float | None = None  # share of retrained models no better than chance
+    quality_check: str | None = None           # why the model was not checked against chance
+    n_train: int | None = None
+    n_query: int | None = None
+    num_params: int | None = None
+    model_quality: dict[str, float | None] | None = None  # test_acc, test_loss of the attributed model
+    trainings: int | float | None = None       # full model trainings the method consumed
+    lds: float | None = None
+    lds_ci: list[float] | None = None   # bootstrap 95% interval over queries
+    lds_per_query: list[float | None] | None = None
+    constant_outcome_queries: list[int] | None = None
+    constant_prediction_queries: list[int] | None = None
+    gt_reliability: float | None = None
+    gt_reliability_ci: list[float | None] | None = None
+    lds_ceiling: float | None = None
+    lds_ceiling_ci: list[float | None] | None = None
+    normalized_lds: float | None = None
+    gt_warning: str | None = None
+    metrics: dict[str, dict[str, Any]] | None = None  # per metric: status (ok, unsupported, error),
                                          # value, ci [low, high], ceiling (None without one), its own fields
-    query_ids: list[int] | None = UNSET  # the queries' indices into the task's held-out pool
-    split: str | None = UNSET            # "test": the queries and ground truth the record is scored on
-    tuned: dict[str, Any] | None = UNSET  # with tune.trials > 0: trials, search_space, best_params,
+    query_ids: list[int] | None = None  # the queries' indices into the task's held-out pool
+    split: str | None = None            # "test": the queries and ground truth the record is scored on
+    tuned: dict[str, Any] | None = None  # with tune.trials > 0: trials, search_space, best_params,
                                          # val_lds, val_gt_key, val_query_ids, study, storage
-    time_s: dict[str, float | None] = UNSET
-    cpu_time_s: dict[str, float | None] = UNSET
-    peak_mem_mb: dict[str, float | None] = UNSET
-    peak_rss_mb: dict[str, float | None] = UNSET
-    flops: dict[str, int | float | None] = UNSET
-    load_avg: dict[str, float | None] = UNSET  # one-minute load average per phase
-    overloaded: bool = UNSET             # the load exceeded the core count during a timed phase
-    diagnostics: dict[str, Any] | None = UNSET
-    cached_work: list[str] = UNSET       # work fit and score read from the cache instead of computing it
-    scores_file: str = UNSET             # relative to the results folder, inside it
-    write_error: str = UNSET             # why the result could not be written where it belonged
-    wandb_dir: str | None = UNSET
-    version: str = UNSET                 # tdabench's version
-    git_sha: str | None = UNSET
-    libraries: dict[str, str] = UNSET
-    device: str = UNSET
-    host: str = UNSET
-    platform: str = UNSET
-    timestamp: str = UNSET               # UTC, ISO 8601
-    extra: dict[str, Any] = field(default_factory=dict)  # fields of later versions, kept as they are
+    time_s: dict[str, float | None] | None = None
+    cpu_time_s: dict[str, float | None] | None = None
+    peak_mem_mb: dict[str, float | None] | None = None
+    peak_rss_mb: dict[str, float | None] | None = None
+    flops: dict[str, int | float | None] | None = None
+    load_avg: dict[str, float | None] | None = None  # one-minute load average per phase
+    overloaded: bool | None = None             # the load exceeded the core count during a timed phase
+    diagnostics: dict[str, Any] | None = None
+    cached_work: list[str] | None = None       # work fit and score read from the cache instead of computing it
+    scores_file: str | None = None             # relative to the results folder, inside it
+    write_error: str | None = None             # why the result could not be written where it belonged
+    wandb_dir: str | None = None
+    version: str | None = None                 # tdabench's version
+    git_sha: str | None = None
+    libraries: dict[str, str] | None = None
+    device: str | None = None
+    host: str | None = None
+    platform: str | None = None
+    timestamp: str | None = None               # UTC, ISO 8601
+    extra: dict[str, Any] = field(default_factory=dict)  # fields of later schema versions, kept as they are
+    present: set[str] = field(default_factory=set, repr=False, compare=False)
 
-    def __getattribute__(self, name: str):
-        value = object.__getattribute__(self, name)
-        return None if value is UNSET else value
+    @classmethod
+    def new(cls, **fields) -> RunRecord:
+        """A record of the current schema holding ``fields`` (each a declared field; an undeclared
+        one raises TypeError), every one of them written even where it is None."""
+        return cls(schema_version=SCHEMA_VERSION, **fields, present={"schema_version", *fields})
+
+    def update(self, fields: dict | None = None, **more) -> None:
+        """Set declared fields (a dict and/or keywords); an undeclared one raises TypeError."""
+        for name, value in {**(fields or {}), **more}.items():
+            if name not in _FIELDS:
+                raise TypeError(f"RunRecord has no field {name!r}")
+            setattr(self, name, value)
+            self.present.add(name)
+
+    def drop(self, name: str) -> None:
+        """Remove the field ``name`` (the record no longer has it)."""
+        setattr(self, name, None)
+        self.present.discard(name)
 
     def has(self, name: str) -> bool:
         """Whether the record has the field ``name`` (set, possibly to None)."""
-        return vars(self).get(name, UNSET) is not UNSET
+        return name in self.present or getattr(self, name, None) is not None
 
     @property
     def is_ok(self) -> bool:
@@ -142,15 +144,18 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunRecord:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in raw.items() if k in known},
-                   extra={k: v for k, v in raw.items() if k not in known})
+        return cls(**{k: v for k, v in raw.items() if k in _FIELDS},
+                   extra={k: v for k, v in raw.items() if k not in _FIELDS},
+                   present={k for k in raw if k in _FIELDS})
 
     def as_dict(self) -> dict:
-        """The record as its JSON object: set fields only, later versions' fields included."""
-        own = vars(self)
-        out = {f.name: own[f.name] for f in fields(self) if f.name != "extra" and own[f.name] is not UNSET}
+        """The record as its JSON object: the fields it holds, later versions' fields included."""
+        out = {name: getattr(self, name) for name in _FIELDS if self.has(name)}
         return {**out, **self.extra}
+
+
+#: the record's own fields (those of its JSON object)
+_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name not in ("extra", "present"))
 
 
 #: keys every record has, whatever its status (a line without them is not a record)
@@ -219,7 +224,7 @@ def invalid_reason(raw: dict) -> str | None:
     if missing:
         return f"missing {', '.join(missing)}"
     for key, value in raw.items():
-        if key in _TYPES and key != "extra" and not _fits(value, _TYPES[key]):
+        if key in _FIELDS and not _fits(value, _TYPES[key]):
             return f"{key}={value!r:.60} is not of type {_TYPES[key]}"
     if raw["status"] not in STATUSES:
         return f"status={raw['status']!r} is not one of {', '.join(STATUSES)}"
@@ -283,7 +288,3 @@ def validated(raw: dict) -> tuple[RunRecord | None, str | None]:
     return (None, reason) if reason else (RunRecord.from_dict(rec), None)
 
 
-def new_record(**fields) -> dict:
-    """A record of the current schema holding ``fields`` (each a declared field of
-    :class:`RunRecord`; an undeclared one raises TypeError), in its dict form."""
-    return RunRecord(schema_version=SCHEMA_VERSION, **fields).as_dict()

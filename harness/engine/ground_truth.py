@@ -27,7 +27,7 @@ the same shard twice; the time a run spends waiting for another run's lock is ke
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,11 @@ class GroundTruth:
     degenerate: torch.Tensor | None = None  # bool [M, K]: retrained model no better than chance;
     #                                         None for ground truths cached before it was kept
 
+    @classmethod
+    def read(cls, data: dict) -> GroundTruth:
+        """The ground truth of a cached file's tensors (a dict of the field names)."""
+        return cls(*(data.get(f.name) for f in fields(cls)))
+
     @property
     def mean_outcomes(self) -> torch.Tensor:
         """Outcomes averaged over retraining seeds: [M, n_query]."""
@@ -81,6 +86,22 @@ def make_masks(n: int, subsets: int, alpha: float, seed: int) -> torch.Tensor:
 def validation_seed(seed: int) -> int:
     """The seed of a validation ground truth's subsets and retrainings, for data seed ``seed``."""
     return int(np.random.SeedSequence([seed, 2]).generate_state(1)[0])
+
+
+@dataclass
+class ShardOutcomes:
+    """One shard's retraining outcomes, as cached: the rows it retrained, their outcomes
+    [len, K, n_query] and whether each retrained model is no better than chance [len, K] (None in
+    shards cached before that was kept)."""
+
+    ids: list[int]
+    outcomes: torch.Tensor
+    degenerate: torch.Tensor | None = None
+
+    @classmethod
+    def read(cls, data: dict) -> ShardOutcomes:
+        """The outcomes of a cached file's tensors (a dict of the field names)."""
+        return cls(*(data.get(f.name) for f in fields(cls)))
 
 
 def retrain_seed(seed: int, subset: int, k: int) -> int:
@@ -204,12 +225,13 @@ class GroundTruthBuilder:
         except CorruptFileError as exc:
             self.log(f"partial ground truth is damaged, starting the shard afresh: {exc}")
             return None
-        done = list(part.get("ids", []))
-        if done != ids[:len(done)] or part["outcomes"].shape[1:2] != (self.seeds,):
+        part = ShardOutcomes.read(part)
+        done = list(part.ids or [])
+        if done != ids[:len(done)] or part.outcomes.shape[1:2] != (self.seeds,):
             return None
         return part
 
-    def compute_shard(self, shard: int, num_shards: int) -> dict:
+    def compute_shard(self, shard: int, num_shards: int) -> ShardOutcomes:
         """Outcomes of the subsets of one shard: ``{"ids", "outcomes" [len, K, n_query],
         "degenerate" [len, K]}``. Retrainings are saved chunk by chunk to a partial file, so an
         interrupted shard continues where it stopped; the partial file goes once the shard is
@@ -226,10 +248,10 @@ class GroundTruthBuilder:
             outs, degs = [], []
             part = self._resume(partial, ids)
             if part is not None:
-                outs, degs = [part["outcomes"]], [part["degenerate"]]
-                self.log(f"{desc}: continuing from {len(part['ids']) * self.gt.seeds} "
+                outs, degs = [part.outcomes], [part.degenerate]
+                self.log(f"{desc}: continuing from {len(part.ids) * self.gt.seeds} "
                          f"retrained models of an interrupted run")
-            start = len(part["ids"]) if part is not None else 0
+            start = len(part.ids) if part is not None else 0
             with tqdm(total=len(ids) * self.seeds, initial=start * self.seeds, desc=desc,
                       unit="model", mininterval=2) as bar:
                 for i in range(start, len(ids), per_batch):
@@ -239,14 +261,14 @@ class GroundTruthBuilder:
                     degs.append(deg)
                     bar.update(len(chunk) * self.seeds)
                     if i + len(chunk) < len(ids):
-                        save_verified({"ids": ids[:i + len(chunk)], "outcomes": torch.cat(outs),
-                                       "degenerate": torch.cat(degs)}, partial)
-            return {"ids": ids, "outcomes": torch.cat(outs), "degenerate": torch.cat(degs)}
+                        save_verified(vars(ShardOutcomes(ids[:i + len(chunk)], torch.cat(outs), torch.cat(degs))),
+                                      partial)
+            return vars(ShardOutcomes(ids, torch.cat(outs), torch.cat(degs)))
 
         data = load_or_compute(self.shard_path(shard, num_shards), compute,
                                f"ground truth shard {shard}/{num_shards}", self.log, self._waited)
         remove_verified(partial)
-        return data
+        return ShardOutcomes.read(data)
 
     def build(self) -> GroundTruth:
         """Load the assembled ground truth, assembling or computing missing shards first."""
@@ -259,25 +281,25 @@ class GroundTruthBuilder:
             known = True
             for s in range(n):
                 part = self.compute_shard(s, n)
-                outcomes[part["ids"]] = part["outcomes"]
-                if part.get("degenerate") is None:  # a shard cached before quality was kept
+                outcomes[part.ids] = part.outcomes
+                if part.degenerate is None:  # a shard cached before quality was kept
                     known = False
                 else:
-                    degenerate[part["ids"]] = part["degenerate"]
-            return {"masks": self.masks, "outcomes": outcomes, "degenerate": degenerate if known else None}
+                    degenerate[part.ids] = part.degenerate
+            return vars(GroundTruth(self.masks, outcomes, degenerate if known else None))
 
-        data = load_or_compute(self.dir / "ground_truth.pt", assemble, "ground truth", self.log,
-                               self._waited)
-        if not torch.equal(data["masks"], self.masks):
+        gt = GroundTruth.read(load_or_compute(self.dir / "ground_truth.pt", assemble, "ground truth", self.log,
+                                              self._waited))
+        if not torch.equal(gt.masks, self.masks):
             raise RuntimeError(f"{self.dir}: cached masks differ from the config's; delete the folder")
-        return GroundTruth(data["masks"], data["outcomes"], data.get("degenerate"))
+        return gt
 
     def cached(self) -> GroundTruth | None:
         """The assembled ground truth if it is cached and intact; never computes anything."""
         path = self.dir / "ground_truth.pt"
         if not path.exists():
             return None
-        data = load_verified(path)
-        if not torch.equal(data["masks"], self.masks):
+        gt = GroundTruth.read(load_verified(path))
+        if not torch.equal(gt.masks, self.masks):
             raise RuntimeError(f"{self.dir}: cached masks differ from the config's; delete the folder")
-        return GroundTruth(data["masks"], data["outcomes"], data.get("degenerate"))
+        return gt

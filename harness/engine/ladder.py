@@ -76,8 +76,8 @@ def conflicts(method_cls, level: int, explicit: Iterable[str], values: dict | No
 
 
 def apply_level(cfg: dict, explicit: Iterable[str] = ()) -> dict:
-    """``cfg`` (a resolved config) with the rung ``cfg['frontier']['level']`` of its method's cost
-    ladder applied to ``cfg['method']``; ``cfg`` itself when the level is null. ``explicit``: the
+    """``cfg`` (a resolved config) with the rung ``frontier.level`` of its method's cost ladder
+    applied to the method's parameters; ``cfg`` itself when the level is null. ``explicit``: the
     method parameters set explicitly (see :func:`explicit_keys`). Raises :class:`ConfigError` for
     a bad level or a conflict, :class:`LevelBeyondLadder` past the ladder's end. Idempotent."""
     s = settings_of(cfg)

@@ -317,8 +317,8 @@ def execute(cfg: RunSettings | dict, group: str = "single") -> dict | None:
     a lock per pairing, so a concurrent identical run waits and then reports the same record.
     Tasks that measure cost only (``measures_lds = False``) skip the ground-truth and LDS phases.
     Ctrl-C raises :class:`UserInterrupt` (nothing is recorded; cached work is kept).
-    With ``frontier.level`` set, the rung of the method's cost ladder is applied to
-    ``cfg['method']`` (a config from :func:`harness.cli.compose` has it applied already, after
+    With ``frontier.level`` set, the rung of the method's cost ladder is applied to the method's
+    parameters (a config from :func:`harness.cli.compose` has it applied already, after
     refusing conflicts with explicit values); past the ladder's end ``LevelBeyondLadder`` is raised.
     """
     resolved = cfg.config if isinstance(cfg, RunSettings) else cfg

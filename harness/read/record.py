@@ -104,6 +104,8 @@ class RunRecord:
     timestamp: str | None = None               # UTC, ISO 8601
     extra: dict[str, Any] = field(default_factory=dict)  # fields of later schema versions, kept as they are
     present: set[str] = field(default_factory=set, repr=False, compare=False)
+    #: the results folder's name when a reader combines several (not written: no record field)
+    folder: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def new(cls, **fields) -> RunRecord:
@@ -155,7 +157,7 @@ class RunRecord:
 
 
 #: the record's own fields (those of its JSON object)
-_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name not in ("extra", "present"))
+_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name not in ("extra", "present", "folder"))
 
 
 #: keys every record has, whatever its status (a line without them is not a record)

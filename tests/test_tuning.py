@@ -108,13 +108,13 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
     task, method = prepare(cfg)
     first = tune(task, type(method), cfg, study_key(cfg))
     assert built == ["validation"]
-    assert first.info["best_params"].keys() == {"damping"} and first.info["trials"] == 2
-    assert not set(first.info["val_query_ids"]) & set(task.query_ids())
-    study = optuna.load_study(study_name=first.info["study"], storage=first.info["storage"])
+    assert first.info.best_params.keys() == {"damping"} and first.info.trials == 2
+    assert not set(first.info.val_query_ids) & set(task.query_ids())
+    study = optuna.load_study(study_name=first.info.study, storage=first.info.storage)
     assert study.trials[0].params == {"damping": 0.1}  # the default comes first
     more = {**cfg, "tune": {**cfg["tune"], "trials": 3}}
     tune(task, type(method), more, study_key(more))
-    study = optuna.load_study(study_name=first.info["study"], storage=first.info["storage"])
+    study = optuna.load_study(study_name=first.info.study, storage=first.info.storage)
     assert len(study.trials) == 3 and len({t.params["damping"] for t in study.trials}) == 3
     # the tuned frontier chooses from the same study under a CPU cap, running no new trial
     capped = {**more, "tune": {**more["tune"], "select_cpu_s": 1e-9}}
@@ -123,9 +123,9 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
         tune(task, type(method), capped, study_key(capped))
     loose = {**more, "tune": {**more["tune"], "select_cpu_s": 1e9}}
     chosen = tune(task, type(method), loose, study_key(loose))
-    assert chosen.info["best_trial"] == study.best_trial.number and chosen.info["best_cpu_s"] > 0
-    assert "chosen at <= 1e+09 CPU s" in record_setting(RunRecord(tuned=chosen.info))
-    rung = RunRecord(method="ekfac", tuned=chosen.info,
+    assert chosen.info.best_trial == study.best_trial.number and chosen.info.best_cpu_s > 0
+    assert "chosen at <= 1e+09 CPU s" in record_setting(RunRecord(tuned=chosen.info.as_dict()))
+    rung = RunRecord(method="ekfac", tuned=chosen.info.as_dict(),
                      config={"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}})
     assert record_setting(rung).endswith(") max_examples=100")  # a rung stays in the label
 
@@ -163,13 +163,13 @@ def test_a_refused_setting_reports_the_worst_lds_and_is_never_chosen(tmp_path, m
     # larger than the training set without a ridge
     monkeypatch.setattr(cls, "check", lambda self, t: ["damping too small"] if self.damping < 0.03 else [])
     chosen = tune(task, cls, cfg, study_key(cfg))
-    study = optuna.load_study(study_name=chosen.info["study"], storage=chosen.info["storage"])
+    study = optuna.load_study(study_name=chosen.info.study, storage=chosen.info.storage)
     refused = [t for t in study.trials if "refused" in t.user_attrs]
     assert refused and all(t.params["damping"] < 0.03 for t in refused)
     assert all(t.value == tuning.REFUSED_VALUE and t.state == optuna.trial.TrialState.COMPLETE for t in refused)
-    assert chosen.info["best_params"]["damping"] >= 0.03
-    assert chosen.info["refused_trials"] == len(refused)
-    assert chosen.info["completed_trials"] == len(study.trials) - len(refused)
+    assert chosen.info.best_params["damping"] >= 0.03
+    assert chosen.info.refused_trials == len(refused)
+    assert chosen.info.completed_trials == len(study.trials) - len(refused)
 
 
 def test_a_tuned_run_goes_on_when_only_its_default_setting_is_refused(tmp_path, monkeypatch):
@@ -277,7 +277,7 @@ def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
         with pytest.raises(UserInterrupt):
             tune(task, type(method), cfg, study_key(cfg))
     done = tune(task, type(method), cfg, study_key(cfg))
-    study = optuna.load_study(study_name=done.info["study"], storage=done.info["storage"])
+    study = optuna.load_study(study_name=done.info.study, storage=done.info.storage)
     assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
     assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
-    assert done.info["completed_trials"] == 2
+    assert done.info.completed_trials == 2

@@ -11,13 +11,7 @@ import uuid
 from pathlib import Path
 
 from tdabench.harness.core.registry import METHODS, TASKS, UnknownNameError
-from tdabench.harness.engine.settings import RunSettings
-
-
-class ConfigError(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+from tdabench.harness.engine.settings import ConfigError, RunSettings
 
 
 class UnsupportedPairingError(ConfigError):

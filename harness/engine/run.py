@@ -386,7 +386,7 @@ def _run(task, method, builder: GroundTruthBuilder, s: RunSettings, group: str, 
             tuned = tune(task, type(method), s, study_key(s))
             s = s.replace(method={**s.method, **tuned.params})
             method = type(method)(**s.method_params)
-            record.update(tuned=tuned.info, config=s.config)
+            record.update(tuned=tuned.info.as_dict(), config=s.config)
         scores = _attribute(task, method, builder, s, record, prof)
     except UserInterrupt:
         raise

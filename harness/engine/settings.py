@@ -20,6 +20,14 @@ COUNT_MODES = ("separate", "inline", "off")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
+class ConfigError(ValueError):
+    """Problems of a run's config, one line each (``problems``), found before any work."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
 @dataclass(frozen=True)
 class Rule:
     """What a settings field accepts: the text of its problem (``KEY=VALUE must ...``), its range
@@ -177,8 +185,6 @@ class RunSettings:
             cfg = OmegaConf.to_container(cfg, resolve=True)
         settings, problems = typed_settings(cfg)
         if problems:
-            from tdabench.harness.engine.config import ConfigError
-
             raise ConfigError(problems)
         return settings
 

@@ -67,6 +67,7 @@ from tdabench.harness.engine.quality import (
 from tdabench.harness.engine.settings import GroundTruthSettings, RunSettings, settings_of
 from tdabench.harness.engine.space import default_point, describe, to_param
 from tdabench.harness.read.lds import lds
+from tdabench.harness.read.record import TunedInfo
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class CostCapExceeded(RuntimeError):
 @dataclass
 class Tuned:
     params: dict  # the method parameters of the best trial (the tuned ones only)
-    info: dict  # the record's ``tuned`` field
+    info: TunedInfo  # the record's ``tuned`` field
 
 
 def validation_gt(s: RunSettings) -> GroundTruthSettings:
@@ -287,14 +288,12 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
                            f"cheapest took {cheapest:.3g}); raise the cap or add trials")
     best = max(within, key=lambda t: (t.value, -t.number))  # the earliest of equal values
     params = {k: to_param(space[k], v, task.n_train) for k, v in best.params.items()}
-    info = {"trials": trials, "search_space": describe(space), "best_params": params,
-            "best_trial": best.number, "val_lds": best.value, "val_gt_key": builder.dir.name,
-            "val_query_ids": view.query_ids(), "val_subsets": s.tune.val_subsets,
-            "val_seeds": s.tune.val_seeds, "max_cpu_s": s.tune.max_cpu_s,
-            "select_cpu_s": select, "best_cpu_s": best.user_attrs.get("cpu_s"),
-            "completed_trials": len(done),
-            "refused_trials": sum("refused" in t.user_attrs for t in study.trials), "study": name, "storage": where,
-            "trials_cpu_s": round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3)}
+    info = TunedInfo(trials=trials, search_space=describe(space), best_params=params, best_trial=best.number,
+                     val_lds=best.value, val_gt_key=builder.dir.name, val_query_ids=view.query_ids(),
+                     val_subsets=s.tune.val_subsets, val_seeds=s.tune.val_seeds, max_cpu_s=s.tune.max_cpu_s,
+                     select_cpu_s=select, best_cpu_s=best.user_attrs.get("cpu_s"), completed_trials=len(done),
+                     refused_trials=sum("refused" in t.user_attrs for t in study.trials), study=name,
+                     storage=where, trials_cpu_s=round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3))
     log.info(f"{task.name} / {method_cls.name}: best of {len(study.trials)} trials {params}, "
              f"validation LDS {best.value:.4f}")
     return Tuned(params, info)

@@ -32,6 +32,58 @@ FAILED = ("error", "oom", "timeout", "degenerate_model")
 
 
 @dataclass
+class TunedInfo:
+    """A tuned record's ``tuned`` field: how its setting was chosen on the validation ground truth.
+    Fields written by later versions are kept in ``extra``."""
+
+    trials: int | None = None                # the study's trial budget
+    search_space: dict[str, Any] | None = None  # parameter -> its distribution, described
+    best_params: dict[str, Any] | None = None  # the chosen (tuned) parameters
+    best_trial: int | None = None
+    val_lds: float | None = None             # the chosen trial's validation LDS
+    val_gt_key: str | None = None
+    val_query_ids: list[int] | None = None
+    val_subsets: int | None = None
+    val_seeds: int | None = None
+    max_cpu_s: float | None = None           # the per-trial CPU cap
+    select_cpu_s: float | None = None        # the cap of the final choice (the tuned frontier)
+    best_cpu_s: float | None = None
+    completed_trials: int | None = None
+    refused_trials: int | None = None
+    study: str | None = None
+    storage: str | None = None
+    trials_cpu_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TunedInfo:
+        own = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in raw.items() if k in own}, extra={k: v for k, v in raw.items() if k not in own})
+
+    def as_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}, **self.extra}
+
+
+@dataclass
+class MetricEntry:
+    """One entry of a record's ``metrics``: the metric's status (ok, unsupported, error), value,
+    95% interval ``ci`` and ``ceiling`` (None without one), why it has no value, and the metric's
+    own fields (``own``)."""
+
+    status: str | None = None
+    value: float | None = None
+    ci: list[float | None] | None = None
+    ceiling: float | None = None
+    message: str | None = None
+    own: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> MetricEntry:
+        mine = {f.name for f in fields(cls)} - {"own"}
+        return cls(**{k: v for k, v in raw.items() if k in mine}, own={k: v for k, v in raw.items() if k not in mine})
+
+
+@dataclass
 class RunRecord:
     """Every field a run writes; each is optional (None: the record does not have it, or has it
     as null). ``present`` names the fields the record holds even where they are None (set by
@@ -133,6 +185,17 @@ class RunRecord:
     @property
     def is_ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def tuning(self) -> TunedInfo | None:
+        """The ``tuned`` field, typed (None for an untuned record)."""
+        return TunedInfo.from_dict(self.tuned) if isinstance(self.tuned, dict) else None
+
+    @property
+    def metric_entries(self) -> dict[str, MetricEntry]:
+        """The ``metrics`` field, each entry typed ({} for a record without metrics)."""
+        return {name: MetricEntry.from_dict(entry) for name, entry in (self.metrics or {}).items()
+                if isinstance(entry, dict)}
 
     @property
     def task_config(self) -> dict[str, Any]:
@@ -258,11 +321,12 @@ def _claims_lds(raw: dict) -> bool:
 
 
 def _metrics_problem(metrics: dict) -> str | None:
-    for name, entry in metrics.items():
-        value = entry.get("value")
+    for name, raw in metrics.items():
+        entry = MetricEntry.from_dict(raw)
+        value = entry.value
         if value is not None and not _fits(value, float):
             return f"metrics.{name}.value={value!r} is not a finite number"
-        problem = _interval_problem(f"metrics.{name}.ci", entry.get("ci"), value)
+        problem = _interval_problem(f"metrics.{name}.ci", entry.ci, value)
         if problem:
             return problem
     return None

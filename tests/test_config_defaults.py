@@ -91,3 +91,13 @@ def test_the_composed_default_config_is_valid_and_types_every_section():
     assert settings.gt.subsets == _yaml_defaults()["gt"]["subsets"]
     assert settings.tune.select_cpu_s is None and settings.metrics == ["lds"]
     assert settings.method_name == "grad_dot" and "name" not in settings.method_params
+
+
+@pytest.mark.parametrize("name", ["cifar10_resnet9", "cifar2_resnet9"])
+def test_cifar_task_files_state_the_task_settings_defaults(name):
+    from tdabench.tasks.cifar import CifarSettings
+
+    written = yaml.safe_load((CONF_DIR / "task" / f"{name}.yaml").read_text())
+    for f in fields(CifarSettings):
+        assert written.get(f.name) == f.default, (f"conf/task/{name}.yaml: {f.name}={written.get(f.name)!r}, "
+                                                  f"CifarSettings says {f.default!r}; change both")

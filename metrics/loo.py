@@ -58,7 +58,7 @@ class LeaveOneOutBuilder(GroundTruthBuilder):
 
     def key(self) -> str:
         return content_hash({"task": self.task.fingerprint(), "format": FORMAT_VERSION,
-                             "loo": {"samples": self.gt["subsets"] - 1, "seeds": self.gt["seeds"]}})
+                             "loo": {"samples": self.gt.subsets - 1, "seeds": self.gt.seeds}})
 
     def make_masks(self) -> torch.Tensor:
         masks = torch.ones(len(self.examples) + 1, self.task.n_train, dtype=torch.bool)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -214,6 +215,22 @@ class ImageSource:
 
 
 # ----- the task ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CifarSettings:
+    """The CIFAR tasks' own settings and their defaults (conf/task/cifar*.yaml state the same
+    values, checked by a test); :meth:`CifarResNet9.validate` checks them."""
+
+    width: int = 16                # channels (w, 2w, 4w, 2w) of ResNet-9; TRAK's is 64
+    label_smoothing: float = 0.1   # in the training loss only
+    flip: bool = True              # random horizontal flips
+    translate: int = 0             # random translations by up to this many pixels
+
+    @classmethod
+    def of(cls, cfg: dict) -> CifarSettings:
+        """The settings of a task config node (a key it lacks at its default)."""
+        return cls(**{f.name: cfg.get(f.name, f.default) for f in fields(cls)})
+
+
 class CifarResNet9(Task):
     capabilities = Task.capabilities | {"replayable", "classification"}
     default_classes: tuple[str, ...] = CIFAR10_CLASSES
@@ -244,17 +261,16 @@ class CifarResNet9(Task):
                                 f"{TEST_PER_CLASS * c} test images of {c} classes")
         if cfg.get("arch", "resnet9") not in ARCHITECTURES:
             problems.append(f"task.arch={cfg.get('arch')!r}: use one of {', '.join(ARCHITECTURES)}")
-        width = cfg.get("width", 16)
-        if not isinstance(width, int) or width < 1:
-            problems.append(f"task.width={width!r} must be a positive integer (channels of the first layer)")
-        ls = cfg.get("label_smoothing", 0.0)
-        if not isinstance(ls, (int, float)) or not 0 <= ls < 1:
+        own = CifarSettings.of(cfg)
+        if not isinstance(own.width, int) or isinstance(own.width, bool) or own.width < 1:
+            problems.append(f"task.width={own.width!r} must be a positive integer (channels of the first layer)")
+        ls = own.label_smoothing
+        if not isinstance(ls, (int, float)) or isinstance(ls, bool) or not 0 <= ls < 1:
             problems.append(f"task.label_smoothing={ls!r} must be in [0, 1)")
-        if not isinstance(cfg.get("flip", True), bool):
-            problems.append(f"task.flip={cfg.get('flip')!r} must be true or false")
-        translate = cfg.get("translate", 0)
-        if not isinstance(translate, int) or isinstance(translate, bool) or translate < 0:
-            problems.append(f"task.translate={translate!r} must be a non-negative integer (pixels)")
+        if not isinstance(own.flip, bool):
+            problems.append(f"task.flip={own.flip!r} must be true or false")
+        if not isinstance(own.translate, int) or isinstance(own.translate, bool) or own.translate < 0:
+            problems.append(f"task.translate={own.translate!r} must be a non-negative integer (pixels)")
         if cfg.get("data_dir") is not None:
             problems += folder_problems(Path(cfg["data_dir"]), classes)
         return problems
@@ -316,7 +332,7 @@ class CifarResNet9(Task):
     # ----- model, losses, augmentation ---------------------------------------------------
     def build_model(self) -> nn.Module:
         arch = ARCHITECTURES[self.cfg.get("arch", "resnet9")]
-        return arch(int(self.cfg.get("width", 16)), len(self.classes))
+        return arch(int(CifarSettings.of(self.cfg).width), len(self.classes))
 
     def fit_model(self, idx, seed, init_state=None, snapshots=0, recipe=None, weights=None):
         """As the task's, with torch's global generator seeded from ``seed`` for the training of
@@ -331,7 +347,7 @@ class CifarResNet9(Task):
     def per_example_loss(self, model, inputs, targets):
         """The training loss l_i: cross-entropy with ``task.label_smoothing``. [B]"""
         return F.cross_entropy(model(inputs), targets, reduction="none",
-                               label_smoothing=float(self.cfg.get("label_smoothing", 0.0)))
+                               label_smoothing=float(CifarSettings.of(self.cfg).label_smoothing))
 
     def observable(self, model, inputs, targets):
         """Plain cross-entropy (no smoothing) or the correct-class margin. [B]"""
@@ -344,10 +360,11 @@ class CifarResNet9(Task):
         """Random horizontal flips (``task.flip``) and translations by up to ``task.translate``
         pixels with reflection padding, drawn per image from ``gen``. [B, 3, H, W] -> same."""
         b, _, h, w = inputs.shape
-        if self.cfg.get("flip", True):
+        own = CifarSettings.of(self.cfg)
+        if own.flip:
             flip = torch.rand(b, generator=gen) < 0.5
             inputs = torch.where(flip.view(b, 1, 1, 1).to(inputs.device), inputs.flip(3), inputs)
-        pad = int(self.cfg.get("translate", 0))
+        pad = int(own.translate)
         if pad:
             padded = F.pad(inputs, (pad, pad, pad, pad), mode="reflect")
             dy, dx = (torch.randint(0, 2 * pad + 1, (2, b), generator=gen)).to(inputs.device)

@@ -1,9 +1,12 @@
-"""Each method parameter's default is defined once: in the method's constructor signature. The
+"""conf/config.yaml and the settings dataclasses agree on every key and default. Each method
+parameter's default is defined once: in the method's constructor signature. The
 config node is generated from it, and a task's method_defaults only hold values that differ."""
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 import yaml
@@ -11,6 +14,7 @@ from omegaconf import OmegaConf
 
 from tdabench.harness.core.registry import METHODS
 from tdabench.harness.engine.compose import CONF_DIR, compose
+from tdabench.harness.engine.settings import RunSettings, config_key
 
 TASK_FILES = sorted((CONF_DIR / "task").glob("*.yaml"))
 
@@ -45,3 +49,55 @@ def test_task_default_and_command_line_override_in_that_order():
     assert compose(["method=bif", "method.draws=7"])["method"]["draws"] == 7
     assert compose(["method=bif_devinterp"])["method"]["draws"] == 400  # shares the BIF's task defaults
     assert compose(["method=ekfac_kronfluence", "task=pythia_scaling"])["method"]["exclude"] == ["lm.lm_head"]
+
+
+def _yaml_defaults() -> dict:
+    """conf/config.yaml's own settings (no Hydra keys), as written."""
+    raw = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
+    return {k: v for k, v in raw.items() if k not in ("defaults", "hydra")}
+
+
+def _dataclass_defaults(cls) -> dict:
+    out = {}
+    for f in fields(cls):
+        if f.name in ("config", "task", "method"):
+            continue
+        key = config_key(f)
+        out[key] = _dataclass_defaults(f.type if isinstance(f.type, type) else get_type_hints(cls)[f.name]) \
+            if f.default is MISSING else f.default
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_config_yaml_and_the_settings_dataclasses_hold_the_same_keys_and_defaults():
+    written, declared = _flatten(_yaml_defaults()), _flatten(_dataclass_defaults(RunSettings))
+    assert sorted(written) == sorted(declared), "conf/config.yaml and harness/engine/settings.py name different keys"
+    for key, value in written.items():
+        if isinstance(value, str) and value.startswith("${"):  # an environment variable's, with a fallback
+            fallback = value.rsplit(",", 1)[-1].rstrip("}")
+            value = None if fallback == "null" else fallback
+        assert value == declared[key], (f"{key}: conf/config.yaml says {value!r}, RunSettings says "
+                                        f"{declared[key]!r}; change both")
+
+
+def test_the_composed_default_config_is_valid_and_types_every_section():
+    settings = RunSettings.from_config(compose([]))
+    assert settings.gt.subsets == _yaml_defaults()["gt"]["subsets"]
+    assert settings.tune.select_cpu_s is None and settings.metrics == ["lds"]
+    assert settings.method_name == "grad_dot" and "name" not in settings.method_params
+
+
+@pytest.mark.parametrize("name", ["cifar10_resnet9", "cifar2_resnet9"])
+def test_cifar_task_files_state_the_task_settings_defaults(name):
+    from tdabench.tasks.cifar import CifarSettings
+
+    written = yaml.safe_load((CONF_DIR / "task" / f"{name}.yaml").read_text())
+    for f in fields(CifarSettings):
+        assert written.get(f.name) == f.default, (f"conf/task/{name}.yaml: {f.name}={written.get(f.name)!r}, "
+                                                  f"CifarSettings says {f.default!r}; change both")

@@ -175,11 +175,11 @@ def _saved_run(tmp_path, overrides, scores):
     from tdabench.harness.engine.compose import compose
     from tdabench.harness.engine.run import config_hash
     from tdabench.harness.engine.writing import write_result
-    from tdabench.harness.read.record import new_record
+    from tdabench.harness.read.record import RunRecord
 
     cfg = compose(overrides)
-    record = new_record(run_id="digits_mlp-grad_dot-0000abcd", task="digits_mlp", method="grad_dot", status="ok",
-                        lds=0.3, lds_ci=[0.2, 0.4], config_hash=config_hash(cfg), config=cfg)
+    record = RunRecord.new(run_id="digits_mlp-grad_dot-0000abcd", task="digits_mlp", method="grad_dot", status="ok",
+                           lds=0.3, lds_ci=[0.2, 0.4], config_hash=config_hash(cfg), config=cfg)
     write_result(record, scores, tmp_path / "r", tmp_path / "c")
     return tmp_path / "r" / "scores" / "digits_mlp-grad_dot-0000abcd.pt"
 

@@ -13,7 +13,7 @@ import pytest
 
 from tdabench.harness.read.leaderboard import build, render_markdown, row_keys
 from tdabench.harness.read.leaderboard_cli import main
-from tdabench.harness.read.record import RunRecord
+from tdabench.harness.read.record import RunRecord, invalid_reason
 from tdabench.harness.read.record_view import ground_truth_label, record_setting, setting
 from tdabench.harness.read.statistics import holm, pairwise_table, tied_with_best
 from tdabench.harness.read.tracking import summary_of, sweep_group
@@ -280,3 +280,19 @@ def test_a_tuned_row_names_the_values_it_chose():
     other_seed = rec("ekfac", 0.6, gt_key="digits_mlp-bbbbbbbbbbbb", params={"damping": 0.5},
                      tuned={**tuned, "best_params": {"damping": 0.5}})
     assert [k[3] for k in row_keys([chosen, other_seed])] == ["tuned (4 trials)"] * 2
+def test_an_ok_record_without_an_lds_is_invalid_never_ranked_and_reported_once(tmp_path, capfd):
+    source = ROOT / "results" / "reference" / "demo" / "runs.jsonl"
+    lines = source.read_text().splitlines()
+    good = next(json.loads(line) for line in lines if json.loads(line)["status"] == "ok")
+    folder = tmp_path / "d"
+    folder.mkdir()
+    copy = {**good, "lds": None, "run_id": good["run_id"][:-8] + "deadbeef"}
+    (folder / "runs.jsonl").write_text("\n".join(lines + [json.dumps(copy), '{"torn']) + "\n")
+    main(["-q", str(folder)])
+    err = capfd.readouterr().err
+    assert err.count("status ok without an LDS") == 1, err
+    assert err.count("not a complete record") == 1, err
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert board.loc[board["method"] == good["method"], "lds"].notna().all()
+    cost_only = json.loads((ROOT / "results" / "reference" / "pythia_scaling" / "runs.jsonl").open().readline())
+    assert cost_only["lds"] is None and invalid_reason(cost_only) is None  # no ground truth: no LDS claimed

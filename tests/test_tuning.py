@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.config import tune_problems
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
+from tdabench.harness.engine.settings import settings_of, settings_problems
 from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.engine.tuning import TuningFailed, tune
 from tdabench.harness.read.record import RunRecord
@@ -74,10 +74,15 @@ def test_space_problems_and_multiples_of_n_train():
     assert to_param(nbeta, 0.5, 200) == 100.0
 
 
+def tune_problems(tune: dict) -> list[str]:
+    return settings_problems({"tune": tune})
+
+
 def test_tune_settings_are_checked():
     assert tune_problems({"trials": -1, "val_subsets": 1, "val_seeds": 0, "max_cpu_s": 0,
                           "storage": "studies.db"})[4].startswith("tune.storage=")
     assert len(tune_problems({"trials": -1, "val_subsets": 1, "val_seeds": 0})) == 3
+    assert tune_problems({"select_cpu_s": float("nan")})[0].startswith("tune.select_cpu_s=nan")
     assert tune_problems({"trials": 4, "val_subsets": 20, "val_seeds": 2, "storage": "s.journal"}) == []
 
 
@@ -103,13 +108,13 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
     task, method = prepare(cfg)
     first = tune(task, type(method), cfg, study_key(cfg))
     assert built == ["validation"]
-    assert first.info["best_params"].keys() == {"damping"} and first.info["trials"] == 2
-    assert not set(first.info["val_query_ids"]) & set(task.query_ids())
-    study = optuna.load_study(study_name=first.info["study"], storage=first.info["storage"])
+    assert first.info.best_params.keys() == {"damping"} and first.info.trials == 2
+    assert not set(first.info.val_query_ids) & set(task.query_ids())
+    study = optuna.load_study(study_name=first.info.study, storage=first.info.storage)
     assert study.trials[0].params == {"damping": 0.1}  # the default comes first
     more = {**cfg, "tune": {**cfg["tune"], "trials": 3}}
     tune(task, type(method), more, study_key(more))
-    study = optuna.load_study(study_name=first.info["study"], storage=first.info["storage"])
+    study = optuna.load_study(study_name=first.info.study, storage=first.info.storage)
     assert len(study.trials) == 3 and len({t.params["damping"] for t in study.trials}) == 3
     # the tuned frontier chooses from the same study under a CPU cap, running no new trial
     capped = {**more, "tune": {**more["tune"], "select_cpu_s": 1e-9}}
@@ -118,9 +123,9 @@ def test_tuner_never_reads_the_test_ground_truth_and_resumes(tmp_path, monkeypat
         tune(task, type(method), capped, study_key(capped))
     loose = {**more, "tune": {**more["tune"], "select_cpu_s": 1e9}}
     chosen = tune(task, type(method), loose, study_key(loose))
-    assert chosen.info["best_trial"] == study.best_trial.number and chosen.info["best_cpu_s"] > 0
-    assert "chosen at <= 1e+09 CPU s" in record_setting(RunRecord(tuned=chosen.info))
-    rung = RunRecord(method="ekfac", tuned=chosen.info,
+    assert chosen.info.best_trial == study.best_trial.number and chosen.info.best_cpu_s > 0
+    assert "chosen at <= 1e+09 CPU s" in record_setting(RunRecord(tuned=chosen.info.as_dict()))
+    rung = RunRecord(method="ekfac", tuned=chosen.info.as_dict(),
                      config={"method": {"name": "ekfac", "damping": 3.0, "max_examples": 100}})
     # the chosen value and a rung are in the label
     assert record_setting(rung).endswith(") damping=3 max_examples=100")
@@ -160,13 +165,13 @@ def test_a_refused_setting_reports_the_worst_lds_and_is_never_chosen(tmp_path, m
     # larger than the training set without a ridge
     monkeypatch.setattr(cls, "check", lambda self, t: ["damping too small"] if self.damping < 0.03 else [])
     chosen = tune(task, cls, cfg, study_key(cfg))
-    study = optuna.load_study(study_name=chosen.info["study"], storage=chosen.info["storage"])
+    study = optuna.load_study(study_name=chosen.info.study, storage=chosen.info.storage)
     refused = [t for t in study.trials if "refused" in t.user_attrs]
     assert refused and all(t.params["damping"] < 0.03 for t in refused)
     assert all(t.value == tuning.REFUSED_VALUE and t.state == optuna.trial.TrialState.COMPLETE for t in refused)
-    assert chosen.info["best_params"]["damping"] >= 0.03
-    assert chosen.info["refused_trials"] == len(refused)
-    assert chosen.info["completed_trials"] == len(study.trials) - len(refused)
+    assert chosen.info.best_params["damping"] >= 0.03
+    assert chosen.info.refused_trials == len(refused)
+    assert chosen.info.completed_trials == len(study.trials) - len(refused)
 
 
 def test_a_tuned_run_goes_on_when_only_its_default_setting_is_refused(tmp_path, monkeypatch):
@@ -237,7 +242,8 @@ def test_the_choice_waits_for_another_workers_running_trial(tmp_path):
     wait_for_other_workers(study, "s", patience=60, poll_s=0.05)
     assert time.monotonic() - start >= 0.2
     cfg = {"tune": {"max_cpu_s": 100}, "limits": {"max_seconds": None}}
-    assert patience_s(cfg) == 460.0 and patience_s({**cfg, "limits": {"max_seconds": 50}}) == 110.0
+    assert patience_s(settings_of(cfg)) == 460.0
+    assert patience_s(settings_of({**cfg, "limits": {"max_seconds": 50}})) == 110.0
 
 
 def test_the_cpu_cap_stops_a_trial_when_it_is_reached():
@@ -273,53 +279,7 @@ def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
         with pytest.raises(UserInterrupt):
             tune(task, type(method), cfg, study_key(cfg))
     done = tune(task, type(method), cfg, study_key(cfg))
-    study = optuna.load_study(study_name=done.info["study"], storage=done.info["storage"])
+    study = optuna.load_study(study_name=done.info.study, storage=done.info.storage)
     assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
     assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
-    assert done.info["completed_trials"] == 2
-
-
-def test_a_search_space_is_checked_with_the_settings_before_any_work(tmp_path, monkeypatch):
-    from tdabench.harness.engine.run import config_problems
-
-    class Fake:
-        name = "fake"
-        search_space = {"power": Float(0.0, 1.0), "width": Float(1.0, 4.0), "kind": (1, 2)}
-
-        @staticmethod
-        def parameters():
-            return ["power", "width", "kind"]
-
-        @staticmethod
-        def defaults():
-            return {"power": 1.5, "width": 2, "kind": 1}
-
-        @staticmethod
-        def parameter_problems(params):
-            return [f"method.{k}={v!r} must be int" for k, v in params.items()
-                    if k == "width" and not isinstance(v, int)]
-
-    problems = space_problems(Fake)
-    assert any("'kind'" in p and "not a Float, Int or Categorical" in p for p in problems)
-    assert any("'width'" in p and "wrong type" in p for p in problems)  # floats for an int parameter
-    assert any("power=1.5" in p for p in problems)
-    assert space_problems(Fake, params={"power": 0.5}) == [p for p in problems if "power" not in p]
-    # a registered method's space, checked against the run's own settings when it is tuned
-    ekfac = METHODS.get("ekfac")
-    monkeypatch.setattr(ekfac, "search_space", {"dampng": Float(1e-3, 10.0, log=True)})
-    assert not config_problems(_cfg(tmp_path, "method=ekfac"))[2]
-    (line,) = config_problems(_cfg(tmp_path, "method=ekfac", "tune.trials=2"))[2]
-    assert "names dampng, not among its parameters" in line
-    monkeypatch.setattr(ekfac, "search_space", {"damping": Float(1e-3, 1.0, log=True)})
-    assert not config_problems(_cfg(tmp_path, "method=ekfac", "tune.trials=2"))[2]
-    (line,) = config_problems(_cfg(tmp_path, "method=ekfac", "tune.trials=2", "method.damping=5.0"))[2]
-    assert "does not contain the setting tuning starts from, damping=5.0" in line
-    assert not list(tmp_path.iterdir())  # nothing was created
-
-
-def test_tuning_a_method_without_a_search_space_builds_no_validation_ground_truth(tmp_path, caplog):
-    rec = execute(_cfg(tmp_path, "method=grad_dot", "tune.trials=3"))
-    assert rec["status"] == "ok" and "tuned" not in rec
-    assert not [p for p in (tmp_path / "cache").rglob("*") if "-val-" in p.name]
-    assert "grad_dot has no search space: tune.trials=3 is ignored" in caplog.text
-    assert record_setting(RunRecord.from_dict(rec)) == ""
+    assert done.info.completed_trials == 2

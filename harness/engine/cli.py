@@ -35,6 +35,7 @@ from tdabench.harness.engine.ladder import LevelBeyondLadder, conflicts, level_p
 from tdabench.harness.engine.launchers import slurm_problem, submits_elsewhere
 from tdabench.harness.engine.method import missing_extra
 from tdabench.harness.engine.metric import unknown_metric
+from tdabench.harness.engine.settings import settings_of
 from tdabench.harness.read.record import FAILED, STATUSES
 from tdabench.harness.read.results import read_records
 
@@ -228,7 +229,8 @@ def _unknown_keys(overrides, keyed) -> list[str]:
 def _group(cfg: dict) -> str:
     from tdabench.harness.read.tracking import sweep_group
 
-    return sweep_group(cfg["results_dir"], cfg.get("sweep_name"))
+    s = settings_of(cfg)
+    return sweep_group(s.results_dir, s.sweep_name)
 
 
 def shard_overrides(argv: list[str]) -> list[str]:

@@ -11,13 +11,7 @@ import uuid
 from pathlib import Path
 
 from tdabench.harness.core.registry import METHODS, TASKS, UnknownNameError
-from tdabench.harness.engine.settings import settings_problems
-
-
-class ConfigError(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+from tdabench.harness.engine.settings import ConfigError, RunSettings
 
 
 class UnsupportedPairingError(ConfigError):
@@ -69,46 +63,20 @@ def device_problem(device, here: bool = True) -> str | None:
     return None
 
 
-def validate_settings(cfg: dict, device_here: bool = True) -> list[str]:
-    """Checks that need no task or method object (``device_here`` False: the run executes on
-    another machine, so only the form of ``device`` is checked here)."""
-    p = settings_problems(cfg)
-    problem = device_problem(cfg.get("device", "cpu"), device_here)
-    if problem:
-        p.append(problem)
-    for key in ("results_dir", "cache_dir"):
-        problem = folder_problem(key, cfg.get(key))
-        if problem:
-            p.append(problem)
-    p += method_default_problems(cfg)
-    p += tune_problems(cfg.get("tune") or {})
+def validate_settings(s: RunSettings, device_here: bool = True) -> list[str]:
+    """Checks of the settings that need the machine or the file system (the device, the folders,
+    the free disk space) or the registry (the task's method defaults); ``device_here`` False: the
+    run executes on another machine, so only the form of ``device`` is checked here."""
+    p = [problem for problem in (device_problem(s.device, device_here),
+                                 folder_problem("results_dir", s.results_dir),
+                                 folder_problem("cache_dir", s.cache_dir)) if problem]
+    p += method_default_problems(s)
     if not p:
-        need = ground_truth_mb(cfg) + MIN_FREE_MB
-        free = free_disk_mb(cfg["cache_dir"])
+        need = ground_truth_mb(s) + MIN_FREE_MB
+        free = free_disk_mb(s.cache_dir)
         if free < need:
-            p.append(f"cache_dir: {free:.0f} MiB free on {cfg['cache_dir']}, about {need:.0f} MiB needed "
+            p.append(f"cache_dir: {free:.0f} MiB free on {s.cache_dir}, about {need:.0f} MiB needed "
                      "(ground truth, checkpoints and scores); free space or choose another cache_dir")
-    return p
-
-
-def tune_problems(tune: dict) -> list[str]:
-    """Checks of the ``tune`` settings (trials, validation ground truth, cost cap, storage)."""
-    p = []
-    for key, least, meaning in (("trials", 0, "trials per pairing; 0: no tuning"),
-                                ("val_subsets", 2, "subsets of the validation ground truth"),
-                                ("val_seeds", 1, "retraining seeds per validation subset")):
-        v = tune.get(key, least)
-        if not _is_int(v) or v < least:
-            p.append(f"tune.{key}={v!r} must be an integer >= {least} ({meaning})")
-    for key in ("max_cpu_s", "select_cpu_s"):
-        cap = tune.get(key)
-        if cap is not None and (not _is_num(cap) or cap <= 0):
-            p.append(f"tune.{key}={cap!r} must be null or a positive number of CPU seconds")
-    storage = tune.get("storage")
-    if storage is not None and not (isinstance(storage, str)
-                                    and (storage.endswith(".journal") or "://" in storage)):
-        p.append(f"tune.storage={storage!r}: use null (SQLite in the results folder), a path ending in "
-                 ".journal (Optuna's journal file) or a database URL such as sqlite:///studies.db")
     return p
 
 
@@ -127,10 +95,10 @@ def folder_problem(key: str, value) -> str | None:
     return f"{key}: {problem}" if problem else None
 
 
-def subset_problems(cfg: dict) -> list[str]:
+def subset_problems(s: RunSettings) -> list[str]:
     """The ground truth's subsets must be neither empty nor the whole training set: each keeps
     round(gt.alpha * task.n_train) examples, which must lie in [1, n_train - 1]."""
-    alpha, n = cfg.get("gt", {}).get("alpha"), cfg.get("task", {}).get("n_train")
+    alpha, n = s.gt.alpha, (s.task or {}).get("n_train")
     if not _is_num(alpha) or not 0 < alpha < 1 or not _is_int(n) or n < 1:
         return []  # reported by the checks of those keys
     k = int(round(alpha * n))
@@ -145,11 +113,11 @@ def subset_problems(cfg: dict) -> list[str]:
     return []
 
 
-def method_default_problems(cfg: dict) -> list[str]:
+def method_default_problems(s: RunSettings) -> list[str]:
     """Entries of ``task.method_defaults.<method>`` for the chosen method that are not parameters
     of that method: they would be ignored silently."""
-    name = (cfg.get("method") or {}).get("name")
-    defaults = ((cfg.get("task") or {}).get("method_defaults") or {}).get(name) or {}
+    name = s.method_name
+    defaults = ((s.task or {}).get("method_defaults") or {}).get(name) or {}
     try:
         allowed = METHODS.get(name).parameters() if defaults else []
     except UnknownNameError:
@@ -159,41 +127,37 @@ def method_default_problems(cfg: dict) -> list[str]:
             for k in defaults if k not in allowed]
 
 
-def ground_truth_mb(cfg: dict) -> float:
+def ground_truth_mb(s: RunSettings) -> float:
     """Size of the ground truth on disk: float32 outcomes [M, K, n_query], masks [M, n_train]."""
-    gt, task = cfg["gt"], cfg.get("task", {})
+    gt, task = s.gt, s.task or {}
     n_query, n_train = (v if _is_int(v) and v > 0 else 0 for v in (task.get("n_query"), task.get("n_train")))
-    return 2 * (4 * gt["subsets"] * gt["seeds"] * n_query + gt["subsets"] * n_train) / 2**20
+    return 2 * (4 * gt.subsets * gt.seeds * n_query + gt.subsets * n_train) / 2**20
 
 
-def resolve_names(cfg: dict) -> tuple[type | None, type | None, list[str]]:
+def resolve_names(s: RunSettings) -> tuple[type | None, type | None, list[str]]:
     problems = []
     task_cls = method_cls = None
     try:
-        task_cls = TASKS.get(cfg["task"]["name"])
+        task_cls = TASKS.get(s.task_name)
     except UnknownNameError as exc:
         problems.append(str(exc))
     try:
-        method_cls = METHODS.get(cfg["method"]["name"])
+        method_cls = METHODS.get(s.method_name)
     except UnknownNameError as exc:
         problems.append(str(exc))
     return task_cls, method_cls, problems
 
 
-def method_params(cfg: dict) -> dict:
-    return {k: v for k, v in cfg["method"].items() if k != "name"}
-
-
-def validate_method_params(method_cls, cfg: dict) -> list[str]:
+def validate_method_params(method_cls, s: RunSettings) -> list[str]:
     """Unknown parameters (with the valid ones listed) and values that do not fit the
     constructor's types."""
     allowed = method_cls.parameters()
-    params = method_params(cfg)
+    params = s.method_params
     unknown = [k for k in params if k not in allowed]
     if unknown:
         return [f"method {method_cls.name} has no parameter {', '.join(unknown)}; its parameters: "
                 f"{', '.join(allowed)}"]
-    if "seed" in params and params["seed"] == cfg.get("seed"):  # follows the run's seed, checked there
+    if "seed" in params and params["seed"] == s.seed:  # follows the run's seed, checked there
         params = {k: v for k, v in params.items() if k != "seed"}
     return method_cls.parameter_problems(params)
 

@@ -27,7 +27,7 @@ the same shard twice; the time a run spends waiting for another run's lock is ke
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from tdabench.harness.core.storage import (
     save_verified,
 )
 from tdabench.harness.engine.quality import degenerate_reason
+from tdabench.harness.engine.settings import GroundTruthSettings, gt_settings
 
 _log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ class GroundTruth:
     outcomes: torch.Tensor  # float [M, K, n_query]
     degenerate: torch.Tensor | None = None  # bool [M, K]: retrained model no better than chance;
     #                                         None for ground truths cached before it was kept
+
+    @classmethod
+    def read(cls, data: dict) -> GroundTruth:
+        """The ground truth of a cached file's tensors (a dict of the field names)."""
+        return cls(*(data.get(f.name) for f in fields(cls)))
 
     @property
     def mean_outcomes(self) -> torch.Tensor:
@@ -82,6 +88,22 @@ def validation_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 2]).generate_state(1)[0])
 
 
+@dataclass
+class ShardOutcomes:
+    """One shard's retraining outcomes, as cached: the rows it retrained, their outcomes
+    [len, K, n_query] and whether each retrained model is no better than chance [len, K] (None in
+    shards cached before that was kept)."""
+
+    ids: list[int]
+    outcomes: torch.Tensor
+    degenerate: torch.Tensor | None = None
+
+    @classmethod
+    def read(cls, data: dict) -> ShardOutcomes:
+        """The outcomes of a cached file's tensors (a dict of the field names)."""
+        return cls(*(data.get(f.name) for f in fields(cls)))
+
+
 def retrain_seed(seed: int, subset: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, subset, k]).generate_state(1)[0])
 
@@ -90,26 +112,27 @@ def shard_ids(subsets: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, subsets, num_shards))
 
 
-def gt_mode(gt: dict) -> str:
+def gt_mode(gt: GroundTruthSettings | dict) -> str:
     """``same_seed`` (every subset retrained with the reference run's seed and data order) or
     ``fresh_seeds`` (K new seeds per subset)."""
-    return "same_seed" if gt.get("same_seed") else "fresh_seeds"
+    return "same_seed" if gt_settings(gt).same_seed else "fresh_seeds"
 
 
-def effective_seeds(gt: dict) -> int:
+def effective_seeds(gt: GroundTruthSettings | dict) -> int:
     """Retrainings per subset: ``gt.seeds``, or 1 in the same-seed mode (they would be equal)."""
-    return 1 if gt.get("same_seed") else gt["seeds"]
+    gt = gt_settings(gt)
+    return 1 if gt.same_seed else gt.seeds
 
 
-def gt_key(task, gt: dict) -> str:
+def gt_key(task, gt: GroundTruthSettings | dict) -> str:
     """Cache key of a ground truth; the same-seed mode is named and hashed in it (the default
     mode's key is unchanged, so its caches stay valid)."""
-    parts = {k: gt[k] for k in ("subsets", "alpha", "seeds", "from_checkpoint", "finetune_epochs")}
-    if gt.get("same_seed"):
-        parts["seeds"] = 1
-        parts["mode"] = "same_seed"
+    gt = gt_settings(gt)
+    parts = {k: getattr(gt, k) for k in ("subsets", "alpha", "seeds", "from_checkpoint", "finetune_epochs")}
+    if gt.same_seed:
+        parts.update(seeds=1, mode="same_seed")
     key = content_hash({"task": task.fingerprint(), "gt": parts, "format": FORMAT_VERSION})
-    key = f"same_seed-{key}" if gt.get("same_seed") else key
+    key = f"same_seed-{key}" if gt.same_seed else key
     return key if getattr(task, "queries", "test") == "test" else f"val-{key}"
 
 
@@ -124,9 +147,9 @@ class GroundTruthBuilder:
     folder = "ground_truth"
     label = "ground truth"
 
-    def __init__(self, task, gt: dict, cache_dir: str | Path, log=None):
+    def __init__(self, task, gt: GroundTruthSettings | dict, cache_dir: str | Path, log=None):
         self.task = task
-        self.gt = gt
+        self.gt = gt = gt_settings(gt)
         self.log = log or _log.info
         #: the seed of the subsets and retrainings (the task's, or its validation seed)
         self.draw_seed = task.seed if getattr(task, "queries", "test") == "test" else validation_seed(task.seed)
@@ -138,8 +161,8 @@ class GroundTruthBuilder:
         self.produced = False
         self.mode = gt_mode(gt)
         self.seeds = effective_seeds(gt)
-        if gt.get("same_seed") and gt["seeds"] > 1:
-            self.log(f"gt.same_seed: one retraining per subset (gt.seeds={gt['seeds']} would "
+        if gt.same_seed and gt.seeds > 1:
+            self.log(f"gt.same_seed: one retraining per subset (gt.seeds={gt.seeds} would "
                 "repeat the same run)")
 
     def key(self) -> str:
@@ -148,7 +171,7 @@ class GroundTruthBuilder:
 
     def make_masks(self) -> torch.Tensor:
         """bool [M, n_train]: the training examples each row retrains on."""
-        return make_masks(self.task.n_train, self.gt["subsets"], self.gt["alpha"], self.draw_seed)
+        return make_masks(self.task.n_train, self.gt.subsets, self.gt.alpha, self.draw_seed)
 
     def job_seed(self, row: int, k: int) -> int:
         """The seed of retraining ``k`` of row ``row`` (fresh-seeds mode)."""
@@ -170,25 +193,25 @@ class GroundTruthBuilder:
         and whether each retrained model is no better than chance, bool [len, K]."""
         task, gt = self.task, self.gt
         init, recipe = None, None
-        if gt["from_checkpoint"]:
+        if gt.from_checkpoint:
             init = task.checkpoint().state_dict()
             recipe = task.recipe()
-            recipe.epochs = gt["finetune_epochs"]
+            recipe.epochs = gt.finetune_epochs
         if self.mode == "same_seed":
             # the reference run's data order, with the removed examples at weight 0
             idx = torch.arange(task.n_train).expand(len(subsets), -1)
             seeds = [task.seed] * len(subsets)
             weights = self.masks[subsets].float()
-            models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.get("vectorize", True),
+            models = task.fit_many(idx, seeds, init, recipe, vectorize=gt.vectorize,
                                    weights=weights)
         else:
-            jobs = [(j, k) for j in subsets for k in range(gt["seeds"])]
+            jobs = [(j, k) for j in subsets for k in range(gt.seeds)]
             rows = [torch.nonzero(self.masks[j])[:, 0] for j, _ in jobs]
             models = [None] * len(jobs)
             for size in dict.fromkeys(len(r) for r in rows):  # fit_many takes rows of one size
                 at = [i for i, r in enumerate(rows) if len(r) == size]
                 fitted = task.fit_many(torch.stack([rows[i] for i in at]), [self.job_seed(*jobs[i]) for i in at],
-                                       init, recipe, vectorize=gt.get("vectorize", True))
+                                       init, recipe, vectorize=gt.vectorize)
                 for i, m in zip(at, fitted):
                     models[i] = m
         outs = torch.stack([self.observe(m) for m in models])
@@ -210,32 +233,33 @@ class GroundTruthBuilder:
         except CorruptFileError as exc:
             self.log(f"partial ground truth is damaged, starting the shard afresh: {exc}")
             return None
-        done = list(part.get("ids", []))
-        if done != ids[:len(done)] or part["outcomes"].shape[1:2] != (self.seeds,):
+        part = ShardOutcomes.read(part)
+        done = list(part.ids or [])
+        if done != ids[:len(done)] or part.outcomes.shape[1:2] != (self.seeds,):
             return None
         return part
 
-    def compute_shard(self, shard: int, num_shards: int) -> dict:
+    def compute_shard(self, shard: int, num_shards: int) -> ShardOutcomes:
         """Outcomes of the subsets of one shard: ``{"ids", "outcomes" [len, K, n_query],
         "degenerate" [len, K]}``. Retrainings are saved chunk by chunk to a partial file, so an
         interrupted shard continues where it stopped; the partial file goes once the shard is
         saved."""
-        ids = shard_ids(self.gt["subsets"], shard, num_shards)
+        ids = shard_ids(self.gt.subsets, shard, num_shards)
         partial = self.partial_path(shard, num_shards)
 
         def compute():
             self.produced = True
             desc = f"{self.label} {self.task.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else "")
             # models trained one at a time are saved after every subset; trained together, per batch
-            together = self.gt.get("vectorize", True) and self.task.vectorizable
-            per_batch = max(1, self.gt.get("models_per_batch", 64) // self.seeds) if together else 1
+            together = self.gt.vectorize and self.task.vectorizable
+            per_batch = max(1, self.gt.models_per_batch // self.seeds) if together else 1
             outs, degs = [], []
             part = self._resume(partial, ids)
             if part is not None:
-                outs, degs = [part["outcomes"]], [part["degenerate"]]
-                self.log(f"{desc}: continuing from {len(part['ids']) * self.gt['seeds']} "
+                outs, degs = [part.outcomes], [part.degenerate]
+                self.log(f"{desc}: continuing from {len(part.ids) * self.gt.seeds} "
                          f"retrained models of an interrupted run")
-            start = len(part["ids"]) if part is not None else 0
+            start = len(part.ids) if part is not None else 0
             with tqdm(total=len(ids) * self.seeds, initial=start * self.seeds, desc=desc,
                       unit="model", mininterval=2) as bar:
                 for i in range(start, len(ids), per_batch):
@@ -245,45 +269,45 @@ class GroundTruthBuilder:
                     degs.append(deg)
                     bar.update(len(chunk) * self.seeds)
                     if i + len(chunk) < len(ids):
-                        save_verified({"ids": ids[:i + len(chunk)], "outcomes": torch.cat(outs),
-                                       "degenerate": torch.cat(degs)}, partial)
-            return {"ids": ids, "outcomes": torch.cat(outs), "degenerate": torch.cat(degs)}
+                        save_verified(vars(ShardOutcomes(ids[:i + len(chunk)], torch.cat(outs), torch.cat(degs))),
+                                      partial)
+            return vars(ShardOutcomes(ids, torch.cat(outs), torch.cat(degs)))
 
         data = load_or_compute(self.shard_path(shard, num_shards), compute,
                                f"ground truth shard {shard}/{num_shards}", self.log, self._waited)
         remove_verified(partial)
-        return data
+        return ShardOutcomes.read(data)
 
     def build(self) -> GroundTruth:
         """Load the assembled ground truth, assembling or computing missing shards first."""
-        n = self.gt["num_shards"]
+        n = self.gt.num_shards
 
         def assemble():
             self.produced = True
-            outcomes = torch.empty(self.gt["subsets"], self.seeds, self.outcome_width())
-            degenerate = torch.zeros(self.gt["subsets"], self.seeds, dtype=torch.bool)
+            outcomes = torch.empty(self.gt.subsets, self.seeds, self.outcome_width())
+            degenerate = torch.zeros(self.gt.subsets, self.seeds, dtype=torch.bool)
             known = True
             for s in range(n):
                 part = self.compute_shard(s, n)
-                outcomes[part["ids"]] = part["outcomes"]
-                if part.get("degenerate") is None:  # a shard cached before quality was kept
+                outcomes[part.ids] = part.outcomes
+                if part.degenerate is None:  # a shard cached before quality was kept
                     known = False
                 else:
-                    degenerate[part["ids"]] = part["degenerate"]
-            return {"masks": self.masks, "outcomes": outcomes, "degenerate": degenerate if known else None}
+                    degenerate[part.ids] = part.degenerate
+            return vars(GroundTruth(self.masks, outcomes, degenerate if known else None))
 
-        data = load_or_compute(self.dir / "ground_truth.pt", assemble, "ground truth", self.log,
-                               self._waited)
-        if not torch.equal(data["masks"], self.masks):
+        gt = GroundTruth.read(load_or_compute(self.dir / "ground_truth.pt", assemble, "ground truth", self.log,
+                                              self._waited))
+        if not torch.equal(gt.masks, self.masks):
             raise RuntimeError(f"{self.dir}: cached masks differ from the config's; delete the folder")
-        return GroundTruth(data["masks"], data["outcomes"], data.get("degenerate"))
+        return gt
 
     def cached(self) -> GroundTruth | None:
         """The assembled ground truth if it is cached and intact; never computes anything."""
         path = self.dir / "ground_truth.pt"
         if not path.exists():
             return None
-        data = load_verified(path)
-        if not torch.equal(data["masks"], self.masks):
+        gt = GroundTruth.read(load_verified(path))
+        if not torch.equal(gt.masks, self.masks):
             raise RuntimeError(f"{self.dir}: cached masks differ from the config's; delete the folder")
-        return GroundTruth(data["masks"], data["outcomes"], data.get("degenerate"))
+        return gt

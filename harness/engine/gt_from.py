@@ -22,6 +22,7 @@ from pathlib import Path
 from tdabench.harness.core.bundle import BundleError, open_bundle, write_bundle
 from tdabench.harness.engine.config import ConfigError
 from tdabench.harness.engine.ground_truth import GroundTruth, GroundTruthBuilder, effective_seeds, gt_mode
+from tdabench.harness.engine.settings import RunSettings, settings_of
 from tdabench.harness.read.gt_formats import foreign_settings, read_foreign
 from tdabench.harness.read.gt_manifest import bundle_content
 from tdabench.harness.read.gt_sources import (
@@ -53,10 +54,6 @@ class ReadGroundTruth:
         return self.gt
 
 
-def gt_from(cfg: dict) -> str | None:
-    return (cfg.get("gt") or {}).get("from")
-
-
 def without_null_gt_from(cfg: dict) -> dict:
     """``cfg`` without ``gt.from`` where it is null: the setting came after records were first
     hashed, so a run that does not use it keeps the config hash of one written before it."""
@@ -66,9 +63,9 @@ def without_null_gt_from(cfg: dict) -> dict:
     return {**cfg, "gt": {k: v for k, v in gt.items() if k != "from"}}
 
 
-def from_problems(cfg: dict) -> list[str]:
+def from_problems(s: RunSettings) -> list[str]:
     """Cheap checks of ``gt.from`` (no file is read but the path's existence)."""
-    src = gt_from(cfg)
+    src = s.gt.source
     if src is None:
         return []
     if not isinstance(src, str) or not src:
@@ -78,47 +75,46 @@ def from_problems(cfg: dict) -> list[str]:
     if not src.startswith(ARTIFACT_PREFIX) and not source_path(src).exists():
         problems.append(f"gt.from={src}: {source_path(src)} does not exist; give a bundle written by "
                         "tdabench-gt export")
-    if (cfg.get("gt") or {}).get("shard") is not None:
+    if s.gt.shard is not None:
         problems.append(f"gt.from={src} reads the ground truth; it cannot be combined with gt.shard "
                         "(nothing to compute)")
     return problems
 
 
-def adopt_settings(cfg: dict) -> dict:
-    """``cfg`` with the ground-truth settings of the bundle ``gt.from`` names (its subsets, alpha,
+def adopt_settings(s: RunSettings) -> RunSettings:
+    """``s`` with the ground-truth settings of the bundle ``gt.from`` names (its subsets, alpha,
     seeds and mode) after verifying the bundle, or those a field format's subset file implies;
-    ``cfg`` itself when ``gt.from`` is null. Raises ConfigError with the source's problem."""
-    src = gt_from(cfg)
-    if src is None or from_problems(cfg):  # the run's config checks report them
-        return cfg
+    ``s`` itself when ``gt.from`` is null. Raises ConfigError with the source's problem."""
+    src = s.gt.source
+    if src is None or from_problems(s):  # the run's config checks report them
+        return s
     try:
-        settings = (foreign_settings(src, cfg["task"]["n_train"]) if src.startswith(FOREIGN)
-                    else open_source(src, cfg["cache_dir"]).manifest["ground_truth"])
+        settings = (foreign_settings(src, s.task.get("n_train")) if src.startswith(FOREIGN)
+                    else open_source(src, s.cache_dir).manifest["ground_truth"])
     except BundleError as exc:
         raise ConfigError([f"gt.from: {exc}"]) from None
-    changed = {k: settings[k] for k in GT_SETTINGS if k in settings and cfg["gt"].get(k) != settings[k]}
+    changed = {k: settings[k] for k in GT_SETTINGS if k in settings and getattr(s.gt, k) != settings[k]}
     if not changed:
-        return cfg
+        return s
     log.info("gt.from: the bundle's ground truth has " + ", ".join(f"gt.{k}={v}" for k, v in changed.items()))
-    out = copy.deepcopy(cfg)
-    out["gt"].update(changed)
-    return out
+    return s.replace(gt={**copy.deepcopy(s.config["gt"]), **changed})
 
 
-def ground_truth_source(task, cfg: dict):
+def ground_truth_source(task, cfg: RunSettings | dict):
     """The run's ground truth: a :class:`GroundTruthBuilder` (computed and cached, as always) or,
     with ``gt.from``, a :class:`ReadGroundTruth` whose fingerprints match ``task`` (its data, its
     queries and its reference checkpoint, trained here if it is not cached). Raises ConfigError
     naming the mismatch before any ground-truth or method work."""
-    src, gt_cfg = gt_from(cfg), cfg["gt"]
+    s = settings_of(cfg)
+    src, gt_cfg = s.gt.source, s.gt
     if src is None or not task.measures_lds:
-        return GroundTruthBuilder(task, gt_cfg, cfg["cache_dir"])
+        return GroundTruthBuilder(task, gt_cfg, s.cache_dir)
     try:
         if src.startswith(FOREIGN):
             read = read_foreign(src, task)
             gt = GroundTruth(read.masks, read.outcomes, None)
             return ReadGroundTruth(gt, read.source["gt_key"], "fresh_seeds", 1, read.source)
-        bundle = open_source(src, cfg["cache_dir"])
+        bundle = open_source(src, s.cache_dir)
         problems = task_mismatches(bundle, task)
     except BundleError as exc:
         raise ConfigError([f"gt.from: {exc}"]) from None
@@ -128,23 +124,22 @@ def ground_truth_source(task, cfg: dict):
     return ReadGroundTruth(gt, bundle.gt_key, gt_mode(gt_cfg), effective_seeds(gt_cfg), bundle.source())
 
 
-def run_artifacts(record: dict, cfg: dict, results_dir: Path, task, builder) -> list[dict]:
+def run_artifacts(rec: RunRecord, s: RunSettings, results_dir: Path, task, builder) -> list[dict]:
     """With ``wandb.artifacts`` set, the artifacts of an ``ok`` run (dicts of ``name``, ``type``,
     ``path``, ``metadata``): its ground truth as a bundle (type ``ground-truth``, ``gt-<gt_key>``,
     the manifest as metadata: the bundle ``gt.from`` named, else one written once per ground truth
     under ``cache_dir/bundles/<gt_key>/``) and its scores (type ``scores``, ``scores-<run_id>``);
     [] otherwise."""
-    rec = RunRecord.from_dict(record)
-    if not (cfg.get("wandb") or {}).get("artifacts") or not rec.is_ok or not rec.gt_key:
+    if not s.wandb.artifacts or not rec.is_ok or not rec.gt_key:
         return []
     if rec.gt_source:
         bundle = Path(rec.gt_source.get("path", "")) if rec.gt_source.get("format") == "tdabench-ground-truth" else None
     else:
-        bundle = Path(cfg["cache_dir"]) / "bundles" / rec.gt_key
+        bundle = Path(s.cache_dir) / "bundles" / rec.gt_key
         try:
             open_bundle(bundle)
         except BundleError:  # absent or damaged: written (again) from the run's ground truth
-            write_bundle(bundle, *bundle_content(task, cfg, builder, builder.build(), [rec]))
+            write_bundle(bundle, *bundle_content(task, s.config, builder, builder.build(), [rec]))
     out, manifest_sha = [], None
     if bundle is not None and bundle.exists():
         opened = open_bundle(bundle)  # verified, as every reader of it

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from tdabench.harness.core.registry import METHODS, UnknownNameError
 from tdabench.harness.engine.config import ConfigError
+from tdabench.harness.engine.settings import settings_of
 
 #: the value a method parameter has in the composed config unless something set it explicitly
 DEFAULT_PREFIX = "${tdabench.default:"
@@ -75,24 +76,25 @@ def conflicts(method_cls, level: int, explicit: Iterable[str], values: dict | No
 
 
 def apply_level(cfg: dict, explicit: Iterable[str] = ()) -> dict:
-    """``cfg`` (a resolved config) with the rung ``cfg['frontier']['level']`` of its method's cost
-    ladder applied to ``cfg['method']``; ``cfg`` itself when the level is null. ``explicit``: the
+    """``cfg`` (a resolved config) with the rung ``frontier.level`` of its method's cost ladder
+    applied to the method's parameters; ``cfg`` itself when the level is null. ``explicit``: the
     method parameters set explicitly (see :func:`explicit_keys`). Raises :class:`ConfigError` for
     a bad level or a conflict, :class:`LevelBeyondLadder` past the ladder's end. Idempotent."""
-    level = (cfg.get("frontier") or {}).get("level")
+    s = settings_of(cfg)
+    level = s.frontier.level
     problem = level_problem(level)
     if problem:
         raise ConfigError([problem])
     if level is None:
         return cfg
     try:
-        method_cls = METHODS.get(cfg["method"]["name"])
+        method_cls = METHODS.get(s.method_name)
     except UnknownNameError:
         return cfg  # reported with the other problems of the config
-    problems = conflicts(method_cls, level, explicit, cfg["method"])
+    problems = conflicts(method_cls, level, explicit, s.method)
     if problems:
         raise ConfigError(problems)
-    return {**cfg, "method": {**cfg["method"], **rung(method_cls, level)}}
+    return {**cfg, "method": {**s.method, **rung(method_cls, level)}}
 
 
 def ladder_problems(method_cls) -> list[str]:

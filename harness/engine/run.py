@@ -1,7 +1,7 @@
 """One run: config -> task -> ground truth -> method.fit -> method.score -> metrics -> record.
 
 The metrics are plugins (:mod:`harness.engine.metric`): the LDS by default, any list of
-registered ones with ``metric=[...]``; each is stored under ``record["metrics"][name]``.
+registered ones with ``metric=[...]``; each is stored under ``record.metrics[name]``.
 
 Every run, successful or not, appends one record to ``RESULTS_DIR/runs.jsonl`` and logs a wandb
 run. Configuration problems are raised as :class:`ConfigError` before any expensive work; failures
@@ -27,6 +27,7 @@ import logging
 import time
 import traceback
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -45,7 +46,6 @@ from tdabench.harness.engine.cold_cost import cold_cost, uncounted
 from tdabench.harness.engine.config import (
     ConfigError,
     UnsupportedPairingError,
-    method_params,
     resolve_names,
     subset_problems,
     validate_method_params,
@@ -65,7 +65,6 @@ from tdabench.harness.engine.ladder import apply_level
 from tdabench.harness.engine.metric import (
     MetricRun,
     evaluate_metrics,
-    metric_names,
     metric_problems,
     needs_ground_truth,
 )
@@ -78,11 +77,12 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
+from tdabench.harness.engine.settings import RunSettings, settings_of, typed_settings
 from tdabench.harness.engine.space import accepted_setting, space_problems
 from tdabench.harness.engine.training import num_params
 from tdabench.harness.engine.tuning import tune
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
-from tdabench.harness.read.record import RunRecord, new_record
+from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import run_cost
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
@@ -96,28 +96,29 @@ NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "
 log = logging.getLogger(__name__)
 
 
-def config_hash(cfg: dict) -> str:
+def config_hash(cfg: RunSettings | dict) -> str:
     """The hash of the settings that determine a run's numbers. Settings added after records were
     first hashed (``metric``, ``loo``, ``mislabel``, ``removal``, ``tune``) count only where they change the
     run, so a run at their defaults keeps the hash of a record written before them."""
-    metrics = metric_names(cfg)
-    unused = {"metric"} if metrics == ["lds"] else set()
-    unused |= {"loo"} if "loo" not in metrics else set()
-    unused |= {"mislabel"} if "mislabel_auc" not in metrics else set()
-    unused |= {"removal"} if "removal" not in metrics else set()
-    unused |= {"tune"} if not (cfg.get("tune") or {}).get("trials") else set()
-    kept = without_null_gt_from(cfg)
+    s = settings_of(cfg)
+    unused = {"metric"} if s.metrics == ["lds"] else set()
+    unused |= {"loo"} if "loo" not in s.metrics else set()
+    unused |= {"mislabel"} if "mislabel_auc" not in s.metrics else set()
+    unused |= {"removal"} if "removal" not in s.metrics else set()
+    unused |= {"tune"} if not s.tune.trials else set()
+    kept = without_null_gt_from(s.config)
     return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
 
 
-def study_key(cfg: dict) -> str:
+def study_key(cfg: RunSettings | dict) -> str:
     """The hash of the settings that define a tuned pairing's Optuna study: those of
     :func:`config_hash` with every ``tune`` setting but the trial count, the storage and the cap
     of the final choice (``select_cpu_s``: every cap chooses from the same study); the ``removal``
     settings, which tuning never reads, are left out (studies made before them continue)."""
-    kept = {k: v for k, v in without_null_gt_from(cfg).items()
+    s = settings_of(cfg)
+    kept = {k: v for k, v in without_null_gt_from(s.config).items()
             if k not in NON_DETERMINING and k not in ("tune", "removal")}
-    tune_cfg = {k: v for k, v in cfg["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
+    tune_cfg = {k: v for k, v in asdict(s.tune).items() if k not in ("trials", "storage", "select_cpu_s")}
     return content_hash({**kept, "tune": tune_cfg})
 
 
@@ -126,38 +127,40 @@ def config_problems(cfg: dict, device_here: bool = True) -> tuple[type | None, t
     parameters, found without building anything or creating a file (the command line runs it
     before Hydra creates a folder, :func:`prepare` again before a run; ``device_here`` False when
     a launcher submits the run to another machine, where :func:`prepare` checks the device)."""
-    problems = validate_settings(cfg, device_here) + metric_problems(cfg) + from_problems(cfg)
-    set_data_root(cfg.get("data_root"))
-    task_cls, method_cls, more = resolve_names(cfg)
+    s, problems = typed_settings(cfg.config if isinstance(cfg, RunSettings) else settings_of(cfg).config)
+    problems += validate_settings(s, device_here) + metric_problems(s.config) + from_problems(s)
+    set_data_root(s.data_root)
+    task_cls, method_cls, more = resolve_names(s)
     problems += more
     if task_cls is not None:
-        task_problems = task_cls.validate(cfg["task"])
+        task_problems = task_cls.validate(s.task)
         problems += task_problems
         if task_cls.measures_lds and not task_problems:
-            problems += subset_problems(cfg)
-        if not task_cls.measures_lds and (cfg.get("tune") or {}).get("trials"):
-            problems.append(f"tune.trials={cfg['tune']['trials']}: task {task_cls.name} measures cost only "
+            problems += subset_problems(s)
+        if not task_cls.measures_lds and s.tune.trials:
+            problems.append(f"tune.trials={s.tune.trials}: task {task_cls.name} measures cost only "
                             "and has no ground truth to tune on; use tune.trials=0")
     if method_cls is not None:
-        more = validate_method_params(method_cls, cfg)
-        if not more and (cfg.get("tune") or {}).get("trials"):  # the study starts from these settings
-            more = space_problems(method_cls, (cfg.get("task") or {}).get("n_train") or 1000, method_params(cfg))
+        more = validate_method_params(method_cls, s)
+        if not more and s.tune.trials:  # the study starts from these settings
+            more = space_problems(method_cls, s.task.get("n_train") or 1000, s.method_params)
         problems += more
     return task_cls, method_cls, problems
 
 
-def prepare(cfg: dict):
+def prepare(cfg: RunSettings | dict):
     """Validate ``cfg`` and build the task and method objects (cheap). Raises ConfigError."""
     task_cls, method_cls, problems = config_problems(cfg)
     if problems:
         raise ConfigError(problems)
+    s = settings_of(cfg)
     missing = method_cls.available()
     if missing:  # a sweep records it as unsupported and goes on
         raise UnsupportedPairingError([missing])
-    task = task_cls(cfg["task"], seed=cfg["seed"], cache_dir=cfg["cache_dir"], device=cfg["device"])
-    method = method_cls(**method_params(cfg))
+    task = task_cls(s.task, seed=s.seed, cache_dir=s.cache_dir, device=s.device)
+    method = method_cls(**s.method_params)
     problems = validate_pairing(task, method)
-    if problems and _tuning_finds_a_setting(task, method_cls, cfg):
+    if problems and _tuning_finds_a_setting(task, method_cls, s):
         log.info(f"{task.name} / {method.name}: the default setting is refused ({'; '.join(problems)}); "
                  "tuning goes on, since other settings of its search space pass (refused trials score -1)")
         problems = []
@@ -166,31 +169,33 @@ def prepare(cfg: dict):
     return task, method
 
 
-def _tuning_finds_a_setting(task, method_cls, cfg: dict) -> bool:
+def _tuning_finds_a_setting(task, method_cls, s: RunSettings) -> bool:
     """Whether a tuned run (``tune.trials > 0``) whose default setting the method's ``check``
     refuses can still run: the task provides what the method requires and some setting of its
     search space passes the check (the tuner then scores refused trials -1 and avoids them). A
     pairing no setting can run is still refused here, before any ground truth is built."""
     space = getattr(method_cls, "search_space", None) or {}
-    if not (cfg.get("tune") or {}).get("trials") or not space or set(method_cls.requires) - set(task.capabilities):
+    if not s.tune.trials or not space or set(method_cls.requires) - set(task.capabilities):
         return False
-    return accepted_setting(space, method_params(cfg), task.n_train,
-                            lambda params: not method_cls(**params).check(task), seed=cfg["seed"]) is not None
+    return accepted_setting(space, s.method_params, task.n_train,
+                            lambda params: not method_cls(**params).check(task), seed=s.seed) is not None
 
 
-def record_unsupported(cfg: dict, exc: UnsupportedPairingError, group: str) -> dict:
+def record_unsupported(cfg: RunSettings | dict, exc: UnsupportedPairingError, group: str) -> dict:
     """In a sweep, an unsupported pairing is recorded (status ``unsupported``) and skipped."""
-    record = new_record(**{"run_id": f"{cfg['task']['name']}-{cfg['method']['name']}-{uuid.uuid4().hex[:8]}",
-              "task": cfg["task"]["name"], "method": cfg["method"]["name"], "status": "unsupported",
-              "message": " ".join(exc.problems), "lds": None, "n_train": cfg["task"].get("n_train"),
-              "n_query": cfg["task"].get("n_query"), "group": group, "config_hash": config_hash(cfg),
-              "config": cfg, **Profiler(cfg["device"]).fields(), **provenance(cfg["device"])})
-    write_result(record, None, Path(cfg["results_dir"]), cfg["cache_dir"])
-    log.log(RESULT, f"{record['task']} / {record['method']}: unsupported: {record['message']}")
-    return record
+    s = settings_of(cfg)
+    task, method = s.task_name, s.method_name
+    record = RunRecord.new(run_id=f"{task}-{method}-{uuid.uuid4().hex[:8]}", task=task, method=method,
+                        status="unsupported", message=" ".join(exc.problems), lds=None,
+                        n_train=s.task.get("n_train"), n_query=s.task.get("n_query"), group=group,
+                        config_hash=config_hash(s), config=s.config, **Profiler(s.device).fields(),
+                        **provenance(s.device))
+    write_result(record, None, Path(s.results_dir), s.cache_dir)
+    log.log(RESULT, f"{record.task} / {record.method}: unsupported: {record.message}")
+    return record.as_dict()
 
 
-def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dict,
+def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record: RunRecord,
                prof: Profiler) -> torch.Tensor:
     """The profiled phases of one run; fills ``record`` and returns the scores. The time limit
     covers the method's own phases (fit and score): the shared ground truth is never cut short.
@@ -199,43 +204,42 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
     ran before it in the process. Time spent waiting for another run's ground-truth lock is
     recorded as ``gt_wait_s`` and left out of the ground_truth phase's time; ``gt_cached`` says
     whether the ground truth was read as computed and assembled by an earlier or another run."""
-    warm_up(cfg["device"])
+    warm_up(s.device)
     gt = None
     with prof.phase("prepare"):
         model = task.checkpoint()
-        record["num_params"] = num_params(model)
-        record["model_quality"] = task.evaluate(model)
-        record["trainings"] = method.trainings(task)
+        record.update(num_params=num_params(model), model_quality=task.evaluate(model),
+                      trainings=method.trainings(task))
     if task.measures_lds:
-        record["query_ids"] = task.query_ids()
-        reason = degenerate_reason(record["model_quality"])
+        record.update(query_ids=task.query_ids())
+        reason = degenerate_reason(record.model_quality)
         if reason:
             raise DegenerateModelError(degenerate_model_message(task.name, reason))
-        if needs_ground_truth(cfg):
+        if needs_ground_truth(s.config):
             with prof.phase("ground_truth"):
                 waited = builder.wait_s
                 gt = builder.build()
                 prof.exclude(builder.wait_s - waited)
-            record["gt_cached"] = not builder.produced
+            record.update(gt_cached=not builder.produced)
             if getattr(builder, "source", None):
-                record["gt_source"] = builder.source
-            record["gt_wait_s"] = round(builder.wait_s, 4)
-            share = record["gt_degenerate_share"] = gt.degenerate_share
+                record.update(gt_source=builder.source)
+            share = gt.degenerate_share
+            record.update(gt_wait_s=round(builder.wait_s, 4), gt_degenerate_share=share)
             if share is not None and share > MAX_DEGENERATE_SHARE:
                 raise DegenerateModelError(
                     f"{share:.0%} of the ground truth's {gt.degenerate.numel()} retrained models are no "
                     f"better than chance (at most {MAX_DEGENERATE_SHARE:.0%} allowed): subsets of "
-                    f"gt.alpha={cfg['gt']['alpha']} x task.n_train={task.n_train} examples are too small "
+                    f"gt.alpha={s.gt.alpha} x task.n_train={task.n_train} examples are too small "
                     "for the task's recipe; raise gt.alpha or task.n_train, or fix the recipe")
     else:
-        record["quality_check"] = "exempt: the task measures cost only"
+        record.update(quality_check="exempt: the task measures cost only")
         log.info(f"{task.name} measures cost only: its model is not checked against chance "
             "(it may be untrained on purpose)")
-    count = cfg.get("cost", {}).get("count", "separate")
+    count = s.cost.count
     separate = count == "separate"
     before = copy.deepcopy(method) if separate else None
     rng = torch.get_rng_state()
-    with time_limit(cfg["limits"]["max_seconds"]):  # fit, score and their counting replay
+    with time_limit(s.limits.max_seconds):  # fit, score and their counting replay
         with record_cache_misses() as computed, record_cache_reads() as reads:
             with prof.phase("fit", count=count == "inline"), record_cache_reads() as fit_reads:
                 method.fit(task, model)
@@ -245,18 +249,18 @@ def _attribute(task, method, builder: GroundTruthBuilder, cfg: dict, record: dic
                     scores = scores.cpu()  # LDS, storage and the checks work on the host
                 check_scores(scores, task)
         reads = {(path, what) for path, what in reads if path not in computed}
-        recount = uncounted(reads) if separate and not cfg["limits"].get("max_seconds") else set()
+        recount = uncounted(reads) if separate and not s.limits.max_seconds else set()
         if reads:  # work an earlier run paid for: this run's fit and score seconds leave it out
-            record["cached_work"] = sorted({what for _, what in reads})
+            record.update(cached_work=sorted({what for _, what in reads}))
         if separate:
-            record["count_replay_s"] = _count_replay(before, task, model, rng, computed | recount, prof)
+            record.update(count_replay_s=_count_replay(before, task, model, rng, computed | recount, prof))
         if reads:  # what the setting costs from scratch: its own cost and that of the work it read
-            record["cold_cost"] = cold_cost(prof.fields(), {"fit": reads & fit_reads, "score": reads - fit_reads},
-                                            recount)
+            record.update(cold_cost=cold_cost(prof.fields(), {"fit": reads & fit_reads, "score": reads - fit_reads},
+                                              recount))
     if task.measures_lds:
-        run = MetricRun(task, method, model, scores, cfg, gt, builder.mode if gt is not None else None,
-                        lambda: type(method)(**method_params(cfg)))
-        record["metrics"] = evaluate_metrics(run, record, prof.phase)
+        run = MetricRun(task, method, model, scores, s.config, gt, builder.mode if gt is not None else None,
+                        lambda: type(method)(**s.method_params))
+        record.update(metrics=evaluate_metrics(run, record, prof.phase))
     return scores
 
 
@@ -321,7 +325,7 @@ def _failure(exc: BaseException) -> str:
     return f"KeyboardInterrupt: raised by the method's own code ({exc or 'no message'})"
 
 
-def execute(cfg: dict, group: str = "single") -> dict | None:
+def execute(cfg: RunSettings | dict, group: str = "single") -> dict | None:
     """Run one pairing described by the resolved config ``cfg``; return its record.
 
     With ``gt.shard`` set, only that ground-truth shard is computed and None is returned. A
@@ -330,39 +334,41 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
     a lock per pairing, so a concurrent identical run waits and then reports the same record.
     Tasks that measure cost only (``measures_lds = False``) skip the ground-truth and LDS phases.
     Ctrl-C raises :class:`UserInterrupt` (nothing is recorded; cached work is kept).
-    With ``frontier.level`` set, the rung of the method's cost ladder is applied to
-    ``cfg['method']`` (a config from :func:`harness.cli.compose` has it applied already, after
+    With ``frontier.level`` set, the rung of the method's cost ladder is applied to the method's
+    parameters (a config from :func:`harness.cli.compose` has it applied already, after
     refusing conflicts with explicit values); past the ladder's end ``LevelBeyondLadder`` is raised.
     """
-    cfg = adopt_settings(apply_level(cfg))
-    task, method = prepare(cfg)
-    set_threads(cfg.get("threads"))
+    resolved = cfg.config if isinstance(cfg, RunSettings) else cfg
+    s = adopt_settings(RunSettings.from_config(apply_level(resolved)))  # the settings of the whole run
+    task, method = prepare(s)
+    set_threads(s.threads)
     with user_interrupts():
-        builder = ground_truth_source(task, cfg)
-        if cfg["gt"]["shard"] is not None:
+        builder = ground_truth_source(task, s)
+        shard, num_shards = s.gt.shard, s.gt.num_shards
+        if shard is not None:
             if not task.measures_lds:
                 raise ConfigError([f"task {task.name} measures cost only and has no ground truth; "
                                    "leave gt.shard null"])
-            if needs_ground_truth(cfg):
-                builder.compute_shard(cfg["gt"]["shard"], cfg["gt"]["num_shards"])
-            for name in metric_names(cfg):
-                METRICS.get(name)().compute_shard(task, cfg, cfg["gt"]["shard"], cfg["gt"]["num_shards"])
-            log.info(f"ground truth shard {cfg['gt']['shard']}/{cfg['gt']['num_shards']} is cached")
+            if needs_ground_truth(s.config):
+                builder.compute_shard(shard, num_shards)
+            for name in s.metrics:
+                METRICS.get(name)().compute_shard(task, s.config, shard, num_shards)
+            log.info(f"ground truth shard {shard}/{num_shards} is cached")
             return None
 
-        results_dir = Path(cfg["results_dir"])
-        chash = config_hash(cfg)
-        complete_pending_writes(results_dir, cfg["cache_dir"])
-        with exclusive_lock(pairing_lock(cfg["cache_dir"], results_dir, chash), f"{task.name} / {method.name}",
+        results_dir = Path(s.results_dir)
+        chash = config_hash(s)
+        complete_pending_writes(results_dir, s.cache_dir)
+        with exclusive_lock(pairing_lock(s.cache_dir, results_dir, chash), f"{task.name} / {method.name}",
                             log.warning):
-            if not cfg.get("force", False):
-                pending = [RunRecord.from_dict(r) for r in pending_records(results_dir, cfg["cache_dir"])]
+            if not s.force:
+                pending = pending_records(results_dir, s.cache_dir)
                 done = [r for r in read_records(results_dir) + pending if r.config_hash == chash and r.is_ok]
                 if done:
                     log.log(RESULT, f"{task.name} / {method.name}: already done in {results_dir} "
                         f"(run {done[-1].run_id}: {_summary(done[-1])}); skipped. Use force=true to rerun")
                     return done[-1].as_dict()  # the record's JSON object, as a fresh run returns it
-            return _run(task, method, builder, cfg, group, chash)
+            return _run(task, method, builder, s, group, chash)
 
 
 def pairing_lock(cache_dir: str | Path, results_dir: Path, chash: str) -> Path:
@@ -380,29 +386,28 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "DefaultCPUAllocator" in text)
 
 
-def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash: str) -> dict:
+def _run(task, method, builder: GroundTruthBuilder, s: RunSettings, group: str, chash: str) -> dict:
+    """The run itself: fills its :class:`RunRecord`, writes it and returns its JSON object."""
     started = time.perf_counter()
-    results_dir = Path(cfg["results_dir"])
+    results_dir = Path(s.results_dir)
     run_id = f"{task.name}-{method.name}-{uuid.uuid4().hex[:8]}"
-    prof = Profiler(cfg["device"])
-    record = new_record(**{
-        "run_id": run_id, "task": task.name, "method": method.name, "status": "ok",
-        "lds": None, "lds_ci": None, "n_train": task.n_train, "n_query": task.n_query,
-        "gt_subsets": cfg["gt"]["subsets"], "gt_seeds": builder.seeds, "gt_mode": builder.mode,
-        "group": group, "split": "test",
-        "config_hash": chash, "gt_key": builder.dir.name if task.measures_lds else None, "config": cfg,
-    })
+    prof = Profiler(s.device)
+    record = RunRecord.new(
+        run_id=run_id, task=task.name, method=method.name, status="ok", lds=None, lds_ci=None,
+        n_train=task.n_train, n_query=task.n_query, gt_subsets=s.gt.subsets, gt_seeds=builder.seeds,
+        gt_mode=builder.mode, group=group, split="test", config_hash=chash,
+        gt_key=builder.dir.name if task.measures_lds else None, config=s.config)
     scores = None
     try:
-        if (cfg.get("tune") or {}).get("trials") and not type(method).search_space:
-            log.info(f"{method.name} has no search space: tune.trials={cfg['tune']['trials']} is ignored and "
+        if s.tune.trials and not type(method).search_space:
+            log.info(f"{method.name} has no search space: tune.trials={s.tune.trials} is ignored and "
                      "the run is untuned (no validation ground truth)")
-        elif (cfg.get("tune") or {}).get("trials"):  # trials on validation; the record is the test run
-            tuned = tune(task, type(method), cfg, study_key(cfg))
-            cfg = {**cfg, "method": {**cfg["method"], **tuned.params}}
-            method = type(method)(**method_params(cfg))
-            record.update(tuned=tuned.info, config=cfg)
-        scores = _attribute(task, method, builder, cfg, record, prof)
+        elif s.tune.trials:  # trials on validation; the record is the test run
+            tuned = tune(task, type(method), s, study_key(s))
+            s = s.replace(method={**s.method, **tuned.params})
+            method = type(method)(**s.method_params)
+            record.update(tuned=tuned.info.as_dict(), config=s.config)
+        scores = _attribute(task, method, builder, s, record, prof)
     except UserInterrupt:
         raise
     except DegenerateModelError as exc:
@@ -418,20 +423,20 @@ def _run(task, method, builder: GroundTruthBuilder, cfg: dict, group: str, chash
     except (SystemExit, KeyboardInterrupt) as exc:  # from the method's code, not from the user
         record.update(status="error", message=_failure(exc), failed_phase=prof.current,
                       traceback=traceback.format_exc()[-4000:])
-    if record["status"] != "ok":  # no result: neither scores nor a (non-finite) LDS is kept
+    if not record.is_ok:  # no result: neither scores nor a (non-finite) LDS is kept
         scores = None
         record.update(lds=None, lds_ci=None)
-    record["diagnostics"] = getattr(method, "diagnostics", None)
+    record.update(diagnostics=getattr(method, "diagnostics", None))
     record.update(prof.fields())
-    record.update(provenance(cfg["device"]))
-    if write_result(record, scores, results_dir, cfg["cache_dir"]):
+    record.update(provenance(s.device))
+    if write_result(record, scores, results_dir, s.cache_dir):
         try:
-            record["wandb_dir"] = log_run(RunRecord.from_dict(record), cfg["wandb"], results_dir, group,
-                                          run_artifacts(record, cfg, results_dir, task, builder))
+            record.update(wandb_dir=log_run(record, asdict(s.wandb), results_dir, group,
+                                            run_artifacts(record, s, results_dir, task, builder)))
         except Exception as exc:  # tracking must never lose a computed result
             log.warning(f"wandb logging failed ({type(exc).__name__}: {exc}); the record is in runs.jsonl")
-    replay = record.get("count_replay_s")
-    summary = _summary(RunRecord.from_dict(record))
+    replay = record.count_replay_s
+    summary = _summary(record)
     log.log(RESULT, f"{task.name} / {method.name}: {summary} ({time.perf_counter() - started:.1f} s"
                     + (f", {replay:.1f} s of it the counting replay)" if replay else ")"))
-    return record
+    return record.as_dict()

@@ -49,7 +49,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -57,7 +57,6 @@ import numpy as np
 import torch
 
 from tdabench.harness.core.storage import record_cache_misses, record_cache_reads
-from tdabench.harness.engine.config import method_params
 from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import CpuLimitExceeded, UserInterrupt, cpu_limit, time_limit
 from tdabench.harness.engine.profiling import Profiler
@@ -67,8 +66,10 @@ from tdabench.harness.engine.quality import (
     degenerate_model_message,
     degenerate_reason,
 )
+from tdabench.harness.engine.settings import GroundTruthSettings, RunSettings, settings_of
 from tdabench.harness.engine.space import default_point, describe, to_param
 from tdabench.harness.read.lds import lds
+from tdabench.harness.read.record import TunedInfo
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +93,21 @@ class CostCapExceeded(RuntimeError):
 @dataclass
 class Tuned:
     params: dict  # the method parameters of the best trial (the tuned ones only)
-    info: dict  # the record's ``tuned`` field
+    info: TunedInfo  # the record's ``tuned`` field
 
 
-def validation_gt(cfg: dict) -> dict:
+def validation_gt(s: RunSettings) -> GroundTruthSettings:
     """The ``gt`` settings of the validation ground truth: the run's, at ``tune.val_subsets`` x
     ``tune.val_seeds``, computed in one shard."""
-    t = cfg["tune"]
-    return {**cfg["gt"], "subsets": t["val_subsets"], "seeds": t["val_seeds"], "shard": None, "num_shards": 1}
+    return replace(s.gt, subsets=s.tune.val_subsets, seeds=s.tune.val_seeds, shard=None, num_shards=1)
 
 
-def storage_of(cfg: dict):
+def storage_of(s: RunSettings):
     """The Optuna storage of the run's studies, and how a record names it (a URL, or the journal
     file's absolute path)."""
-    where = (cfg.get("tune") or {}).get("storage")
+    where = s.tune.storage
     if where is None:
-        folder = Path(cfg["results_dir"]).resolve()
+        folder = Path(s.results_dir).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         where = f"sqlite:///{folder / 'studies.db'}"
     if where.endswith(".journal") and "://" not in where:
@@ -131,14 +131,14 @@ def _counted(study) -> int:
 DEFAULT_PATIENCE_S = 6 * 3600.0
 
 
-def patience_s(cfg: dict) -> float:
+def patience_s(s: RunSettings) -> float:
     """The longest wall time a running trial of another worker is waited for: the trial's own
     wall-clock limit (``limits.max_seconds``), else 4 x its CPU cap (``tune.max_cpu_s``; wall
     time on a loaded machine runs ahead of CPU time), else :data:`DEFAULT_PATIENCE_S`."""
-    if (cfg.get("limits") or {}).get("max_seconds"):
-        return float(cfg["limits"]["max_seconds"]) + 60.0
-    if cfg["tune"].get("max_cpu_s"):
-        return 4.0 * float(cfg["tune"]["max_cpu_s"]) + 60.0
+    if s.limits.max_seconds:
+        return float(s.limits.max_seconds) + 60.0
+    if s.tune.max_cpu_s:
+        return 4.0 * float(s.tune.max_cpu_s) + 60.0
     return DEFAULT_PATIENCE_S
 
 
@@ -183,17 +183,17 @@ def wait_for_other_workers(study, name: str, patience: float, poll_s: float = 10
         time.sleep(poll_s)
 
 
-def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
+def _evaluate(method_cls, params: dict, view, gt, s: RunSettings, trial) -> float:
     """Fit and score one setting on the validation view; its validation LDS. Raises on failure."""
     method = method_cls(**params)
     problems = method.check(view)
     if problems:
         raise SettingRefused("; ".join(problems))
     model = view.checkpoint()
-    prof = Profiler(cfg["device"], count=False)
-    cap = cfg["tune"].get("max_cpu_s")
+    prof = Profiler(s.device, count=False)
+    cap = s.tune.max_cpu_s
     over = f"fit + score reached tune.max_cpu_s={cap} CPU s and was stopped"
-    with time_limit(cfg["limits"]["max_seconds"]), record_cache_misses() as computed, \
+    with time_limit(s.limits.max_seconds), record_cache_misses() as computed, \
             record_cache_reads() as reads:
         try:
             with cpu_limit(cap, over):
@@ -215,7 +215,7 @@ def _evaluate(method_cls, params: dict, view, gt, cfg: dict, trial) -> float:
     trial.set_user_attr("peak_mem_mb", max(prof.peak_mem_mb.values()))
     if cap is not None and cpu > cap:
         raise CostCapExceeded(f"fit + score took {cpu:.1f} CPU s, over tune.max_cpu_s={cap}")
-    value = lds(scores, gt.masks, gt.mean_outcomes, 1, cfg["seed"]).lds
+    value = lds(scores, gt.masks, gt.mean_outcomes, 1, s.seed).lds
     if not math.isfinite(value):
         raise ValueError(f"the validation LDS is {value}")
     return value
@@ -234,29 +234,30 @@ def trial_log(study) -> list[dict]:
             for t in study.trials]
 
 
-def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
+def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
     """Run (or continue) the pairing's study up to ``tune.trials`` trials on the validation view
     of ``task``; the best setting and the record's ``tuned`` field. ``study_key``: the hash of the
     settings that define the pairing (not the trial count)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trials = cfg["tune"]["trials"]
+    s = settings_of(cfg)
+    trials = s.tune.trials
     space = dict(getattr(method_cls, "search_space", {}) or {})
     view = task.validation_view()
-    builder = GroundTruthBuilder(view, validation_gt(cfg), cfg["cache_dir"])
+    builder = GroundTruthBuilder(view, validation_gt(s), s.cache_dir)
     gt = builder.build()
     reason = degenerate_reason(task.evaluate(task.checkpoint()))
     if reason:  # checked before any trial, as the run checks it before the test ground truth
         raise DegenerateModelError(degenerate_model_message(task.name, reason))
-    storage, where = storage_of(cfg)
+    storage, where = storage_of(s)
     name = f"{task.name}-{method_cls.name}-{study_key}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     budget = trials if space else 1  # a direct call without a space: its one setting
     held = _counted(study)
-    seed = int(np.random.SeedSequence([cfg["seed"], len(study.trials)]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([s.seed, len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 3)))
-    base = method_params(cfg)
+    base = s.method_params
     if not held and not study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
         study.enqueue_trial(default_point(space, base, task.n_train))
 
@@ -265,7 +266,7 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
         values = {k: d.suggest(trial, k) for k, d in space.items()}
         params = {**base, **{k: to_param(space[k], v, task.n_train) for k, v in values.items()}}
         try:
-            value = _evaluate(method_cls, params, view, gt, cfg, trial)
+            value = _evaluate(method_cls, params, view, gt, s, trial)
         except UserInterrupt:  # not counted: a resumed study runs this trial's place again
             trial.set_user_attr("interrupted", True)
             raise
@@ -288,13 +289,13 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
                 study.stop()
 
         study.optimize(objective, n_trials=budget - held, callbacks=[enough])
-    wait_for_other_workers(study, name, patience_s(cfg))
+    wait_for_other_workers(study, name, patience_s(s))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "refused" not in t.user_attrs]
     if not done:
         errors = [e for t in study.trials if (e := t.user_attrs.get("error") or t.user_attrs.get("refused"))]
         raise TuningFailed(f"no trial of study {name} succeeded ({len(study.trials)} trials); first error: "
                            f"{errors[0] if errors else 'none recorded'}")
-    select = cfg["tune"].get("select_cpu_s")
+    select = s.tune.select_cpu_s
     within = [t for t in done if select is None or t.user_attrs.get("cpu_s", math.inf) <= select]
     if not within:
         cheapest = min(t.user_attrs.get("cpu_s", math.inf) for t in done)
@@ -302,15 +303,13 @@ def tune(task, method_cls, cfg: dict, study_key: str) -> Tuned:
                            f"cheapest took {cheapest:.3g}); raise the cap or add trials")
     best = max(within, key=lambda t: (t.value, -t.number))  # the earliest of equal values
     params = {k: to_param(space[k], v, task.n_train) for k, v in best.params.items()}
-    info = {"trials": trials, "search_space": describe(space), "best_params": params,
-            "best_trial": best.number, "val_lds": best.value, "val_gt_key": builder.dir.name,
-            "val_query_ids": view.query_ids(), "val_subsets": cfg["tune"]["val_subsets"],
-            "val_seeds": cfg["tune"]["val_seeds"], "max_cpu_s": cfg["tune"].get("max_cpu_s"),
-            "select_cpu_s": select, "best_cpu_s": best.user_attrs.get("cpu_s"),
-            "completed_trials": len(done),
-            "refused_trials": sum("refused" in t.user_attrs for t in study.trials), "study": name, "storage": where,
-            "trials_cpu_s": round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3),
-            "trial_log": trial_log(study)}
+    info = TunedInfo(trials=trials, search_space=describe(space), best_params=params, best_trial=best.number,
+                     val_lds=best.value, val_gt_key=builder.dir.name, val_query_ids=view.query_ids(),
+                     val_subsets=s.tune.val_subsets, val_seeds=s.tune.val_seeds, max_cpu_s=s.tune.max_cpu_s,
+                     select_cpu_s=select, best_cpu_s=best.user_attrs.get("cpu_s"), completed_trials=len(done),
+                     refused_trials=sum("refused" in t.user_attrs for t in study.trials), study=name,
+                     storage=where, trials_cpu_s=round(sum(t.user_attrs.get("cpu_s", 0.0) for t in study.trials), 3),
+                     trial_log=trial_log(study))
     log.info(f"{task.name} / {method_cls.name}: best of {len(study.trials)} trials {params}, "
              f"validation LDS {best.value:.4f}")
     return Tuned(params, info)

@@ -18,23 +18,23 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.storage import CorruptFileError, load_verified, remove_verified, save_verified
-from tdabench.harness.read.record import invalid_reason
+from tdabench.harness.read.record import RunRecord, invalid_reason
 from tdabench.harness.read.results import append_record, read_records, record_line
 
 log = logging.getLogger(__name__)
 
-def _save(record: dict, scores: torch.Tensor | None, results_dir: Path) -> None:
+def _save(record: RunRecord, scores: torch.Tensor | None, results_dir: Path) -> None:
     """Write the scores (for an ok record) and append the record; raises OSError. A record that
     readers would skip as invalid is still written (nothing computed is lost), with a warning."""
-    reason = invalid_reason(json.loads(record_line(record)))  # as readers will see it
+    reason = invalid_reason(json.loads(record_line(record.as_dict())))  # as readers will see it
     if reason:
-        log.warning(f"run {record.get('run_id')}: its record is not valid ({reason}); readers will skip it")
+        log.warning(f"run {record.run_id}: its record is not valid ({reason}); readers will skip it")
     if scores is not None:
-        path = results_dir / "scores" / f"{record['run_id']}.pt"
-        save_verified({"scores": scores.detach().cpu(), "run_id": record["run_id"],
-                       "config_hash": record["config_hash"], "method": record["method"]}, path)
-        record["scores_file"] = str(path.relative_to(results_dir))
-    append_record(results_dir, record)
+        path = results_dir / "scores" / f"{record.run_id}.pt"
+        save_verified(dict(scores=scores.detach().cpu(), run_id=record.run_id, config_hash=record.config_hash,
+                           method=record.method), path)
+        record.update(scores_file=str(path.relative_to(results_dir)))
+    append_record(results_dir, record.as_dict())
 
 
 def private_folder(path: Path) -> bool:
@@ -57,7 +57,8 @@ def pending_dirs(cache_dir: str | Path) -> list[Path]:
 
 def _pending(cache_dir: str | Path, results_dir: Path):
     """The results kept aside for ``results_dir``: (path, record, scores) of every pending file
-    that is intact data holding a valid record; anything else is left alone, never executed."""
+    that is intact data holding a valid record (a :class:`RunRecord`); anything else is left
+    alone, never executed."""
     target = str(Path(results_dir).resolve())
     for folder in pending_dirs(cache_dir):
         for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
@@ -70,21 +71,21 @@ def _pending(cache_dir: str | Path, results_dir: Path):
                 log.debug(f"{path}: not a pending result ({exc})")
                 continue
             if isinstance(record, dict) and invalid_reason(record) is None:
-                yield path, record, data.get("scores")
+                yield path, RunRecord.from_dict(record), data.get("scores")
 
 
-def pending_records(results_dir: Path, cache_dir: str | Path) -> list[dict]:
+def pending_records(results_dir: Path, cache_dir: str | Path) -> list[RunRecord]:
     """The records of results kept aside for ``results_dir``, not yet written there."""
     return [record for _, record, _ in _pending(cache_dir, results_dir)]
 
 
-def write_result(record: dict, scores: torch.Tensor | None, results_dir: Path,
+def write_result(record: RunRecord, scores: torch.Tensor | None, results_dir: Path,
                  cache_dir: str | Path) -> bool:
     """Save ``scores`` and append ``record``; True when both are in ``results_dir``.
 
     On a write error (full disk, read-only folder) the run says so in one line, keeps the record
     and scores in the first of :func:`pending_dirs` that takes them, and the next run on
-    ``results_dir`` writes them (:func:`complete_pending_writes`). ``record["write_error"]`` then
+    ``results_dir`` writes them (:func:`complete_pending_writes`). ``record.write_error`` then
     holds the message.
     """
     try:
@@ -92,20 +93,20 @@ def write_result(record: dict, scores: torch.Tensor | None, results_dir: Path,
         return True
     except OSError as exc:
         reason = f"{exc.strerror or exc} [errno {exc.errno}]" if exc.errno else str(exc)
-        record.pop("scores_file", None)
+        record.drop("scores_file")
     kept = None
     for folder in pending_dirs(cache_dir):
         try:
-            kept = save_verified({"record_json": record_line(record).decode(),
-                                  "scores": None if scores is None else scores.detach().cpu(),
-                                  "results_dir": str(results_dir.resolve())}, folder / f"{record['run_id']}.pt")
+            kept = save_verified(dict(record_json=record_line(record.as_dict()).decode(),
+                                      scores=None if scores is None else scores.detach().cpu(),
+                                      results_dir=str(results_dir.resolve())), folder / f"{record.run_id}.pt")
             break
         except OSError:
             continue
     where = (f"the record and scores are kept in {kept}; the next run on {results_dir} writes them"
              if kept else "they could not be kept anywhere: free space and rerun")
-    record["write_error"] = f"could not write to {results_dir} ({reason}); {where}"
-    log.warning(f"{record['task']} / {record['method']}: {record['write_error']}")
+    record.update(write_error=f"could not write to {results_dir} ({reason}); {where}")
+    log.warning(f"{record.task} / {record.method}: {record.write_error}")
     return False
 
 
@@ -122,17 +123,17 @@ def complete_pending_writes(results_dir: Path, cache_dir: str | Path) -> int:
             continue
         try:
             known = {r.run_id for r in read_records(results_dir)}
-            if record["run_id"] not in known:
-                record.pop("write_error", None)
+            if record.run_id not in known:
+                record.drop("write_error")
                 _save(record, scores, Path(results_dir))
         except OSError as exc:
             os.replace(claimed, path)
             os.replace(Path(str(claimed) + ".sha256"), Path(str(path) + ".sha256"))
             log.warning(f"still cannot write to {results_dir} ({exc.strerror or exc}); the result "
-                f"of run {record['run_id']} stays in {path}")
+                f"of run {record.run_id} stays in {path}")
             continue
         remove_verified(claimed)
         written += 1
-        log.info(f"wrote run {record['run_id']} ({record['task']} / {record['method']}), kept "
+        log.info(f"wrote run {record.run_id} ({record.task} / {record.method}), kept "
             f"in {folder} after an earlier write to {results_dir} failed")
     return written

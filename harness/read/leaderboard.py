@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,17 @@ COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds"
 #: ends are in lds_ci; optional columns no row fills are dropped too
 NOT_IN_MARKDOWN = ["ground_truth", "task", "lds_ci_low", "lds_ci_high"]
 OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "warm_s", "flops", "overloaded"]
-SWEEP = "_sweep"  # key of a record's ``extra`` read from one of several folders: the folder's name
+
+
+class RowKey(NamedTuple):
+    """What tells leaderboard rows apart: the ground truth's label, the task, the method, its
+    setting and the folder (``sweep``, with several folders; else None)."""
+
+    ground_truth: str
+    task: str
+    method: str
+    setting: str
+    sweep: str | None
 
 
 def read_folders(results_dirs: list[str | Path]) -> list[RunRecord]:
@@ -80,7 +91,8 @@ def read_folders(results_dirs: list[str | Path]) -> list[RunRecord]:
             raise SystemExit(f"tdabench-leaderboard: error: no records in {d / 'runs.jsonl'}; "
                              "run `tdabench ... results_dir=DIR` first, or leave the folder out")
         if len(dirs) > 1:
-            recs = [RunRecord.from_dict({**r.as_dict(), SWEEP: name}) for r in recs]
+            for r in recs:
+                r.folder = name
         records += recs
     return records
 
@@ -109,13 +121,13 @@ def ground_truth_labels(records: list[RunRecord]) -> list[str]:
     return labels
 
 
-def row_keys(records: list[RunRecord]) -> list[tuple]:
+def row_keys(records: list[RunRecord]) -> list[RowKey]:
     """(ground truth, task, method, setting, sweep) of every record."""
     by_method: dict[str, list[RunRecord]] = {}
     for rec in records:
         by_method.setdefault(rec.method, []).append(rec)
     defaults = {m: method_defaults(m, recs) for m, recs in by_method.items()}
-    keys = [(gt, rec.task, rec.method, setting(rec, defaults[rec.method]), rec.extra.get(SWEEP))
+    keys = [RowKey(gt, rec.task, rec.method, setting(rec, defaults[rec.method]), rec.folder)
             for gt, rec in zip(ground_truth_labels(records), records)]
     # A record of a task that is not installed is labelled against the task defaults its own
     # config holds, so records made before and after that task changed its defaults can share a
@@ -125,7 +137,7 @@ def row_keys(records: list[RunRecord]) -> list[tuple]:
     for key, rec in zip(keys, records):
         params.setdefault(key, set()).add(json.dumps(method_params(rec), sort_keys=True, default=str))
     return [key if len(params[key]) == 1 else
-            (*key[:3], _explicit_setting(rec, defaults[rec.method]), key[4])
+            key._replace(setting=_explicit_setting(rec, defaults[rec.method]))
             for key, rec in zip(keys, records)]
 
 
@@ -136,10 +148,10 @@ def _explicit_setting(rec: RunRecord, defaults: dict) -> str:
     return setting(own, defaults) or "class defaults"
 
 
-def chosen_records(records: list[RunRecord]) -> dict[tuple, tuple[RunRecord, list[RunRecord]]]:
+def chosen_records(records: list[RunRecord]) -> dict[RowKey, tuple[RunRecord, list[RunRecord]]]:
     """Row key (ground truth, task, method, setting, sweep) -> (the record shown: the newest ok
     one, else the newest; all records of the row)."""
-    by_row: dict[tuple, list[RunRecord]] = {}
+    by_row: dict[RowKey, list[RunRecord]] = {}
     for key, rec in zip(row_keys(records), records):
         by_row.setdefault(key, []).append(rec)
     out = {}
@@ -168,8 +180,8 @@ def _row(key: tuple, rec: RunRecord, recs: list[RunRecord]) -> dict:
     ok = [r for r in recs if r.is_ok]
     by_seed = {_method_seed(r): r.lds for r in ok if r.lds is not None}
     return {
-        "ground_truth": key[0], "task": rec.task, "method": rec.method, "setting": shown_setting(key[3], rec),
-        "sweep": key[4], "status": rec.status, "lds": rec.lds,
+        "ground_truth": key.ground_truth, "task": rec.task, "method": rec.method,
+        "setting": shown_setting(key.setting, rec), "sweep": key.sweep, "status": rec.status, "lds": rec.lds,
         "lds_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "",
         "lds_ci_low": ci[0], "lds_ci_high": ci[1],
         "normalized_lds": rec.normalized_lds, "tied_with_best": "",
@@ -186,7 +198,7 @@ def _row(key: tuple, rec: RunRecord, recs: list[RunRecord]) -> dict:
 def comparable(chosen: dict, gt: str) -> dict[str, np.ndarray]:
     """Per-query LDS of every row on ground truth ``gt`` whose shown record is ok, by row label."""
     return {row_label(key): _per_query(rec) for key, (rec, _) in chosen.items()
-            if key[0] == gt and rec.is_ok and rec.lds_per_query}
+            if key.ground_truth == gt and rec.is_ok and rec.lds_per_query}
 
 
 def build(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -204,15 +216,15 @@ def build(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         table = pairwise_table(per_query)
         ties = tied_with_best(per_query, pairs=table)
         for key, row in rows.items():
-            if key[0] == gt and row_label(key) in ties:
+            if key.ground_truth == gt and row_label(key) in ties:
                 row["tied_with_best"] = "≈" if ties[row_label(key)] else ""
         for p in table:
             pairs.append({"ground_truth": gt, "method_a": p.a, "method_b": p.b, "mean_diff": p.mean_diff,
                           "ci_low": p.ci[0], "ci_high": p.ci[1], "p_value": p.p_value, "p_holm": p.p_holm,
                           "queries": p.n, "significant": p.p_holm < 0.05})
     for key, (rec, recs) in chosen.items():
-        if key[0] in gts and row_cost(rec, recs)["from_cache"]:
-            gts[key[0]].setdefault("cached_fits", []).append(row_label(key))
+        if key.ground_truth in gts and row_cost(rec, recs)["from_cache"]:
+            gts[key.ground_truth].setdefault("cached_fits", []).append(row_label(key))
     df = pd.DataFrame(list(rows.values()), columns=COLUMNS)
     if not df.empty:
         df["_ok"] = df["status"] == "ok"

@@ -49,8 +49,8 @@ PAIRWISE_COLUMNS = ["metric", "ground_truth", "outcomes", "method_a", "method_b"
 def _row(key: tuple, name: str, entry: dict) -> dict:
     ci = entry.get("ci") or [None, None]
     value, ceiling = entry.get("value"), entry.get("ceiling")
-    return {"metric": name, "ground_truth": key[0], "outcomes": entry.get("outcomes_key") or "",
-            "task": key[1], "method": key[2], "setting": key[3], "sweep": key[4],
+    return {"metric": name, "ground_truth": key.ground_truth, "outcomes": entry.get("outcomes_key") or "",
+            "task": key.task, "method": key.method, "setting": key.setting, "sweep": key.sweep,
             "status": entry.get("status", "ok"), "value": value, "ci_low": ci[0], "ci_high": ci[1],
             "ceiling": ceiling, "normalized": value / ceiling if value is not None and ceiling else None,
             "spearman": entry.get("spearman"), "message": entry.get("message") or ""}

@@ -1,13 +1,13 @@
 """The run record: the contract between a run and every reader of its results.
 
-A run builds one :class:`RunRecord` (:func:`new_record`) and writes it as a JSON line to
+A run builds one :class:`RunRecord` (:meth:`RunRecord.new`) and writes it as a JSON line to
 ``RESULTS_DIR/runs.jsonl`` (:func:`tdabench.harness.read.results.append_record`); the leaderboard,
 report, adequacy, insight and tracking read them through
 :func:`tdabench.harness.read.results.read_records`, which passes every line through
 :func:`upgrade` (records written by earlier versions read as the current schema) and
 :func:`invalid_reason` (a record of the wrong types or out of range is skipped, never ranked)
-and hands each over as a :class:`RunRecord`: readers use its attributes (a field the record lacks
-reads as None), not string keys.
+and hands each over as a :class:`RunRecord`: readers use its attributes (every field is optional:
+a field the record lacks is None), not string keys.
 
 Units: seconds for ``time_s`` and ``cpu_time_s``, MiB for ``peak_mem_mb`` and ``peak_rss_mb``,
 floating-point operations for ``flops``; each of these maps a phase (prepare, ground_truth, fit,
@@ -31,106 +31,174 @@ STATUSES = ("ok", "error", "oom", "timeout", "unsupported", "degenerate_model")
 FAILED = ("error", "oom", "timeout", "degenerate_model")
 
 
-class _Unset:
-    """The value of a field a record does not have (left out of its dict form)."""
+@dataclass
+class TunedInfo:
+    """A tuned record's ``tuned`` field: how its setting was chosen on the validation ground truth.
+    Fields written by later versions are kept in ``extra``."""
 
-    def __repr__(self) -> str:
-        return "UNSET"
+    trials: int | None = None                # the study's trial budget
+    search_space: dict[str, Any] | None = None  # parameter -> its distribution, described
+    best_params: dict[str, Any] | None = None  # the chosen (tuned) parameters
+    best_trial: int | None = None
+    val_lds: float | None = None             # the chosen trial's validation LDS
+    val_gt_key: str | None = None
+    val_query_ids: list[int] | None = None
+    val_subsets: int | None = None
+    val_seeds: int | None = None
+    max_cpu_s: float | None = None           # the per-trial CPU cap
+    select_cpu_s: float | None = None        # the cap of the final choice (the tuned frontier)
+    best_cpu_s: float | None = None
+    completed_trials: int | None = None
+    refused_trials: int | None = None
+    study: str | None = None
+    storage: str | None = None
+    trials_cpu_s: float | None = None
+    trial_log: list[dict[str, Any]] | None = None  # every trial: number, state, params, distributions, value
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __bool__(self) -> bool:
-        return False
+    @classmethod
+    def from_dict(cls, raw: dict) -> TunedInfo:
+        own = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in raw.items() if k in own}, extra={k: v for k, v in raw.items() if k not in own})
+
+    def as_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}, **self.extra}
 
 
-UNSET: Any = _Unset()
+@dataclass
+class MetricEntry:
+    """One entry of a record's ``metrics``: the metric's status (ok, unsupported, error), value,
+    95% interval ``ci`` and ``ceiling`` (None without one), why it has no value, and the metric's
+    own fields (``own``)."""
+
+    status: str | None = None
+    value: float | None = None
+    ci: list[float | None] | None = None
+    ceiling: float | None = None
+    message: str | None = None
+    own: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> MetricEntry:
+        mine = {f.name for f in fields(cls)} - {"own"}
+        return cls(**{k: v for k, v in raw.items() if k in mine}, own={k: v for k, v in raw.items() if k not in mine})
 
 
 @dataclass
 class RunRecord:
-    """Every field a run writes. A field left :data:`UNSET` is absent from the JSON line.
+    """Every field a run writes; each is optional (None: the record does not have it, or has it
+    as null). ``present`` names the fields the record holds even where they are None (set by
+    :meth:`new`, :meth:`update` and :meth:`from_dict`): :meth:`as_dict` writes those and every
+    field that is not None, so a record read and written back is unchanged, and :meth:`has` tells
+    an absent field from one set to None. Nested JSON objects (``config``, ``time_s``...) stay dicts."""
 
-    Readers use attributes: a field the record does not have reads as None (as ``dict.get`` would
-    give), while :meth:`as_dict` still leaves it out, so a record read and written back is
-    unchanged; :meth:`has` tells an absent field from one set to None. Nested JSON objects
-    (``config``, ``metrics``, ``time_s``...) stay dicts."""
-
-    schema_version: int = UNSET
-    run_id: str = UNSET                  # <task>-<method>-<8 hex digits>; names the scores file too
-    task: str = UNSET
-    method: str = UNSET
-    status: str = UNSET                  # one of STATUSES
-    message: str | None = UNSET          # why the status is not ok
-    failed_phase: str | None = UNSET
-    traceback: str = UNSET
-    group: str = UNSET                   # the sweep (or single run) the record belongs to
-    config: dict[str, Any] = UNSET       # the resolved config, every method parameter included
-    config_hash: str = UNSET             # hash of the settings that determine the numbers
-    gt_key: str | None = UNSET           # the ground truth's cache key (same key: same ground truth)
-    gt_subsets: int | None = UNSET
-    gt_seeds: int | None = UNSET         # retrainings per subset (1 in the same-seed mode)
-    gt_mode: str = UNSET                 # fresh_seeds or same_seed
-    gt_cached: bool = UNSET
-    gt_source: dict[str, Any] | None = UNSET  # with gt.from: the bundle or file the ground truth was read
+    schema_version: int | None = None
+    run_id: str | None = None                  # <task>-<method>-<8 hex digits>; names the scores file too
+    task: str | None = None
+    method: str | None = None
+    status: str | None = None                  # one of STATUSES
+    message: str | None = None          # why the status is not ok
+    failed_phase: str | None = None
+    traceback: str | None = None
+    group: str | None = None                   # the sweep (or single run) the record belongs to
+    config: dict[str, Any] | None = None       # the resolved config, every method parameter included
+    config_hash: str | None = None             # hash of the settings that determine the numbers
+    gt_key: str | None = None           # the ground truth's cache key (same key: same ground truth)
+    gt_subsets: int | None = None
+    gt_seeds: int | None = None         # retrainings per subset (1 in the same-seed mode)
+    gt_mode: str | None = None                 # fresh_seeds or same_seed
+    gt_cached: bool | None = None
+    gt_source: dict[str, Any] | None = None  # with gt.from: the bundle or file the ground truth was read
                                          # from (format, path, manifest_sha256 or the files' sha256, gt_key)
-    count_replay_s: float = UNSET        # wall seconds of the untimed counting replay (cost.count=separate)
-    gt_wait_s: float = UNSET             # seconds spent waiting for another run's ground truth
-    gt_degenerate_share: float | None = UNSET  # share of retrained models no better than chance
-    quality_check: str = UNSET           # why the model was not checked against chance
-    n_train: int | None = UNSET
-    n_query: int | None = UNSET
-    num_params: int = UNSET
-    model_quality: dict[str, float | None] = UNSET  # test_acc, test_loss of the attributed model
-    trainings: int | float = UNSET       # full model trainings the method consumed
-    lds: float | None = UNSET
-    lds_ci: list[float] | None = UNSET   # bootstrap 95% interval over queries
-    lds_per_query: list[float | None] = UNSET
-    constant_outcome_queries: list[int] = UNSET
-    constant_prediction_queries: list[int] = UNSET
-    gt_reliability: float | None = UNSET
-    gt_reliability_ci: list[float | None] | None = UNSET
-    lds_ceiling: float | None = UNSET
-    lds_ceiling_ci: list[float | None] | None = UNSET
-    normalized_lds: float | None = UNSET
-    gt_warning: str = UNSET
-    metrics: dict[str, dict[str, Any]] | None = UNSET  # per metric: status (ok, unsupported, error),
+    count_replay_s: float | None = None        # wall seconds of the untimed counting replay (cost.count=separate)
+    gt_wait_s: float | None = None             # seconds spent waiting for another run's ground truth
+    gt_degenerate_share: float | None = None  # share of retrained models no better than chance
+    quality_check: str | None = None           # why the model was not checked against chance
+    n_train: int | None = None
+    n_query: int | None = None
+    num_params: int | None = None
+    model_quality: dict[str, float | None] | None = None  # test_acc, test_loss of the attributed model
+    trainings: int | float | None = None       # full model trainings the method consumed
+    lds: float | None = None
+    lds_ci: list[float] | None = None   # bootstrap 95% interval over queries
+    lds_per_query: list[float | None] | None = None
+    constant_outcome_queries: list[int] | None = None
+    constant_prediction_queries: list[int] | None = None
+    gt_reliability: float | None = None
+    gt_reliability_ci: list[float | None] | None = None
+    lds_ceiling: float | None = None
+    lds_ceiling_ci: list[float | None] | None = None
+    normalized_lds: float | None = None
+    gt_warning: str | None = None
+    metrics: dict[str, dict[str, Any]] | None = None  # per metric: status (ok, unsupported, error),
                                          # value, ci [low, high], ceiling (None without one), its own fields
-    query_ids: list[int] | None = UNSET  # the queries' indices into the task's held-out pool
-    split: str | None = UNSET            # "test": the queries and ground truth the record is scored on
-    tuned: dict[str, Any] | None = UNSET  # with tune.trials > 0: trials, search_space, best_params,
+    query_ids: list[int] | None = None  # the queries' indices into the task's held-out pool
+    split: str | None = None            # "test": the queries and ground truth the record is scored on
+    tuned: dict[str, Any] | None = None  # with tune.trials > 0: trials, search_space, best_params,
                                          # val_lds, val_gt_key, val_query_ids, study, storage
-    time_s: dict[str, float | None] = UNSET
-    cpu_time_s: dict[str, float | None] = UNSET
-    peak_mem_mb: dict[str, float | None] = UNSET
-    peak_rss_mb: dict[str, float | None] = UNSET
-    flops: dict[str, int | float | None] = UNSET
-    load_avg: dict[str, float | None] = UNSET  # one-minute load average per phase
-    overloaded: bool = UNSET             # the load exceeded the core count during a timed phase
-    diagnostics: dict[str, Any] | None = UNSET
-    cached_work: list[str] = UNSET       # work fit and score read from the cache instead of computing it
-    cold_cost: dict[str, Any] = UNSET    # with cached_work: time_s, cpu_time_s, flops, peak_mem_mb per
-                                         # phase from scratch (own + the cached work's), unknown
-    scores_file: str = UNSET             # relative to the results folder, inside it
-    write_error: str = UNSET             # why the result could not be written where it belonged
-    wandb_dir: str | None = UNSET
-    version: str = UNSET                 # tdabench's version
-    git_sha: str | None = UNSET
-    libraries: dict[str, str] = UNSET
-    device: str = UNSET
-    host: str = UNSET
-    platform: str = UNSET
-    timestamp: str = UNSET               # UTC, ISO 8601
-    extra: dict[str, Any] = field(default_factory=dict)  # fields of later versions, kept as they are
+    time_s: dict[str, float | None] | None = None
+    cpu_time_s: dict[str, float | None] | None = None
+    peak_mem_mb: dict[str, float | None] | None = None
+    peak_rss_mb: dict[str, float | None] | None = None
+    flops: dict[str, int | float | None] | None = None
+    load_avg: dict[str, float | None] | None = None  # one-minute load average per phase
+    overloaded: bool | None = None             # the load exceeded the core count during a timed phase
+    diagnostics: dict[str, Any] | None = None
+    cached_work: list[str] | None = None       # work fit and score read from the cache instead of computing it
+    cold_cost: dict[str, Any] | None = None    # with cached_work: time_s, cpu_time_s, flops, peak_mem_mb per
+                                               # phase from scratch (own + the cached work's), unknown
+    scores_file: str | None = None             # relative to the results folder, inside it
+    write_error: str | None = None             # why the result could not be written where it belonged
+    wandb_dir: str | None = None
+    version: str | None = None                 # tdabench's version
+    git_sha: str | None = None
+    libraries: dict[str, str] | None = None
+    device: str | None = None
+    host: str | None = None
+    platform: str | None = None
+    timestamp: str | None = None               # UTC, ISO 8601
+    extra: dict[str, Any] = field(default_factory=dict)  # fields of later schema versions, kept as they are
+    present: set[str] = field(default_factory=set, repr=False, compare=False)
+    #: the results folder's name when a reader combines several (not written: no record field)
+    folder: str | None = field(default=None, repr=False, compare=False)
 
-    def __getattribute__(self, name: str):
-        value = object.__getattribute__(self, name)
-        return None if value is UNSET else value
+    @classmethod
+    def new(cls, **fields) -> RunRecord:
+        """A record of the current schema holding ``fields`` (each a declared field; an undeclared
+        one raises TypeError), every one of them written even where it is None."""
+        return cls(schema_version=SCHEMA_VERSION, **fields, present={"schema_version", *fields})
+
+    def update(self, fields: dict | None = None, **more) -> None:
+        """Set declared fields (a dict and/or keywords); an undeclared one raises TypeError."""
+        for name, value in {**(fields or {}), **more}.items():
+            if name not in _FIELDS:
+                raise TypeError(f"RunRecord has no field {name!r}")
+            setattr(self, name, value)
+            self.present.add(name)
+
+    def drop(self, name: str) -> None:
+        """Remove the field ``name`` (the record no longer has it)."""
+        setattr(self, name, None)
+        self.present.discard(name)
 
     def has(self, name: str) -> bool:
         """Whether the record has the field ``name`` (set, possibly to None)."""
-        return vars(self).get(name, UNSET) is not UNSET
+        return name in self.present or getattr(self, name, None) is not None
 
     @property
     def is_ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def tuning(self) -> TunedInfo | None:
+        """The ``tuned`` field, typed (None for an untuned record)."""
+        return TunedInfo.from_dict(self.tuned) if isinstance(self.tuned, dict) else None
+
+    @property
+    def metric_entries(self) -> dict[str, MetricEntry]:
+        """The ``metrics`` field, each entry typed ({} for a record without metrics)."""
+        return {name: MetricEntry.from_dict(entry) for name, entry in (self.metrics or {}).items()
+                if isinstance(entry, dict)}
 
     @property
     def task_config(self) -> dict[str, Any]:
@@ -144,15 +212,18 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunRecord:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in raw.items() if k in known},
-                   extra={k: v for k, v in raw.items() if k not in known})
+        return cls(**{k: v for k, v in raw.items() if k in _FIELDS},
+                   extra={k: v for k, v in raw.items() if k not in _FIELDS},
+                   present={k for k in raw if k in _FIELDS})
 
     def as_dict(self) -> dict:
-        """The record as its JSON object: set fields only, later versions' fields included."""
-        own = vars(self)
-        out = {f.name: own[f.name] for f in fields(self) if f.name != "extra" and own[f.name] is not UNSET}
+        """The record as its JSON object: the fields it holds, later versions' fields included."""
+        out = {name: getattr(self, name) for name in _FIELDS if self.has(name)}
         return {**out, **self.extra}
+
+
+#: the record's own fields (those of its JSON object)
+_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name not in ("extra", "present", "folder"))
 
 
 #: keys every record has, whatever its status (a line without them is not a record)
@@ -221,13 +292,15 @@ def invalid_reason(raw: dict) -> str | None:
     if missing:
         return f"missing {', '.join(missing)}"
     for key, value in raw.items():
-        if key in _TYPES and key != "extra" and not _fits(value, _TYPES[key]):
+        if key in _FIELDS and not _fits(value, _TYPES[key]):
             return f"{key}={value!r:.60} is not of type {_TYPES[key]}"
     if raw["status"] not in STATUSES:
         return f"status={raw['status']!r} is not one of {', '.join(STATUSES)}"
     lds = raw.get("lds")
     if lds is not None and not -1 - _TOLERANCE <= lds <= 1 + _TOLERANCE:
         return f"lds={lds} lies outside [-1, 1]"
+    if lds is None and raw["status"] == "ok" and _claims_lds(raw):
+        return "status ok without an LDS (a run scored on a ground truth has a finite lds, or is not ok)"
     problem = (_interval_problem("lds_ci", raw.get("lds_ci"), lds, (-1, 1))
                or _metrics_problem(raw.get("metrics") or {}))
     if problem:
@@ -240,12 +313,23 @@ def invalid_reason(raw: dict) -> str | None:
     return None
 
 
+def _claims_lds(raw: dict) -> bool:
+    """Whether the record was scored with the LDS: it names a ground truth (cost-only tasks have
+    none) and lists the LDS among its metrics (records before metric plugins always computed it)."""
+    if raw.get("gt_key") is None:
+        return False
+    metrics = raw.get("metrics")
+    entry = (metrics or {}).get("lds") if metrics is not None else {"status": "ok"}
+    return isinstance(entry, dict) and entry.get("status") == "ok"
+
+
 def _metrics_problem(metrics: dict) -> str | None:
-    for name, entry in metrics.items():
-        value = entry.get("value")
+    for name, raw in metrics.items():
+        entry = MetricEntry.from_dict(raw)
+        value = entry.value
         if value is not None and not _fits(value, float):
             return f"metrics.{name}.value={value!r} is not a finite number"
-        problem = _interval_problem(f"metrics.{name}.ci", entry.get("ci"), value)
+        problem = _interval_problem(f"metrics.{name}.ci", entry.ci, value)
         if problem:
             return problem
     return None
@@ -273,7 +357,3 @@ def validated(raw: dict) -> tuple[RunRecord | None, str | None]:
     return (None, reason) if reason else (RunRecord.from_dict(rec), None)
 
 
-def new_record(**fields) -> dict:
-    """A record of the current schema holding ``fields`` (each a declared field of
-    :class:`RunRecord`; an undeclared one raises TypeError), in its dict form."""
-    return RunRecord(schema_version=SCHEMA_VERSION, **fields).as_dict()

@@ -29,7 +29,7 @@ import functools
 import math
 from collections import Counter
 
-from tdabench.harness.read.record import RunRecord
+from tdabench.harness.read.record import RunRecord, TunedInfo
 
 #: method config keys that never make a setting: the registry name and the method seed
 NOT_A_SETTING = ("name", "seed")
@@ -174,14 +174,15 @@ def task_method_defaults(rec: RunRecord) -> dict:
     return out
 
 
-def tuned_label(tuned: dict) -> str:
+def tuned_label(tuned: TunedInfo | dict) -> str:
     """The setting of a tuned record: ``tuned (N trials)``, with the per-trial CPU cap and the cap
     of the final choice (the tuned frontier) if any."""
-    parts = [f"{tuned.get('trials')} trials"]
-    if tuned.get("max_cpu_s"):
-        parts.append(f"<= {tuned['max_cpu_s']:g} CPU s per trial")
-    if tuned.get("select_cpu_s"):
-        parts.append(f"chosen at <= {tuned['select_cpu_s']:g} CPU s")
+    tuned = tuned if isinstance(tuned, TunedInfo) else TunedInfo.from_dict(tuned)
+    parts = [f"{tuned.trials} trials"]
+    if tuned.max_cpu_s:
+        parts.append(f"<= {tuned.max_cpu_s:g} CPU s per trial")
+    if tuned.select_cpu_s:
+        parts.append(f"chosen at <= {tuned.select_cpu_s:g} CPU s")
     return f"tuned ({', '.join(parts)})"
 
 
@@ -194,8 +195,8 @@ def setting(rec: RunRecord, defaults: dict) -> str:
     keys a leaderboard row, so that tuned runs over data seeds or sizes share a row label. The
     values it chose are added where a row is shown (:func:`shown_setting`)."""
     base = {**defaults, **task_method_defaults(rec)}
-    tuned = rec.tuned or {}
-    searched = set(tuned.get("search_space") or {})
+    tuned = rec.tuning
+    searched = set((tuned.search_space if tuned else None) or {})
     differ = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(method_params(rec).items())
                       if k not in searched and (k not in base or not _same(v, base[k])))
     return " ".join(filter(None, [tuned_label(tuned) if tuned else "", differ]))

@@ -38,6 +38,7 @@ from tdabench.harness.read.frontier import (  # noqa: E402
 )
 from tdabench.harness.read.frontier import table as frontier_table  # noqa: E402
 from tdabench.harness.read.leaderboard import (  # noqa: E402
+    RowKey,
     build,
     ceiling_text,
     chosen_records,
@@ -82,7 +83,7 @@ def _slug(text: str) -> str:
 
 def _shown_ok(chosen: dict, gt: str) -> list[tuple[tuple, RunRecord]]:
     return [(key, rec) for key, (rec, _) in chosen.items()
-            if key[0] == gt and rec.is_ok and rec.lds is not None]
+            if key.ground_truth == gt and rec.is_ok and rec.lds is not None]
 
 
 def plot_lds(records: list[RunRecord], out: Path) -> list[Path]:
@@ -160,7 +161,7 @@ def _by(records, key):
         if getattr(r, key) is not None:
             cost = run_cost(r)
             ci = r.lds_ci or [None, None]
-            rows.append({"task": r.task, "method": row_label((None, None, method, setting_, sweep)),
+            rows.append({"task": r.task, "method": row_label(RowKey(None, None, method, setting_, sweep)),
                          "x": getattr(r, key), "lds": r.lds, "lds_lo": ci[0], "lds_hi": ci[1],
                          "normalized_lds": r.normalized_lds, "time": cost["total_s"],
                          "mem": cost["peak_mem_mb"], "flops": cost["flops"]})
@@ -219,9 +220,9 @@ def plot_traces(records: list[RunRecord], out: Path) -> list[Path]:
         ax.plot(steps, np.nanmedian(trace, 0), lw=1, label="median over chains")
         ax.set_xlabel("SGLD step")
         ax.set_ylabel("minibatch training loss")
-        ax.set_title(f"SGLD loss traces: {row_label(key)}\n{key[0]}", fontsize=9)
+        ax.set_title(f"SGLD loss traces: {row_label(key)}\n{key.ground_truth}", fontsize=9)
         ax.legend(fontsize=7)
-        name = _slug(f"traces_{gt_slug(key[0], gts.get(key[0], {}))}_{row_label(key)}")
+        name = _slug(f"traces_{gt_slug(key.ground_truth, gts.get(key.ground_truth, {}))}_{row_label(key)}")
         paths.append(_save(fig, out / f"{name}.png"))
     return paths
 
@@ -405,7 +406,7 @@ def log_to_wandb(results_dirs, mode: str = "offline", out: str | Path | None = N
     run_dirs = []
     for gt, sub in df.groupby("ground_truth", sort=True):
         info = gts.get(gt, {})
-        recs = [rec for key, (_, rs) in chosen.items() if key[0] == gt for rec in rs]
+        recs = [rec for key, (_, rs) in chosen.items() if key.ground_truth == gt for rec in rs]
         wandb_cfgs = [(r.config or {}).get("wandb") or {} for r in recs]
         groups = sorted({r.group for r in recs if r.group})
         slug = gt_slug(gt, info)

@@ -144,5 +144,12 @@ def read_records(results_dir: str | Path) -> list[RunRecord]:
         records.append(rec)
     for why, lines in skipped.items():
         where = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
-        _log.warning(f"{path}: {len(lines)} line(s) skipped, each {why} (line {where})")
+        message = f"{path.resolve()}: {len(lines)} line(s) skipped, each {why} (line {where})"
+        if message not in _WARNED:  # a command reads a folder several times; it says so once
+            _WARNED.add(message)
+            _log.warning(message.replace(str(path.resolve()), str(path), 1))
     return records
+
+
+#: the warnings about skipped lines already given by this process
+_WARNED: set[str] = set()

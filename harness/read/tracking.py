@@ -95,8 +95,8 @@ def summary_of(record: RunRecord) -> dict:
         out["overloaded"] = bool(record.overloaded)
     if record.lds_per_query:
         out["lds_per_query"] = record.lds_per_query
-    if record.tuned:
-        out["val_lds"], out["tune_trials"] = record.tuned.get("val_lds"), record.tuned.get("trials")
+    if record.tuning:
+        out["val_lds"], out["tune_trials"] = record.tuning.val_lds, record.tuning.trials
     for name, m in (record.metrics or {}).items():
         if m.get("value") is not None:
             out.update({f"metric/{name}": m["value"], f"metric/{name}_ci_low": m["ci"][0],

@@ -98,10 +98,10 @@ def sampler_params(cfg: dict, name: str) -> dict:
 
     from tdabench.harness.core.registry import METHODS
     from tdabench.harness.engine.compose import register_resolvers
-    from tdabench.harness.engine.config import method_params
+    from tdabench.harness.engine.settings import settings_of
 
     if cfg["method"]["name"] == name:
-        return method_params(cfg)
+        return settings_of(cfg).method_params
     register_resolvers()
     node = {k: f"${{tdabench.default:{name},{k}}}" for k in METHODS.get(name).defaults()}
     root = OmegaConf.create({**{k: v for k, v in cfg.items() if k != "method"}, "method": node})

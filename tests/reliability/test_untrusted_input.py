@@ -23,7 +23,7 @@ from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import execute, out_of_memory, pairing_lock, prepare
 from tdabench.harness.engine.settings import settings_problems
 from tdabench.harness.engine.writing import complete_pending_writes, pending_dirs, pending_records, write_result
-from tdabench.harness.read.record import new_record, scores_path
+from tdabench.harness.read.record import RunRecord, scores_path
 from tdabench.harness.read.results import append_record, read_records
 from tests.reliability.conftest import small_cfg, terminal_sigint
 
@@ -128,8 +128,8 @@ def test_a_pending_record_counts_as_done(done, tmp_path, tried, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(writing, "_save", full)
-        assert not write_result(dict(rec), None, tmp_path / "r", tmp_path / "cache")
-    assert [r["run_id"] for r in pending_records(tmp_path / "r", tmp_path / "cache")] == [rec["run_id"]]
+        assert not write_result(RunRecord.from_dict(rec), None, tmp_path / "r", tmp_path / "cache")
+    assert [r.run_id for r in pending_records(tmp_path / "r", tmp_path / "cache")] == [rec["run_id"]]
     cfg = small_cfg(tmp_path, "method=grad_dot")
     assert execute(cfg)["run_id"] == rec["run_id"]  # written from pending, nothing recomputed
     assert pairing_lock(cfg["cache_dir"], tmp_path / "r", "h").is_relative_to(tmp_path / "cache")
@@ -137,7 +137,12 @@ def test_a_pending_record_counts_as_done(done, tmp_path, tried, monkeypatch):
 
 def test_the_writer_builds_only_declared_fields():
     with pytest.raises(TypeError):
-        new_record(run_id="x", undeclared=1)
+        RunRecord.new(run_id="x", undeclared=1)
+    record = RunRecord.new(run_id="x", lds=None)
+    with pytest.raises(TypeError):
+        record.update(undeclared=1)
+    assert record.as_dict() == {"schema_version": 2, "run_id": "x", "lds": None}  # set to None: written
+    assert RunRecord.from_dict(record.as_dict()).as_dict() == record.as_dict() and record.traceback is None
 
 
 BAD_SETTINGS = ["gt.vectorize=abc", "gt.models_per_batch=abc", "gt.models_per_batch=0", "gt.num_shards=7",

@@ -266,3 +266,15 @@ def test_the_report_names_a_language_models_observable(tmp_path):
                                      rec("grad_dot", 0.4, gt_key="text_neox-aaaaaaaaaaaa", task="text_neox")])
     page = write_report([folder]).read_text()
     assert "mean token loss" in page and "mean over tokens" in page
+
+
+def test_a_folder_without_records_is_a_library_error_and_one_cli_line(tmp_path):
+    from tdabench.harness.read.leaderboard import read_folders
+    from tdabench.harness.read.results import NoRecordsError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoRecordsError, match="no records in"):  # a library call raises, never exits
+        read_folders([tmp_path / "empty"])
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "empty"), "--no-report"])
+    assert str(exc.value.code).startswith("tdabench-leaderboard: error: no records in")

@@ -8,10 +8,10 @@ import torch
 
 from tdabench.harness.core.registry import METHODS
 from tdabench.harness.engine.config import tune_problems
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
-from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.engine.tuning import TuningFailed, tune
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import record_setting
 from tdabench.harness.read.tracking import summary_of
@@ -186,7 +186,7 @@ def test_a_tuned_run_goes_on_when_only_its_default_setting_is_refused(tmp_path, 
 def test_accepted_setting_draws_points_of_the_space_within_their_ranges():
     import random
 
-    from tdabench.harness.engine.space import accepted_setting
+    from tdabench.harness.plugin.space import accepted_setting
 
     space = {"a": Float(1e-3, 10.0, log=True), "b": Int(1, 20, log=True), "c": Categorical(("x", "y")),
              "d": Float(0.1, 10.0, log=True, per_n_train=True)}

@@ -33,8 +33,8 @@ from tdabench.harness.engine.compose import compose, register_configs, resolve
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, conflicts, level_problem
 from tdabench.harness.engine.launchers import slurm_problem, submits_elsewhere
-from tdabench.harness.engine.method import missing_extra
-from tdabench.harness.engine.metric import unknown_metric
+from tdabench.harness.plugin.method import missing_extra
+from tdabench.harness.plugin.metric import unknown_metric
 from tdabench.harness.read.record import FAILED, STATUSES
 from tdabench.harness.read.results import read_records
 

@@ -1,6 +1,6 @@
 """One run: config -> task -> ground truth -> method.fit -> method.score -> metrics -> record.
 
-The metrics are plugins (:mod:`harness.engine.metric`): the LDS by default, any list of
+The metrics are plugins (:mod:`harness.plugin.metric`): the LDS by default, any list of
 registered ones with ``metric=[...]``; each is stored under ``record["metrics"][name]``.
 
 Every run, successful or not, appends one record to ``RESULTS_DIR/runs.jsonl`` and logs a wandb
@@ -51,7 +51,6 @@ from tdabench.harness.engine.config import (
     validate_pairing,
     validate_settings,
 )
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.gt_from import (
     adopt_settings,
     from_problems,
@@ -61,15 +60,18 @@ from tdabench.harness.engine.gt_from import (
 )
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
-from tdabench.harness.engine.metric import (
+from tdabench.harness.engine.profiling import Profiler, warm_up
+from tdabench.harness.engine.tuning import tune
+from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.metric import (
     MetricRun,
     evaluate_metrics,
     metric_names,
     metric_problems,
     needs_ground_truth,
 )
-from tdabench.harness.engine.profiling import Profiler, warm_up
-from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is imported from here too
+from tdabench.harness.plugin.quality import (  # noqa: F401 - check_scores is imported from here too
     MAX_DEGENERATE_SHARE,
     DegenerateModelError,
     InvalidScoresError,
@@ -77,10 +79,8 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.engine.space import accepted_setting
-from tdabench.harness.engine.training import num_params
-from tdabench.harness.engine.tuning import tune
-from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
+from tdabench.harness.plugin.space import accepted_setting
+from tdabench.harness.plugin.training import num_params
 from tdabench.harness.read.record import RunRecord, new_record
 from tdabench.harness.read.record_view import run_cost
 from tdabench.harness.read.results import provenance, read_records

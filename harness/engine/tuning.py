@@ -56,16 +56,16 @@ import torch
 
 from tdabench.harness.core.storage import record_cache_misses, record_cache_reads
 from tdabench.harness.engine.config import method_params
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import CpuLimitExceeded, UserInterrupt, cpu_limit, time_limit
 from tdabench.harness.engine.profiling import Profiler
-from tdabench.harness.engine.quality import (
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.quality import (
     DegenerateModelError,
     check_scores,
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.engine.space import default_point, describe, to_param
+from tdabench.harness.plugin.space import default_point, describe, to_param
 from tdabench.harness.read.lds import lds
 
 log = logging.getLogger(__name__)

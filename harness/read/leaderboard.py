@@ -43,7 +43,7 @@ from tdabench.harness.read.record_view import (
     run_cost,
     setting,
 )
-from tdabench.harness.read.results import read_records
+from tdabench.harness.read.results import NoRecordsError, read_records
 from tdabench.harness.read.seeds import across_seeds
 from tdabench.harness.read.seeds import render as render_seeds
 from tdabench.harness.read.statistics import pairwise_table, tied_with_best
@@ -63,14 +63,14 @@ SWEEP = "_sweep"  # key of a record's ``extra`` read from one of several folders
 
 def read_folders(results_dirs: list[str | Path]) -> list[RunRecord]:
     """Records of every folder; with several folders, each record is marked with its folder's
-    name (the ``sweep`` column). Refuses a folder without records."""
+    name (the ``sweep`` column). Raises :class:`NoRecordsError` for a folder without records."""
     dirs = [Path(d) for d in results_dirs]
     names = [d.name if [x.name for x in dirs].count(d.name) == 1 else str(d) for d in dirs]
     records = []
     for d, name in zip(dirs, names):
         recs = read_records(d)
         if not recs:
-            raise SystemExit(f"tdabench-leaderboard: error: no records in {d / 'runs.jsonl'}; "
+            raise NoRecordsError(f"no records in {d / 'runs.jsonl'}; "
                              "run `tdabench ... results_dir=DIR` first, or leave the folder out")
         if len(dirs) > 1:
             recs = [RunRecord.from_dict({**r.as_dict(), SWEEP: name}) for r in recs]

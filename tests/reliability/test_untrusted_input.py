@@ -19,10 +19,10 @@ import torch
 
 from tdabench.harness.core.storage import CorruptFileError, load_verified, save_verified
 from tdabench.harness.engine.cli import precheck, sweep_summary
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import execute, out_of_memory, pairing_lock, prepare
 from tdabench.harness.engine.settings import settings_problems
 from tdabench.harness.engine.writing import complete_pending_writes, pending_dirs, pending_records, write_result
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.record import new_record, scores_path
 from tdabench.harness.read.results import append_record, read_records
 from tests.reliability.conftest import small_cfg, terminal_sigint

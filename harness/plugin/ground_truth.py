@@ -42,7 +42,7 @@ from tdabench.harness.core.storage import (
     remove_verified,
     save_verified,
 )
-from tdabench.harness.engine.quality import degenerate_reason
+from tdabench.harness.plugin.quality import degenerate_reason
 
 _log = logging.getLogger(__name__)
 

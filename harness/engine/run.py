@@ -13,9 +13,9 @@ the user (SIGINT) raises :class:`UserInterrupt` instead, which stops the sweep.
 A reference model no better than chance stops the run before the ground truth (status
 ``degenerate_model``); tasks that measure cost only are exempt. An LDS that is not finite is never
 ``ok``. The "already done" check and the computation of a pairing hold a per-pairing lock, so two
-identical sweeps compute each pairing once (the lock lives in the cache folder; a result kept aside
-for a full ``results_dir`` counts as done). Scores and the record are written inside the error
-handling: when ``results_dir`` is full or read-only they are kept under ``cache_dir/pending`` (or a
+identical sweeps compute each pairing once (the lock lives in the results folder, shared by runs
+with other caches too; a result kept aside for a full ``results_dir`` counts as done).
+Scores and the record are written inside the error handling: when ``results_dir`` is full or read-only they are kept under ``cache_dir/pending`` (or a
 private per-user folder in the system's temporary folder) and the next run on that ``results_dir``
 writes them.
 """
@@ -349,9 +349,16 @@ def execute(cfg: dict, group: str = "single") -> dict | None:
 
 
 def pairing_lock(cache_dir: str | Path, results_dir: Path, chash: str) -> Path:
-    """The lock file of the pairing ``chash`` written to ``results_dir``: in the cache folder (where
-    it is not deleted with the results' housekeeping), one folder per results folder."""
-    return Path(cache_dir) / "locks" / content_hash(str(results_dir.resolve())) / f"{chash}.lock"
+    """The lock file of the pairing ``chash`` (its config hash, which names its ground truth) written
+    to ``results_dir``: in the results folder, which every run writing there shares whatever its
+    cache folder; in the cache folder (one folder per results folder) only when the results folder
+    cannot be written, where the result waits as pending anyway."""
+    locks = Path(results_dir) / ".locks"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        locks = Path(cache_dir) / "locks" / content_hash(str(Path(results_dir).resolve()))
+    return locks / f"{chash}.lock"
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -132,7 +132,9 @@ def test_a_pending_record_counts_as_done(done, tmp_path, tried, monkeypatch):
     assert [r["run_id"] for r in pending_records(tmp_path / "r", tmp_path / "cache")] == [rec["run_id"]]
     cfg = small_cfg(tmp_path, "method=grad_dot")
     assert execute(cfg)["run_id"] == rec["run_id"]  # written from pending, nothing recomputed
-    assert pairing_lock(cfg["cache_dir"], tmp_path / "r", "h").is_relative_to(tmp_path / "cache")
+    # the lock is keyed by what the runs share: the results folder and the pairing, whatever the cache
+    assert pairing_lock(cfg["cache_dir"], tmp_path / "r", "h") == pairing_lock(tmp_path / "other", tmp_path / "r", "h")
+    assert pairing_lock(cfg["cache_dir"], tmp_path / "r", "h") != pairing_lock(cfg["cache_dir"], tmp_path / "r", "g")
 
 
 def test_the_writer_builds_only_declared_fields():

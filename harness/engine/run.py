@@ -15,7 +15,8 @@ A reference model no better than chance stops the run before the ground truth (s
 ``ok``. The "already done" check and the computation of a pairing hold a per-pairing lock, so two
 identical sweeps compute each pairing once (the lock lives in the results folder, shared by runs
 with other caches too; a result kept aside for a full ``results_dir`` counts as done).
-Scores and the record are written inside the error handling: when ``results_dir`` is full or read-only they are kept under ``cache_dir/pending`` (or a
+Scores and the record are written inside the error handling: when ``results_dir`` is full or
+read-only they are kept under ``cache_dir/pending`` (or a
 private per-user folder in the system's temporary folder) and the next run on that ``results_dir``
 writes them.
 """

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tdabench.harness.core.storage import CorruptFileError, load_verified, save_verified
+from tdabench.harness.engine import sweep_jobs
 from tdabench.harness.engine.cli import precheck, sweep_summary
 from tdabench.harness.engine.run import execute, out_of_memory, pairing_lock, prepare
 from tdabench.harness.engine.settings import settings_problems
@@ -208,16 +209,24 @@ def test_same_seed_partial_ground_truth_is_resumed(tmp_path, tried):
     assert builder._resume(path, list(range(6)))["ids"] == [0, 1]
 
 
-def test_sweep_summary_counts_statuses_and_fails_on_failures(done, tmp_path, tried, capsys):
+def test_sweep_summary_counts_statuses_and_fails_on_failures(done, tmp_path, tried, capsys, monkeypatch):
     tried("a sweep in which a run timed out")
     base, rec = done
     append_record(tmp_path, dict(rec, run_id="old"))
     before = {"old"}
+    monkeypatch.setenv(sweep_jobs.ENV, "")  # restored after the test
+    token = sweep_jobs.start()
+    sweep_jobs.note(tmp_path, "old")  # a pairing finished before: its record is no new run
     for i, status in enumerate(("ok", "unsupported")):
         append_record(tmp_path, dict(rec, run_id=f"n{i}", status=status))
-    assert sweep_summary(tmp_path, before) == 0
+        sweep_jobs.note(tmp_path, f"n{i}")
+    # a concurrent sweep's records, appended meanwhile, are not this sweep's
+    append_record(tmp_path, dict(rec, run_id="theirs", status="error", lds=None, lds_ci=None))
+    ours = sweep_jobs.finish(tmp_path, token)
+    assert ours == {"old", "n0", "n1"} and not (tmp_path / ".sweeps" / f"{token}.ids").exists()
+    assert sweep_summary(tmp_path, before, ours) == 0
     append_record(tmp_path, dict(rec, run_id="t", status="timeout", lds=None, lds_ci=None))
-    assert sweep_summary(tmp_path, before) == 1
+    assert sweep_summary(tmp_path, before, ours | {"t"}) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("[tdabench] sweep: 1 ok, 1 timeout, 1 unsupported"), last
 

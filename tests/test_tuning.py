@@ -275,3 +275,44 @@ def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
     assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
     assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
     assert done.info["completed_trials"] == 2
+
+
+def test_a_trial_whose_worker_was_killed_is_marked_failed_and_not_counted_on_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tdabench.harness.engine.studies import fail_killed_trials
+    from tdabench.harness.engine.tuning import _counted
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="s", storage=url, direction="maximize")
+    worker = ("import os, signal, optuna\n"
+              "from tdabench.harness.engine.studies import worker_id\n"
+              f"s = optuna.load_study(study_name='s', storage={url!r})\n"
+              "t = s.ask(); t.set_user_attr('worker', worker_id())\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING] and _counted(study) == 1
+    assert fail_killed_trials(study, "s") == 1
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] and _counted(study) == 0
+    assert fail_killed_trials(study, "s") == 0
+
+
+def test_the_default_study_storage_waits_for_a_busy_database(tmp_path):
+    import sqlite3
+
+    from tdabench.harness.engine.tuning import storage_of
+
+    storage, where = storage_of({"results_dir": str(tmp_path), "tune": {"storage": None}})
+    assert where == f"sqlite:///{tmp_path.resolve() / 'studies.db'}"
+    blocker = sqlite3.connect(tmp_path / "studies.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # another worker's write in progress
+    import threading
+
+    threading.Timer(6.0, blocker.rollback).start()  # longer than SQLite's default 5 s wait
+    study = optuna.create_study(study_name="busy", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.1))
+    assert len(study.trials) == 1

@@ -29,8 +29,8 @@ named in its ``cached_work`` attribute.
 
 Where studies live: ``tune.storage`` null keeps them in ``<results_dir>/studies.db`` (SQLite, one
 machine; a worker waits for another's write instead of failing); a path ending in ``.journal``
-uses Optuna's journal file (workers on a shared file system); any other URL is passed to Optuna. Workers sharing a study stop at its budget together,
-and each waits for the others' running trials before it chooses, so every worker's choice sees
+uses Optuna's journal file (workers on a shared file system); any other URL is passed to Optuna.
+Workers sharing a study stop at its budget together, and each waits for the others' running trials before it chooses, so every worker's choice sees
 every trial. A study is named ``<task>-<method>-<hash>``, the hash
 of every setting that determines the run except the trial count, so rerunning with more trials
 continues the study and runs only the missing trials. Inspect one with ``optuna-dashboard

@@ -30,15 +30,15 @@ named in its ``cached_work`` attribute.
 Where studies live: ``tune.storage`` null keeps them in ``<results_dir>/studies.db`` (SQLite, one
 machine; a worker waits for another's write instead of failing); a path ending in ``.journal``
 uses Optuna's journal file (workers on a shared file system); any other URL is passed to Optuna.
-Workers sharing a study stop at its budget together, and each waits for the others' running trials before it chooses, so every worker's choice sees
-every trial. A study is named ``<task>-<method>-<hash>``, the hash
-of every setting that determines the run except the trial count, so rerunning with more trials
-continues the study and runs only the missing trials. Inspect one with ``optuna-dashboard
-sqlite:///results/studies.db`` or ``optuna.load_study(study_name=..., storage=...)``; each trial
-carries user attributes ``cpu_s``, ``wall_s``, ``peak_mem_mb`` and, if it failed, ``error``. A
-trial stopped by Ctrl-C is marked ``interrupted`` and does not count: the resumed study runs
-its place again; so is a trial whose worker was killed, marked failed when a worker resumes.
-"""
+Workers sharing a study stop at its budget together, and each waits for the others' running trials
+before it chooses, so every worker's choice sees every trial. A study is named
+``<task>-<method>-<hash>``, the hash of every setting that determines the run except the trial
+count, so rerunning with more trials continues the study and runs only the missing trials. Inspect
+one with ``optuna-dashboard sqlite:///results/studies.db`` or ``optuna.load_study(study_name=...,
+storage=...)``; each trial carries user attributes ``cpu_s``, ``wall_s``, ``peak_mem_mb`` and, if
+it failed, ``error``. A trial stopped by Ctrl-C is marked ``interrupted`` and does not count: the
+resumed study runs its place again; so is a trial whose worker was killed, marked failed when a
+worker resumes. """
 
 from __future__ import annotations
 

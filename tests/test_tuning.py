@@ -316,3 +316,32 @@ def test_the_default_study_storage_waits_for_a_busy_database(tmp_path):
     study = optuna.create_study(study_name="busy", storage=storage, direction="maximize")
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.1))
     assert len(study.trials) == 1
+
+
+def test_the_cpu_cap_landing_in_a_weakref_callback_is_no_unraisable_warning(monkeypatch):
+    import sys
+    import time
+    import weakref
+
+    from tdabench.harness.engine.interrupts import CpuLimitExceeded, cpu_limit
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+
+    class Held:
+        pass
+
+    def slow_callback(_):  # the first signals land here, where Python cannot raise
+        start = time.process_time()
+        while time.process_time() - start < 1.5:
+            sum(range(1000))
+
+    with pytest.raises(CpuLimitExceeded):
+        with cpu_limit(0.3, "over the cap"):
+            held = Held()
+            ref = weakref.ref(held, slow_callback)
+            del held
+            while True:  # a later signal stops the block
+                sum(range(1000))
+    assert ref() is None and not seen, seen
+    assert sys.unraisablehook == seen.append  # the hook of the block is gone

@@ -147,6 +147,21 @@ def test_tie_marks_use_the_holm_adjusted_p_value():
     assert not any(ties[f"far{i}"] for i in range(6))
 
 
+def test_bitwise_equal_rows_are_one_hypothesis_in_the_holm_family():
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.4, 0.15, 40)
+    per_query = {"a": base + rng.normal(0.05, 0.05, 40), "b": base, "c": base - 0.1 + rng.normal(0, 0.05, 40)}
+    alone = {(p.a, p.b): p.p_holm for p in pairwise_table(per_query)}
+    pairs = pairwise_table({**per_query, "b_copy": base.copy(), "c_copy": per_query["c"].copy()})
+    got = {(p.a, p.b): p.p_holm for p in pairs}
+    assert len(pairs) == 10  # every pair is still listed ...
+    for (x, y), p in alone.items():  # ... and the family is the three distinct hypotheses, as without copies
+        assert got[(x, y)] == pytest.approx(p)
+    assert got[("a", "b_copy")] == pytest.approx(alone[("a", "b")])
+    assert {got[k] for k in got if set(k) in ({"b", "b_copy"}, {"c", "c_copy"})} == {1.0}  # no hypothesis
+    assert tied_with_best({"a": per_query["a"], "a_copy": per_query["a"].copy(), "c": per_query["c"]})["a_copy"]
+
+
 def test_reference_records_read_and_give_the_same_lds_table():
     from tdabench.harness.read.results import read_records
 

@@ -23,8 +23,8 @@ import torch
 
 from tdabench.harness.core.registry import METHODS
 from tdabench.harness.engine.compose import pairing_config
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import prepare
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.lds import lds
 
 ROOT = Path(__file__).resolve().parents[1]

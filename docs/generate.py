@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS
 from tdabench.harness.engine.listing import _summary
-from tdabench.harness.engine.space import describe
+from tdabench.harness.plugin.space import describe
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent

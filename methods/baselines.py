@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tdabench.harness.engine.method import Method
+from tdabench.harness.plugin.method import Method
 from tdabench.methods.gradients import query_grads, train_grad_dots
 
 

@@ -43,8 +43,8 @@ import torch
 from torch.func import functional_call, vmap
 
 from tdabench.harness.core.logs import Ticker, apart
-from tdabench.harness.engine.method import Method, MethodDivergedError
-from tdabench.harness.engine.space import Float, Int
+from tdabench.harness.plugin.method import Method, MethodDivergedError
+from tdabench.harness.plugin.space import Float, Int
 from tdabench.methods.gradients import trainable_params
 
 log = logging.getLogger(__name__)

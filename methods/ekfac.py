@@ -20,8 +20,8 @@ from typing import ClassVar, Literal
 
 import torch
 
-from tdabench.harness.engine.method import Method
-from tdabench.harness.engine.space import Float
+from tdabench.harness.plugin.method import Method
+from tdabench.harness.plugin.space import Float
 from tdabench.methods.curvature import (
     DAMPING_KINDS,
     Curvature,

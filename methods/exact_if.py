@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from tdabench.harness.core.logs import Ticker
 from tdabench.harness.core.storage import load_state, remove_verified, save_verified
-from tdabench.harness.engine.method import Method
-from tdabench.harness.engine.space import Float
+from tdabench.harness.plugin.method import Method
+from tdabench.harness.plugin.space import Float
 from tdabench.methods.curvature import model_digest
 from tdabench.methods.gradients import eval_mode, num_params, query_grads, train_grads, trainable_params
 

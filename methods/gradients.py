@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from tdabench.harness.engine.training import num_params
+from tdabench.harness.plugin.training import num_params
 
 #: bytes of float32 per-example gradients held at once when they are streamed
 GRAD_CHUNK_BYTES = 8 * 2**20

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from tdabench.harness.core.storage import load_state, remove_verified, save_verified
-from tdabench.harness.engine.method import Method
+from tdabench.harness.plugin.method import Method
 
 log = logging.getLogger(__name__)
 

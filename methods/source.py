@@ -33,8 +33,8 @@ from dataclasses import replace
 
 import torch
 
-from tdabench.harness.engine.method import Method
-from tdabench.harness.engine.space import Categorical
+from tdabench.harness.plugin.method import Method
+from tdabench.harness.plugin.space import Categorical
 from tdabench.methods.curvature import (
     DAMPING_KINDS,
     Curvature,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from tdabench.harness.engine.method import Method
+from tdabench.harness.plugin.method import Method
 from tdabench.methods.gradients import query_grads, train_grad_dots
 from tdabench.methods.trajectory import effective_lr
 

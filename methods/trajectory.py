@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tdabench.harness.engine.training import Snapshot
+from tdabench.harness.plugin.training import Snapshot
 
 
 def effective_lr(task, lr: float) -> float:

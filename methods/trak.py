@@ -29,10 +29,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from tdabench.harness.engine.method import Method
-from tdabench.harness.engine.space import Categorical, Int
-from tdabench.harness.engine.task import margin
-from tdabench.harness.engine.training import num_params
+from tdabench.harness.plugin.method import Method
+from tdabench.harness.plugin.space import Categorical, Int
+from tdabench.harness.plugin.task import margin
+from tdabench.harness.plugin.training import num_params
 from tdabench.methods.gradients import CAST_BLOCK_BYTES, iter_per_example_parts
 
 OUTPUTS = ("auto", "margin", "loss")

@@ -16,9 +16,8 @@ import math
 
 import torch
 
-from tdabench.harness.engine.metric import Metric, MetricResult, MetricRun
-from tdabench.harness.read.lds import lds
-from tdabench.harness.read.statistics import noise_ceiling
+from tdabench.harness.plugin import lds, noise_ceiling
+from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,15 @@ import numpy as np
 import torch
 
 from tdabench.harness.core.storage import content_hash
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder, retrain_seed
-from tdabench.harness.engine.metric import Metric, MetricResult, MetricRun
-from tdabench.harness.read.lds import bootstrap_ci, columnwise_pearson, columnwise_spearman, sequence_scores
-from tdabench.harness.read.statistics import noise_ceiling
+from tdabench.harness.plugin import (
+    bootstrap_ci,
+    columnwise_pearson,
+    columnwise_spearman,
+    noise_ceiling,
+    sequence_scores,
+)
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder, retrain_seed
+from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
 
 FORMAT_VERSION = 1
 #: the stream of the sample and of the retraining seeds, apart from the ground truth's subsets

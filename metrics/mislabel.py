@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from tdabench.harness.engine.ground_truth import retrain_seed
-from tdabench.harness.engine.metric import Metric, MetricResult, MetricRun
+from tdabench.harness.plugin.ground_truth import retrain_seed
+from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
 
 #: the stream of the flipped examples, apart from every other seeded choice of the run
 STREAM = 1_000_033

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.core.storage import content_hash
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder, retrain_seed
-from tdabench.harness.engine.metric import Metric, MetricResult, MetricRun
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder, retrain_seed
+from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
 from tdabench.harness.read.lds import bootstrap_ci, sequence_scores
 
 FORMAT_VERSION = 1

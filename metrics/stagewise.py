@@ -24,7 +24,7 @@ import logging
 
 import numpy as np
 
-from tdabench.harness.engine.metric import Metric, MetricResult, MetricRun
+from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
 from tdabench.harness.read.lds import lds
 from tdabench.metrics.trace import TraceBuilder, snapshot_problems
 

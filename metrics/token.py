@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tdabench.harness.engine.metric import Metric, MetricResult, MetricRun
+from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
 from tdabench.harness.read.lds import bootstrap_ci, columnwise_spearman
 from tdabench.harness.read.statistics import noise_ceiling
 from tdabench.metrics.trace import TraceBuilder, snapshot_problems

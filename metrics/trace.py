@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.core.storage import content_hash
-from tdabench.harness.engine.ground_truth import GroundTruth, GroundTruthBuilder, gt_key
-from tdabench.harness.engine.quality import degenerate_reason
-from tdabench.harness.engine.training import total_steps
+from tdabench.harness.plugin.ground_truth import GroundTruth, GroundTruthBuilder, gt_key
+from tdabench.harness.plugin.quality import degenerate_reason
+from tdabench.harness.plugin.training import total_steps
 
 FORMAT_VERSION = 1
 

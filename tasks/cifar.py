@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdabench.harness.core.storage import content_hash, load_or_compute
-from tdabench.harness.engine.task import Split, Task, margin
+from tdabench.harness.plugin.task import Split, Task, margin
 from tdabench.tasks.data import balanced_sample, shared_file, unpack_once
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",

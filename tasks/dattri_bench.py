@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tdabench.harness.engine.task import Split, Task
+from tdabench.harness.plugin.task import Split, Task
 
 SETTINGS = ("mnist_mlp", "mnist_lr")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # dattri's create_mnist_dataset normalization

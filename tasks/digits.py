@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tdabench.harness.engine.task import Split, Task
+from tdabench.harness.plugin.task import Split, Task
 
 N_DIGITS = 1797
 MIN_TEST = 100

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdabench.harness.engine.task import Task
+from tdabench.harness.plugin.task import Task
 
 
 class CausalLM(nn.Module):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from tdabench.harness.engine.task import Split
+from tdabench.harness.plugin.task import Split
 from tdabench.tasks.checkpoints import local_files_only, pretrained_problems
 from tdabench.tasks.lm import CausalLM, LanguageModelTask
 

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.storage import content_hash, load_or_compute
-from tdabench.harness.engine.task import Split
-from tdabench.harness.engine.training import Recipe, recipe_problems, train
+from tdabench.harness.plugin.task import Split
+from tdabench.harness.plugin.training import Recipe, recipe_problems, train
 from tdabench.tasks.data import shared_file
 from tdabench.tasks.lm import LanguageModelTask, gpt_neox
 

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from tdabench.harness.engine.task import Split
+from tdabench.harness.plugin.task import Split
 from tdabench.methods.baselines import GradCos, GradDot, RandomScores
 from tdabench.methods.exact_if import ExactIF
 from tdabench.tasks.digits import DigitsMLP
@@ -84,7 +84,7 @@ def test_exact_if_refuses_large_models(small_digits):
 
 
 def test_missing_reference_library_names_the_install_command():
-    from tdabench.harness.engine.method import Method
+    from tdabench.harness.plugin.method import Method
 
     class NeedsLib(Method):
         name = "needs_lib"

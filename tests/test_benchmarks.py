@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.tasks.digits import DigitsMLP
 from tests.conftest import SMALL_DIGITS
 

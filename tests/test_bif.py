@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from tdabench.harness.engine.task import Split, Task
+from tdabench.harness.plugin.task import Split, Task
 from tdabench.methods.bif import BIF, CovarianceAccumulator, SGLDDivergenceError
 from tdabench.methods.exact_if import ExactIF
 from tdabench.tasks.digits import DigitsMLP

@@ -111,7 +111,7 @@ def test_rerun_skips_pairings_already_done(sweep):
 
 def test_scores_on_disk_reproduce_the_recorded_lds(sweep):
     from tdabench.harness.core.storage import load_verified
-    from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+    from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
     from tdabench.harness.read.lds import lds
     from tdabench.tasks.digits import DigitsMLP
 

@@ -13,8 +13,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from tdabench.harness.core.registry import METHODS
+from tdabench.harness.core.settings import RunSettings, config_key
 from tdabench.harness.engine.compose import CONF_DIR, compose
-from tdabench.harness.engine.settings import RunSettings, config_key
 
 TASK_FILES = sorted((CONF_DIR / "task").glob("*.yaml"))
 
@@ -77,7 +77,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def test_config_yaml_and_the_settings_dataclasses_hold_the_same_keys_and_defaults():
     written, declared = _flatten(_yaml_defaults()), _flatten(_dataclass_defaults(RunSettings))
-    assert sorted(written) == sorted(declared), "conf/config.yaml and harness/engine/settings.py name different keys"
+    assert sorted(written) == sorted(declared), "conf/config.yaml and harness/core/settings.py name different keys"
     for key, value in written.items():
         if isinstance(value, str) and value.startswith("${"):  # an environment variable's, with a fallback
             fallback = value.rsplit(",", 1)[-1].rstrip("}")

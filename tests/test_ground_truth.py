@@ -1,6 +1,6 @@
 import torch
 
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 
 GT = {"subsets": 4, "alpha": 0.5, "seeds": 2, "from_checkpoint": False, "finetune_epochs": 2,
       "shard": None, "num_shards": 1}

@@ -155,7 +155,7 @@ def test_sampling_views_find_their_method_by_capability(monkeypatch):
 
 
 def test_training_loss_draws_capability_matches_the_kept_losses(small_digits):
-    from tdabench.harness.engine.method import Method
+    from tdabench.harness.plugin.method import Method
     from tdabench.methods.bif import BIF
 
     model = small_digits.checkpoint()

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from tdabench.harness.engine.ground_truth import make_masks
+from tdabench.harness.plugin.ground_truth import make_masks
 from tdabench.harness.read.lds import ConstantOutcomeError, bootstrap_ci, columnwise_spearman, lds
 
 

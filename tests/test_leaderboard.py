@@ -147,6 +147,21 @@ def test_tie_marks_use_the_holm_adjusted_p_value():
     assert not any(ties[f"far{i}"] for i in range(6))
 
 
+def test_bitwise_equal_rows_are_one_hypothesis_in_the_holm_family():
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.4, 0.15, 40)
+    per_query = {"a": base + rng.normal(0.05, 0.05, 40), "b": base, "c": base - 0.1 + rng.normal(0, 0.05, 40)}
+    alone = {(p.a, p.b): p.p_holm for p in pairwise_table(per_query)}
+    pairs = pairwise_table({**per_query, "b_copy": base.copy(), "c_copy": per_query["c"].copy()})
+    got = {(p.a, p.b): p.p_holm for p in pairs}
+    assert len(pairs) == 10  # every pair is still listed ...
+    for (x, y), p in alone.items():  # ... and the family is the three distinct hypotheses, as without copies
+        assert got[(x, y)] == pytest.approx(p)
+    assert got[("a", "b_copy")] == pytest.approx(alone[("a", "b")])
+    assert {got[k] for k in got if set(k) in ({"b", "b_copy"}, {"c", "c_copy"})} == {1.0}  # no hypothesis
+    assert tied_with_best({"a": per_query["a"], "a_copy": per_query["a"].copy(), "c": per_query["c"]})["a_copy"]
+
+
 def test_reference_records_read_and_give_the_same_lds_table():
     from tdabench.harness.read.results import read_records
 
@@ -280,6 +295,8 @@ def test_a_tuned_row_names_the_values_it_chose():
     other_seed = rec("ekfac", 0.6, gt_key="digits_mlp-bbbbbbbbbbbb", params={"damping": 0.5},
                      tuned={**tuned, "best_params": {"damping": 0.5}})
     assert [k[3] for k in row_keys([chosen, other_seed])] == ["tuned (4 trials)"] * 2
+
+
 def test_an_ok_record_without_an_lds_is_invalid_never_ranked_and_reported_once(tmp_path, capfd):
     source = ROOT / "results" / "reference" / "demo" / "runs.jsonl"
     lines = source.read_text().splitlines()
@@ -296,3 +313,15 @@ def test_an_ok_record_without_an_lds_is_invalid_never_ranked_and_reported_once(t
     assert board.loc[board["method"] == good["method"], "lds"].notna().all()
     cost_only = json.loads((ROOT / "results" / "reference" / "pythia_scaling" / "runs.jsonl").open().readline())
     assert cost_only["lds"] is None and invalid_reason(cost_only) is None  # no ground truth: no LDS claimed
+
+
+def test_a_folder_without_records_is_a_library_error_and_one_cli_line(tmp_path):
+    from tdabench.harness.read.leaderboard import read_folders
+    from tdabench.harness.read.results import NoRecordsError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoRecordsError, match="no records in"):  # a library call raises, never exits
+        read_folders([tmp_path / "empty"])
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "empty"), "--no-report"])
+    assert str(exc.value.code).startswith("tdabench-leaderboard: error: no records in")

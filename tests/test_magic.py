@@ -9,9 +9,9 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from tdabench.harness.engine.config import validate_pairing
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder, gt_key
-from tdabench.harness.engine.task import Split, Task
-from tdabench.harness.engine.training import train
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder, gt_key
+from tdabench.harness.plugin.task import Split, Task
+from tdabench.harness.plugin.training import train
 from tdabench.harness.read.lds import lds
 from tdabench.methods.exact_if import ExactIF
 from tdabench.methods.magic import Magic

@@ -17,8 +17,8 @@ import torch
 from tdabench.harness.core.registry import METRICS, TASKS
 from tdabench.harness.engine.cli import metric_overrides, precheck
 from tdabench.harness.engine.compose import compose
-from tdabench.harness.engine.metric import metric_problems
 from tdabench.harness.engine.run import config_hash, execute
+from tdabench.harness.plugin.metric import metric_problems
 from tdabench.harness.read.leaderboard import write
 from tdabench.metrics.loo import LeaveOneOutBuilder, loo_changes, loo_correlations
 from tdabench.metrics.mislabel import MislabelAUC, bootstrap_auc
@@ -161,7 +161,7 @@ def test_shard_jobs_compute_the_leave_one_out_shards(tmp_path):
 
 PLUGIN = '''
 import numpy as np
-from tdabench.harness.engine.metric import Metric, MetricResult
+from tdabench.harness.plugin.metric import Metric, MetricResult
 from tdabench.harness.read.lds import bootstrap_ci
 
 

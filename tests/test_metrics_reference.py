@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.lds import lds
 from tdabench.methods.baselines import GradDot
 from tdabench.metrics.loo import LeaveOneOutBuilder, loo_changes, loo_correlations

@@ -7,7 +7,7 @@ import torch
 from scipy.stats import spearmanr
 
 from tdabench.harness.engine.config import validate_pairing
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.lds import lds
 from tdabench.methods.trak import TRAK, Projector
 from tdabench.tasks.digits import DigitsMLP
@@ -156,7 +156,7 @@ def test_a_copy_of_a_fitted_trak_keeps_its_features_and_a_task_ensemble_override
     import copy
     import gc
 
-    from tdabench.harness.engine.task import Task
+    from tdabench.harness.plugin.task import Task
 
     model = small_digits.checkpoint()
     method = TRAK(proj_dim=16, models=2)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tdabench.harness.core.registry import METHODS
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.core.settings import settings_of, settings_problems
 from tdabench.harness.engine.run import config_hash, execute, prepare, study_key
-from tdabench.harness.engine.settings import settings_of, settings_problems
-from tdabench.harness.engine.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.engine.tuning import TuningFailed, tune
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.space import Categorical, Float, Int, default_point, space_problems, to_param
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import record_setting
 from tdabench.harness.read.tracking import summary_of
@@ -193,7 +193,7 @@ def test_a_tuned_run_goes_on_when_only_its_default_setting_is_refused(tmp_path, 
 def test_accepted_setting_draws_points_of_the_space_within_their_ranges():
     import random
 
-    from tdabench.harness.engine.space import accepted_setting
+    from tdabench.harness.plugin.space import accepted_setting
 
     space = {"a": Float(1e-3, 10.0, log=True), "b": Int(1, 20, log=True), "c": Categorical(("x", "y")),
              "d": Float(0.1, 10.0, log=True, per_n_train=True)}
@@ -283,3 +283,73 @@ def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
     assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
     assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
     assert done.info.completed_trials == 2
+
+
+def test_a_trial_whose_worker_was_killed_is_marked_failed_and_not_counted_on_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tdabench.harness.engine.studies import fail_killed_trials
+    from tdabench.harness.engine.tuning import _counted
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="s", storage=url, direction="maximize")
+    worker = ("import os, signal, optuna\n"
+              "from tdabench.harness.engine.studies import worker_id\n"
+              f"s = optuna.load_study(study_name='s', storage={url!r})\n"
+              "t = s.ask(); t.set_user_attr('worker', worker_id())\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING] and _counted(study) == 1
+    assert fail_killed_trials(study, "s") == 1
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] and _counted(study) == 0
+    assert fail_killed_trials(study, "s") == 0
+
+
+def test_the_default_study_storage_waits_for_a_busy_database(tmp_path):
+    import sqlite3
+
+    from tdabench.harness.engine.tuning import storage_of
+
+    storage, where = storage_of({"results_dir": str(tmp_path), "tune": {"storage": None}})
+    assert where == f"sqlite:///{tmp_path.resolve() / 'studies.db'}"
+    blocker = sqlite3.connect(tmp_path / "studies.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # another worker's write in progress
+    import threading
+
+    threading.Timer(6.0, blocker.rollback).start()  # longer than SQLite's default 5 s wait
+    study = optuna.create_study(study_name="busy", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.1))
+    assert len(study.trials) == 1
+
+
+def test_the_cpu_cap_landing_in_a_weakref_callback_is_no_unraisable_warning(monkeypatch):
+    import sys
+    import time
+    import weakref
+
+    from tdabench.harness.engine.interrupts import CpuLimitExceeded, cpu_limit
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+
+    class Held:
+        pass
+
+    def slow_callback(_):  # the first signals land here, where Python cannot raise
+        start = time.process_time()
+        while time.process_time() - start < 1.5:
+            sum(range(1000))
+
+    with pytest.raises(CpuLimitExceeded):
+        with cpu_limit(0.3, "over the cap"):
+            held = Held()
+            ref = weakref.ref(held, slow_callback)
+            del held
+            while True:  # a later signal stops the block
+                sum(range(1000))
+    assert ref() is None and not seen, seen
+    assert sys.unraisablehook == seen.append  # the hook of the block is gone

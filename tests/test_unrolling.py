@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tdabench.harness.engine.config import validate_pairing
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.lds import lds
 from tdabench.methods.baselines import GradDot
 from tdabench.methods.ekfac import EKFAC

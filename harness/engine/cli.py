@@ -29,13 +29,14 @@ from omegaconf import OmegaConf
 from tdabench.harness.core.logs import RESULT, setup_worker, take_verbosity_flags
 from tdabench.harness.core.logs import setup as setup_logging
 from tdabench.harness.core.registry import CONF_DIR, METHODS, TASKS, UnknownNameError
+from tdabench.harness.core.settings import settings_of
+from tdabench.harness.engine import sweep_jobs
 from tdabench.harness.engine.compose import compose, register_configs, resolve
 from tdabench.harness.engine.config import ConfigError, UnsupportedPairingError, folder_problem
 from tdabench.harness.engine.ladder import LevelBeyondLadder, conflicts, level_problem
 from tdabench.harness.engine.launchers import slurm_problem, submits_elsewhere
-from tdabench.harness.engine.method import missing_extra
-from tdabench.harness.engine.metric import unknown_metric
-from tdabench.harness.engine.settings import settings_of
+from tdabench.harness.plugin.method import missing_extra
+from tdabench.harness.plugin.metric import unknown_metric
 from tdabench.harness.read.record import FAILED, STATUSES
 from tdabench.harness.read.results import read_records
 
@@ -148,7 +149,7 @@ def precheck(argv: list[str]) -> list[str]:
     return problems or _settings_check(overrides, device_here=not submits_elsewhere(overrides))
 
 
-#: the config sections :mod:`harness.engine.settings` types (a sweep over their keys is checked per value)
+#: the config sections :mod:`harness.core.settings` types (a sweep over their keys is checked per value)
 _TYPED = ("seed", "threads", "force", "metric", "gt", "lds", "limits", "cost", "tune", "loo", "mislabel", "wandb")
 
 
@@ -324,12 +325,14 @@ def _app(cfg) -> None:
             for line in exc.problems:
                 print(f"tdabench: error: {line}", file=sys.stderr)
             sys.exit(2)
-        record_unsupported(resolved, exc, group)  # the sweep goes on with the next pairing
-        return
+        sweep_jobs.note(resolved["results_dir"], record_unsupported(resolved, exc, group)["run_id"])
+        return  # the sweep goes on with the next pairing
     except ConfigError as exc:
         for line in exc.problems:
             print(f"tdabench: error: {line}", file=sys.stderr)
         sys.exit(2)
+    if multirun and record is not None:
+        sweep_jobs.note(resolved["results_dir"], record["run_id"])
     if record is not None and (record["status"] != "ok" or record.get("write_error")) and not multirun:
         sys.exit(1)
 
@@ -343,11 +346,12 @@ def _plain_overrides(argv: list[str]) -> list[str]:
             and not o.key_or_group.startswith(("method", "hydra"))]
 
 
-def sweep_summary(results_dir: Path, before: set[str]) -> int:
-    """Print the statuses of the runs a sweep recorded in ``results_dir`` (those whose run id is not
-    in ``before``) as its last line; return the exit status: 1 when a run failed (error, oom,
+def sweep_summary(results_dir: Path, before: set[str], ours: set[str]) -> int:
+    """Print the statuses of the runs a sweep recorded in ``results_dir`` (those its jobs noted,
+    ``ours``, whose run id is not in ``before``: a pairing finished before is no new run) as its
+    last line; return the exit status: 1 when a run failed (error, oom,
     timeout, degenerate_model), else 0. Unsupported and skipped pairings are no failures."""
-    statuses = Counter(r.status for r in read_records(results_dir) if r.run_id not in before)
+    statuses = Counter(r.status for r in read_records(results_dir) if r.run_id in ours and r.run_id not in before)
     order = [s for s in STATUSES if statuses[s]]
     text = (", ".join(f"{statuses[s]} {s}" for s in order)
             or "no new runs (every pairing was finished before, or ground-truth shards only)")
@@ -390,9 +394,10 @@ def main() -> None:
             _count_sweep_jobs(argv)
         results_dir = Path(compose(_plain_overrides(argv))["results_dir"]) if multirun else None
         before = {r.run_id for r in read_records(results_dir)} if multirun else set()
+        token = sweep_jobs.start() if multirun else None
         hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_app)()
         if multirun:
-            sys.exit(sweep_summary(results_dir, before))
+            sys.exit(sweep_summary(results_dir, before, sweep_jobs.finish(results_dir, token)))
     except KeyboardInterrupt:
         print("\ntdabench: interrupted (KeyboardInterrupt); finished pairings, checkpoints and "
               "ground-truth retrainings are kept: rerun the same command to continue", file=sys.stderr)

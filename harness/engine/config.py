@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from tdabench.harness.core.registry import METHODS, TASKS, UnknownNameError
-from tdabench.harness.engine.settings import ConfigError, RunSettings
+from tdabench.harness.core.settings import ConfigError, RunSettings
 
 
 class UnsupportedPairingError(ConfigError):

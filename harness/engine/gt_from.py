@@ -20,9 +20,9 @@ import logging
 from pathlib import Path
 
 from tdabench.harness.core.bundle import BundleError, open_bundle, write_bundle
+from tdabench.harness.core.settings import RunSettings, settings_of
 from tdabench.harness.engine.config import ConfigError
-from tdabench.harness.engine.ground_truth import GroundTruth, GroundTruthBuilder, effective_seeds, gt_mode
-from tdabench.harness.engine.settings import RunSettings, settings_of
+from tdabench.harness.plugin.ground_truth import GroundTruth, GroundTruthBuilder, effective_seeds, gt_mode
 from tdabench.harness.read.gt_formats import foreign_settings, read_foreign
 from tdabench.harness.read.gt_manifest import bundle_content
 from tdabench.harness.read.gt_sources import (

@@ -6,6 +6,7 @@ so that a ``KeyboardInterrupt`` raised by a method's own code stays a failure of
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -22,7 +23,9 @@ class CpuLimitExceeded(Exception):
 def _interval_timer(seconds: float | None, which: int, signum: int, error: Exception, repeat: float = 0.0):
     """Raise ``error`` once interval timer ``which`` has run ``seconds`` inside the block (its
     signal ``signum`` handled by a temporary handler), and again every ``repeat`` seconds (0:
-    once) until the block ends. Main thread only; no-op otherwise."""
+    once) until the block ends. With ``repeat``, a signal that lands where Python cannot raise (a
+    weakref callback, a finalizer) is dropped silently, not reported as unraisable: the next one
+    raises. Main thread only; no-op otherwise."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -30,13 +33,23 @@ def _interval_timer(seconds: float | None, which: int, signum: int, error: Excep
     def handler(signum, frame):
         raise error
 
+    outer_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if unraisable.exc_value is not error:
+            outer_hook(unraisable)
+
     previous = signal.signal(signum, handler)
+    if repeat:
+        sys.unraisablehook = hook
     signal.setitimer(which, seconds, repeat)
     try:
         yield
     finally:
         signal.setitimer(which, 0)
         signal.signal(signum, previous)
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = outer_hook
 
 
 def time_limit(seconds: float | None):
@@ -52,7 +65,7 @@ def cpu_limit(seconds: float | None, message: str = "the CPU time limit"):
     reads) inside the block. Main thread only; no-op otherwise. The signal is handled when the
     interpreter next runs, so a long native call (one large matrix product) ends first."""
     # repeated (every second, or a tenth of the limit if longer): a signal that lands where Python
-    # cannot raise (a weakref callback, a finalizer) is reported as unraisable and lost. The wall
+    # cannot raise (a weakref callback, a finalizer) is lost, and the next one stops the block. The wall
     # limit fires once: a second signal while a timed-out run unwinds would turn its timeout into
     # an error.
     return _interval_timer(seconds, signal.ITIMER_PROF, signal.SIGPROF, CpuLimitExceeded(message),

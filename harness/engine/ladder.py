@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from tdabench.harness.core.registry import METHODS, UnknownNameError
+from tdabench.harness.core.settings import settings_of
 from tdabench.harness.engine.config import ConfigError
-from tdabench.harness.engine.settings import settings_of
 
 #: the value a method parameter has in the composed config unless something set it explicitly
 DEFAULT_PREFIX = "${tdabench.default:"

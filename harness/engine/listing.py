@@ -14,7 +14,7 @@ import inspect
 import re
 
 from tdabench.harness.core.registry import METHODS, METRICS, TASKS
-from tdabench.harness.engine.space import describe
+from tdabench.harness.plugin.space import describe
 
 WIDTH = 100  # longest description shown
 

@@ -128,12 +128,20 @@ class _RssSampler:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
+_FAULT_COUNTS: dict[str, int] = {}
+
+
 def _inject_fault(phase: str) -> None:
-    """Fault injection for the reliability suite: ``TDABENCH_FAULT=<phase>:<signal>`` makes the
-    process send itself that signal (INT, TERM, KILL) when the phase starts."""
-    spec = os.environ.get("TDABENCH_FAULT", "")
-    if spec.partition(":")[0] == phase:
-        os.kill(os.getpid(), getattr(signal, "SIG" + (spec.partition(":")[2] or "INT")))
+    """Fault injection for the reliability suite: ``TDABENCH_FAULT=<phase>:<signal>[:<n>]`` makes
+    the process send itself that signal (INT, TERM, KILL) when the phase starts for the n-th time
+    in the process (the first by default), so a sweep can be stopped at a chosen pairing."""
+    name, _, rest = os.environ.get("TDABENCH_FAULT", "").partition(":")
+    if name != phase:
+        return
+    sig, _, nth = rest.partition(":")
+    _FAULT_COUNTS[phase] = _FAULT_COUNTS.get(phase, 0) + 1
+    if _FAULT_COUNTS[phase] == int(nth or 1):
+        os.kill(os.getpid(), getattr(signal, "SIG" + (sig or "INT")))
 
 
 def cpu_count() -> int:

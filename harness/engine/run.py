@@ -1,6 +1,6 @@
 """One run: config -> task -> ground truth -> method.fit -> method.score -> metrics -> record.
 
-The metrics are plugins (:mod:`harness.engine.metric`): the LDS by default, any list of
+The metrics are plugins (:mod:`harness.plugin.metric`): the LDS by default, any list of
 registered ones with ``metric=[...]``; each is stored under ``record.metrics[name]``.
 
 Every run, successful or not, appends one record to ``RESULTS_DIR/runs.jsonl`` and logs a wandb
@@ -13,9 +13,10 @@ the user (SIGINT) raises :class:`UserInterrupt` instead, which stops the sweep.
 A reference model no better than chance stops the run before the ground truth (status
 ``degenerate_model``); tasks that measure cost only are exempt. An LDS that is not finite is never
 ``ok``. The "already done" check and the computation of a pairing hold a per-pairing lock, so two
-identical sweeps compute each pairing once (the lock lives in the cache folder; a result kept aside
-for a full ``results_dir`` counts as done). Scores and the record are written inside the error
-handling: when ``results_dir`` is full or read-only they are kept under ``cache_dir/pending`` (or a
+identical sweeps compute each pairing once (the lock lives in the results folder, shared by runs
+with other caches too; a result kept aside for a full ``results_dir`` counts as done).
+Scores and the record are written inside the error handling: when ``results_dir`` is full or
+read-only they are kept under ``cache_dir/pending`` (or a
 private per-user folder in the system's temporary folder) and the next run on that ``results_dir``
 writes them.
 """
@@ -35,6 +36,7 @@ import torch
 from tdabench.harness.core.data_paths import set_data_root
 from tdabench.harness.core.logs import RESULT, silenced
 from tdabench.harness.core.registry import METRICS
+from tdabench.harness.core.settings import RunSettings, settings_of, typed_settings
 from tdabench.harness.core.storage import (
     content_hash,
     exclusive_lock,
@@ -52,7 +54,6 @@ from tdabench.harness.engine.config import (
     validate_pairing,
     validate_settings,
 )
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.gt_from import (
     adopt_settings,
     from_problems,
@@ -62,14 +63,17 @@ from tdabench.harness.engine.gt_from import (
 )
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
-from tdabench.harness.engine.metric import (
+from tdabench.harness.engine.profiling import Profiler, warm_up
+from tdabench.harness.engine.tuning import tune
+from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.metric import (
     MetricRun,
     evaluate_metrics,
     metric_problems,
     needs_ground_truth,
 )
-from tdabench.harness.engine.profiling import Profiler, warm_up
-from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is imported from here too
+from tdabench.harness.plugin.quality import (  # noqa: F401 - check_scores is imported from here too
     MAX_DEGENERATE_SHARE,
     DegenerateModelError,
     InvalidScoresError,
@@ -77,11 +81,8 @@ from tdabench.harness.engine.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.engine.settings import RunSettings, settings_of, typed_settings
-from tdabench.harness.engine.space import accepted_setting, space_problems
-from tdabench.harness.engine.training import num_params
-from tdabench.harness.engine.tuning import tune
-from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
+from tdabench.harness.plugin.space import accepted_setting, space_problems
+from tdabench.harness.plugin.training import num_params
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import run_cost
 from tdabench.harness.read.results import provenance, read_records
@@ -372,9 +373,16 @@ def execute(cfg: RunSettings | dict, group: str = "single") -> dict | None:
 
 
 def pairing_lock(cache_dir: str | Path, results_dir: Path, chash: str) -> Path:
-    """The lock file of the pairing ``chash`` written to ``results_dir``: in the cache folder (where
-    it is not deleted with the results' housekeeping), one folder per results folder."""
-    return Path(cache_dir) / "locks" / content_hash(str(results_dir.resolve())) / f"{chash}.lock"
+    """The lock file of the pairing ``chash`` (its config hash, which names its ground truth) written
+    to ``results_dir``: in the results folder, which every run writing there shares whatever its
+    cache folder; in the cache folder (one folder per results folder) only when the results folder
+    cannot be written, where the result waits as pending anyway."""
+    locks = Path(results_dir) / ".locks"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        locks = Path(cache_dir) / "locks" / content_hash(str(Path(results_dir).resolve()))
+    return locks / f"{chash}.lock"
 
 
 def out_of_memory(exc: BaseException) -> bool:

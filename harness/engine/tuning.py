@@ -30,24 +30,22 @@ work it read from a cache written by an earlier trial (curvature factors, ensemb
 named in its ``cached_work`` attribute.
 
 Where studies live: ``tune.storage`` null keeps them in ``<results_dir>/studies.db`` (SQLite, one
-machine); a path ending in ``.journal`` uses Optuna's journal file (workers on a shared file
-system); any other URL is passed to Optuna. Workers sharing a study stop at its budget together,
-and each waits for the others' running trials before it chooses, so every worker's choice sees
-every trial. A study is named ``<task>-<method>-<hash>``, the hash
-of every setting that determines the run except the trial count, so rerunning with more trials
-continues the study and runs only the missing trials. Inspect one with ``optuna-dashboard
-sqlite:///results/studies.db`` or ``optuna.load_study(study_name=..., storage=...)``; each trial
-carries user attributes ``cpu_s``, ``wall_s``, ``peak_mem_mb`` and, if it failed, ``error``. A
-trial stopped by Ctrl-C is marked ``interrupted`` and does not count: the resumed study runs
-its place again.
-"""
+machine; a worker waits for another's write instead of failing); a path ending in ``.journal``
+uses Optuna's journal file (workers on a shared file system); any other URL is passed to Optuna.
+Workers sharing a study stop at its budget together, and each waits for the others' running trials
+before it chooses, so every worker's choice sees every trial. A study is named
+``<task>-<method>-<hash>``, the hash of every setting that determines the run except the trial
+count, so rerunning with more trials continues the study and runs only the missing trials. Inspect
+one with ``optuna-dashboard sqlite:///results/studies.db`` or ``optuna.load_study(study_name=...,
+storage=...)``; each trial carries user attributes ``cpu_s``, ``wall_s``, ``peak_mem_mb`` and, if
+it failed, ``error``. A trial stopped by Ctrl-C is marked ``interrupted`` and does not count: the
+resumed study runs its place again; so is a trial whose worker was killed, marked failed when a
+worker resumes. """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -56,18 +54,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tdabench.harness.core.settings import GroundTruthSettings, RunSettings, settings_of
 from tdabench.harness.core.storage import record_cache_misses, record_cache_reads
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.interrupts import CpuLimitExceeded, UserInterrupt, cpu_limit, time_limit
 from tdabench.harness.engine.profiling import Profiler
-from tdabench.harness.engine.quality import (
+from tdabench.harness.engine.studies import fail_killed_trials, sqlite_storage, worker_gone, worker_id
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.quality import (
     DegenerateModelError,
     check_scores,
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.engine.settings import GroundTruthSettings, RunSettings, settings_of
-from tdabench.harness.engine.space import default_point, describe, to_param
+from tdabench.harness.plugin.space import default_point, describe, to_param
 from tdabench.harness.read.lds import lds
 from tdabench.harness.read.record import TunedInfo
 
@@ -110,6 +109,8 @@ def storage_of(s: RunSettings):
         folder = Path(s.results_dir).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         where = f"sqlite:///{folder / 'studies.db'}"
+    if where.startswith("sqlite:///"):
+        return sqlite_storage(where), where
     if where.endswith(".journal") and "://" not in where:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -121,8 +122,8 @@ def storage_of(s: RunSettings):
 
 
 def _counted(study) -> int:
-    """Trials that count against the budget: every trial but those a user interrupted (a trial
-    that a killed process left running counts: it may be another worker's)."""
+    """Trials that count against the budget: every trial but those a user interrupted or whose
+    worker was killed (a trial left running by a worker on another host counts: it may be alive)."""
     return sum(not t.user_attrs.get("interrupted") for t in study.trials)
 
 
@@ -142,25 +143,6 @@ def patience_s(s: RunSettings) -> float:
     return DEFAULT_PATIENCE_S
 
 
-def worker_id() -> str:
-    """``host:pid`` of this process (a trial's ``worker`` attribute)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _worker_gone(trial) -> bool:
-    """Whether the trial's worker was a process on this host that no longer exists."""
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except OSError:  # it exists, owned by someone else
-        pass
-    return False
-
-
 def wait_for_other_workers(study, name: str, patience: float, poll_s: float = 10.0) -> None:
     """Wait until no trial of ``study`` is running (workers sharing a study finish its last
     trials at different times, and the choice must see all of them). A trial whose worker process
@@ -172,7 +154,7 @@ def wait_for_other_workers(study, name: str, patience: float, poll_s: float = 10
     while True:
         now = datetime.now()
         running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                   if not _worker_gone(t)
+                   if not worker_gone(t)
                    and (t.datetime_start is None or (now - t.datetime_start).total_seconds() < patience)]
         if not running:
             return
@@ -254,6 +236,7 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
     name = f"{task.name}-{method_cls.name}-{study_key}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     budget = trials if space else 1  # a direct call without a space: its one setting
+    fail_killed_trials(study, name)
     held = _counted(study)
     seed = int(np.random.SeedSequence([s.seed, len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 3)))

@@ -50,7 +50,7 @@ from tdabench.harness.read.record_view import (
     setting,
     shown_setting,
 )
-from tdabench.harness.read.results import read_records
+from tdabench.harness.read.results import NoRecordsError, read_records
 from tdabench.harness.read.seeds import across_seeds
 from tdabench.harness.read.seeds import render as render_seeds
 from tdabench.harness.read.stagewise import render_stagewise, stagewise_table
@@ -81,14 +81,14 @@ class RowKey(NamedTuple):
 
 def read_folders(results_dirs: list[str | Path]) -> list[RunRecord]:
     """Records of every folder; with several folders, each record is marked with its folder's
-    name (the ``sweep`` column). Refuses a folder without records."""
+    name (the ``sweep`` column). Raises :class:`NoRecordsError` for a folder without records."""
     dirs = [Path(d) for d in results_dirs]
     names = [d.name if [x.name for x in dirs].count(d.name) == 1 else str(d) for d in dirs]
     records = []
     for d, name in zip(dirs, names):
         recs = read_records(d)
         if not recs:
-            raise SystemExit(f"tdabench-leaderboard: error: no records in {d / 'runs.jsonl'}; "
+            raise NoRecordsError(f"no records in {d / 'runs.jsonl'}; "
                              "run `tdabench ... results_dir=DIR` first, or leave the folder out")
         if len(dirs) > 1:
             for r in recs:

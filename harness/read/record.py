@@ -18,11 +18,11 @@ cost-only tasks); its interval ``lds_ci`` is ordered and holds it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
+
+from tdabench.harness.core.typecheck import fits
 
 #: 1: records without the field (written before the schema was versioned); 2: this layout
 SCHEMA_VERSION = 2
@@ -234,38 +234,18 @@ _TYPES = get_type_hints(RunRecord)
 _TOLERANCE = 1e-6  # rounding between a value and its interval
 
 
-def _fits(value, tp) -> bool:
-    """Whether the JSON value ``value`` has the type ``tp`` (an annotation of :class:`RunRecord`)."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return True
-    if origin in (Union, UnionType):
-        return any(_fits(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
-    return isinstance(value, tp)
-
-
 def _interval_problem(name: str, ci, value=None, bounds: tuple[float, float] | None = None) -> str | None:
     """Why ``ci`` is no interval [low, high] (ordered, finite, within ``bounds``, holding ``value``)."""
     if ci is None:
         return None
-    if not (isinstance(ci, list) and len(ci) == 2 and all(_fits(v, float) for v in ci)):
+    if not (isinstance(ci, list) and len(ci) == 2 and all(fits(v, float) for v in ci)):
         return f"{name}={ci!r} is not an interval [low, high] of two finite numbers"
     lo, hi = ci
     if lo > hi:
         return f"{name}={ci!r} is not ordered (low > high)"
     if bounds and (lo < bounds[0] - _TOLERANCE or hi > bounds[1] + _TOLERANCE):
         return f"{name}={ci!r} lies outside [{bounds[0]}, {bounds[1]}]"
-    if _fits(value, float) and not lo - _TOLERANCE <= value <= hi + _TOLERANCE:
+    if fits(value, float) and not lo - _TOLERANCE <= value <= hi + _TOLERANCE:
         return f"{name}={ci!r} does not hold the value {value}"
     return None
 
@@ -292,7 +272,7 @@ def invalid_reason(raw: dict) -> str | None:
     if missing:
         return f"missing {', '.join(missing)}"
     for key, value in raw.items():
-        if key in _FIELDS and not _fits(value, _TYPES[key]):
+        if key in _FIELDS and not fits(value, _TYPES[key]):
             return f"{key}={value!r:.60} is not of type {_TYPES[key]}"
     if raw["status"] not in STATUSES:
         return f"status={raw['status']!r} is not one of {', '.join(STATUSES)}"
@@ -327,7 +307,7 @@ def _metrics_problem(metrics: dict) -> str | None:
     for name, raw in metrics.items():
         entry = MetricEntry.from_dict(raw)
         value = entry.value
-        if value is not None and not _fits(value, float):
+        if value is not None and not fits(value, float):
             return f"metrics.{name}.value={value!r} is not a finite number"
         problem = _interval_problem(f"metrics.{name}.ci", entry.ci, value)
         if problem:

@@ -89,9 +89,14 @@ def append_record(results_dir: str | Path, record: dict) -> Path:
     return path
 
 
+class NoRecordsError(ValueError):
+    """A results folder named for reading holds no records."""
+
+
 def one_line_errors(prog: str):
-    """Decorate a command's ``main`` so that an unreadable, unwritable or damaged file ends it with
-    one line (``prog: error: file: reason; fix``) and exit status 1 instead of a traceback."""
+    """Decorate a command's ``main`` so that an unreadable, unwritable or damaged file, or a folder
+    without records, ends it with one line
+    (``prog: error: file: reason; fix``) and exit status 1 instead of a traceback."""
     def wrap(main):
         @functools.wraps(main)
         def run(*args, **kwargs):
@@ -101,6 +106,8 @@ def one_line_errors(prog: str):
                 return main(*args, **kwargs)
             except CorruptFileError as exc:
                 sys.exit(f"{prog}: error: {exc}; rerun the run that wrote it")
+            except NoRecordsError as exc:
+                sys.exit(f"{prog}: error: {exc}")
             except OSError as exc:
                 where = f"{exc.filename}: " if exc.filename else ""
                 sys.exit(f"{prog}: error: {where}{exc.strerror or exc}; check the folder's permissions "

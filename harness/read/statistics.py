@@ -118,16 +118,27 @@ def _finite_mean(values) -> float:
 
 def pairwise_table(per_query: dict[str, np.ndarray]) -> list[Paired]:
     """Every pair of methods (best-first order, a ahead of b; methods without finite values sort
-    last), with Holm-adjusted p-values over all the pairs."""
+    last), with Holm-adjusted p-values over the distinct hypotheses: rows with bitwise-equal
+    per-query values are one hypothesis (each comparison with them is counted once in the family),
+    and a comparison between two of them is no hypothesis (it leaves the family; its adjusted
+    p-value is 1)."""
     def order(m):
         mean = _finite_mean(per_query[m])
         return -mean if np.isfinite(mean) else np.inf
 
     names = sorted(per_query, key=order)
+    same: dict[bytes, int] = {}
+    group = {m: same.setdefault(np.asarray(per_query[m], float).tobytes(), len(same)) for m in names}
     pairs = [paired_comparison(per_query[a], per_query[b], a, b)
              for i, a in enumerate(names) for b in names[i + 1:]]
-    for pair, adjusted in zip(pairs, holm([p.p_value for p in pairs])):
-        pair.p_holm = adjusted
+    family: dict[frozenset, float] = {}
+    for pair in pairs:
+        if group[pair.a] != group[pair.b]:
+            family.setdefault(frozenset((group[pair.a], group[pair.b])), pair.p_value)
+    adjusted = dict(zip(family, holm(list(family.values()))))
+    for pair in pairs:
+        pair.p_holm = 1.0 if group[pair.a] == group[pair.b] else \
+            adjusted[frozenset((group[pair.a], group[pair.b]))]
     return pairs
 
 

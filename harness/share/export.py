@@ -18,7 +18,7 @@ from tdabench.harness.core.bundle import CHECKPOINT, Bundle, BundleError, write_
 from tdabench.harness.core.data_paths import set_data_root
 from tdabench.harness.core.registry import METRICS, TASKS
 from tdabench.harness.core.storage import save_verified
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.gt_manifest import bundle_content
 from tdabench.harness.read.gt_sources import task_mismatches
 from tdabench.harness.read.record import RunRecord

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.storage import atomic_write_bytes
-from tdabench.harness.engine.ground_truth import GroundTruth
+from tdabench.harness.plugin.ground_truth import GroundTruth
 
 
 def _save(obj, path: Path) -> str:

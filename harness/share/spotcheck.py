@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tdabench.harness.core.bundle import OUTCOMES, Bundle, BundleError
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.gt_sources import task_mismatches
 from tdabench.harness.share.export import build_task
 

@@ -35,8 +35,8 @@ from tdabench.harness.core.logs import setup as setup_logging  # noqa: E402
 from tdabench.harness.core.registry import TASKS  # noqa: E402
 from tdabench.harness.core.storage import CorruptFileError, atomic_write_bytes, load_verified  # noqa: E402
 from tdabench.harness.engine.config import ConfigError  # noqa: E402
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.engine.gt_from import ground_truth_source  # noqa: E402
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder  # noqa: E402
 from tdabench.harness.read.lds import lds  # noqa: E402
 from tdabench.harness.read.leaderboard import chosen_records, ground_truth_labels, row_label  # noqa: E402
 from tdabench.harness.read.record import RunRecord, scores_path  # noqa: E402

@@ -97,8 +97,8 @@ def sampler_params(cfg: dict, name: str) -> dict:
     from omegaconf import OmegaConf
 
     from tdabench.harness.core.registry import METHODS
+    from tdabench.harness.core.settings import settings_of
     from tdabench.harness.engine.compose import register_resolvers
-    from tdabench.harness.engine.settings import settings_of
 
     if cfg["method"]["name"] == name:
         return settings_of(cfg).method_params

@@ -11,14 +11,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["DPI", "STRIPS_RIGHT", "colour_scale", "decoder", "example_name", "image_of", "is_class_task", "plt",
-           "sequence_scores", "token_strip"]
+           "token_strip"]
 
 DPI = 80
-
-
-def sequence_scores(scores: torch.Tensor) -> torch.Tensor:
-    """[n_query, n_train] scores; per-token scores [n_query, T, n_train] are averaged over T."""
-    return scores.mean(1) if scores.dim() == 3 else scores
 
 
 def is_class_task(task) -> bool:

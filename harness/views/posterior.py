@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdabench.harness.views.plotting import DPI, example_name, is_class_task, plt, sequence_scores
+from tdabench.harness.read.lds import sequence_scores
+from tdabench.harness.views.plotting import DPI, example_name, is_class_task, plt
 
 
 def loss_kernel(task, sampler, model, idx: torch.Tensor) -> np.ndarray:
@@ -82,7 +83,7 @@ def stagewise_scores(task, make) -> tuple[np.ndarray, torch.Tensor]:
     """Sequence scores of a fresh sampling method ``make()`` (e.g. the BIF) at every trajectory
     snapshot: cumulative steps [S] and scores [S, n_query, n_train] (NaN at a snapshot where the
     method diverged)."""
-    from tdabench.harness.engine.method import MethodDivergedError
+    from tdabench.harness.plugin.method import MethodDivergedError
 
     snaps = task.trajectory()
     steps = np.cumsum([s.steps for s in snaps])

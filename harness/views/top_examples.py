@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tdabench.harness.read.lds import sequence_scores
 from tdabench.harness.views.plotting import (
     DPI,
     STRIPS_RIGHT,
@@ -16,7 +17,6 @@ from tdabench.harness.views.plotting import (
     image_of,
     is_class_task,
     plt,
-    sequence_scores,
     token_strip,
 )
 

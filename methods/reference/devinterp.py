@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from tdabench.harness.engine.method import Method
+from tdabench.harness.plugin.method import Method
 from tdabench.methods.bif import BIF_SPACE
 
 

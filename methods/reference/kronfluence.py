@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import torch
 
-from tdabench.harness.engine.method import Method
-from tdabench.harness.engine.space import Categorical
+from tdabench.harness.plugin.method import Method
+from tdabench.harness.plugin.space import Categorical
 from tdabench.methods.curvature import LayerSelectionError, select_layers
 
 

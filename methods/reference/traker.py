@@ -27,8 +27,8 @@ import tempfile
 
 import torch
 
-from tdabench.harness.engine.method import Method
-from tdabench.harness.engine.training import num_params
+from tdabench.harness.plugin.method import Method
+from tdabench.harness.plugin.training import num_params
 from tdabench.methods.trak import TRAK_SPACE, check_trak_settings, member_projector
 
 PROJECTORS = ("basic", "native")

@@ -24,8 +24,8 @@ import torch
 import tdabench.harness.engine.writing as writing
 import tdabench.metrics.lds as lds_metric
 from tdabench.harness.core import storage
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import execute, prepare
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.lds import LDSResult
 from tdabench.harness.read.results import append_record, read_records
 from tdabench.harness.read.statistics import pairwise_table, tied_with_best
@@ -127,7 +127,7 @@ def test_chance_level_model_is_never_benchmarked(tmp_path, tried):
 
 def test_constant_predictor_is_degenerate(tmp_path, tried):
     tried("model that predicts one class")
-    from tdabench.harness.engine.quality import degenerate_reason
+    from tdabench.harness.plugin.quality import degenerate_reason
 
     assert degenerate_reason({"test_acc": 0.104, "test_loss": 2.29, "chance_acc": 0.104,
                               "uniform_loss": math.log(10), "n_test": 700})
@@ -141,7 +141,7 @@ def test_constant_predictor_is_degenerate(tmp_path, tried):
 
 def test_ground_truth_of_degenerate_retrained_models_is_refused(tmp_path, tried, monkeypatch):
     tried("ground truth whose retrained models are at chance")
-    import tdabench.harness.engine.ground_truth as ground_truth
+    import tdabench.harness.plugin.ground_truth as ground_truth
 
     monkeypatch.setattr(ground_truth, "degenerate_reason", lambda quality: "at chance")
     rec = execute(small_cfg(tmp_path, "method=grad_dot"))

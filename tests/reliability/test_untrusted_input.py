@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tdabench.harness.core.settings import settings_problems
 from tdabench.harness.core.storage import CorruptFileError, load_verified, save_verified
+from tdabench.harness.engine import sweep_jobs
 from tdabench.harness.engine.cli import precheck, sweep_summary
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
 from tdabench.harness.engine.run import execute, out_of_memory, pairing_lock, prepare
-from tdabench.harness.engine.settings import settings_problems
 from tdabench.harness.engine.writing import complete_pending_writes, pending_dirs, pending_records, write_result
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.read.record import RunRecord, scores_path
 from tdabench.harness.read.results import append_record, read_records
 from tests.reliability.conftest import small_cfg, terminal_sigint
@@ -132,7 +133,9 @@ def test_a_pending_record_counts_as_done(done, tmp_path, tried, monkeypatch):
     assert [r.run_id for r in pending_records(tmp_path / "r", tmp_path / "cache")] == [rec["run_id"]]
     cfg = small_cfg(tmp_path, "method=grad_dot")
     assert execute(cfg)["run_id"] == rec["run_id"]  # written from pending, nothing recomputed
-    assert pairing_lock(cfg["cache_dir"], tmp_path / "r", "h").is_relative_to(tmp_path / "cache")
+    # the lock is keyed by what the runs share: the results folder and the pairing, whatever the cache
+    assert pairing_lock(cfg["cache_dir"], tmp_path / "r", "h") == pairing_lock(tmp_path / "other", tmp_path / "r", "h")
+    assert pairing_lock(cfg["cache_dir"], tmp_path / "r", "h") != pairing_lock(cfg["cache_dir"], tmp_path / "r", "g")
 
 
 def test_the_writer_builds_only_declared_fields():
@@ -211,16 +214,24 @@ def test_same_seed_partial_ground_truth_is_resumed(tmp_path, tried):
     assert builder._resume(path, list(range(6)))["ids"] == [0, 1]
 
 
-def test_sweep_summary_counts_statuses_and_fails_on_failures(done, tmp_path, tried, capsys):
+def test_sweep_summary_counts_statuses_and_fails_on_failures(done, tmp_path, tried, capsys, monkeypatch):
     tried("a sweep in which a run timed out")
     base, rec = done
     append_record(tmp_path, dict(rec, run_id="old"))
     before = {"old"}
+    monkeypatch.setenv(sweep_jobs.ENV, "")  # restored after the test
+    token = sweep_jobs.start()
+    sweep_jobs.note(tmp_path, "old")  # a pairing finished before: its record is no new run
     for i, status in enumerate(("ok", "unsupported")):
         append_record(tmp_path, dict(rec, run_id=f"n{i}", status=status))
-    assert sweep_summary(tmp_path, before) == 0
+        sweep_jobs.note(tmp_path, f"n{i}")
+    # a concurrent sweep's records, appended meanwhile, are not this sweep's
+    append_record(tmp_path, dict(rec, run_id="theirs", status="error", lds=None, lds_ci=None))
+    ours = sweep_jobs.finish(tmp_path, token)
+    assert ours == {"old", "n0", "n1"} and not (tmp_path / ".sweeps" / f"{token}.ids").exists()
+    assert sweep_summary(tmp_path, before, ours) == 0
     append_record(tmp_path, dict(rec, run_id="t", status="timeout", lds=None, lds_ci=None))
-    assert sweep_summary(tmp_path, before) == 1
+    assert sweep_summary(tmp_path, before, ours | {"t"}) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("[tdabench] sweep: 1 ok, 1 timeout, 1 unsupported"), last
 

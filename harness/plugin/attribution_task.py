@@ -1,7 +1,7 @@
 """What an attribution method may ask of a task: the :class:`AttributionTask` protocol.
 
 A method's ``check``, ``trainings``, ``fit`` and ``score`` receive an object with exactly these
-members (every :class:`~tdabench.harness.engine.task.Task` is one). A method never reads a task's
+members (every :class:`~tdabench.harness.plugin.task.Task` is one). A method never reads a task's
 config, cache folder or fingerprint: what it needs from the config is a member here, and a file it
 caches gets its path from :meth:`AttributionTask.cache_path`, which the harness keys by the task's
 data, models and seed. tests/test_layers.py checks that methods/ uses no other member of a task.
@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from tdabench.harness.engine.training import Recipe, Replay, Snapshot
+from tdabench.harness.plugin.training import Recipe, Replay, Snapshot
 
 __all__ = ["AttributionTask"]
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tdabench.harness.core.settings import GroundTruthSettings, gt_settings
 from tdabench.harness.core.storage import (
     CorruptFileError,
     content_hash,
@@ -42,8 +43,7 @@ from tdabench.harness.core.storage import (
     remove_verified,
     save_verified,
 )
-from tdabench.harness.engine.quality import degenerate_reason
-from tdabench.harness.engine.settings import GroundTruthSettings, gt_settings
+from tdabench.harness.plugin.quality import degenerate_reason
 
 _log = logging.getLogger(__name__)
 

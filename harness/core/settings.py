@@ -11,9 +11,10 @@ and touches no file, so the command line runs it before Hydra creates any folder
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, get_type_hints
+
+from tdabench.harness.core.typecheck import fits
 
 MAX_SEED = 2**63  # seeds must fit a signed 64-bit integer (torch and numpy generators)
 COUNT_MODES = ("separate", "inline", "off")
@@ -212,24 +213,6 @@ class RunSettings:
         return RunSettings.from_config({**self.config, **config_changes})
 
 
-def _fits(value, tp) -> bool:
-    """Whether ``value`` (from the config) has the field type ``tp``; numbers must be finite."""
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Union or type(tp).__name__ == "UnionType":
-        return any(_fits(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if origin is list:
-        return isinstance(value, list) and bool(value) and all(_fits(v, args[0]) for v in value)
-    return isinstance(value, tp)
-
-
 def _in_range(value, r: Rule) -> bool:
     if r.choices is not None:
         return value in r.choices
@@ -266,7 +249,7 @@ def _section(cls, values: dict, prefix: str) -> tuple[Any, list[str]]:
             problems += more
             continue
         value = values.get(key, _default(f))
-        if _fits(value, hints[f.name]) and _in_range(value, r) and (r.check is None or r.check(value)):
+        if fits(value, hints[f.name]) and value != [] and _in_range(value, r) and (r.check is None or r.check(value)):
             kwargs[f.name] = value
         else:
             kwargs[f.name] = _default(f)

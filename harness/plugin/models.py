@@ -1,6 +1,6 @@
 """The service that trains and caches a task's models, apart from what the task is.
 
-A :class:`~tdabench.harness.engine.task.Task` says what the learning problem is (data, model
+A :class:`~tdabench.harness.plugin.task.Task` says what the learning problem is (data, model
 constructor, recipe, loss and observable). :class:`ModelCache` runs that recipe: training on a
 subset (one model, or many at once with ``torch.func`` where the task is vectorizable), the
 reference run with its trajectory snapshots, ensemble members, the step-by-step replay, and the
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tdabench.harness.core.storage import content_hash, load_or_compute
-from tdabench.harness.engine.training import Recipe, Replay, TrainResult, train, train_stacked
+from tdabench.harness.plugin.training import Recipe, Replay, TrainResult, train, train_stacked
 
 __all__ = ["ModelCache", "ENSEMBLE_SEED_STRIDE"]
 
@@ -31,7 +31,7 @@ ENSEMBLE_SEED_STRIDE = 7919
 
 class ModelCache:
     """Trains ``task``'s models with its recipe and caches them under ``cache_dir``. ``task`` is the
-    :class:`~tdabench.harness.engine.task.Task` that holds this service (its recipe, data and
+    :class:`~tdabench.harness.plugin.task.Task` that holds this service (its recipe, data and
     model constructor; its overrides of ``fit_model`` are honoured)."""
 
     def __init__(self, task, cache_dir: str | Path):
@@ -74,7 +74,7 @@ class ModelCache:
     def fit_model(self, idx: torch.Tensor, seed: int, init_state: dict | None = None,
                   snapshots: int = 0, recipe: Recipe | None = None,
                   weights: torch.Tensor | None = None) -> TrainResult:
-        """See :meth:`Task.fit_model <tdabench.harness.engine.task.Task.fit_model>`."""
+        """See :meth:`Task.fit_model <tdabench.harness.plugin.task.Task.fit_model>`."""
         task = self.task
         model = task.new_model(seed)
         init_state = task.initial_state() if init_state is None else init_state
@@ -88,7 +88,7 @@ class ModelCache:
     def fit_many(self, idx: torch.Tensor, seeds: list[int], init_state: dict | None = None,
                  recipe: Recipe | None = None, vectorize: bool = True,
                  weights: torch.Tensor | None = None) -> list[nn.Module]:
-        """See :meth:`Task.fit_many <tdabench.harness.engine.task.Task.fit_many>`."""
+        """See :meth:`Task.fit_many <tdabench.harness.plugin.task.Task.fit_many>`."""
         task = self.task
         if not (vectorize and task.vectorizable):
             return [task.fit_model(row, seed, init_state, recipe=recipe,
@@ -109,7 +109,7 @@ class ModelCache:
         return models
 
     def replay(self, seed: int) -> Replay:
-        """See :meth:`Task.replay <tdabench.harness.engine.task.Task.replay>`."""
+        """See :meth:`Task.replay <tdabench.harness.plugin.task.Task.replay>`."""
         task = self.task
         model = task.new_model(seed)
         init = task.initial_state()

@@ -9,14 +9,14 @@ by default), ``token_observables``, ``sample_targets``, ``augment``, ``initial_s
 ``decode_tokens`` and ``evaluate``. ``model`` is anything callable on ``inputs`` (an
 ``nn.Module`` or a functional wrapper), so methods can use ``torch.func``.
 
-Training and caching models is a separate service, :class:`~tdabench.harness.engine.models.ModelCache`
+Training and caching models is a separate service, :class:`~tdabench.harness.plugin.models.ModelCache`
 (``task.models``, owning the cache folder and the task's fingerprint): ``fit_model`` and
 ``fit_many`` (the recipe on subsets, for the ground truth), ``checkpoint()`` (the reference model
 w*), ``trajectory()`` (snapshots along the reference run), ``ensemble(k)`` (independently trained
 models), ``replay(seed)`` (the training as a step-by-step differentiable
-:class:`~tdabench.harness.engine.training.Replay`, capability ``replayable``) and
+:class:`~tdabench.harness.plugin.training.Replay`, capability ``replayable``) and
 ``cache_path`` hand on to it. Methods see a task only through
-:class:`~tdabench.harness.engine.attribution_task.AttributionTask`.
+:class:`~tdabench.harness.plugin.attribution_task.AttributionTask`.
 
 Query sets: the queries every record is scored on are the *test* queries. For tuning, a task
 also gives *validation* queries (:meth:`Task.validation_view`): ``n_query`` examples drawn,
@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdabench.harness.engine.models import ModelCache
-from tdabench.harness.engine.training import Recipe, Replay, Snapshot, TrainResult, recipe_problems
+from tdabench.harness.plugin.models import ModelCache
+from tdabench.harness.plugin.training import Recipe, Replay, Snapshot, TrainResult, recipe_problems
 
 _log = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ class Task(ABC):
 
     name: ClassVar[str] = "task"
     #: what the task can provide to methods (see Method.requires); language-model tasks add
-    #: ``per_token``; tasks whose training is :func:`~tdabench.harness.engine.training.train`
+    #: ``per_token``; tasks whose training is :func:`~tdabench.harness.plugin.training.train`
     #: unchanged add ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit); tasks
     #: whose targets are class labels of a cross-entropy add ``classification`` (:meth:`mislabeled`)
     capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
     #: whether many models can train at once with torch.func (no batch-norm running statistics,
-    #: no augmentation); see :func:`~tdabench.harness.engine.training.train_stacked`
+    #: no augmentation); see :func:`~tdabench.harness.plugin.training.train_stacked`
     vectorizable: ClassVar[bool] = False
     #: False for tasks that measure cost only (no retraining ground truth, no LDS)
     measures_lds: ClassVar[bool] = True
@@ -329,7 +329,7 @@ class Task(ABC):
 
     def replay(self, seed: int) -> Replay:
         """The training run of ``fit_model(all examples, seed)`` as a step-by-step differentiable
-        :class:`~tdabench.harness.engine.training.Replay` (capability ``replayable``). Its
+        :class:`~tdabench.harness.plugin.training.Replay` (capability ``replayable``). Its
         minibatch weights beta index the examples of step t's batch (``replay.batch(t)[0]``,
         indices into train_split)."""
         if "replayable" not in self.capabilities:
@@ -372,7 +372,7 @@ class Task(ABC):
     def cache_path(self, folder: str, label: str, key: dict) -> Path:
         """Where a method keeps a file it computed for this task: ``<cache_dir>/<folder>/<task
         name>-<label>-<hash>.pt``, the hash covering the task's fingerprint and ``key`` (see
-        :meth:`ModelCache.cache_path <tdabench.harness.engine.models.ModelCache.cache_path>`)."""
+        :meth:`ModelCache.cache_path <tdabench.harness.plugin.models.ModelCache.cache_path>`)."""
         return self.models.cache_path(folder, label, key, self.fingerprint())
 
     def scratch_dir(self) -> Path:

@@ -3,7 +3,7 @@
 A method owns one attribution algorithm and nothing about a task's internals. The harness calls
 ``check(task)`` before any expensive work, then ``fit(task, model)`` (precompute) and
 ``score(task, model)`` (queries x training examples), profiled separately. ``task`` is an
-:class:`~tdabench.harness.engine.attribution_task.AttributionTask`: a method uses only its
+:class:`~tdabench.harness.plugin.attribution_task.AttributionTask`: a method uses only its
 members (never the task's config, cache folder or fingerprint; a file it caches gets its path from
 ``task.cache_path``).
 
@@ -23,7 +23,8 @@ from typing import Any, ClassVar, Literal, Union
 
 import torch
 
-from tdabench.harness.engine.attribution_task import AttributionTask
+from tdabench.harness.core.typecheck import fits
+from tdabench.harness.plugin.attribution_task import AttributionTask
 
 
 class MethodDivergedError(FloatingPointError):
@@ -58,7 +59,7 @@ class Method:
     #: kernel and stagewise views of ``tdabench-insight`` find such a method by this capability)
     offers: ClassVar[frozenset[str]] = frozenset()
     #: the parameters ``tune.trials`` searches, ``{parameter: Float | Int | Categorical}`` (see
-    #: :mod:`tdabench.harness.engine.space`): settings that change what the method computes, not
+    #: :mod:`tdabench.harness.plugin.space`): settings that change what the method computes, not
     #: how much it spends (those are the cost ladder's); every range contains the default; {} when
     #: the method has nothing to tune
     search_space: ClassVar[dict[str, Any]] = {}
@@ -100,7 +101,7 @@ class Method:
         problems = []
         for key, value in params.items():
             hint = hints.get(key)
-            if hint is not None and not _fits(hint, value):
+            if hint is not None and not fits(value, hint, unknown=True):
                 problems.append(f"method.{key}={value!r} must be {_describe(hint)} "
                                 f"(method {cls.name}, default {cls.defaults().get(key)!r})")
             elif key == "seed" and isinstance(value, int) and not 0 <= value < 2**63:
@@ -150,28 +151,6 @@ class Method:
         self.fit(view, model)
         scores = self.score(view, model)
         return torch.diagonal(scores.mean(dim=1) if scores.dim() == 3 else scores).detach().cpu()
-
-
-def _fits(hint, value) -> bool:
-    """Whether ``value`` (from a YAML or command-line config) fits the annotation ``hint``."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_fits(a, value) for a in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple) or hint in (list, tuple):
-        return isinstance(value, (list, tuple))
-    return True  # Any and types a config cannot express are not checked
 
 
 def _describe(hint) -> str:

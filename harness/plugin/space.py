@@ -17,60 +17,49 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
-class Float:
-    """A real parameter in [low, high], sampled uniformly in log space when ``log``."""
+class _Range:
+    """A numeric parameter in [low, high] (both included), sampled log-uniformly when ``log``;
+    :class:`Float` and :class:`Int` differ only in the kind of number."""
 
     low: float
     high: float
     log: bool = False
     per_n_train: bool = False
     null: float | None = None
+    integer: ClassVar[bool] = False
 
-    def suggest(self, trial, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high, log=self.log)
+    def suggest(self, trial, name: str):
+        suggest = trial.suggest_int if self.integer else trial.suggest_float
+        return suggest(name, self.low, self.high, log=self.log)
 
-    def draw(self, rng) -> float:
+    def draw(self, rng):
         if self.log:
-            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return rng.uniform(self.low, self.high)
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+            return min(max(round(value), self.low), self.high) if self.integer else value
+        return rng.randint(self.low, self.high) if self.integer else rng.uniform(self.low, self.high)
 
     def contains(self, value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        kinds = int if self.integer else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def describe(self) -> str:
         unit = " x n_train" if self.per_n_train else ""
-        return f"[{self.low:g}, {self.high:g}]{unit}{' log' if self.log else ''}"
+        span = f"{{{self.low}..{self.high}}}" if self.integer else f"[{self.low:g}, {self.high:g}]"
+        return f"{span}{unit}{' log' if self.log else ''}"
 
 
-@dataclass(frozen=True)
-class Int:
+class Float(_Range):
+    """A real parameter in [low, high], sampled uniformly in log space when ``log``."""
+
+
+class Int(_Range):
     """An integer parameter in [low, high] (both included), log-uniform when ``log``."""
 
-    low: int
-    high: int
-    log: bool = False
-    per_n_train: bool = False
-    null: int | None = None
-
-    def suggest(self, trial, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, log=self.log)
-
-    def draw(self, rng) -> int:
-        if self.log:
-            value = round(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
-            return min(max(value, self.low), self.high)
-        return rng.randint(self.low, self.high)
-
-    def contains(self, value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
-
-    def describe(self) -> str:
-        unit = " x n_train" if self.per_n_train else ""
-        return f"{{{self.low}..{self.high}}}{unit}{' log' if self.log else ''}"
+    integer: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.core.storage import content_hash
+from tdabench.harness.plugin import bootstrap_ci, sequence_scores
 from tdabench.harness.plugin.ground_truth import GroundTruthBuilder, retrain_seed
 from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
-from tdabench.harness.read.lds import bootstrap_ci, sequence_scores
 
 FORMAT_VERSION = 1
 #: the stream of the random removals and the retraining seeds, apart from the other ground truths'

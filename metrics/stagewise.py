@@ -24,8 +24,8 @@ import logging
 
 import numpy as np
 
+from tdabench.harness.plugin import lds
 from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
-from tdabench.harness.read.lds import lds
 from tdabench.metrics.trace import TraceBuilder, snapshot_problems
 
 log = logging.getLogger(__name__)

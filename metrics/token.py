@@ -21,9 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tdabench.harness.plugin import bootstrap_ci, columnwise_spearman, noise_ceiling
 from tdabench.harness.plugin.metric import Metric, MetricResult, MetricRun
-from tdabench.harness.read.lds import bootstrap_ci, columnwise_spearman
-from tdabench.harness.read.statistics import noise_ceiling
 from tdabench.metrics.trace import TraceBuilder, snapshot_problems
 
 

@@ -20,18 +20,15 @@ or last of many, in a launcher worker). Three choices make it so:
   heap pages are handed back to the kernel. It includes everything the process touches (imports,
   allocator slack) and therefore depends on what ran before; it is recorded for reference only.
 
-- **Counting kept out of the timed phases.** The dispatch mode costs one Python call per
-  operator: nothing on a ResNet, but up to +80% wall time for a method that runs many small
-  operators (the BIF's SGLD chains on an MLP). With ``cost.count: separate`` (the default) the
-  method's fit and score are timed without it, then replayed untimed under it (a copy of the
-  method as it was before fit, the same random state, caches that the timed pass computed
-  computed again, once each) to count their FLOPs and tensor-level peak; a run takes about twice
-  as long and its recorded times carry no counting overhead. ``cost.count: inline`` counts during
-  the timed phases instead (one pass; times inflated by that overhead). The harness's own phases
-  (prepare, ground_truth, lds) are always counted inline. While a phase is counted, each
-  computation of cached work inside it is also measured on its own (:func:`cached_work_meter`),
-  and its FLOPs and peak are kept beside the cached file, so that a run that later reads the file
-  counts it at what it cost.
+- **Counting kept out of the timed phases.** The dispatch mode costs one Python call per operator
+  (up to +80% wall time for the BIF's SGLD chains on an MLP). With ``cost.count: separate`` (the
+  default) fit and score are timed without it, then replayed untimed under it (a copy of the method
+  as before fit, the same random state, caches the timed pass computed computed again, once each)
+  to count FLOPs and tensor-level peak: twice as long, no counting overhead in the times.
+  ``cost.count: inline`` counts during the timed phases (one pass; inflated times). The harness's
+  own phases (prepare, ground_truth, lds) are always counted inline. Each computation of cached
+  work inside a counted phase is also measured alone (:func:`cached_work_meter`) and its FLOPs and
+  peak are kept beside the cached file, so a run that later reads it counts it at what it cost.
 
 FLOPs (``flops``) are counted by the same dispatch mode with the shape formulas of
 :mod:`torch.utils.flop_counter` (matrix products, convolutions, attention: 2 FLOPs per

@@ -64,7 +64,7 @@ def _dataclass_defaults(cls) -> dict:
             continue
         key = config_key(f)
         out[key] = _dataclass_defaults(f.type if isinstance(f.type, type) else get_type_hints(cls)[f.name]) \
-            if f.default is MISSING else f.default
+            if f.default is MISSING else (list(f.default) if isinstance(f.default, tuple) else f.default)
     return out
 
 

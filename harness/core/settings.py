@@ -131,6 +131,14 @@ class LooSettings:
 
 
 @dataclass
+class RemovalSettings:
+    fractions: tuple[float, ...] = setting(
+        (0.01, 0.05, 0.1), "must be a list of fractions strictly between 0 and 1 (shares of the training set "
+        "removed per query)", check=lambda v: all(0 < x < 1 for x in v))
+    seeds: int = setting(2, "must be a positive integer (retraining seeds per removed set)", 1)
+
+
+@dataclass
 class MislabelSettings:
     fraction: float = setting(0.1, "must be a fraction strictly between 0 and 1 (default 0.1)", 0, 1, True, True)
 
@@ -170,6 +178,7 @@ class RunSettings:
     tune: TuneSettings = field(default_factory=TuneSettings)
     loo: LooSettings = field(default_factory=LooSettings)
     mislabel: MislabelSettings = field(default_factory=MislabelSettings)
+    removal: RemovalSettings = field(default_factory=RemovalSettings)
     frontier: FrontierSettings = field(default_factory=FrontierSettings)
     wandb: WandbSettings = field(default_factory=WandbSettings)
     task: dict = checked_elsewhere(None, "the task class's validate")

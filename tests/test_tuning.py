@@ -314,7 +314,7 @@ def test_the_default_study_storage_waits_for_a_busy_database(tmp_path):
 
     from tdabench.harness.engine.tuning import storage_of
 
-    storage, where = storage_of({"results_dir": str(tmp_path), "tune": {"storage": None}})
+    storage, where = storage_of(settings_of({"results_dir": str(tmp_path), "tune": {"storage": None}}))
     assert where == f"sqlite:///{tmp_path.resolve() / 'studies.db'}"
     blocker = sqlite3.connect(tmp_path / "studies.db", isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")  # another worker's write in progress

@@ -157,7 +157,7 @@ def validate_method_params(method_cls, s: RunSettings) -> list[str]:
     if unknown:
         return [f"method {method_cls.name} has no parameter {', '.join(unknown)}; its parameters: "
                 f"{', '.join(allowed)}"]
-    if "seed" in params and params["seed"] == s.seed:  # follows the run's seed, checked there
+    if "seed" in params and params["seed"] == s.config.get("seed", s.seed):  # follows the run's seed, checked there
         params = {k: v for k, v in params.items() if k != "seed"}
     return method_cls.parameter_problems(params)
 

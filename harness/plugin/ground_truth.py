@@ -224,7 +224,7 @@ class GroundTruthBuilder:
     def partial_path(self, shard: int, num_shards: int) -> Path:
         return self.dir / f"shard-{shard}-of-{num_shards}.partial.pt"
 
-    def _resume(self, path: Path, ids: list[int]) -> dict | None:
+    def _resume(self, path: Path, ids: list[int]) -> ShardOutcomes | None:
         """The finished part of an interrupted shard, if ``path`` holds a usable one."""
         if not path.exists():
             return None

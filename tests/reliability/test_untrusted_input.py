@@ -211,7 +211,7 @@ def test_same_seed_partial_ground_truth_is_resumed(tmp_path, tried):
     path = builder.partial_path(0, 1)
     save_verified({"ids": [0, 1], "outcomes": torch.zeros(2, 1, task.n_query),
                    "degenerate": torch.zeros(2, 1, dtype=torch.bool)}, path)
-    assert builder._resume(path, list(range(6)))["ids"] == [0, 1]
+    assert builder._resume(path, list(range(6))).ids == [0, 1]
 
 
 def test_sweep_summary_counts_statuses_and_fails_on_failures(done, tmp_path, tried, capsys, monkeypatch):

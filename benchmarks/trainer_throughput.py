@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tdabench.harness.engine.compose import compose
-from tdabench.harness.engine.training import Recipe, train
+from tdabench.harness.plugin.training import Recipe, train
 
 
 def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...], seconds: float = 1.0) -> float:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdabench.harness.engine.ground_truth import GroundTruthBuilder
-from tdabench.harness.engine.metric import MetricRun
 from tdabench.harness.engine.tuning import trial_log
+from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
+from tdabench.harness.plugin.metric import MetricRun
 from tdabench.harness.read.importance import fanova, importance_table
 from tdabench.harness.read.record import RunRecord
 from tdabench.metrics.removal import Removal, blamed, random_sets, removal_sizes

@@ -78,8 +78,9 @@ def test_cifar10_loads_balanced_images(cifar10):
 @needs_data
 def test_cifar10_decoded_images_are_cached(cifar10, cache):
     logs = []
+    first = cifar10.train_split.inputs  # splits load on first use: this decodes and caches
     again = CifarResNet9(cifar10.cfg, seed=0, cache_dir=cache, log=logs.append)
-    assert torch.equal(again.train_split.inputs, cifar10.train_split.inputs) and not logs
+    assert torch.equal(again.train_split.inputs, first) and not logs
     other_seed = CifarResNet9(cifar10.cfg, seed=1, cache_dir=cache, log=logs.append)
     assert not torch.equal(other_seed.query_split.inputs, cifar10.query_split.inputs)
     assert len(logs) == 1 and "decoding" in logs[0]

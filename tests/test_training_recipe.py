@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tdabench.harness.engine.compose import compose
-from tdabench.harness.engine.training import Recipe, recipe_problems, train, train_stacked
+from tdabench.harness.plugin.training import Recipe, recipe_problems, train, train_stacked
 from tests.test_magic import TINY, TinyTask
 
 
@@ -65,7 +65,7 @@ def test_fast_preset_is_merged_into_the_task_and_the_default_is_unchanged():
 
 
 def test_dattri_architecture_has_its_published_size_and_trains_reproducibly(tmp_path):
-    from tdabench.harness.engine.task import Split
+    from tdabench.harness.plugin.task import Split
     from tdabench.tasks.cifar import Cifar2ResNet9, dattri_resnet9
 
     assert sum(p.numel() for p in dattri_resnet9(64, 2).parameters()) == 4_825_154

@@ -199,7 +199,8 @@ def train(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: to
             group["lr"] = lr
         with recipe.autocast(x.device):
             step_losses = loss_fn(model, recipe.layout(x), y)
-        loss = batch_loss(step_losses.float(), None if weights is None else weights[batch])
+        step_losses = step_losses.float() if recipe.precision == "bf16" else step_losses  # float64 stays
+        loss = batch_loss(step_losses, None if weights is None else weights[batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

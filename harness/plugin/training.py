@@ -351,7 +351,8 @@ class Replay:
         lr, mu, wd = self.lr(t), self.recipe.momentum, self.recipe.weight_decay
         with self.recipe.autocast(x.device):
             losses = self.loss_fn(lambda inp: self.call(params, buffers, inp, True), self.recipe.layout(x), y)
-        grads = torch.autograd.grad(batch_loss(losses.float(), beta), [params[k] for k in self.names],
+        losses = losses.float() if self.recipe.precision == "bf16" else losses  # as training does
+        grads = torch.autograd.grad(batch_loss(losses, beta), [params[k] for k in self.names],
                                     create_graph=create_graph)
         new_params, new_momentum = {}, {}
         for k, g in zip(self.names, grads):

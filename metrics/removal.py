@@ -72,7 +72,7 @@ class RemovalBuilder(GroundTruthBuilder):
     def key(self) -> str:
         sets = content_hash({"removed": [r.tolist() for r in self.removed]})
         return content_hash({"task": self.task.fingerprint(), "format": FORMAT_VERSION, "sets": sets,
-                             "seeds": self.gt["seeds"]})
+                             "seeds": self.gt.seeds})
 
     def make_masks(self) -> torch.Tensor:
         masks = torch.ones(len(self.removed), self.task.n_train, dtype=torch.bool)

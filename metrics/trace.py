@@ -57,20 +57,20 @@ class TraceBuilder(GroundTruthBuilder):
 
     def steps(self) -> list[int]:
         """The optimizer step at the end of each snapshot of a retraining."""
-        n = int(round(self.gt["alpha"] * self.task.n_train))
+        n = int(round(self.gt.alpha * self.task.n_train))
         recipe = self.task.recipe()
-        if self.gt["from_checkpoint"]:
-            recipe.epochs = self.gt["finetune_epochs"]
+        if self.gt.from_checkpoint:
+            recipe.epochs = self.gt.finetune_epochs
         total = total_steps(n, recipe)
         return [round(total * (s + 1) / self.snapshots) for s in range(self.snapshots)]
 
     def _retrain(self, subsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         task, gt = self.task, self.gt
         init, recipe = None, None
-        if gt["from_checkpoint"]:
+        if gt.from_checkpoint:
             init = task.checkpoint().state_dict()
             recipe = task.recipe()
-            recipe.epochs = gt["finetune_epochs"]
+            recipe.epochs = gt.finetune_epochs
         outs, degenerate = [], []
         for j in subsets:
             row = torch.nonzero(self.masks[j])[:, 0]

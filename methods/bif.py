@@ -191,19 +191,7 @@ class BIF(Method):
                  divergence_factor: float = 10.0, parallel_chains: int | None = None,
                  draw_batch_size: int = 4096, vectorize: bool = True):
         super().__init__(seed)
-        self.chains = chains
-        self.draws = draws
-        self.burn_in = burn_in
-        self.steps_between_draws = steps_between_draws
-        self.eps = eps
-        self.gamma = gamma
-        self.nbeta = nbeta
-        self.batch_size = batch_size
-        self.normalize = normalize
-        self.divergence_factor = divergence_factor
-        self.parallel_chains = parallel_chains
-        self.draw_batch_size = draw_batch_size
-        self.vectorize = vectorize
+        self.keep_parameters(locals())
         self.diagnostics: dict = {}
         self._acc: CovarianceAccumulator | None = None
         self._token_shape: tuple[int, int] | None = None

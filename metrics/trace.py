@@ -65,12 +65,8 @@ class TraceBuilder(GroundTruthBuilder):
         return [round(total * (s + 1) / self.snapshots) for s in range(self.snapshots)]
 
     def _retrain(self, subsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        task, gt = self.task, self.gt
-        init, recipe = None, None
-        if gt.from_checkpoint:
-            init = task.checkpoint().state_dict()
-            recipe = task.recipe()
-            recipe.epochs = gt.finetune_epochs
+        task = self.task
+        init, recipe = self.retraining_start()
         outs, degenerate = [], []
         for j in subsets:
             row = torch.nonzero(self.masks[j])[:, 0]

@@ -241,27 +241,26 @@ _RECOMPUTE: set[str] = set()
 
 
 @contextmanager
+def _collecting(recorders: list[set]):
+    """Push a fresh set onto ``recorders`` for the block and yield it."""
+    found: set = set()
+    recorders.append(found)
+    try:
+        yield found
+    finally:
+        recorders[:] = [r for r in recorders if r is not found]  # by identity: equal sets nest
+
+
 def record_cache_reads():
     """Collect (as a set of (path, description) pairs, e.g. 'ensemble member 3') the work that
     :func:`load_or_compute` read from its cache inside the block instead of computing it."""
-    reads: set[tuple[str, str]] = set()
-    _READ_RECORDERS.append(reads)
-    try:
-        yield reads
-    finally:
-        _READ_RECORDERS[:] = [r for r in _READ_RECORDERS if r is not reads]  # by identity: equal sets nest
+    return _collecting(_READ_RECORDERS)
 
 
-@contextmanager
 def record_cache_misses():
     """Collect (as a set of paths) the caches that :func:`load_or_compute` computed inside the
     block instead of reading them."""
-    misses: set[str] = set()
-    _MISS_RECORDERS.append(misses)
-    try:
-        yield misses
-    finally:
-        _MISS_RECORDERS[:] = [r for r in _MISS_RECORDERS if r is not misses]  # by identity: equal sets nest
+    return _collecting(_MISS_RECORDERS)
 
 
 @contextmanager

@@ -188,15 +188,21 @@ class GroundTruthBuilder:
     def _waited(self, seconds: float) -> None:
         self.wait_s += seconds
 
+    def retraining_start(self) -> tuple[dict | None, object | None]:
+        """Where every retraining starts: (initial weights, recipe), both None for a task trained
+        from scratch by its own recipe; from a checkpoint, its weights and the task's recipe run
+        for ``gt.finetune_epochs``."""
+        if not self.gt.from_checkpoint:
+            return None, None
+        recipe = self.task.recipe()
+        recipe.epochs = self.gt.finetune_epochs
+        return self.task.checkpoint().state_dict(), recipe
+
     def _retrain(self, subsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Observables of every query for each seed retrained on each subset, [len, K, n_query],
         and whether each retrained model is no better than chance, bool [len, K]."""
         task, gt = self.task, self.gt
-        init, recipe = None, None
-        if gt.from_checkpoint:
-            init = task.checkpoint().state_dict()
-            recipe = task.recipe()
-            recipe.epochs = gt.finetune_epochs
+        init, recipe = self.retraining_start()
         if self.mode == "same_seed":
             # the reference run's data order, with the removed examples at weight 0
             idx = torch.arange(task.n_train).expand(len(subsets), -1)

@@ -72,6 +72,13 @@ class Method:
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
 
+    def keep_parameters(self, values: dict[str, Any]) -> None:
+        """Store each constructor parameter but ``seed`` found in ``values`` (the constructor's
+        ``locals()``) as the attribute of its name, for constructors with many settings."""
+        for name in self.parameters():
+            if name != "seed" and name in values:
+                setattr(self, name, values[name])
+
     @classmethod
     def parameters(cls) -> list[str]:
         """The method's parameter names, in the order of its constructor."""

@@ -54,16 +54,7 @@ class DevinterpBIF(Method):
                  nbeta: float | None = None, batch_size: int = 64, normalize: str = "covariance",
                  draw_batch_size: int = 4096):
         super().__init__(seed)
-        self.chains = chains
-        self.draws = draws
-        self.burn_in = burn_in
-        self.steps_between_draws = steps_between_draws
-        self.eps = eps
-        self.gamma = gamma
-        self.nbeta = nbeta
-        self.batch_size = batch_size
-        self.normalize = normalize
-        self.draw_batch_size = draw_batch_size
+        self.keep_parameters(locals())
         self._train: torch.Tensor | None = None  # [chains, draws, n_train]
         self._query: torch.Tensor | None = None  # [chains, draws, n_query]
 

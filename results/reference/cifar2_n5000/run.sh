@@ -36,15 +36,36 @@ fi
 cd "$src" || exit 1
 export OMP_NUM_THREADS=1 WANDB_MODE=disabled TQDM_MININTERVAL=60
 
+# WORKERS shard processes at once (default 1); a worker claims a shard by creating
+# $LOGS/shard-I.claim (atomic mkdir) with its pid inside, and a claim whose pid is gone is taken over.
+claim() {
+  local d="$LOGS/shard-$1.claim"
+  if mkdir "$d" 2>/dev/null; then echo $$.$2 > "$d/owner"; return 0; fi
+  local pid; pid=$(cut -d. -f1 "$d/owner" 2>/dev/null)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 1; fi
+  rm -rf "$d" && mkdir "$d" 2>/dev/null && echo $$.$2 > "$d/owner"
+}
+worker() {
+  local w=$1 i
+  for ((i = 0; i < SHARDS; i++)); do
+    [ -f "$LOGS/shard-$i.done" ] && continue
+    claim "$i" "$w" || continue
+    say "shard $i of $SHARDS: start (worker $w)"
+    if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/shard-$i.log" \
+         nice -n 19 .venv/bin/tdabench "${ARGS[@]}" gt.shard=$i gt.num_shards=$SHARDS >>"$LOGS/shard-$i.log" 2>&1; then
+      touch "$LOGS/shard-$i.done"; say "shard $i of $SHARDS: done ($(tail -1 "$LOGS/shard-$i.log"))"
+    else
+      say "shard $i of $SHARDS: failed, see $LOGS/shard-$i.log"; rm -rf "$LOGS/shard-$i.claim"; return 1
+    fi
+    rm -rf "$LOGS/shard-$i.claim"
+  done
+}
+for ((w = 1; w < ${WORKERS:-1}; w++)); do worker "$w" & done
+worker 0; status=$?
+wait || status=1
+[ "$status" = 0 ] || exit 1
 for ((i = 0; i < SHARDS; i++)); do
-  [ -f "$LOGS/shard-$i.done" ] && continue
-  say "shard $i of $SHARDS: start"
-  if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/shard-$i.log" \
-       nice -n 19 .venv/bin/tdabench "${ARGS[@]}" gt.shard=$i gt.num_shards=$SHARDS >>"$LOGS/shard-$i.log" 2>&1; then
-    touch "$LOGS/shard-$i.done"; say "shard $i of $SHARDS: done ($(tail -1 "$LOGS/shard-$i.log"))"
-  else
-    say "shard $i of $SHARDS: failed, see $LOGS/shard-$i.log"; exit 1
-  fi
+  [ -f "$LOGS/shard-$i.done" ] || { say "shard $i is not done"; exit 1; }
 done
 
 if [ ! -f "$LOGS/methods.done" ]; then

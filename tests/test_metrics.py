@@ -91,7 +91,7 @@ def test_mislabeled_view_flips_a_seeded_share_to_other_classes(small_digits):
     assert int(flipped.sum()) == 20 and torch.equal(before != after, flipped)
     assert after.min() >= 0 and after.max() <= 9
     assert variant.models is not small_digits.models  # its own models, trained on the flipped labels ...
-    assert variant.models._model_path("reference") != small_digits.models._model_path("reference")  # ... cached apart
+    assert variant.reference_path() != small_digits.reference_path()  # ... cached apart
     again, flipped_again = small_digits.mislabeled(0.1, seed=3)
     assert torch.equal(again.train_split.targets, after) and torch.equal(flipped_again, flipped)
     assert torch.equal(small_digits.train_split.targets, before)  # the task itself is unchanged

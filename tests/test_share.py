@@ -188,13 +188,13 @@ def test_a_bundle_with_its_reference_run_evaluates_on_the_same_model_elsewhere(e
     import_bundle(b, tmp_path / "c", log=messages.append)
     assert "the reference model the ground truth belongs to" in messages[0]
     task = build_task(compose([*BASE, f"cache_dir={tmp_path / 'c'}"]), tmp_path / "c")
-    assert task.models.reference_path().exists()  # installed, not trained
+    assert task.reference_path().exists()  # installed, not trained
     assert checkpoint_sha256(task.checkpoint()) == b.manifest["checkpoint"]["sha256"]
     again = execute(compose([*BASE, f"cache_dir={tmp_path / 'c'}", f"results_dir={tmp_path / 'r'}"]))
     assert again["gt_cached"] is True and again["lds"] == record["lds"]
     # a cache that holds another reference model for the task is not overwritten
-    run_state = task.models.reference_run()
+    run_state = task.reference_run()
     other = {**run_state, "state": {k: v + 1 for k, v in run_state["state"].items()}}
-    save_verified(other, task.models.reference_path())
+    save_verified(other, task.reference_path())
     with pytest.raises(BundleError, match="holds another reference model"):
         import_bundle(b, tmp_path / "c", log=lambda m: None)

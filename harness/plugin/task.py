@@ -9,13 +9,14 @@ by default), ``token_observables``, ``sample_targets``, ``augment``, ``initial_s
 ``decode_tokens`` and ``evaluate``. ``model`` is anything callable on ``inputs`` (an
 ``nn.Module`` or a functional wrapper), so methods can use ``torch.func``.
 
-Training and caching models is a separate service, :class:`~tdabench.harness.plugin.models.ModelCache`
-(``task.models``, owning the cache folder and the task's fingerprint): ``fit_model`` and
+Training and caching models is the service :class:`~tdabench.harness.plugin.models.TrainedModels`
+that every task inherits, its files in the store :class:`~tdabench.harness.plugin.models.ModelCache`
+(``task.models``, owning the cache folder; it holds no task): ``fit_model`` and
 ``fit_many`` (the recipe on subsets, for the ground truth), ``checkpoint()`` (the reference model
 w*), ``trajectory()`` (snapshots along the reference run), ``ensemble(k)`` (independently trained
 models), ``replay(seed)`` (the training as a step-by-step differentiable
 :class:`~tdabench.harness.plugin.training.Replay`, capability ``replayable``) and
-``cache_path`` hand on to it. Methods see a task only through
+``cache_path``. Methods see a task only through
 :class:`~tdabench.harness.plugin.attribution_task.AttributionTask`.
 
 Query sets: the queries every record is scored on are the *test* queries. For tuning, a task
@@ -38,15 +39,15 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdabench.harness.plugin.models import ModelCache
-from tdabench.harness.plugin.training import Recipe, Replay, Snapshot, TrainResult, recipe_problems
+from tdabench.harness.plugin.models import ModelCache, TrainedModels
+from tdabench.harness.plugin.training import Recipe, Snapshot, recipe_problems
 
 _log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return correct - torch.logsumexp(others, dim=1)
 
 
-class Task(ABC):
+class Task(TrainedModels, ABC):
     """Base class of every task. A task is registered by an entry point in the group
     ``tdabench.tasks``; the registry sets :attr:`name` to the entry point's name."""
 
@@ -104,8 +105,8 @@ class Task(ABC):
         self.n_query = int(self.cfg["n_query"])
         self.observable_kind = self.cfg.get("observable", "loss")
         self._splits: tuple[Split, Split, Split] | None = None
-        #: the service that trains this task's models and caches them under ``cache_dir``
-        self.models = ModelCache(self, self.cache_dir)
+        #: the store of this task's models and methods' files under ``cache_dir``
+        self.models = ModelCache(self.cache_dir)
         #: which queries ``query_split`` holds: ``test`` (what records are scored on) or
         #: ``validation`` (for tuning; see :meth:`validation_view`) or ``train`` (:meth:`train_as_queries`)
         self.queries = "test"
@@ -241,8 +242,11 @@ class Task(ABC):
         return int(self.cfg.get("trajectory_checkpoints", 5))
 
     def fingerprint(self) -> dict:
-        """Everything that determines the task's data, models and outcomes (for cache keys)."""
-        fp = self.models.fingerprint()
+        """Everything that determines the task's data, models and outcomes (for cache keys): its
+        name, its config (without the methods' per-task defaults), its seed and which queries it
+        holds (the test queries unnamed)."""
+        cfg = {k: v for k, v in self.cfg.items() if k not in ("method_defaults",)}
+        fp = {"task": self.name, "cfg": cfg, "seed": self.seed}
         return fp if self.queries == "test" else {**fp, "queries": self.queries}
 
     def train_as_queries(self) -> "Task":
@@ -280,7 +284,7 @@ class Task(ABC):
         variant = copy.copy(self)
         variant.cfg = {**self.cfg, "mislabel": {"fraction": fraction, "seed": seed}}
         variant._splits = (Split(train.inputs, targets), query, test)
-        variant.models = ModelCache(variant, self.cache_dir)  # its own models, trained and cached
+        variant.models = ModelCache(self.cache_dir)  # its own models, trained and cached
         return variant, flipped
 
     # ----- models ---------------------------------------------------------------------------
@@ -308,76 +312,6 @@ class Task(ABC):
         """One printable string per token id of ``ids`` [T] (views of per-token scores); tasks with
         a vocabulary override this, the default shows the ids."""
         return [f"<{int(i)}>" for i in ids]
-
-    # ----- trained and cached models (the service in ``self.models``) ------------------------
-    def fit_model(self, idx: torch.Tensor, seed: int, init_state: dict | None = None,
-                  snapshots: int = 0, recipe: Recipe | None = None,
-                  weights: torch.Tensor | None = None) -> TrainResult:
-        """Train on ``train_split[idx]`` with the task's recipe, from a fresh model initialized
-        with ``seed`` or from ``init_state`` (default :meth:`initial_state`). ``weights``
-        ([n_train] floats) weigh each example's loss in its minibatch (0 removes it from the same
-        batches); None is plain training."""
-        return self.models.fit_model(idx, seed, init_state, snapshots, recipe, weights)
-
-    def fit_many(self, idx: torch.Tensor, seeds: list[int], init_state: dict | None = None,
-                 recipe: Recipe | None = None, vectorize: bool = True,
-                 weights: torch.Tensor | None = None) -> list[nn.Module]:
-        """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``
-        and per-example weights ``weights[j]`` ([N, n_train], optional); equivalent to N calls of
-        :meth:`fit_model`, trained at once when the task allows it."""
-        return self.models.fit_many(idx, seeds, init_state, recipe, vectorize, weights)
-
-    def replay(self, seed: int) -> Replay:
-        """The training run of ``fit_model(all examples, seed)`` as a step-by-step differentiable
-        :class:`~tdabench.harness.plugin.training.Replay` (capability ``replayable``). Its
-        minibatch weights beta index the examples of step t's batch (``replay.batch(t)[0]``,
-        indices into train_split)."""
-        if "replayable" not in self.capabilities:
-            raise NotImplementedError(f"task {self.name} cannot replay its training")
-        return self.models.replay(seed)
-
-    def checkpoint(self) -> nn.Module:
-        """The reference model w*: trained on the whole training split with ``self.seed``."""
-        return self._model_from_state(self.models.reference_run()["state"])
-
-    def trajectory(self) -> list[Snapshot]:
-        """Snapshots along the reference run (``task.trajectory_checkpoints`` segments), each with
-        its segment's mean learning rate and step count; the last equals the checkpoint."""
-        return [Snapshot(**s) for s in self.models.reference_run()["trajectory"]]
-
-    def ensemble(self, k: int, mode: str = "full") -> list[nn.Module]:
-        """``k`` independently trained models; member 0 is the reference checkpoint. With
-        ``mode='half'`` members after the first train on seeded random halves of the data."""
-        return list(self._trained_members(k, mode))
-
-    def ensemble_members(self, k: int, mode: str = "full") -> Iterator[nn.Module]:
-        """The members of :meth:`ensemble` one at a time (each trained, or read from the cache,
-        when it is reached), so that a caller that drops a member holds one model at a time. A
-        task that overrides :meth:`ensemble` gets its members from there."""
-        if type(self).ensemble is not Task.ensemble:
-            yield from self.ensemble(k, mode)
-        else:
-            yield from self._trained_members(k, mode)
-
-    def _trained_members(self, k: int, mode: str) -> Iterator[nn.Module]:
-        if mode not in ("full", "half"):
-            raise ValueError(f"ensemble mode {mode!r}: use full or half")
-        yield self.checkpoint()
-        for state in self.models.member_states(k, mode):
-            model = self._model_from_state(state)
-            del state
-            yield model
-            del model
-
-    def cache_path(self, folder: str, label: str, key: dict) -> Path:
-        """Where a method keeps a file it computed for this task: ``<cache_dir>/<folder>/<task
-        name>-<label>-<hash>.pt``, the hash covering the task's fingerprint and ``key`` (see
-        :meth:`ModelCache.cache_path <tdabench.harness.plugin.models.ModelCache.cache_path>`)."""
-        return self.models.cache_path(folder, label, key, self.fingerprint())
-
-    def scratch_dir(self) -> Path:
-        """A folder for a method's temporary files, on the cache's disk (created)."""
-        return self.models.scratch_dir()
 
     # ----- evaluation -----------------------------------------------------------------------
     @torch.no_grad()

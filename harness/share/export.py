@@ -61,7 +61,7 @@ def collect(records: list[RunRecord], cache_dir: str | Path | None, with_checkpo
                           "pass the cache that holds it with --cache DIR")
     manifest, files = bundle_content(task, cfg, builder, gt, records)
     if with_checkpoint:
-        files[CHECKPOINT], reference = reference_file(task.models.reference_run())
+        files[CHECKPOINT], reference = reference_file(task.reference_run())
         manifest["checkpoint"].update(file=CHECKPOINT, **reference)
     model = task.checkpoint()
     return manifest, files, task, gt, model

@@ -47,7 +47,7 @@ def install_reference(bundle: Bundle, task) -> str:
     if len(run["trajectory"]) != task.trajectory_checkpoints:
         raise BundleError(f"{bundle.path / CHECKPOINT}: {len(run['trajectory'])} trajectory snapshots, the task "
                           f"has task.trajectory_checkpoints={task.trajectory_checkpoints}")
-    path = task.models.reference_path()
+    path = task.reference_path()
     if path.exists():
         if checkpoint_sha256(load_verified(path)["state"]) == want:
             return f"{path}: the cache already holds this reference model"

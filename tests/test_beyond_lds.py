@@ -173,11 +173,12 @@ def test_fanova_finds_the_parameter_that_matters():
 
 
 def test_stagewise_table_has_a_column_per_step():
+    from tdabench.harness.read.leaderboard import RowKey
     from tdabench.harness.read.stagewise import render_stagewise, stagewise_table
 
     snaps = [{"snapshot": t, "step": 10 * (t + 1), "lds": 0.1 * t, "ci": [0.0, 0.3]} for t in range(3)]
     rec = RunRecord.from_dict({"status": "ok", "method": "ekfac", "metrics": {"lds_stagewise": {"snapshots": snaps}}})
-    table = stagewise_table({("gt", "digits_mlp", "ekfac", "", ""): (rec, [rec])})
+    table = stagewise_table({RowKey("gt", "digits_mlp", "ekfac", "", ""): (rec, [rec])})
     assert table["step"].tolist() == [10, 20, 30] and table["lds"].tolist() == pytest.approx([0, 0.1, 0.2])
     text = "\n".join(render_stagewise(table))
     assert "step 10" in text and "step 30" in text and "digits_mlp" in text

@@ -306,11 +306,10 @@ def _summary(record: RunRecord) -> str:
         t, peak = record.time_s, run_cost(record)["peak_mem_mb"]
         return f"cost only: fit {t['fit']:.1f} s, score {t['score']:.1f} s, peak {peak or 0:.0f} MiB"
     parts = [f"LDS {record.lds:.4f} [{record.lds_ci[0]:.3f}, {record.lds_ci[1]:.3f}]"]
-    for name, m in (record.metrics or {}).items():  # every other metric the run computed
+    for name, m in record.metric_entries.items():  # every other metric the run computed
         if name != "lds":
-            ok = m.get("status", "ok") == "ok" and m.get("value") is not None and m.get("ci")
-            parts.append(f"{name} {m['value']:.4f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if ok
-                         else f"{name} {m.get('status')}")
+            ok = m.is_ok and m.value is not None and m.ci
+            parts.append(f"{name} {m.value:.4f} [{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if ok else f"{name} {m.status}")
     return "; ".join(parts)
 
 

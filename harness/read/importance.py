@@ -57,8 +57,8 @@ def fanova(trials: list[dict], seed: int = 0) -> dict[str, float]:
 
 def record_rows(rec: RunRecord) -> list[dict]:
     """One row per searched parameter of a tuned record (none without a trial log)."""
-    tuned = rec.tuned or {}
-    trials = tuned.get("trial_log")
+    tuned = rec.tuning
+    trials = tuned.trial_log if tuned else None
     if not trials:
         return []
     values = {t["number"]: t.get("value") for t in trials}
@@ -70,15 +70,15 @@ def record_rows(rec: RunRecord) -> list[dict]:
              "parameter": p, "importance": imp.get(p) if imp else None, "trials": len(trials),
              "completed": len(done), "default_val_lds": default, "best_val_lds": best,
              "gain": None if best is None or default is None else best - default}
-            for p in sorted(tuned.get("search_space") or {})]
+            for p in sorted(tuned.search_space or {})]
 
 
 def importance_table(records: list[RunRecord]) -> pd.DataFrame:
     """:data:`COLUMNS`: per task, method, size and parameter, over the data seeds of ok records."""
     latest = {}  # the last record of each study (a rerun with more trials continues it)
     for rec in records:
-        if rec.is_ok and (rec.tuned or {}).get("trial_log"):
-            latest[rec.tuned.get("study") or rec.run_id] = rec
+        if rec.is_ok and rec.tuning and rec.tuning.trial_log:
+            latest[rec.tuning.study or rec.run_id] = rec
     rows = [r for rec in latest.values() for r in record_rows(rec)]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)

@@ -30,14 +30,18 @@ pair's ``mean_diff`` is >= 0 when a is ahead.
 from __future__ import annotations
 
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau, rankdata
 
-from tdabench.harness.read.record import RunRecord
+from tdabench.harness.read.record import MetricEntry, RunRecord
 from tdabench.harness.read.record_view import row_label
 from tdabench.harness.read.statistics import Paired, holm, paired_comparison
+
+if TYPE_CHECKING:
+    from tdabench.harness.read.leaderboard import RowKey
 
 COLUMNS = ["metric", "ground_truth", "outcomes", "task", "method", "setting", "sweep", "status", "value",
            "ci_low", "ci_high", "ceiling", "normalized", "spearman", "message"]
@@ -46,21 +50,20 @@ PAIRWISE_COLUMNS = ["metric", "ground_truth", "outcomes", "method_a", "method_b"
                     "ci_high", "p_value", "p_holm", "n", "test", "significant"]
 
 
-def _row(key: tuple, name: str, entry: dict) -> dict:
-    ci = entry.get("ci") or [None, None]
-    value, ceiling = entry.get("value"), entry.get("ceiling")
-    return {"metric": name, "ground_truth": key.ground_truth, "outcomes": entry.get("outcomes_key") or "",
+def _row(key: RowKey, name: str, entry: MetricEntry) -> dict:
+    (low, high), value, ceiling = entry.interval, entry.value, entry.ceiling
+    return {"metric": name, "ground_truth": key.ground_truth, "outcomes": entry.outcomes_key or "",
             "task": key.task, "method": key.method, "setting": key.setting, "sweep": key.sweep,
-            "status": entry.get("status", "ok"), "value": value, "ci_low": ci[0], "ci_high": ci[1],
+            "status": entry.status or "ok", "value": value, "ci_low": low, "ci_high": high,
             "ceiling": ceiling, "normalized": value / ceiling if value is not None and ceiling else None,
-            "spearman": entry.get("spearman"), "message": entry.get("message") or ""}
+            "spearman": entry.spearman, "message": entry.message or ""}
 
 
 def metric_table(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> pd.DataFrame:
     """One row per (leaderboard row, metric) of every shown record that carries ``metrics``,
     sorted by metric, ground truth and value (best first, rows without a value last)."""
     rows = [_row(key, name, entry) for key, (rec, _) in chosen.items() if rec.is_ok
-            for name, entry in (rec.metrics or {}).items()]
+            for name, entry in rec.metric_entries.items()]
     df = pd.DataFrame(rows, columns=COLUMNS)
     if not df.empty:
         df = df.sort_values(["metric", "ground_truth", "outcomes", "value"], ascending=[True, True, True, False],
@@ -117,16 +120,16 @@ def render_metric_tables(table: pd.DataFrame, agree: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def _units(name: str, rec: RunRecord, entry: dict):
+def _units(name: str, rec: RunRecord, entry: MetricEntry):
     """The per-unit values of a record's metric entry: ('query', values) or ('example', (suspicion,
     flipped)); None when the record does not carry them."""
-    per_query = rec.lds_per_query if name == "lds" else entry.get("per_query")
+    per_query = rec.lds_per_query if name == "lds" else entry.per_query
     if per_query:
         return "query", np.array([np.nan if v is None else v for v in per_query], float)
-    if entry.get("suspicion") and entry.get("flipped_idx") is not None:
-        labels = np.zeros(len(entry["suspicion"]), bool)
-        labels[entry["flipped_idx"]] = True
-        return "example", (np.asarray(entry["suspicion"], float), labels)
+    if entry.suspicion and entry.flipped_idx is not None:
+        labels = np.zeros(len(entry.suspicion), bool)
+        labels[entry.flipped_idx] = True
+        return "example", (np.asarray(entry.suspicion, float), labels)
     return None
 
 
@@ -162,14 +165,14 @@ def pairwise_metrics(chosen: dict) -> pd.DataFrame:
     for key, (rec, _) in chosen.items():
         if not rec.is_ok:
             continue
-        entries = dict(rec.metrics or {})
+        entries = rec.metric_entries
         if rec.lds_per_query:
-            entries.setdefault("lds", {"value": rec.lds})
+            entries.setdefault("lds", MetricEntry(value=rec.lds))
         for name, entry in entries.items():
-            units = _units(name, rec, entry) if entry.get("status", "ok") == "ok" else None
-            if units is not None and entry.get("value") is not None:
-                group = (name, key[0], entry.get("outcomes_key") or "")
-                groups.setdefault(group, {})[row_label(key)] = (entry["value"], *units)
+            units = _units(name, rec, entry) if entry.is_ok else None
+            if units is not None and entry.value is not None:
+                group = (name, key.ground_truth, entry.outcomes_key or "")
+                groups.setdefault(group, {})[row_label(key)] = (entry.value, *units)
     rows = []
     for (name, gt, outcomes), rows_of in sorted(groups.items()):
         labels = sorted(rows_of, key=lambda k: -rows_of[k][0])

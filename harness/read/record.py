@@ -67,16 +67,32 @@ class TunedInfo:
 
 @dataclass
 class MetricEntry:
-    """One entry of a record's ``metrics``: the metric's status (ok, unsupported, error), value,
-    95% interval ``ci`` and ``ceiling`` (None without one), why it has no value, and the metric's
-    own fields (``own``)."""
+    """One entry of a record's ``metrics``: the metric's status (ok, unsupported, error; absent
+    in early records, read as ok), value, 95% interval ``ci`` and ``ceiling`` (None without one),
+    why it has no value, the fields the read side compares across metrics, and the metric's other
+    fields (``own``)."""
 
     status: str | None = None
     value: float | None = None
     ci: list[float | None] | None = None
     ceiling: float | None = None
     message: str | None = None
+    outcomes_key: str | None = None          # the outcomes scored against, where not the LDS ground truth's
+    spearman: float | None = None            # rank agreement with the outcomes (leave-one-out)
+    per_query: list[float | None] | None = None  # per-query values, for paired tests
+    suspicion: list[float] | None = None     # per-example scores of mislabel detection ...
+    flipped_idx: list[int] | None = None     # ... and which examples were flipped
+    snapshots: list[dict[str, Any]] | None = None  # lds_stagewise: step, lds, ci per snapshot
     own: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_ok(self) -> bool:
+        return (self.status or "ok") == "ok"
+
+    @property
+    def interval(self) -> tuple[float | None, float | None]:
+        """``ci`` as (low, high), (None, None) without one."""
+        return tuple(self.ci) if self.ci else (None, None)
 
     @classmethod
     def from_dict(cls, raw: dict) -> MetricEntry:

@@ -206,12 +206,12 @@ def shown_setting(key_setting: str, rec: RunRecord) -> str:
     """The setting a row shows: its key's (:func:`setting`) and, for a tuned record, every value
     tuning chose (``tuned.best_params``, as the run applied them; the default's too when it won)
     after the tuned label, e.g. ``tuned (16 trials) eps=0.0003 gamma=1234.5 chains=2 draws=50``."""
-    tuned = rec.tuned or {}
+    tuned = rec.tuning
     label = tuned_label(tuned) if tuned else ""
     if not label or not key_setting.startswith(label):
         return key_setting
     params = method_params(rec)
-    chosen = " ".join(f"{k}={_fmt(params.get(k, v))}" for k, v in sorted((tuned.get("best_params") or {}).items()))
+    chosen = " ".join(f"{k}={_fmt(params.get(k, v))}" for k, v in sorted((tuned.best_params or {}).items()))
     return " ".join(filter(None, [label, chosen, key_setting[len(label):].strip()]))
 
 

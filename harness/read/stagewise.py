@@ -17,10 +17,10 @@ COLUMNS = ["task", "method", "setting", "snapshot", "step", "lds", "ci_low", "ci
 def stagewise_table(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> pd.DataFrame:
     rows = []
     for key, (rec, _) in chosen.items():
-        entry = (rec.metrics or {}).get("lds_stagewise") or {}
-        for s in entry.get("snapshots") or []:
+        entry = rec.metric_entries.get("lds_stagewise")
+        for s in (entry.snapshots if entry else None) or []:
             ci = s.get("ci") or [None, None]
-            rows.append({"task": key[1], "method": key[2], "setting": key[3], "snapshot": s.get("snapshot"),
+            rows.append({"task": key.task, "method": key.method, "setting": key.setting, "snapshot": s.get("snapshot"),
                          "step": s.get("step"), "lds": s.get("lds"), "ci_low": ci[0], "ci_high": ci[1]})
     return pd.DataFrame(rows, columns=COLUMNS)
 

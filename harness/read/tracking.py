@@ -97,10 +97,11 @@ def summary_of(record: RunRecord) -> dict:
         out["lds_per_query"] = record.lds_per_query
     if record.tuning:
         out["val_lds"], out["tune_trials"] = record.tuning.val_lds, record.tuning.trials
-    for name, m in (record.metrics or {}).items():
-        if m.get("value") is not None:
-            out.update({f"metric/{name}": m["value"], f"metric/{name}_ci_low": m["ci"][0],
-                        f"metric/{name}_ci_high": m["ci"][1], f"metric/{name}_ceiling": m.get("ceiling")})
+    for name, m in record.metric_entries.items():
+        if m.value is not None:
+            low, high = m.interval
+            out.update({f"metric/{name}": m.value, f"metric/{name}_ci_low": low,
+                        f"metric/{name}_ci_high": high, f"metric/{name}_ceiling": m.ceiling})
     return {k: v for k, v in out.items() if v is not None}
 
 

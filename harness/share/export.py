@@ -70,7 +70,7 @@ def collect(records: list[RunRecord], cache_dir: str | Path | None, with_checkpo
 def leave_one_out(records: list[RunRecord], task, cache_dir: str | Path | None):
     """``(examples, outcomes)`` of the leave-one-out outcomes the records' ``loo`` metric used, when
     they are cached (the metric's ``builder``, found through the registry), else None."""
-    with_loo = [r for r in records if "loo" in ((r.metrics or {}).keys())]
+    with_loo = [r for r in records if "loo" in r.metric_entries]
     if not with_loo or "loo" not in METRICS.names() or not hasattr(METRICS.get("loo"), "builder"):
         return None
     cfg = {**with_loo[0].config, "cache_dir": str(cache_dir or with_loo[0].config["cache_dir"])}

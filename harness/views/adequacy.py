@@ -140,7 +140,7 @@ def adequacy(results_dir: str | Path, task: str | None = None, compute: bool = F
         if task and task_name != task:
             continue
         rows = {row_label(key): r for key, (r, _) in chosen.items()
-                if key[0] == label and r.is_ok and r.scores_file}
+                if key.ground_truth == label and r.is_ok and r.scores_file}
         if not rows:
             continue
         recs = list(rows.values())

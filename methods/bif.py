@@ -8,7 +8,8 @@ The local tempered posterior around the checkpoint w* is
 
     w <- w - (eps / 2) * (nbeta * grad L_batch(w) + gamma * (w - w*)) + N(0, eps I)
 
-on minibatches of ``batch_size`` training examples. After ``burn_in`` steps, every
+on minibatches of ``batch_size`` training examples (the whole training set, the exact gradient,
+where it has fewer). After ``burn_in`` steps, every
 ``steps_between_draws`` steps a draw records the loss l_i of every training example and the
 observable phi_q of every query (forward passes only). With the weight beta_i of example i in the
 exponent (-nbeta/n * sum_i beta_i l_i), d E[phi_q] / d beta_i = -(nbeta / n) Cov(l_i, phi_q), so
@@ -227,9 +228,6 @@ class BIF(Method):
         if not p and self.chains * self.draws < 2:
             p.append(f"method.chains x method.draws = {self.chains * self.draws}: a covariance needs "
                      "at least 2 draws")
-        if not p and self.batch_size > task.n_train:
-            p.append(f"method.batch_size={self.batch_size} is larger than the {task.name} training set "
-                     f"({task.n_train}); use at most {task.n_train}")
         return p
 
     def trainings(self, task) -> int:
@@ -310,12 +308,13 @@ class BIF(Method):
         perms = torch.stack([torch.randperm(n, generator=perm_gen) for _ in range(n_chains)]).to(dev)
         cursor = 0
         last_checked = 0
+        size = min(self.batch_size, n)  # a batch larger than the training set is all of it
         for step in range(steps):
-            if cursor + self.batch_size > n:
+            if cursor + size > n:
                 perms = torch.stack([torch.randperm(n, generator=perm_gen) for _ in range(n_chains)]).to(dev)
                 cursor = 0
-            idx = perms[:, cursor:cursor + self.batch_size]  # [C, B]
-            cursor += self.batch_size
+            idx = perms[:, cursor:cursor + size]  # [C, B]
+            cursor += size
             grads, loss = chain_model.loss_and_grad(task.per_example_loss, params,
                                                     train.inputs[idx], train.targets[idx])
             step_trace[step] = loss
@@ -398,6 +397,7 @@ class BIF(Method):
             "draw_loss_trace": _block_means(draw_trace),
             "draw_loss_trace_block": -(-draw_trace.shape[1] // TRACE_POINTS),
             "vectorized": vectorized, "settled": self._settled(task, start, draw_trace),
+            "batch_size_used": min(self.batch_size, task.n_train),
         }
 
     def training_loss_draws(self, task, model, idx: torch.Tensor) -> torch.Tensor:

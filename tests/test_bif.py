@@ -70,6 +70,18 @@ def test_check_rejects_bad_settings(small_digits):
     assert any("method.normalize" in p for p in problems)
 
 
+def test_a_batch_larger_than_the_training_set_is_the_whole_set(small_digits):
+    """batch_size above n_train runs (it is not refused) and gives what batch_size = n_train gives."""
+    model = small_digits.checkpoint()
+    fast = {**FAST, "chains": 1, "draws": 6, "burn_in": 4}
+    big, whole = BIF(**{**fast, "batch_size": 10_000}), BIF(**{**fast, "batch_size": small_digits.n_train})
+    assert big.check(small_digits) == []
+    big.fit(small_digits, model)
+    whole.fit(small_digits, model)
+    assert torch.equal(big.score(small_digits, model), whole.score(small_digits, model))
+    assert big.diagnostics["batch_size_used"] == small_digits.n_train
+
+
 # ----- per-token scores on a tiny causal character model ----------------------------------------
 class TinyCharLM(Task):
     """Random sequences from a fixed Markov chain over 6 symbols; a bigram model (embedding ->

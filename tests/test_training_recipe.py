@@ -19,7 +19,7 @@ def tiny(tmp_path, **recipe) -> TinyTask:
 
 
 @pytest.mark.parametrize("recipe", [{"nesterov": True}, {"nesterov": True, "channels_last": True},
-                                    {"precision": "bf16"}])
+                                    {"precision": "bf16"}, {"min_steps_per_epoch": 50}])
 def test_replay_reproduces_training_with_each_setting(tmp_path, recipe):
     task = tiny(tmp_path, **recipe)
     params, _, buffers = task.replay(task.seed).run()
@@ -82,3 +82,16 @@ def test_dattri_architecture_has_its_published_size_and_trains_reproducibly(tmp_
     torch.manual_seed(2)  # the global generator's state does not matter: dropout draws are seeded
     b = task.fit_model(torch.arange(16), seed=5).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_min_steps_per_epoch_shrinks_the_batch_of_a_small_run_only():
+    from tdabench.harness.plugin.training import minibatches, total_steps
+
+    r = Recipe(epochs=2, batch_size=32, min_steps_per_epoch=8)
+    assert [r.batch_for(n) for n in (60, 30, 250, 500)] == [8, 4, 32, 32]  # 250 and 500: unchanged
+    assert Recipe(batch_size=32).batch_for(60) == 32
+    batches = [b for _, b, *_ in minibatches(torch.arange(60), r, torch.Generator().manual_seed(0),
+                                             torch.zeros(60, 1), torch.zeros(60))]
+    assert len(batches) == total_steps(60, r) == 16 and max(len(b) for b in batches) == 8
+    assert recipe_problems({"min_steps_per_epoch": 0}) == [
+        "task.recipe.min_steps_per_epoch=0 must be a positive integer"]

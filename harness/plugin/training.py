@@ -30,10 +30,13 @@ class Recipe:
     pass under bfloat16 autocast (the parameters, their gradients and the optimizer stay float32;
     everything outside training is float32). ``channels_last`` trains image models with 4-D
     tensors in the channels-last memory layout (faster convolutions on CPUs and GPUs); the trained
-    model is handed back in the default layout."""
+    model is handed back in the default layout. ``min_steps_per_epoch`` shrinks the minibatch of a
+    run on few examples so that each epoch still takes that many steps (:meth:`batch_for`; 1: the
+    batch is ``batch_size`` whatever the data size)."""
 
     epochs: int = 30
     batch_size: int = 32
+    min_steps_per_epoch: int = 1
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -42,6 +45,14 @@ class Recipe:
     nesterov: bool = False
     precision: str = "float32"
     channels_last: bool = False
+
+    def batch_for(self, n: int) -> int:
+        """The minibatch size of a run on ``n`` examples: ``batch_size``, or less where that would
+        give fewer than ``min_steps_per_epoch`` steps per epoch."""
+        return max(1, min(self.batch_size, math.ceil(n / self.min_steps_per_epoch)))
+
+    def steps_per_epoch(self, n: int) -> int:
+        return max(1, math.ceil(n / self.batch_for(n)))
 
     def autocast(self, device: torch.device):
         """The context of a training step's forward pass: bfloat16 autocast or nothing."""
@@ -94,6 +105,7 @@ def recipe_problems(values, key: str = "task.recipe") -> list[str]:
     rules = {
         "epochs": (lambda v: count(v) and v >= 1, "a positive integer"),
         "batch_size": (lambda v: count(v) and v >= 1, "a positive integer"),
+        "min_steps_per_epoch": (lambda v: count(v) and v >= 1, "a positive integer"),
         "lr": (lambda v: num(v) and v > 0, "a positive number (learning rate)"),
         "momentum": (lambda v: num(v) and 0 <= v < 1, "a number in [0, 1)"),
         "weight_decay": (lambda v: num(v) and v >= 0, "a non-negative number"),
@@ -128,13 +140,13 @@ def minibatches(idx: torch.Tensor, recipe: Recipe, gen: torch.Generator, inputs:
     ``batch`` the example indices [B], ``x`` the (augmented) inputs, ``y`` the targets and ``lr``
     the step's learning rate. The order and the augmentation draws come from ``gen`` alone."""
     n = len(idx)
-    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    size, steps_per_epoch = recipe.batch_for(n), recipe.steps_per_epoch(n)
     total = recipe.epochs * steps_per_epoch
     step = 0
     for _ in range(recipe.epochs):
         order = idx[torch.randperm(n, generator=gen)]
         for b in range(steps_per_epoch):
-            batch = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
+            batch = order[b * size:(b + 1) * size]
             x, y = inputs[batch], targets[batch]
             if augment is not None:
                 x = augment(x, gen)
@@ -144,7 +156,7 @@ def minibatches(idx: torch.Tensor, recipe: Recipe, gen: torch.Generator, inputs:
 
 def total_steps(n: int, recipe: Recipe) -> int:
     """Optimizer steps of a run on ``n`` examples."""
-    return recipe.epochs * max(1, math.ceil(n / recipe.batch_size))
+    return recipe.epochs * recipe.steps_per_epoch(n)
 
 
 def batch_loss(losses: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
@@ -241,7 +253,7 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
     bufs = {k: torch.zeros_like(v) for k, v in params.items()}
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     n_models, n = idx.shape
-    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    size, steps_per_epoch = recipe.batch_for(n), recipe.steps_per_epoch(n)
     total = recipe.epochs * steps_per_epoch
 
     def loss_of(p, x, y, w=None):
@@ -253,7 +265,7 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
     for _ in range(recipe.epochs):
         order = torch.stack([idx[j][torch.randperm(n, generator=gens[j])] for j in range(n_models)])
         for b in range(steps_per_epoch):
-            batch = order[:, b * recipe.batch_size:(b + 1) * recipe.batch_size]
+            batch = order[:, b * size:(b + 1) * size]
             with recipe.autocast(inputs.device):
                 if weights is None:
                     g = step_grad(params, inputs[batch], targets[batch])

@@ -69,9 +69,6 @@ class DevinterpBIF(Method):
         if not isinstance(self.gamma, (int, float)) or self.gamma <= 0:
             p.append(f"method.gamma={self.gamma!r} must be > 0: devinterp's sampler is not localized "
                      "otherwise (its default localization is 0)")
-        if not p and self.batch_size > task.n_train:
-            p.append(f"method.batch_size={self.batch_size} exceeds the {task.name} training set "
-                     f"({task.n_train}): devinterp drops incomplete batches, so no step would run")
         return p
 
     @torch.no_grad()
@@ -108,7 +105,8 @@ class DevinterpBIF(Method):
                 num_steps_bw_draws=self.steps_between_draws, sampling_method=SGMCMC.sgld,
                 sampling_method_kwargs={"lr": self.eps, "nbeta": nbeta, "localization": self.gamma},
                 chain=chain, seed=self.seed * 1000 + chain, dataloader_seed=self.seed * 1000 + chain,
-                device=str(task.device), callbacks=[on_draw], batch_size=self.batch_size)
+                device=str(task.device), callbacks=[on_draw],
+                batch_size=min(self.batch_size, task.n_train))  # the native BIF's rule: at most all of it
             if len(trains) != self.draws:
                 raise FloatingPointError(
                     f"devinterp SGLD chain {chain} stopped after {len(trains)} of {self.draws} draws "

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdabench.harness.core.storage import content_hash, load_or_compute
-from tdabench.harness.plugin.task import Split, Task, margin
+from tdabench.harness.plugin.task import Split, Task, TaskSettings, margin
 from tdabench.tasks.data import balanced_sample, shared_file, unpack_once
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -216,28 +216,34 @@ class ImageSource:
 
 # ----- the task ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CifarSettings:
+class CifarSettings(TaskSettings):
     """The CIFAR tasks' own settings and their defaults (conf/task/cifar*.yaml state the same
     values, checked by a test); :meth:`CifarResNet9.validate` checks them."""
 
+    classes: tuple[str, ...] | None = None  # None: the task's default (all ten, in CIFAR-10 label order)
+    data_dir: str | None = None    # image folder; None: the shared archive, else a download
+    n_test: int | None = 1000      # test images for accuracy (None: all the rest)
+    arch: str = "resnet9"          # resnet9 (this project's widths) or dattri_resnet9
     width: int = 16                # channels (w, 2w, 4w, 2w) of ResNet-9; TRAK's is 64
     label_smoothing: float = 0.1   # in the training loss only
     flip: bool = True              # random horizontal flips
     translate: int = 0             # random translations by up to this many pixels
 
-    @classmethod
-    def of(cls, cfg: dict) -> CifarSettings:
-        """The settings of a task config node (a key it lacks at its default)."""
-        return cls(**{f.name: cfg.get(f.name, f.default) for f in fields(cls)})
+
+@dataclass(frozen=True)
+class Cifar2Settings(CifarSettings):
+    classes: tuple[str, ...] | None = ("cat", "dog")  # as in dattri's CIFAR-2
 
 
 class CifarResNet9(Task):
     capabilities = Task.capabilities | {"replayable", "classification"}
-    default_classes: tuple[str, ...] = CIFAR10_CLASSES
+    settings_class = CifarSettings
 
     @classmethod
     def class_names(cls, cfg: dict) -> tuple[str, ...]:
-        return tuple(cfg.get("classes") or cls.default_classes)
+        """The classes of ``cfg`` (null: the task's default, all ten for CIFAR-10)."""
+        chosen = cls.settings_class.of(cfg).classes or cls.settings_class.of({}).classes
+        return tuple(chosen or CIFAR10_CLASSES)
 
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
@@ -253,15 +259,15 @@ class CifarResNet9(Task):
             if cfg["n_train"] > TRAIN_PER_CLASS * c:
                 problems.append(f"task.n_train={cfg['n_train']} exceeds the {TRAIN_PER_CLASS * c} "
                                 f"training images of {c} classes")
-            n_test = cfg.get("n_test")
+            n_test = cls.settings_class.of(cfg).n_test
             if n_test is not None and (not isinstance(n_test, int) or n_test < 1):
                 problems.append(f"task.n_test={n_test!r} must be null (all the rest) or a positive integer")
             elif cfg["n_query"] + (n_test or 1) > TEST_PER_CLASS * c:
                 problems.append(f"task.n_query={cfg['n_query']} plus task.n_test={n_test} exceed the "
                                 f"{TEST_PER_CLASS * c} test images of {c} classes")
-        if cfg.get("arch", "resnet9") not in ARCHITECTURES:
-            problems.append(f"task.arch={cfg.get('arch')!r}: use one of {', '.join(ARCHITECTURES)}")
-        own = CifarSettings.of(cfg)
+        own = cls.settings_class.of(cfg)
+        if own.arch not in ARCHITECTURES:
+            problems.append(f"task.arch={own.arch!r}: use one of {', '.join(ARCHITECTURES)}")
         if not isinstance(own.width, int) or isinstance(own.width, bool) or own.width < 1:
             problems.append(f"task.width={own.width!r} must be a positive integer (channels of the first layer)")
         ls = own.label_smoothing
@@ -271,8 +277,8 @@ class CifarResNet9(Task):
             problems.append(f"task.flip={own.flip!r} must be true or false")
         if not isinstance(own.translate, int) or isinstance(own.translate, bool) or own.translate < 0:
             problems.append(f"task.translate={own.translate!r} must be a non-negative integer (pixels)")
-        if cfg.get("data_dir") is not None:
-            problems += folder_problems(Path(cfg["data_dir"]), classes)
+        if own.data_dir is not None:
+            problems += folder_problems(Path(own.data_dir), classes)
         return problems
 
     @property
@@ -282,8 +288,8 @@ class CifarResNet9(Task):
     # ----- data ----------------------------------------------------------------------------
     def _sources(self) -> tuple[ImageSource, ImageSource, str]:
         """(train source, test source, description of where they come from)."""
-        if self.cfg.get("data_dir") is not None:
-            root = Path(self.cfg["data_dir"])
+        if self.settings.data_dir is not None:
+            root = Path(self.settings.data_dir)
             problems = folder_problems(root, self.classes)
             if problems:
                 raise FileNotFoundError(problems[0])
@@ -302,7 +308,7 @@ class CifarResNet9(Task):
         """uint8 images and labels of the three splits, decoded once and cached."""
         train_src, test_src, where = self._sources()
         key = content_hash({"where": where, "classes": self.classes, "seed": self.seed,
-                            "n": [self.n_train, self.n_query, self.cfg.get("n_test")]})
+                            "n": [self.n_train, self.n_query, self.settings.n_test]})
 
         def compute():
             self.log(f"decoding {self.name} images from {where}")
@@ -312,7 +318,7 @@ class CifarResNet9(Task):
             qu = balanced_sample(test_src.labels, self.n_query, c, g)
             taken = test_src.labels < 0
             taken[qu] = True
-            n_test = self.cfg.get("n_test")
+            n_test = self.settings.n_test
             te = (balanced_sample(test_src.labels, n_test, c, g, exclude=taken) if n_test
                   else torch.nonzero(~taken)[:, 0])
             return {name: (src.decode(idx), src.labels[idx])
@@ -331,14 +337,14 @@ class CifarResNet9(Task):
 
     # ----- model, losses, augmentation ---------------------------------------------------
     def build_model(self) -> nn.Module:
-        arch = ARCHITECTURES[self.cfg.get("arch", "resnet9")]
-        return arch(int(CifarSettings.of(self.cfg).width), len(self.classes))
+        own = self.settings
+        return ARCHITECTURES[own.arch](int(own.width), len(self.classes))
 
     def fit_model(self, idx, seed, init_state=None, snapshots=0, recipe=None, weights=None):
         """As the task's, with torch's global generator seeded from ``seed`` for the training of
         an architecture with dropout (its masks come from that generator), so that the same seed
         gives the same model; other architectures draw nothing from it and train unchanged."""
-        if self.cfg.get("arch", "resnet9") == "resnet9":
+        if self.settings.arch == "resnet9":
             return super().fit_model(idx, seed, init_state, snapshots, recipe, weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -347,7 +353,7 @@ class CifarResNet9(Task):
     def per_example_loss(self, model, inputs, targets):
         """The training loss l_i: cross-entropy with ``task.label_smoothing``. [B]"""
         return F.cross_entropy(model(inputs), targets, reduction="none",
-                               label_smoothing=float(CifarSettings.of(self.cfg).label_smoothing))
+                               label_smoothing=float(self.settings.label_smoothing))
 
     def observable(self, model, inputs, targets):
         """Plain cross-entropy (no smoothing) or the correct-class margin. [B]"""
@@ -360,7 +366,7 @@ class CifarResNet9(Task):
         """Random horizontal flips (``task.flip``) and translations by up to ``task.translate``
         pixels with reflection padding, drawn per image from ``gen``. [B, 3, H, W] -> same."""
         b, _, h, w = inputs.shape
-        own = CifarSettings.of(self.cfg)
+        own = self.settings
         if own.flip:
             flip = torch.rand(b, generator=gen) < 0.5
             inputs = torch.where(flip.view(b, 1, 1, 1).to(inputs.device), inputs.flip(3), inputs)
@@ -376,4 +382,4 @@ class CifarResNet9(Task):
 
 
 class Cifar2ResNet9(CifarResNet9):
-    default_classes = ("cat", "dog")
+    settings_class = Cifar2Settings

@@ -22,47 +22,57 @@ logistic regression) and is used only where a metric retrains.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tdabench.harness.plugin.task import Split, Task
+from tdabench.harness.plugin.task import Split, Task, TaskSettings
 
 SETTINGS = ("mnist_mlp", "mnist_lr")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # dattri's create_mnist_dataset normalization
+
+
+@dataclass(frozen=True)
+class DattriSettings(TaskSettings):
+    setting: str = "mnist_mlp"   # one of SETTINGS
+    root: str | None = None      # a dattri download folder (dataset/MNIST and benchmark/<setting>)
 
 
 class DattriBenchmark(Task):
     """dattri's published MNIST settings (MLP, logistic regression) with dattri's data, models and checkpoints."""
 
     capabilities = frozenset({"checkpoint", "ensemble", "classification"})
+    settings_class = DattriSettings
 
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
         problems = super().validate(cfg)
+        own = DattriSettings.of(cfg)
         if importlib.util.find_spec("dattri") is None:
             problems.append("task dattri needs the dattri package: pip install 'tdabench[reference]'")
-        if cfg.get("setting") not in SETTINGS:
-            problems.append(f"task.setting={cfg.get('setting')!r}: use one of {', '.join(SETTINGS)}")
-        root = cfg.get("root")
-        if not root or not (Path(str(root)).expanduser() / "benchmark" / str(cfg.get("setting"))).is_dir():
+        if own.setting not in SETTINGS:
+            problems.append(f"task.setting={own.setting!r}: use one of {', '.join(SETTINGS)}")
+        root = own.root
+        if not root or not (Path(str(root)).expanduser() / "benchmark" / str(own.setting)).is_dir():
             problems.append(f"task.root={root!r} must be a dattri download folder holding benchmark/"
-                            f"{cfg.get('setting')}/ and dataset/ (dattri.benchmark.load.load_benchmark writes one)")
+                            f"{own.setting}/ and dataset/ (dattri.benchmark.load.load_benchmark writes one)")
         return problems
 
     @property
     def folder(self) -> Path:
         """``<root>/benchmark/<setting>``: the checkpoints and ground truths of the setting."""
-        return Path(str(self.cfg["root"])).expanduser() / "benchmark" / self.cfg["setting"]
+        return Path(str(self.settings.root)).expanduser() / "benchmark" / self.settings.setting
 
     def load_splits(self) -> tuple[Split, Split, Split]:
         from dattri.benchmark.datasets.mnist import create_mnist_dataset
 
-        train_set, test_set = create_mnist_dataset(str(Path(str(self.cfg["root"])).expanduser() / "dataset"))
+        root = self.settings.root
+        train_set, test_set = create_mnist_dataset(str(Path(str(root)).expanduser() / "dataset"))
         train, test = _tensors(train_set), _tensors(test_set)
         if len(train) < self.n_train or len(test) <= self.n_query:
-            raise ValueError(f"task dattri: MNIST under {self.cfg['root']} has {len(train)} training and "
+            raise ValueError(f"task dattri: MNIST under {root} has {len(train)} training and "
                              f"{len(test)} test images; task.n_train={self.n_train} and task.n_query="
                              f"{self.n_query} need more")
         n, q = self.n_train, self.n_query
@@ -70,7 +80,7 @@ class DattriBenchmark(Task):
                 Split(test.inputs[q:], test.targets[q:]))
 
     def build_model(self) -> nn.Module:
-        if self.cfg["setting"] == "mnist_lr":
+        if self.settings.setting == "mnist_lr":
             from dattri.benchmark.models.logistic_regression import create_lr_model
 
             return create_lr_model("mnist")

@@ -9,18 +9,26 @@ the 1000-image model reaches about 96% test accuracy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from tdabench.harness.plugin.task import Split, Task
+from tdabench.harness.plugin.task import Split, Task, TaskSettings
 
 N_DIGITS = 1797
 MIN_TEST = 100
 
 
+@dataclass(frozen=True)
+class DigitsSettings(TaskSettings):
+    hidden: int = 32   # width of the MLP's hidden layer
+
+
 class DigitsMLP(Task):
     capabilities = Task.capabilities | {"replayable", "classification"}
     vectorizable = True
+    settings_class = DigitsSettings
 
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
@@ -30,7 +38,8 @@ class DigitsMLP(Task):
                 f"task.n_train={cfg['n_train']} with task.n_query={cfg['n_query']} is larger than the "
                 f"data: digits has {N_DIGITS} images and keeps {MIN_TEST} for testing; use "
                 f"n_train + n_query <= {N_DIGITS - MIN_TEST}")
-        return problems + cls.positive_int_problems(cfg, {"hidden": "width of the hidden layer"})
+        hidden = DigitsSettings.of(cfg).hidden
+        return problems + cls.positive_int_problems({"hidden": hidden}, {"hidden": "width of the hidden layer"})
 
     def _order(self, n: int) -> torch.Tensor:
         """The seeded order of the ``n`` digits: training set, then queries, then test split."""
@@ -56,5 +65,5 @@ class DigitsMLP(Task):
         return Split(x[tr], y[tr]), Split(x[qu], y[qu]), Split(x[te], y[te])
 
     def build_model(self) -> nn.Module:
-        hidden = int(self.cfg.get("hidden", 32))
+        hidden = int(self.settings.hidden)
         return nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))

@@ -18,11 +18,12 @@ text); otherwise the file's bytes (token ids 0-255), in consecutive chunks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tdabench.harness.plugin.task import Split
+from tdabench.harness.plugin.task import Split, TaskSettings
 from tdabench.tasks.checkpoints import local_files_only, pretrained_problems
 from tdabench.tasks.lm import CausalLM, LanguageModelTask
 
@@ -51,27 +52,39 @@ def pythia_config(size: str, max_len: int = 2048):
                          tie_word_embeddings=False, attn_implementation="eager")
 
 
+@dataclass(frozen=True)
+class PythiaSettings(TaskSettings):
+    size: str = "14m"                # one of PYTHIA_SIZES
+    pretrained: str | None = None    # a Hugging Face name or a save_pretrained folder; None: random init
+    revision: str | None = None      # with pretrained: a training-step checkpoint, e.g. step143000
+    text_path: str | None = None     # None: seeded random tokens; or a file whose bytes are the tokens
+    seq_len: int = 128
+    n_test: int = 8
+
+
 class PythiaScaling(LanguageModelTask):
     #: cost-only task: the harness skips the ground truth and the LDS
     measures_lds = False
     capabilities = frozenset({"checkpoint", "ensemble", "per_token"})
+    settings_class = PythiaSettings
 
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
         problems = super().validate(cfg)
-        if cfg.get("size") not in PYTHIA_SIZES:
-            problems.append(f"task.size={cfg.get('size')!r}: use one of {', '.join(PYTHIA_SIZES)}")
+        own = PythiaSettings.of(cfg)
+        if own.size not in PYTHIA_SIZES:
+            problems.append(f"task.size={own.size!r}: use one of {', '.join(PYTHIA_SIZES)}")
         for key in ("seq_len", "n_test"):
-            v = cfg.get(key)
+            v = getattr(own, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 problems.append(f"task.{key}={v!r} must be a positive integer")
-        problems += pretrained_problems(cfg.get("pretrained"), cfg.get("revision"))
-        text = cfg.get("text_path")
+        problems += pretrained_problems(own.pretrained, own.revision)
+        text = own.text_path
         if text is not None and not Path(text).is_file():
             problems.append(f"task.text_path={text!r} is not a file; give a text file or null "
                             "(random tokens)")
         if not problems and text is not None:
-            need = (cfg["n_train"] + cfg["n_query"] + cfg["n_test"]) * (cfg["seq_len"] + 1)
+            need = (cfg["n_train"] + cfg["n_query"] + own.n_test) * (own.seq_len + 1)
             have = Path(text).stat().st_size
             if have < need:
                 problems.append(f"task.text_path={text!r} has {have} bytes; {need} are needed for "
@@ -79,12 +92,13 @@ class PythiaScaling(LanguageModelTask):
         return problems
 
     def _hf_config(self):
-        pre = self.cfg.get("pretrained")
+        own = self.settings
+        pre = own.pretrained
         if pre is None:
-            return pythia_config(self.cfg["size"], max(2048, int(self.cfg["seq_len"])))
+            return pythia_config(own.size, max(2048, int(own.seq_len)))
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(str(pre), revision=self.cfg.get("revision"),
+        return AutoConfig.from_pretrained(str(pre), revision=own.revision,
                                           local_files_only=local_files_only(str(pre)))
 
     def vocab_size(self) -> int:
@@ -93,13 +107,14 @@ class PythiaScaling(LanguageModelTask):
         return self._vocab
 
     def load_splits(self) -> tuple[Split, Split, Split]:
-        t = int(self.cfg["seq_len"]) + 1
-        n = self.n_train + self.n_query + int(self.cfg["n_test"])
-        if self.cfg.get("text_path") is None:
+        own = self.settings
+        t = int(own.seq_len) + 1
+        n = self.n_train + self.n_query + int(own.n_test)
+        if own.text_path is None:
             g = torch.Generator().manual_seed(self.seed)
             chunks = torch.randint(0, self.vocab_size(), (n, t), generator=g)
         else:
-            data = bytearray(Path(self.cfg["text_path"]).read_bytes()[: n * t])
+            data = bytearray(Path(own.text_path).read_bytes()[: n * t])
             chunks = torch.frombuffer(data, dtype=torch.uint8).long().view(n, t)
         a, b = self.n_train, self.n_train + self.n_query
         return tuple(Split(c[:, :-1].contiguous(), c[:, 1:].contiguous())
@@ -115,14 +130,14 @@ class PythiaScaling(LanguageModelTask):
     def checkpoint(self):
         """The pretrained model (``task.pretrained`` at ``task.revision``) or, when none is given,
         the seeded random initialization of ``task.size``."""
-        pre = self.cfg.get("pretrained")
+        pre, revision = self.settings.pretrained, self.settings.revision
         if pre is None:
             model = self.new_model(self.seed)
         else:
             from transformers import GPTNeoXForCausalLM
 
-            self.log(f"loading {pre}" + (f" at {self.cfg['revision']}" if self.cfg.get("revision") else ""))
-            lm = GPTNeoXForCausalLM.from_pretrained(str(pre), revision=self.cfg.get("revision"),
+            self.log(f"loading {pre}" + (f" at {revision}" if revision else ""))
+            lm = GPTNeoXForCausalLM.from_pretrained(str(pre), revision=revision,
                                                     attn_implementation="eager",
                                                     local_files_only=local_files_only(str(pre)))
             model = CausalLM(lm).to(self.device)
@@ -134,7 +149,7 @@ class PythiaScaling(LanguageModelTask):
         initializations or (pretrained) copies of the same weights. Nothing is trained."""
         models = [self.checkpoint()]
         for m in range(1, k):
-            models.append(self.new_model(self.seed + 7919 * m).eval() if self.cfg.get("pretrained") is None
+            models.append(self.new_model(self.seed + 7919 * m).eval() if self.settings.pretrained is None
                           else self.checkpoint())
         return models
 

@@ -29,12 +29,13 @@ Its fit logs its progress every 10 s.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tdabench.harness.core.storage import content_hash, load_or_compute
-from tdabench.harness.plugin.task import Split
+from tdabench.harness.plugin.task import Split, TaskSettings
 from tdabench.harness.plugin.training import Recipe, recipe_problems, train
 from tdabench.tasks.data import shared_file
 from tdabench.tasks.lm import LanguageModelTask, gpt_neox
@@ -43,10 +44,26 @@ CORPUS = "tinyshakespeare.txt"
 TOKENIZATIONS = ("char", "byte")
 
 
+@dataclass(frozen=True)
+class TextSettings(TaskSettings):
+    text_path: str | None = None     # a plain text file; None: ../shared/data/tinyshakespeare.txt
+    tokens: str = "char"             # char or byte
+    seq_len: int = 64                # tokens per example (each chunk holds seq_len + 1)
+    heldout_fraction: float = 0.1    # last part of the text: queries and test chunks
+    n_test: int = 200
+    layers: int = 2
+    width: int = 64
+    heads: int = 4
+    regime: str = "scratch"          # scratch or finetune (of a cached base checkpoint)
+    base_examples: int = 4000        # chunks the base checkpoint trains on
+    base_recipe: dict = field(default_factory=lambda: {
+        "epochs": 4, "batch_size": 32, "lr": 0.5, "momentum": 0.9, "weight_decay": 0.0,
+        "schedule": "onecycle", "warmup": 0.1})
+
+
 def resolve_text_path(cfg: dict) -> Path | None:
-    if cfg.get("text_path") is not None:
-        return Path(cfg["text_path"])
-    return shared_file(CORPUS)
+    path = TextSettings.of(cfg).text_path
+    return Path(path) if path is not None else shared_file(CORPUS)
 
 
 def tokenize(path: Path, kind: str) -> tuple[torch.Tensor, int]:
@@ -67,25 +84,27 @@ def region_chunks(n_tokens: int, seq_len: int, heldout_fraction: float) -> tuple
 
 class TextNeoX(LanguageModelTask):
     capabilities = LanguageModelTask.capabilities | {"replayable"}
+    settings_class = TextSettings
 
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
         problems = super().validate(cfg)
-        kind = cfg.get("tokens", "char")
+        own = TextSettings.of(cfg)
+        kind = own.tokens
         if kind not in TOKENIZATIONS:
             problems.append(f"task.tokens={kind!r}: use char or byte")
-        if cfg.get("regime", "scratch") not in ("scratch", "finetune"):
-            problems.append(f"task.regime={cfg.get('regime')!r}: use scratch or finetune")
+        if own.regime not in ("scratch", "finetune"):
+            problems.append(f"task.regime={own.regime!r}: use scratch or finetune")
         for key in ("seq_len", "n_test", "layers", "width", "heads"):
-            v = cfg.get(key)
+            v = getattr(own, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 problems.append(f"task.{key}={v!r} must be a positive integer")
-        if not problems and cfg["width"] % cfg["heads"]:
-            problems.append(f"task.width={cfg['width']} must be a multiple of task.heads={cfg['heads']}")
-        problems += recipe_problems(cfg.get("base_recipe"), "task.base_recipe")
-        problems += cls.positive_int_problems({"base_examples": cfg.get("base_examples", 1)},
+        if not problems and own.width % own.heads:
+            problems.append(f"task.width={own.width} must be a multiple of task.heads={own.heads}")
+        problems += recipe_problems(own.base_recipe, "task.base_recipe")
+        problems += cls.positive_int_problems({"base_examples": own.base_examples},
                                               {"base_examples": "chunks the base model trains on"})
-        frac = cfg.get("heldout_fraction", 0.1)
+        frac = own.heldout_fraction
         if not isinstance(frac, float) or not 0 < frac < 1:
             problems.append(f"task.heldout_fraction={frac!r} must be a fraction strictly between 0 and 1")
         path = resolve_text_path(cfg)
@@ -98,13 +117,13 @@ class TextNeoX(LanguageModelTask):
             return problems
         n_tokens = (path.stat().st_size if kind == "byte"
                     else len(path.read_text(encoding="utf-8")))
-        n_tr, n_ho = region_chunks(n_tokens, cfg["seq_len"], frac)
-        need_tr = cfg["n_train"] + (1 if cfg.get("regime") == "finetune" else 0)
-        need_ho = cfg["n_query"] + cfg["n_test"]
+        n_tr, n_ho = region_chunks(n_tokens, own.seq_len, frac)
+        need_tr = cfg["n_train"] + (1 if own.regime == "finetune" else 0)
+        need_ho = cfg["n_query"] + own.n_test
         if n_tr < need_tr or n_ho < need_ho:
             problems.append(
                 f"task.text_path={str(path)!r} is too short: its {n_tokens} tokens give {n_tr} training "
-                f"and {n_ho} held-out chunks of {cfg['seq_len']}+1 tokens, but the task needs "
+                f"and {n_ho} held-out chunks of {own.seq_len}+1 tokens, but the task needs "
                 f"n_train={cfg['n_train']}{' plus base chunks' if need_tr > cfg['n_train'] else ''} "
                 f"and n_query + n_test={need_ho}; use a longer text, a shorter task.seq_len or "
                 "fewer examples")
@@ -117,7 +136,7 @@ class TextNeoX(LanguageModelTask):
             problems = self.validate(self.cfg)
             if problems:
                 raise ValueError(problems[0])
-            self._tokens, self._vocab = tokenize(path, self.cfg.get("tokens", "char"))
+            self._tokens, self._vocab = tokenize(path, self.settings.tokens)
         return self._tokens, self._vocab
 
     def vocab_size(self) -> int:
@@ -125,7 +144,7 @@ class TextNeoX(LanguageModelTask):
 
     def decode_tokens(self, ids) -> list[str]:
         """Characters (or bytes below 128; other bytes as a dot) of token ids [T]."""
-        if self.cfg.get("tokens", "char") == "byte":
+        if self.settings.tokens == "byte":
             return [chr(int(i)) if int(i) < 128 else "\u00b7" for i in ids]
         vocab = sorted(set(resolve_text_path(self.cfg).read_text(encoding="utf-8")))
         return [vocab[int(i)] for i in ids]
@@ -133,9 +152,10 @@ class TextNeoX(LanguageModelTask):
     def _chunks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-region and held-out chunks, each [n, seq_len + 1], in seeded random order."""
         tokens, _ = self._corpus()
-        t = int(self.cfg["seq_len"]) + 1
-        n_tr, n_ho = region_chunks(len(tokens), t - 1, float(self.cfg.get("heldout_fraction", 0.1)))
-        split = int(round(len(tokens) * (1 - float(self.cfg.get("heldout_fraction", 0.1)))))
+        own = self.settings
+        t = int(own.seq_len) + 1
+        n_tr, n_ho = region_chunks(len(tokens), t - 1, float(own.heldout_fraction))
+        split = int(round(len(tokens) * (1 - float(own.heldout_fraction))))
         train_region = tokens[: n_tr * t].view(n_tr, t)
         heldout = tokens[split: split + n_ho * t].view(n_ho, t)
         g = torch.Generator().manual_seed(self.seed)
@@ -145,14 +165,13 @@ class TextNeoX(LanguageModelTask):
     def load_splits(self) -> tuple[Split, Split, Split]:
         train, heldout = self._chunks()
         q = self.n_query
-        parts = (train[: self.n_train], heldout[:q], heldout[q: q + int(self.cfg["n_test"])])
+        parts = (train[: self.n_train], heldout[:q], heldout[q: q + int(self.settings.n_test)])
         return tuple(Split(c[:, :-1].contiguous(), c[:, 1:].contiguous()) for c in parts)
 
     # ----- model and regimes ---------------------------------------------------------------
     def build_model(self):
-        c = self.cfg
-        return gpt_neox(self.vocab_size(), int(c["layers"]), int(c["width"]), int(c["heads"]),
-                        int(c["seq_len"]))
+        c = self.settings
+        return gpt_neox(self.vocab_size(), int(c.layers), int(c.width), int(c.heads), int(c.seq_len))
 
     def base_state(self) -> dict:
         """The base checkpoint of the fine-tuning regime: trained with ``base_recipe`` on up to
@@ -160,11 +179,11 @@ class TextNeoX(LanguageModelTask):
         def compute():
             train_chunks, _ = self._chunks()
             pool = train_chunks[self.n_train:]
-            n = self.cfg.get("base_examples")
+            n = self.settings.base_examples
             pool = pool[: int(n)] if n else pool
             self.log(f"training the {self.name} base checkpoint on {len(pool)} chunks")
             fields = Recipe.__dataclass_fields__
-            recipe = Recipe(**{k: v for k, v in (self.cfg.get("base_recipe") or {}).items() if k in fields})
+            recipe = Recipe(**{k: v for k, v in (self.settings.base_recipe or {}).items() if k in fields})
             model = self.new_model(self.seed + 1)
             pool = pool.to(self.device)
             train(model, self.per_example_loss, pool[:, :-1], pool[:, 1:], torch.arange(len(pool)),
@@ -179,4 +198,4 @@ class TextNeoX(LanguageModelTask):
 
     def initial_state(self) -> dict | None:
         """In the fine-tuning regime every training run starts from the base checkpoint."""
-        return self.base_state() if self.cfg.get("regime", "scratch") == "finetune" else None
+        return self.base_state() if self.settings.regime == "finetune" else None

@@ -93,11 +93,37 @@ def test_the_composed_default_config_is_valid_and_types_every_section():
     assert settings.method_name == "grad_dot" and "name" not in settings.method_params
 
 
-@pytest.mark.parametrize("name", ["cifar10_resnet9", "cifar2_resnet9"])
-def test_cifar_task_files_state_the_task_settings_defaults(name):
-    from tdabench.tasks.cifar import CifarSettings
+def _plain(value):
+    """YAML lists and dataclass tuples compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
-    written = yaml.safe_load((CONF_DIR / "task" / f"{name}.yaml").read_text())
-    for f in fields(CifarSettings):
-        assert written.get(f.name) == f.default, (f"conf/task/{name}.yaml: {f.name}={written.get(f.name)!r}, "
-                                                  f"CifarSettings says {f.default!r}; change both")
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: p.stem)
+def test_task_files_state_their_settings_defaults_and_nothing_else(path: Path):
+    """Every key of conf/task/NAME.yaml beyond the common ones is a field of the task's settings
+    dataclass, with the value the dataclass gives as its default."""
+    from tdabench.harness.core.registry import TASKS
+    from tdabench.harness.plugin.task import COMMON_TASK_KEYS
+
+    written = yaml.safe_load(path.read_text())
+    cls = TASKS.get(written["name"]).settings_class
+    own = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(cls)}
+    for key, value in written.items():
+        if key in COMMON_TASK_KEYS:
+            continue
+        assert key in own, (f"{path.name}: {key} is not a setting of {cls.__name__}; declare it there "
+                            "(the one place its default is written)")
+        assert _plain(value) == _plain(own[key]), (f"{path.name}: {key}={value!r}, {cls.__name__} says "
+                                                   f"{own[key]!r}; change both")
+
+
+def test_a_task_reads_its_settings_typed_and_a_missing_key_is_its_default():
+    from tdabench.tasks.text import TextSettings
+
+    own = TextSettings.of({"width": 32})
+    assert own.width == 32 and own.heads == 4 and own.base_recipe["epochs"] == 4
+    assert TextSettings.of({}).base_recipe is not TextSettings.of({}).base_recipe  # no shared mutable default

@@ -4,7 +4,7 @@ it and is never imported by it.
 
 - :class:`Method` (with :class:`Float`, :class:`Int` and :class:`Categorical` search-space dimensions)
   and :class:`AttributionTask`, the protocol listing what a method may ask of a task;
-- :class:`Task` and :class:`Split`, what a task implements, with the training loop it may call
+- :class:`Task`, :class:`TaskSettings` and :class:`Split`, what a task implements, with the training loop it may call
   (:class:`Recipe`, :func:`train`) and the trajectory it exposes (:class:`Snapshot`);
 - :class:`Metric`, :class:`MetricRun` and :class:`MetricResult`, with the ground-truth access a metric
   needs (:class:`GroundTruthBuilder`, :func:`retrain_seed`) and the statistics it reports (:func:`lds`,
@@ -20,7 +20,7 @@ _HOME = {
     "tdabench.harness.plugin.method": ("Method", "MethodDivergedError"),
     "tdabench.harness.plugin.space": ("Float", "Int", "Categorical"),
     "tdabench.harness.plugin.attribution_task": ("AttributionTask",),
-    "tdabench.harness.plugin.task": ("Task", "Split", "margin"),
+    "tdabench.harness.plugin.task": ("Task", "TaskSettings", "Split", "margin"),
     "tdabench.harness.plugin.training": ("Recipe", "Snapshot", "num_params", "recipe_problems", "train"),
     "tdabench.harness.plugin.metric": ("Metric", "MetricResult", "MetricRun"),
     "tdabench.harness.plugin.ground_truth": ("GroundTruthBuilder", "retrain_seed"),

@@ -37,7 +37,7 @@ import copy
 import logging
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -51,7 +51,26 @@ from tdabench.harness.plugin.training import Recipe, Snapshot, recipe_problems
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Split", "Task", "margin"]
+__all__ = ["Split", "Task", "TaskSettings", "COMMON_TASK_KEYS", "margin"]
+
+#: the task config keys every task has (checked by :meth:`Task.validate`); the rest are a task's own
+COMMON_TASK_KEYS = ("name", "n_train", "n_query", "observable", "trajectory_checkpoints", "recipe",
+                    "method_defaults")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Base of a task's own settings: a frozen dataclass whose fields are the config keys the task
+    reads beyond :data:`COMMON_TASK_KEYS`, each with its default (the one place it is written;
+    conf/task/NAME.yaml may state it again, and tests/test_config_defaults.py checks that the two
+    agree). A task names it as :attr:`Task.settings_class` and reads ``self.settings.KEY``."""
+
+    @classmethod
+    def of(cls, cfg: dict) -> "TaskSettings":
+        """The settings of a task config node (a key it lacks at its default)."""
+        def default(f):
+            return f.default_factory() if f.default is MISSING else f.default
+        return cls(**{f.name: cfg[f.name] if f.name in cfg else default(f) for f in fields(cls)})
 
 
 @dataclass
@@ -93,6 +112,8 @@ class Task(TrainedModels, ABC):
     #: the task's config node (n_train, n_query, recipe, ...) for a task without a YAML file in
     #: conf/task/ (a plugin task); ``name`` is added by the harness
     default_config: ClassVar[dict] = {}
+    #: the dataclass of the task's own settings (a :class:`TaskSettings`), read as :attr:`settings`
+    settings_class: ClassVar[type[TaskSettings]] = TaskSettings
 
     def __init__(self, cfg: dict, seed: int = 0, cache_dir: str | Path = ".cache",
                  device: str = "cpu", log=None):
@@ -110,6 +131,11 @@ class Task(TrainedModels, ABC):
         #: which queries ``query_split`` holds: ``test`` (what records are scored on) or
         #: ``validation`` (for tuning; see :meth:`validation_view`) or ``train`` (:meth:`train_as_queries`)
         self.queries = "test"
+
+    @property
+    def settings(self):
+        """The task's own settings (:attr:`settings_class`) from its config."""
+        return self.settings_class.of(self.cfg)
 
     # ----- what a subclass provides -------------------------------------------------------
     @classmethod

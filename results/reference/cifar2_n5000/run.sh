@@ -6,8 +6,9 @@
 #    so later edits of the checkout cannot change the models the ground truth is made of;
 # 2. computes the ground truth's shards one after another, skipping finished ones (a shard
 #    interrupted mid-way goes on from its last finished subset);
-# 3. runs the untuned methods on it, one after another, into $RESULTS.
-# Logs: $LOGS/shard-I.log (with the shard's CPU seconds), $LOGS/methods.log, $LOGS/driver.log.
+# 3. runs each untuned method on it (a run per method, skipping finished ones) into $RESULTS.
+# WORKERS=2 runs two shards, then two methods, at once (one thread each).
+# Logs: $LOGS/shard-I.log and $LOGS/method-M.log (with their CPU seconds), $LOGS/driver.log.
 set -u
 COMMIT=${1:?usage: run.sh COMMIT}
 CACHE=${TDABENCH_CACHE:-/root/.cache/tdabench}
@@ -36,10 +37,10 @@ fi
 cd "$src" || exit 1
 export OMP_NUM_THREADS=1 WANDB_MODE=disabled TQDM_MININTERVAL=60
 
-# WORKERS shard processes at once (default 1); a worker claims a shard by creating
-# $LOGS/shard-I.claim (atomic mkdir) with its pid inside, and a claim whose pid is gone is taken over.
+# WORKERS processes at once (default 1); a worker claims a piece of work (a shard, then a method) by
+# creating $LOGS/NAME.claim (atomic mkdir) with its pid inside; a claim whose pid is gone is taken over.
 claim() {
-  local d="$LOGS/shard-$1.claim"
+  local d="$LOGS/$1.claim"
   if mkdir "$d" 2>/dev/null; then echo $$.$2 > "$d/owner"; return 0; fi
   local pid; pid=$(cut -d. -f1 "$d/owner" 2>/dev/null)
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 1; fi
@@ -49,7 +50,7 @@ worker() {
   local w=$1 i
   for ((i = 0; i < SHARDS; i++)); do
     [ -f "$LOGS/shard-$i.done" ] && continue
-    claim "$i" "$w" || continue
+    claim "shard-$i" "$w" || continue
     say "shard $i of $SHARDS: start (worker $w)"
     if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/shard-$i.log" \
          nice -n 19 .venv/bin/tdabench "${ARGS[@]}" gt.shard=$i gt.num_shards=$SHARDS >>"$LOGS/shard-$i.log" 2>&1; then
@@ -68,13 +69,24 @@ for ((i = 0; i < SHARDS; i++)); do
   [ -f "$LOGS/shard-$i.done" ] || { say "shard $i is not done"; exit 1; }
 done
 
-if [ ! -f "$LOGS/methods.done" ]; then
-  say "methods $METHODS: start"
-  if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/methods.log" \
-       nice -n 19 .venv/bin/tdabench -m "${ARGS[@]}" gt.num_shards=$SHARDS "method=$METHODS" \
-       "results_dir=$RESULTS" >>"$LOGS/methods.log" 2>&1; then
-    touch "$LOGS/methods.done"; say "methods: done, results in $RESULTS"
-  else
-    say "methods: failed, see $LOGS/methods.log"; exit 1
-  fi
-fi
+# each method in a run of its own (one record each in $RESULTS), WORKERS at once
+method_worker() {
+  local w=$1 m
+  for m in ${METHODS//,/ }; do
+    [ -f "$LOGS/method-$m.done" ] && continue
+    claim "method-$m" "$w" || continue
+    say "method $m: start (worker $w)"
+    if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/method-$m.log" \
+         nice -n 19 .venv/bin/tdabench "${ARGS[@]}" gt.num_shards=$SHARDS "method=$m" \
+         "results_dir=$RESULTS" >>"$LOGS/method-$m.log" 2>&1; then
+      touch "$LOGS/method-$m.done"; say "method $m: done ($(tail -1 "$LOGS/method-$m.log"))"
+    else
+      say "method $m: failed, see $LOGS/method-$m.log"
+    fi
+    rm -rf "$LOGS/method-$m.claim"
+  done
+}
+for ((w = 1; w < ${WORKERS:-1}; w++)); do method_worker "$w" & done
+method_worker 0
+wait
+say "methods: every run ended, results in $RESULTS"

@@ -206,14 +206,7 @@ class ExactIF(Method):
                  batch_size: int = 256, solver: str = "dense", tol: float = 1e-6,
                  max_iter: int = 200, scale: float | None = None, dtype: str = "float64"):
         super().__init__(seed)
-        self.dtype = dtype
-        self.damping = damping
-        self.max_params = max_params
-        self.batch_size = batch_size
-        self.solver = solver
-        self.tol = tol
-        self.max_iter = max_iter
-        self.scale = scale
+        self.keep_parameters(locals())
         self.h_inv_q: torch.Tensor | None = None
         self.diagnostics: dict | None = None
 

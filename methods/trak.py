@@ -154,13 +154,7 @@ class TRAK(Method):
                  projection: str = "rademacher", lambda_reg: float = 0.0, output: str = "auto",
                  ensemble_mode: str = "full", batch_size: int = 256):
         super().__init__(seed)
-        self.models = models
-        self.proj_dim = proj_dim
-        self.projection = projection
-        self.lambda_reg = lambda_reg
-        self.output = output
-        self.ensemble_mode = ensemble_mode
-        self.batch_size = batch_size
+        self.keep_parameters(locals())
         self.requires = frozenset({"checkpoint", "ensemble"} if models > 1 else {"checkpoint"})
         self._train: list[torch.Tensor] = []  # per member: Phi [n_train, k]
         self._store: tempfile.TemporaryDirectory | None = None  # files behind Phi on the CPU

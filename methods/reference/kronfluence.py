@@ -61,11 +61,7 @@ class KronfluenceIF(Method):
                  layers: list[str] | None = None, exclude: list[str] | None = None,
                  batch_size: int = 256):
         super().__init__(seed)
-        self.damping = damping
-        self.empirical_fisher = empirical_fisher
-        self.layers = layers
-        self.exclude = exclude
-        self.batch_size = batch_size
+        self.keep_parameters(locals())
         self._analyzer = None
         self._tmp = None
 

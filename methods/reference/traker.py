@@ -46,12 +46,7 @@ class TrakTraker(Method):
                  lambda_reg: float = 0.0, ensemble_mode: str = "full", projector: str = "basic",
                  batch_size: int = 256):
         super().__init__(seed)
-        self.projector = projector
-        self.models = models
-        self.proj_dim = proj_dim
-        self.lambda_reg = lambda_reg
-        self.ensemble_mode = ensemble_mode
-        self.batch_size = batch_size
+        self.keep_parameters(locals())
         self.requires = frozenset({"checkpoint", "ensemble"} if models > 1 else {"checkpoint"})
 
     def check(self, task) -> list[str]:

@@ -172,7 +172,7 @@ def test_fanova_finds_the_parameter_that_matters():
     assert row["gain"] == pytest.approx(best - log[0]["value"]) and row["importance"] == pytest.approx(imp["gamma"])
 
 
-def test_stagewise_table_has_a_column_per_step():
+def test_stagewise_table_has_a_column_per_step(tmp_path):
     from tdabench.harness.read.leaderboard import RowKey
     from tdabench.harness.read.stagewise import render_stagewise, stagewise_table
 
@@ -182,6 +182,19 @@ def test_stagewise_table_has_a_column_per_step():
     assert table["step"].tolist() == [10, 20, 30] and table["lds"].tolist() == pytest.approx([0, 0.1, 0.2])
     text = "\n".join(render_stagewise(table))
     assert "step 10" in text and "step 30" in text and "digits_mlp" in text
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tdabench.harness.read.stagewise import plot_stagewise_table
+
+    def save(fig, path):
+        fig.savefig(path)
+        return path
+
+    ax = []
+    paths = plot_stagewise_table(table, tmp_path, lambda fig, path: (ax.append(fig.axes[0]), save(fig, path))[1])
+    assert [p.name for p in paths] == ["stagewise_digits_mlp.png"] and paths[0].stat().st_size > 0
+    assert ax[0].lines[0].get_xdata().tolist() == [10, 20, 30]  # LDS against the training step
 
 
 def test_trace_keeps_each_query_tokens_loss_on_a_language_task(tmp_path):

@@ -38,3 +38,32 @@ def render_stagewise(table: pd.DataFrame) -> list[str]:
                   "against retraining stopped at the same point of training", "",
                   wide.reset_index().to_markdown(index=False, floatfmt=".3f"), ""]
     return parts
+
+
+def plot_stagewise(records: list[RunRecord], out, save) -> list:
+    """:func:`plot_stagewise_table` of the records' leaderboard rows."""
+    from tdabench.harness.read.leaderboard import chosen_records
+
+    return plot_stagewise_table(stagewise_table(chosen_records(records)), out, save)
+
+
+def plot_stagewise_table(table: pd.DataFrame, out, save) -> list:
+    """``stagewise_<task>.png``: per task, each method's LDS (with its 95% interval) against the
+    training step it was fitted and scored at; ``save(fig, path)`` writes a figure."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task, sub in table.groupby("task", sort=True):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for (method, setting_), line in sub.groupby(["method", "setting"], sort=True):
+            line = line.sort_values("step")
+            label = method + (f" [{setting_}]" if setting_ else "")
+            ax.plot(line["step"], line["lds"], marker="o", label=label)
+            if line["ci_low"].notna().all():
+                ax.fill_between(line["step"], line["ci_low"].astype(float), line["ci_high"].astype(float), alpha=0.15)
+        ax.axhline(0, c="k", lw=0.5)
+        ax.set(xlabel="training step of the snapshot", ylabel="LDS at the snapshot",
+               title=f"LDS along training ({task})")
+        ax.legend(fontsize=8)
+        paths.append(save(fig, out / f"stagewise_{task}.png"))
+    return paths

@@ -56,3 +56,44 @@ def test_mislabel_auc_matches_dattri(small_digits):
     auc, _ = dattri.mislabel_detection_auc(suspicion, flipped)
     ours = roc_auc_score(flipped.numpy(), suspicion.numpy())
     assert ours > 0.6 and float(auc) == pytest.approx(ours, abs=1e-6)
+
+
+def test_removal_flips_match_dattri_brittleness(small_digits, grad_dot_scores, tmp_path):
+    """dattri's brittleness (the smallest k of a search space whose top-k removal makes a query's
+    prediction wrong), run on the removal metric's own retraining (same blamed sets, same seed),
+    equals the smallest k at which the removal metric's recorded prediction is wrong, for every
+    query the reference model gets right."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+
+    from dattri.metric import brittleness
+    from tdabench.metrics.removal import RemovalBuilder, blamed
+
+    task, sizes = small_digits, [2, 10, 40]
+    sets = blamed(grad_dot_scores, sizes, loss_observable=True)
+    builder = RemovalBuilder(task, sets, 1, {"vectorize": False}, tmp_path / "c")
+    pred = builder.build().outcomes[:, 0, task.n_query:].long()  # [Q * F, Q]: each row's predictions
+    labels = task.query_split.targets
+    right = (task.checkpoint()(task.query_split.inputs).argmax(-1) == labels).nonzero()[:, 0][:4].tolist()
+
+    train = task.train_split
+    loader = DataLoader(TensorDataset(train.inputs, train.targets), batch_size=32,
+                        sampler=SubsetRandomSampler(list(range(task.n_train))))
+
+    def train_func(kept):  # the metric's retraining of the kept examples
+        idx = torch.tensor(sorted(int(i) for i in kept.sampler.indices))
+        return task.fit_model(idx, builder.job_seed(0, 0)).model
+
+    def predict(model, test_loader):
+        x, _ = next(iter(test_loader))
+        with torch.no_grad():
+            return model(x).argmax(-1)
+
+    found = []
+    for q in right:
+        query = DataLoader(TensorDataset(task.query_split.inputs[q:q + 1], labels[q:q + 1]), batch_size=1)
+        theirs = brittleness(loader, query, (-grad_dot_scores[q]).numpy(), train_func, predict,
+                             search_space=sizes)
+        mine = next((k for j, k in enumerate(sizes) if pred[q * len(sizes) + j, q] != labels[q]), None)
+        assert theirs == mine, f"query {q}: dattri's brittleness {theirs}, the removal metric's {mine}"
+        found.append(mine)
+    assert right and any(k is not None for k in found), "no query flipped: the check compared nothing"

@@ -397,7 +397,7 @@ class BIF(Method):
             "draw_loss_trace": _block_means(draw_trace),
             "draw_loss_trace_block": -(-draw_trace.shape[1] // TRACE_POINTS),
             "vectorized": vectorized, "settled": self._settled(task, start, draw_trace),
-            "batch_size_used": min(self.batch_size, task.n_train),
+            "batch_size_used": min(self.batch_size, len(task.train_split)),
         }
 
     def training_loss_draws(self, task, model, idx: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ class DattriBenchmark(Task):
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
         problems = super().validate(cfg)
-        own = DattriSettings.of(cfg)
+        own = cls.settings_class.of(cfg)
         if importlib.util.find_spec("dattri") is None:
             problems.append("task dattri needs the dattri package: pip install 'tdabench[reference]'")
         if own.setting not in SETTINGS:

@@ -38,7 +38,7 @@ class DigitsMLP(Task):
                 f"task.n_train={cfg['n_train']} with task.n_query={cfg['n_query']} is larger than the "
                 f"data: digits has {N_DIGITS} images and keeps {MIN_TEST} for testing; use "
                 f"n_train + n_query <= {N_DIGITS - MIN_TEST}")
-        hidden = DigitsSettings.of(cfg).hidden
+        hidden = cls.settings_class.of(cfg).hidden
         return problems + cls.positive_int_problems({"hidden": hidden}, {"hidden": "width of the hidden layer"})
 
     def _order(self, n: int) -> torch.Tensor:

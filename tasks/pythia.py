@@ -71,7 +71,7 @@ class PythiaScaling(LanguageModelTask):
     @classmethod
     def validate(cls, cfg: dict) -> list[str]:
         problems = super().validate(cfg)
-        own = PythiaSettings.of(cfg)
+        own = cls.settings_class.of(cfg)
         if own.size not in PYTHIA_SIZES:
             problems.append(f"task.size={own.size!r}: use one of {', '.join(PYTHIA_SIZES)}")
         for key in ("seq_len", "n_test"):

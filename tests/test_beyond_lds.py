@@ -57,6 +57,9 @@ def test_snapshot_view_ends_at_the_snapshot(small_digits):
     assert len(view.trajectory()) == 1 and len(small_digits.trajectory()) == 3
     assert view.fingerprint() != small_digits.fingerprint()
     assert view.fingerprint() != snapshot_view(small_digits, 1).fingerprint()
+    # method caches are the view's own; trained models are the task's (no second training)
+    assert view.cache_path("f", "l", {}) != small_digits.cache_path("f", "l", {})
+    assert view.reference_path() == small_digits.reference_path()
 
 
 def test_mean_over_snapshots_interval_holds_the_value():
@@ -178,7 +181,12 @@ def test_stagewise_table_has_a_column_per_step(tmp_path):
 
     snaps = [{"snapshot": t, "step": 10 * (t + 1), "lds": 0.1 * t, "ci": [0.0, 0.3]} for t in range(3)]
     rec = RunRecord.from_dict({"status": "ok", "method": "ekfac", "metrics": {"lds_stagewise": {"snapshots": snaps}}})
-    table = stagewise_table({RowKey("gt", "digits_mlp", "ekfac", "", ""): (rec, [rec])})
+    other = RunRecord.from_dict({**rec.as_dict(), "metrics": {"lds_stagewise": {"snapshots": snaps[:2]}}})
+    table = stagewise_table({RowKey("gt", "digits_mlp", "ekfac", "", ""): (rec, [rec]),
+                             RowKey("gt2", "digits_mlp", "ekfac", "", ""): (other, [other])})
+    heads = [line for line in render_stagewise(table) if line.startswith("## ")]
+    assert len(heads) == 2 and "ground truth gt2" in heads[1]  # a table per ground truth
+    table = table[table["ground_truth"] == "gt"]
     assert table["step"].tolist() == [10, 20, 30] and table["lds"].tolist() == pytest.approx([0, 0.1, 0.2])
     text = "\n".join(render_stagewise(table))
     assert "step 10" in text and "step 30" in text and "digits_mlp" in text
@@ -193,7 +201,7 @@ def test_stagewise_table_has_a_column_per_step(tmp_path):
 
     ax = []
     paths = plot_stagewise_table(table, tmp_path, lambda fig, path: (ax.append(fig.axes[0]), save(fig, path))[1])
-    assert [p.name for p in paths] == ["stagewise_digits_mlp.png"] and paths[0].stat().st_size > 0
+    assert [p.name for p in paths] == ["stagewise_gt.png"] and paths[0].stat().st_size > 0
     assert ax[0].lines[0].get_xdata().tolist() == [10, 20, 30]  # LDS against the training step
 
 

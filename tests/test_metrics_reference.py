@@ -63,9 +63,9 @@ def test_removal_flips_match_dattri_brittleness(small_digits, grad_dot_scores, t
     prediction wrong), run on the removal metric's own retraining (same blamed sets, same seed),
     equals the smallest k at which the removal metric's recorded prediction is wrong, for every
     query the reference model gets right."""
+    from dattri.metric import brittleness
     from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 
-    from dattri.metric import brittleness
     from tdabench.metrics.removal import RemovalBuilder, blamed
 
     task, sizes = small_digits, [2, 10, 40]

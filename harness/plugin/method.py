@@ -73,11 +73,12 @@ class Method:
         self.seed = int(seed)
 
     def keep_parameters(self, values: dict[str, Any]) -> None:
-        """Store each constructor parameter but ``seed`` found in ``values`` (the constructor's
-        ``locals()``) as the attribute of its name, for constructors with many settings."""
-        for name in self.parameters():
-            if name != "seed" and name in values:
-                setattr(self, name, values[name])
+        """Store each entry of ``values`` (``locals()`` at the start of a constructor: its
+        parameters) but ``self``, ``seed`` and ``__class__`` as the attribute of its name, for
+        constructors with many settings."""
+        for name, value in values.items():
+            if name not in ("self", "seed", "__class__"):
+                setattr(self, name, value)
 
     @classmethod
     def parameters(cls) -> list[str]:

@@ -33,6 +33,8 @@ __all__ = ["ModelCache", "TrainedModels", "ENSEMBLE_SEED_STRIDE"]
 
 #: ensemble member m trains with seed ``task.seed + ENSEMBLE_SEED_STRIDE * m``
 ENSEMBLE_SEED_STRIDE = 7919
+#: fingerprint keys that name a view of a task (validation or training queries, a snapshot), not its models
+VIEW_KEYS = ("queries", "snapshot")
 
 
 class ModelCache:
@@ -52,9 +54,10 @@ class ModelCache:
         return self.dir / folder / f"{name}-{label}-{digest}.pt"
 
     def model_path(self, name: str, fingerprint: dict, kind: str, extra: dict | None = None) -> Path:
-        """``<cache_dir>/models/<name>-<kind>-<hash>.pt``: models do not depend on the queries, so
-        the fingerprint's ``queries`` is left out and a validation view shares the test view's."""
-        fp = {k: v for k, v in fingerprint.items() if k != "queries"}
+        """``<cache_dir>/models/<name>-<kind>-<hash>.pt``: models do not depend on which view of a
+        task asks (its queries, or the trajectory snapshot a metric stops at), so the
+        fingerprint's :data:`VIEW_KEYS` are left out and every view shares the task's models."""
+        fp = {k: v for k, v in fingerprint.items() if k not in VIEW_KEYS}
         key = content_hash({"fp": fp, "kind": kind, **(extra or {})})
         return self.dir / "models" / f"{name}-{kind}-{key}.pt"
 

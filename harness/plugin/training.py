@@ -31,8 +31,8 @@ class Recipe:
     everything outside training is float32). ``channels_last`` trains image models with 4-D
     tensors in the channels-last memory layout (faster convolutions on CPUs and GPUs); the trained
     model is handed back in the default layout. ``min_steps_per_epoch`` shrinks the minibatch of a
-    run on few examples so that each epoch still takes that many steps (:meth:`batch_for`; 1: the
-    batch is ``batch_size`` whatever the data size)."""
+    run on few examples to at most ``ceil(n / min_steps_per_epoch)``, so that each epoch takes
+    about that many steps (:meth:`batch_for`; 1: the batch is ``batch_size`` whatever the size)."""
 
     epochs: int = 30
     batch_size: int = 32
@@ -47,8 +47,8 @@ class Recipe:
     channels_last: bool = False
 
     def batch_for(self, n: int) -> int:
-        """The minibatch size of a run on ``n`` examples: ``batch_size``, or less where that would
-        give fewer than ``min_steps_per_epoch`` steps per epoch."""
+        """The minibatch size of a run on ``n`` examples: ``batch_size``, or
+        ``ceil(n / min_steps_per_epoch)`` where that is smaller."""
         return max(1, min(self.batch_size, math.ceil(n / self.min_steps_per_epoch)))
 
     def steps_per_epoch(self, n: int) -> int:

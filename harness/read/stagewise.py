@@ -1,17 +1,20 @@
 """The stagewise LDS as a leaderboard table: LDS against training step, per method.
 
 From the shown record of each leaderboard row that carries ``metrics.lds_stagewise``: one row per
-(task, method, setting, snapshot) with the reference run's step, the LDS and its interval
-(``stagewise.csv``), and in leaderboard.md one table per task with a column per step.
+(ground truth, task, method, setting, sweep, snapshot) with the reference run's step, the LDS and
+its interval (``stagewise.csv``), and in leaderboard.md one table per ground truth with a column
+per step; ``plots/stagewise_<ground truth>.png`` draws the same.
 """
 
 from __future__ import annotations
+
+import re
 
 import pandas as pd
 
 from tdabench.harness.read.record import RunRecord
 
-COLUMNS = ["task", "method", "setting", "snapshot", "step", "lds", "ci_low", "ci_high"]
+COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "snapshot", "step", "lds", "ci_low", "ci_high"]
 
 
 def stagewise_table(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> pd.DataFrame:
@@ -20,7 +23,8 @@ def stagewise_table(chosen: dict[tuple, tuple[RunRecord, list[RunRecord]]]) -> p
         entry = rec.metric_entries.get("lds_stagewise")
         for s in (entry.snapshots if entry else None) or []:
             ci = s.get("ci") or [None, None]
-            rows.append({"task": key.task, "method": key.method, "setting": key.setting, "snapshot": s.get("snapshot"),
+            rows.append({"ground_truth": key.ground_truth, "task": key.task, "method": key.method,
+                         "setting": key.setting, "sweep": key.sweep, "snapshot": s.get("snapshot"),
                          "step": s.get("step"), "lds": s.get("lds"), "ci_low": ci[0], "ci_high": ci[1]})
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -30,10 +34,13 @@ def render_stagewise(table: pd.DataFrame) -> list[str]:
     if table.empty:
         return []
     parts = []
-    for task, sub in table.groupby("task", sort=True):
-        wide = sub.pivot_table(index=["method", "setting"], columns="step", values="lds", aggfunc="first")
+    for (gt, task), sub in table.groupby(["ground_truth", "task"], sort=True):
+        wide = sub.pivot_table(index=["method", "setting", "sweep"], columns="step", values="lds",
+                               aggfunc="first")
         wide.columns = [f"step {c}" for c in wide.columns]
-        parts += [f"## LDS along training ({task})", "",
+        if not sub["sweep"].astype(bool).any():
+            wide = wide.droplevel("sweep")
+        parts += [f"## LDS along training ({task}, ground truth {gt})", "",
                   "metric lds_stagewise: each method fitted at the reference run's snapshot and scored "
                   "against retraining stopped at the same point of training", "",
                   wide.reset_index().to_markdown(index=False, floatfmt=".3f"), ""]
@@ -53,17 +60,17 @@ def plot_stagewise_table(table: pd.DataFrame, out, save) -> list:
     import matplotlib.pyplot as plt
 
     paths = []
-    for task, sub in table.groupby("task", sort=True):
+    for (gt, task), sub in table.groupby(["ground_truth", "task"], sort=True):
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for (method, setting_), line in sub.groupby(["method", "setting"], sort=True):
+        for (method, setting_, sweep), line in sub.groupby(["method", "setting", "sweep"], sort=True):
             line = line.sort_values("step")
-            label = method + (f" [{setting_}]" if setting_ else "")
+            label = method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
             ax.plot(line["step"], line["lds"], marker="o", label=label)
             if line["ci_low"].notna().all():
                 ax.fill_between(line["step"], line["ci_low"].astype(float), line["ci_high"].astype(float), alpha=0.15)
         ax.axhline(0, c="k", lw=0.5)
         ax.set(xlabel="training step of the snapshot", ylabel="LDS at the snapshot",
-               title=f"LDS along training ({task})")
+               title=f"LDS along training ({task})\nground truth {gt}")
         ax.legend(fontsize=8)
-        paths.append(save(fig, out / f"stagewise_{task}.png"))
+        paths.append(save(fig, out / f"stagewise_{re.sub(r'[^A-Za-z0-9_.=-]+', '_', str(gt))[:100]}.png"))
     return paths

@@ -25,7 +25,8 @@ def reference_file(run: dict) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def reference_run(bundle: Bundle) -> dict:
-    """The reference run a bundle holds, as :meth:`ModelCache.reference_run` returns it."""
+    """The reference run a bundle holds, as ``task.reference_run()``
+    (:meth:`~tdabench.harness.plugin.models.TrainedModels.reference_run`) returns it."""
     tensors, meta = bundle.tensors[CHECKPOINT], bundle.manifest["checkpoint"]
 
     def part(prefix: str) -> dict:

@@ -357,8 +357,7 @@ class Profiler:
         self.time_s: dict[str, float] = {}
         self.cpu_time_s: dict[str, float] = {}
         self.flops: dict[str, int] = {}
-        self.peak_mem_mb: dict[str, float] = {}
-        self.peak_rss_mb: dict[str, float] = {}
+        self.peak_mem_mb, self.peak_rss_mb = {}, {}  # dict[str, float]: MiB per phase
         self.load_avg: dict[str, float | None] = {}
         self.excluded_s: dict[str, float] = {}
         self.current: str | None = None
@@ -393,9 +392,10 @@ class Profiler:
         start_rss = psutil.Process().memory_info().rss
         load0 = load_average()
         if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            start_cuda = torch.cuda.memory_allocated()
+            dev = torch.device(self.device)  # the run's GPU, not the current one
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            start_cuda = torch.cuda.memory_allocated(dev)
         mode = CostMode() if count else None
         # the kernel's high-water mark, once reset, sees every peak: sample only where it cannot
         # be reset (the sampling thread costs CPU time inside the phase)
@@ -410,13 +410,13 @@ class Profiler:
                         yield self
         finally:
             if cuda:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(dev)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             hwm = _high_water_mark() if hwm_reset else None
             rss = (max(sampler.peak, hwm or 0) - start_rss) / MIB
             self.peak_rss_mb[name] = round(max(rss, 0.0), 2)
             if cuda:
-                peak = (torch.cuda.max_memory_allocated() - start_cuda) / MIB
+                peak = (torch.cuda.max_memory_allocated(dev) - start_cuda) / MIB
             elif mode is not None:
                 peak = mode.peak / MIB
             else:

@@ -410,6 +410,7 @@ def _run(task, method, builder: GroundTruthBuilder, s: RunSettings, group: str, 
             log.info(f"{method.name} has no search space: tune.trials={s.tune.trials} is ignored and "
                      "the run is untuned (no validation ground truth)")
         elif s.tune.trials:  # trials on validation; the record is the test run
+            warm_up(s.device)  # start-up falls on no trial (the first is the default setting)
             tuned = tune(task, type(method), s, study_key(s))
             s = s.replace(method={**s.method, **tuned.params})
             method = type(method)(**s.method_params)

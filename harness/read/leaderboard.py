@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,8 @@ from tdabench.harness.core.storage import atomic_write_bytes
 from tdabench.harness.read.importance import importance_table, render_importance
 from tdabench.harness.read.metric_tables import agreement, metric_table, pairwise_metrics, render_metric_tables
 from tdabench.harness.read.record import RunRecord
-from tdabench.harness.read.record_view import (
+from tdabench.harness.read.record_view import (  # noqa: F401 (RowKey: the leaderboard's row key)
+    RowKey,
     engineering,
     fit_from_cache,
     ground_truth_label,
@@ -66,17 +66,6 @@ COLUMNS = ["ground_truth", "task", "method", "setting", "sweep", "status", "lds"
 #: ends are in lds_ci; optional columns no row fills are dropped too
 NOT_IN_MARKDOWN = ["ground_truth", "task", "lds_ci_low", "lds_ci_high"]
 OPTIONAL = ["setting", "sweep", "lds_sd_over_seeds", "method_seeds", "warm_s", "flops", "overloaded"]
-
-
-class RowKey(NamedTuple):
-    """What tells leaderboard rows apart: the ground truth's label, the task, the method, its
-    setting and the folder (``sweep``, with several folders; else None)."""
-
-    ground_truth: str
-    task: str
-    method: str
-    setting: str
-    sweep: str | None
 
 
 def read_folders(results_dirs: list[str | Path]) -> list[RunRecord]:

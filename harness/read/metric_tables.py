@@ -30,18 +30,14 @@ pair's ``mean_diff`` is >= 0 when a is ahead.
 from __future__ import annotations
 
 from itertools import combinations
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau, rankdata
 
 from tdabench.harness.read.record import MetricEntry, RunRecord
-from tdabench.harness.read.record_view import row_label
+from tdabench.harness.read.record_view import RowKey, row_label
 from tdabench.harness.read.statistics import Paired, holm, paired_comparison
-
-if TYPE_CHECKING:
-    from tdabench.harness.read.leaderboard import RowKey
 
 COLUMNS = ["metric", "ground_truth", "outcomes", "task", "method", "setting", "sweep", "status", "value",
            "ci_low", "ci_high", "ceiling", "normalized", "spearman", "message"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
+from typing import NamedTuple
 
 from tdabench.harness.read.record import RunRecord, TunedInfo
 
@@ -213,6 +214,17 @@ def shown_setting(key_setting: str, rec: RunRecord) -> str:
     params = method_params(rec)
     chosen = " ".join(f"{k}={_fmt(params.get(k, v))}" for k, v in sorted((tuned.best_params or {}).items()))
     return " ".join(filter(None, [label, chosen, key_setting[len(label):].strip()]))
+
+
+class RowKey(NamedTuple):
+    """What tells leaderboard rows apart: the ground truth's label, the task, the method, its
+    setting and the folder (``sweep``, with several folders; else None)."""
+
+    ground_truth: str
+    task: str
+    method: str
+    setting: str
+    sweep: str | None
 
 
 def row_label(key: tuple) -> str:

@@ -60,7 +60,7 @@ from tdabench.harness.read.record_view import (  # noqa: E402
     short_hash,
 )
 from tdabench.harness.read.size_plot import plot_n_train  # noqa: E402
-from tdabench.harness.read.stagewise import plot_stagewise  # noqa: E402
+from tdabench.harness.read.stagewise import plot_stagewise_table, stagewise_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def plot_frontier(records: list[RunRecord], out: Path) -> list[Path]:
 def make_plots(records: list[RunRecord], out: Path) -> list[Path]:
     return (plot_lds(records, out) + plot_cost(records, out) + plot_frontier(records, out)
             + plot_n_train(records, out, _save) + plot_scaling(records, out) + plot_traces(records, out)
-            + plot_stagewise(records, out, _save))
+            + plot_stagewise_table(stagewise_table(chosen_records(records)), out, _save))
 
 
 def _img(path: Path) -> str:

@@ -47,13 +47,6 @@ def render_stagewise(table: pd.DataFrame) -> list[str]:
     return parts
 
 
-def plot_stagewise(records: list[RunRecord], out, save) -> list:
-    """:func:`plot_stagewise_table` of the records' leaderboard rows."""
-    from tdabench.harness.read.leaderboard import chosen_records
-
-    return plot_stagewise_table(stagewise_table(chosen_records(records)), out, save)
-
-
 def plot_stagewise_table(table: pd.DataFrame, out, save) -> list:
     """``stagewise_<task>.png``: per task, each method's LDS (with its 95% interval) against the
     training step it was fitted and scored at; ``save(fig, path)`` writes a figure."""

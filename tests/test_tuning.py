@@ -353,3 +353,17 @@ def test_the_cpu_cap_landing_in_a_weakref_callback_is_no_unraisable_warning(monk
                 sum(range(1000))
     assert ref() is None and not seen, seen
     assert sys.unraisablehook == seen.append  # the hook of the block is gone
+
+
+def test_shard_runs_compute_the_validation_ground_truth_too(tmp_path, monkeypatch):
+    """With tune.trials set, each gt.shard run computes its share of the validation ground truth,
+    so the tuned run after the shard jobs retrains nothing."""
+    base = ["method=ekfac", "tune.trials=2", "gt.subsets=6", "tune.val_subsets=4", "gt.num_shards=3"]
+    for i in range(3):
+        assert execute(_cfg(tmp_path, *base, f"gt.shard={i}")) is None
+    val = [p.name for p in (tmp_path / "cache" / "ground_truth").glob("*val-*/shard-*-of-3.pt")]
+    assert sorted(val) == [f"shard-{i}-of-3.pt" for i in range(3)]
+    retrained = []
+    monkeypatch.setattr(GroundTruthBuilder, "_retrain", lambda self, subsets: retrained.append(subsets))
+    record = execute(_cfg(tmp_path, *base))
+    assert record["status"] == "ok" and retrained == []

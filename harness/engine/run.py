@@ -64,7 +64,7 @@ from tdabench.harness.engine.gt_from import (
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
 from tdabench.harness.engine.profiling import Profiler, warm_up
-from tdabench.harness.engine.tuning import tune
+from tdabench.harness.engine.tuning import compute_validation_shard, tune
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
 from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.plugin.metric import (
@@ -351,6 +351,8 @@ def execute(cfg: RunSettings | dict, group: str = "single") -> dict | None:
                                    "leave gt.shard null"])
             if needs_ground_truth(s.config):
                 builder.compute_shard(shard, num_shards)
+            if s.tune.trials:  # the tuner's share
+                compute_validation_shard(task, s, shard)
             for name in s.metrics:
                 METRICS.get(name)().compute_shard(task, s.config, shard, num_shards)
             log.info(f"ground truth shard {shard}/{num_shards} is cached")

@@ -97,8 +97,21 @@ class Tuned:
 
 def validation_gt(s: RunSettings) -> GroundTruthSettings:
     """The ``gt`` settings of the validation ground truth: the run's, at ``tune.val_subsets`` x
-    ``tune.val_seeds``, computed in one shard."""
-    return replace(s.gt, subsets=s.tune.val_subsets, seeds=s.tune.val_seeds, shard=None, num_shards=1)
+    ``tune.val_seeds``, in the run's ``gt.num_shards`` shards (at most one per subset)."""
+    return replace(s.gt, subsets=s.tune.val_subsets, seeds=s.tune.val_seeds, shard=None,
+                   num_shards=min(s.gt.num_shards, s.tune.val_subsets))
+
+
+def compute_validation_shard(task, s: RunSettings, shard: int) -> bool:
+    """Compute and cache shard ``shard`` of the validation ground truth of a tuned run (a ``gt.shard``
+    run with ``tune.trials`` set does its share of both ground truths, so shard jobs leave the tuner
+    nothing to retrain); False when the validation ground truth has fewer shards than that."""
+    vgt = validation_gt(s)
+    if shard >= vgt.num_shards:
+        return False
+    GroundTruthBuilder(task.validation_view(), vgt, s.cache_dir).compute_shard(shard, vgt.num_shards)
+    log.info(f"validation ground truth shard {shard}/{vgt.num_shards} is cached")
+    return True
 
 
 def storage_of(s: RunSettings):

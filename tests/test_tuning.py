@@ -281,7 +281,9 @@ def test_an_interrupted_trial_is_run_again_on_resume(tmp_path, monkeypatch):
     done = tune(task, type(method), cfg, study_key(cfg))
     study = optuna.load_study(study_name=done.info.study, storage=done.info.storage)
     assert [t.user_attrs.get("interrupted", False) for t in study.trials] == [True, False, False]
-    assert study.trials[1].params == {"damping": 0.1}  # the default is enqueued again
+    # the default is enqueued again, after the start-up point that waited; it is marked as the default
+    assert study.trials[2].params == {"damping": 0.1} and study.trials[2].user_attrs["default"]
+    assert [t["default"] for t in done.info.trial_log] == [False, False, True]
     assert done.info.completed_trials == 2
 
 
@@ -367,3 +369,43 @@ def test_shard_runs_compute_the_validation_ground_truth_too(tmp_path, monkeypatc
     monkeypatch.setattr(GroundTruthBuilder, "_retrain", lambda self, subsets: retrained.append(subsets))
     record = execute(_cfg(tmp_path, *base))
     assert record["status"] == "ok" and retrained == []
+
+
+def test_quasi_random_start_up_spreads_over_the_space():
+    from tdabench.harness.plugin.space import quasi_random_points, startup_trials
+
+    assert [startup_trials(b) for b in (1, 2, 8, 12, 16, 64, 1000)] == [1, 2, 4, 4, 5, 9, 16]
+    space = {"a": Float(1e-4, 1.0, log=True), "b": Int(0, 7), "c": Categorical(("x", "y"))}
+    points = quasi_random_points(space, 8, seed=3)
+    assert points == quasi_random_points(space, 8, seed=3) != quasi_random_points(space, 8, seed=4)
+    assert all(space[k].contains(v) for p in points for k, v in p.items())
+    # a Sobol' net of 8 points puts one point in each eighth of every dimension (log scale for a)
+    import math
+    assert sorted(int((math.log10(p["a"]) + 4) / 4 * 8) for p in points) == list(range(8))
+    assert sorted(p["b"] for p in points) == list(range(8))
+    assert sorted(p["c"] for p in points) == ["x"] * 4 + ["y"] * 4
+
+
+def test_a_task_redeclares_a_search_space_and_the_study_starts_quasi_randomly(tmp_path):
+    from tdabench.harness.plugin.space import space_for
+    from tdabench.tasks.cifar import CifarResNet9
+
+    bif = METHODS.get("bif")
+    assert space_for(bif)["eps"].high == 3e-3 and space_for(bif, CifarResNet9)["eps"].high == 5e-4
+    assert space_for(bif, CifarResNet9)["burn_in"] is CifarResNet9.search_spaces["bif"]["burn_in"]
+    assert space_problems(bif, 500, {**bif.defaults(), "eps": 1e-3}, CifarResNet9)[0].startswith(
+        "method bif: search_space['eps'] = [1e-05, 0.0005] log does not contain")
+    cfg = _cfg(tmp_path, "method=ekfac", "tune.trials=8")
+    task, method = prepare(cfg)
+    info = tune(task, type(method), cfg, study_key(cfg)).info
+    study = optuna.load_study(study_name=info.study, storage=info.storage)
+    first = [t.params["damping"] for t in study.trials[:4]]
+    assert first[0] == 0.1 and all(t.system_attrs.get("fixed_params") for t in study.trials[:4])
+    assert not study.trials[4].system_attrs.get("fixed_params")  # TPE from the fifth trial on
+    # the damping's log range [1e-4, 10] in quarters: the three start-up points fall in three of them
+    import math
+    assert len({int((math.log10(d) + 4) / 5 * 4) for d in first[1:]}) == 3
+    old = _cfg(tmp_path, "method=ekfac", "tune.trials=8", "tune.sampler=tpe")
+    plain = {**old, "tune": {k: v for k, v in old["tune"].items() if k != "sampler"}}
+    assert config_hash(old) == config_hash(plain)  # records from before the setting keep their hash
+    assert config_hash(cfg) != config_hash(old) and study_key(cfg) != study_key(old)

@@ -122,6 +122,9 @@ class TuneSettings:
     storage: str | None = setting(None, ": use null (SQLite in the results folder), a path ending in .journal "
                                   "(Optuna's journal file) or a database URL such as sqlite:///studies.db",
                                   check=lambda v: v is None or v.endswith(".journal") or "://" in v)
+    sampler: str = setting("quasi_tpe", ": use quasi_tpe (quasi-random start-up, then multivariate TPE) or tpe "
+                           "(random start-up, then independent TPE: the sampler of earlier studies)",
+                           choices=("quasi_tpe", "tpe"))
 
 
 @dataclass

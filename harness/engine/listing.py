@@ -14,7 +14,7 @@ import inspect
 import re
 
 from tdabench.harness.core.registry import METHODS, METRICS, TASKS
-from tdabench.harness.plugin.space import describe
+from tdabench.harness.plugin.space import describe, space_for
 
 WIDTH = 100  # longest description shown
 
@@ -37,7 +37,7 @@ def method_lines() -> list[str]:
         extra = getattr(cls, "extra", None)
         notes = ", ".join([*(f"needs {n}" for n in needs), *([f"extra {extra}"] if extra else [])])
         lines.append(f"  {name:<{width}}  {_summary(cls)}" + (f" ({notes})" if notes else ""))
-        space = getattr(cls, "search_space", {}) or {}
+        space = space_for(cls)
         if space:
             lines.append(f"  {'':<{width}}    search space: "
                          + ", ".join(f"{k} {v}" for k, v in describe(space).items()))
@@ -45,9 +45,17 @@ def method_lines() -> list[str]:
 
 
 def name_lines(registry) -> list[str]:
-    """One line per registered name of ``registry``: the name and its class's summary."""
+    """One line per registered name of ``registry``: the name and its class's summary; below a task
+    that redeclares a method's search space, a line per method with the dimensions it redeclares."""
     width = max(map(len, registry.names()), default=0)
-    return [f"  {name:<{width}}  {_summary(registry.get(name))}" for name in registry.names()]
+    lines = []
+    for name in registry.names():
+        cls = registry.get(name)
+        lines.append(f"  {name:<{width}}  {_summary(cls)}")
+        for method, dims in (getattr(cls, "search_spaces", None) or {}).items():
+            lines.append(f"  {'':<{width}}    {method}'s search space here: "
+                         + ", ".join(f"{k} {v}" for k, v in describe(dims).items()))
+    return lines
 
 
 def print_listing() -> None:

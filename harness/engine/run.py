@@ -81,7 +81,7 @@ from tdabench.harness.plugin.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.plugin.space import accepted_setting, space_problems
+from tdabench.harness.plugin.space import accepted_setting, space_for, space_problems
 from tdabench.harness.plugin.training import num_params
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import run_cost
@@ -119,7 +119,8 @@ def study_key(cfg: RunSettings | dict) -> str:
     s = settings_of(cfg)
     kept = {k: v for k, v in without_null_gt_from(s.config).items()
             if k not in NON_DETERMINING and k not in ("tune", "removal")}
-    tune_cfg = {k: v for k, v in asdict(s.tune).items() if k not in ("trials", "storage", "select_cpu_s")}
+    tune_cfg = {k: v for k, v in asdict(s.tune).items() if k not in ("trials", "storage", "select_cpu_s")
+                and (k, v) != ("sampler", "tpe")}
     return content_hash({**kept, "tune": tune_cfg})
 
 
@@ -144,7 +145,7 @@ def config_problems(cfg: dict, device_here: bool = True) -> tuple[type | None, t
     if method_cls is not None:
         more = validate_method_params(method_cls, s)
         if not more and s.tune.trials:  # the study starts from these settings
-            more = space_problems(method_cls, s.task.get("n_train") or 1000, s.method_params)
+            more = space_problems(method_cls, s.task.get("n_train") or 1000, s.method_params, task_cls)
         problems += more
     return task_cls, method_cls, problems
 
@@ -175,7 +176,7 @@ def _tuning_finds_a_setting(task, method_cls, s: RunSettings) -> bool:
     refuses can still run: the task provides what the method requires and some setting of its
     search space passes the check (the tuner then scores refused trials -1 and avoids them). A
     pairing no setting can run is still refused here, before any ground truth is built."""
-    space = getattr(method_cls, "search_space", None) or {}
+    space = space_for(method_cls, task)
     if not s.tune.trials or not space or set(method_cls.requires) - set(task.capabilities):
         return False
     return accepted_setting(space, s.method_params, task.n_train,

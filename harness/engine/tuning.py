@@ -66,7 +66,14 @@ from tdabench.harness.plugin.quality import (
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.plugin.space import default_point, describe, to_param
+from tdabench.harness.plugin.space import (
+    default_point,
+    describe,
+    quasi_random_points,
+    space_for,
+    startup_trials,
+    to_param,
+)
 from tdabench.harness.read.lds import lds
 from tdabench.harness.read.record import TunedInfo
 
@@ -93,6 +100,24 @@ class CostCapExceeded(RuntimeError):
 class Tuned:
     params: dict  # the method parameters of the best trial (the tuned ones only)
     info: TunedInfo  # the record's ``tuned`` field
+
+
+def make_sampler(kind: str, budget: int, seed: int):
+    """The Optuna sampler of a study of ``budget`` trials. ``quasi_tpe`` (default): after the
+    default and the quasi-random start-up points that :func:`tune` enqueues
+    (:func:`~tdabench.harness.plugin.space.startup_trials` in all), multivariate TPE (Falkner et al.
+    2018's joint density, so settings that act together, such as the BIF's eps and nbeta, are
+    modelled together). ``tpe``: independent TPE after random start-up draws (a third of the budget,
+    2 to 10), as studies before ``quasi_tpe`` ran."""
+    import warnings
+
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 3)))
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(budget), multivariate=True)
 
 
 def validation_gt(s: RunSettings) -> GroundTruthSettings:
@@ -136,8 +161,12 @@ def storage_of(s: RunSettings):
 
 def _counted(study) -> int:
     """Trials that count against the budget: every trial but those a user interrupted or whose
-    worker was killed (a trial left running by a worker on another host counts: it may be alive)."""
-    return sum(not t.user_attrs.get("interrupted") for t in study.trials)
+    worker was killed (a trial left running by a worker on another host counts: it may be alive) and
+    those enqueued that have not started (the start-up points still waiting)."""
+    import optuna
+
+    return sum(not t.user_attrs.get("interrupted") and t.state != optuna.trial.TrialState.WAITING
+               for t in study.trials)
 
 
 #: how long a choice waits for another worker's trial when neither limits.max_seconds nor
@@ -216,6 +245,19 @@ def _evaluate(method_cls, params: dict, view, gt, s: RunSettings, trial) -> floa
     return value
 
 
+def enqueue_missing(study, planned: list[dict]) -> None:
+    """Enqueue each point of ``planned`` (the default, then the start-up points) that no trial of
+    ``study`` ran, runs or waits for: a fresh study gets them all, a resumed one those a user
+    interrupted (workers sharing the study enqueue each once)."""
+    held = [t.system_attrs.get("fixed_params") or dict(t.params) for t in study.trials
+            if not t.user_attrs.get("interrupted")]
+    for point in planned:
+        if point in held:
+            held.remove(point)
+        else:
+            study.enqueue_trial(point)
+
+
 def trial_log(study) -> list[dict]:
     """Every trial of ``study`` as JSON: number, state, search-space values, their Optuna
     distributions (JSON), validation LDS (None unless complete), CPU seconds and whether it was
@@ -225,20 +267,22 @@ def trial_log(study) -> list[dict]:
     return [{"number": t.number, "state": t.state.name, "params": dict(t.params),
              "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()},
              "value": t.value if t.state.name == "COMPLETE" and "refused" not in t.user_attrs else None,
-             "cpu_s": t.user_attrs.get("cpu_s"), "refused": "refused" in t.user_attrs}
-            for t in study.trials]
+             "cpu_s": t.user_attrs.get("cpu_s"), "refused": "refused" in t.user_attrs,
+             "default": bool(t.user_attrs.get("default"))}
+            for t in study.trials if t.state.name != "WAITING"]
 
 
-def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
+def tune(task, method_cls, cfg: RunSettings | dict, study_key: str, space: dict | None = None) -> Tuned:
     """Run (or continue) the pairing's study up to ``tune.trials`` trials on the validation view
     of ``task``; the best setting and the record's ``tuned`` field. ``study_key``: the hash of the
-    settings that define the pairing (not the trial count)."""
+    settings that define the pairing (not the trial count). ``space``: the search space (default:
+    the method's, as the task redeclares it; :func:`space_for`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = settings_of(cfg)
     trials = s.tune.trials
-    space = dict(getattr(method_cls, "search_space", {}) or {})
+    space = space_for(method_cls, task) if space is None else dict(space)
     view = task.validation_view()
     builder = GroundTruthBuilder(view, validation_gt(s), s.cache_dir)
     gt = builder.build()
@@ -252,19 +296,26 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
     fail_killed_trials(study, name)
     held = _counted(study)
     seed = int(np.random.SeedSequence([s.seed, len(study.trials)]).generate_state(1)[0])
-    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 3)))
+    study.sampler = make_sampler(s.tune.sampler, budget, seed)
     base = s.method_params
-    if not held and not study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
-        study.enqueue_trial(default_point(space, base, task.n_train))
+    first = default_point(space, base, task.n_train)
+    if s.tune.sampler == "quasi_tpe":  # the start-up: the default, then quasi-random points
+        planned = [first, *quasi_random_points(space, startup_trials(budget) - 1, s.seed)]
+    else:
+        planned = [first]
+    enqueue_missing(study, planned)
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", worker_id())  # lets another worker tell a dead trial from a running one
         values = {k: d.suggest(trial, k) for k, d in space.items()}
+        if values == first:
+            trial.set_user_attr("default", True)  # the method's own setting: the gain is against it
         params = {**base, **{k: to_param(space[k], v, task.n_train) for k, v in values.items()}}
         try:
             value = _evaluate(method_cls, params, view, gt, s, trial)
         except UserInterrupt:  # not counted: a resumed study runs this trial's place again
             trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("default", False)  # its rerun is the default's trial
             raise
         except SettingRefused as exc:
             trial.set_user_attr("refused", str(exc)[:1000])

@@ -42,6 +42,17 @@ class _Range:
             return min(max(round(value), self.low), self.high) if self.integer else value
         return rng.randint(self.low, self.high) if self.integer else rng.uniform(self.low, self.high)
 
+    def from_unit(self, u: float):
+        """The value at quantile ``u`` in [0, 1) of the dimension's sampling distribution (for
+        quasi-random start-up points)."""
+        top = self.high + 1 if self.integer else self.high  # an integer owns [k, k + 1)
+        if self.log:
+            value = math.exp(math.log(self.low) + u * (math.log(top) - math.log(self.low)))
+        else:
+            value = self.low + u * (top - self.low)
+        value = math.floor(value) if self.integer else value
+        return min(max(value, self.low), self.high)
+
     def contains(self, value) -> bool:
         kinds = int if self.integer else (int, float)
         return isinstance(value, kinds) and not isinstance(value, bool) and self.low <= value <= self.high
@@ -76,11 +87,44 @@ class Categorical:
     def draw(self, rng):
         return rng.choice(self.choices)
 
+    def from_unit(self, u: float):
+        return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+
     def contains(self, value) -> bool:
         return value in self.choices
 
     def describe(self) -> str:
         return "{" + ", ".join(map(str, self.choices)) + "}"
+
+
+def space_for(method_cls, task=None) -> dict:
+    """The search space a tuned run of ``method_cls`` on ``task`` (a task class or object; None: no
+    task) explores: the method's :attr:`search_space` with the dimensions the task redeclares for it
+    (``Task.search_spaces[method name]``, where good settings lie elsewhere on that task)."""
+    own = dict(getattr(method_cls, "search_space", {}) or {})
+    if not own:
+        return own
+    return {**own, **(getattr(task, "search_spaces", {}) or {}).get(method_cls.name, {})}
+
+
+def startup_trials(budget: int) -> int:
+    """Trials of a study of ``budget`` trials before the model-based sampler takes over: the default
+    and quasi-random points, about sqrt(budget) + 1 (8 trials: 4; 16: 5; 64: 9), so a small budget
+    keeps most of its trials for the sampler and a large one spreads more points first."""
+    return min(budget, max(2, min(round(math.sqrt(budget)) + 1, 16)))
+
+
+def quasi_random_points(space: dict, count: int, seed: int) -> list[dict]:
+    """``count`` points of ``space`` (trial values) from a scrambled Sobol sequence (seeded): spread
+    over the space more evenly than independent random draws, the sampler's start-up."""
+    if count <= 0 or not space:
+        return []
+    from scipy.stats import qmc
+
+    names = sorted(space)
+    sobol = qmc.Sobol(d=len(names), scramble=True, seed=seed)
+    units = sobol.random_base2(max(1, math.ceil(math.log2(count))))[:count]
+    return [{k: space[k].from_unit(float(u[i])) for i, k in enumerate(names)} for u in units]
 
 
 def describe(space: dict) -> dict[str, str]:
@@ -136,13 +180,13 @@ def _samples(dim, n_train: int) -> list:
     return [to_param(dim, v, n_train) for v in values]
 
 
-def space_problems(method_cls, n_train: int = 1000, params: dict | None = None) -> list[str]:
+def space_problems(method_cls, n_train: int = 1000, params: dict | None = None, task=None) -> list[str]:
     """One line per dimension of ``method_cls.search_space`` that is not a :class:`Float`,
     :class:`Int` or :class:`Categorical`, names a parameter the method lacks, sets values the
     constructor's type annotation refuses, or whose range misses the method's setting the study
     starts from (``params``: the resolved settings, a task's defaults and explicit values included;
-    the class's own defaults by default)."""
-    space = getattr(method_cls, "search_space", {}) or {}
+    the class's own defaults by default); with ``task``, the space as that task redeclares it."""
+    space = space_for(method_cls, task)
     known = set(method_cls.parameters())
     params = method_cls.defaults() if params is None else params
     where = f"method {method_cls.name}: search_space"

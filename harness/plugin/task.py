@@ -114,6 +114,10 @@ class Task(TrainedModels, ABC):
     default_config: ClassVar[dict] = {}
     #: the dataclass of the task's own settings (a :class:`TaskSettings`), read as :attr:`settings`
     settings_class: ClassVar[type[TaskSettings]] = TaskSettings
+    #: search-space dimensions the task redeclares per method, ``{method: {parameter: dimension}}``,
+    #: where good settings lie elsewhere than the method's own space is centred (tuning searches
+    #: the method's space with these replacing its dimensions: ``space.space_for``)
+    search_spaces: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, cfg: dict, seed: int = 0, cache_dir: str | Path = ".cache",
                  device: str = "cpu", log=None):

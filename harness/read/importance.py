@@ -63,7 +63,8 @@ def record_rows(rec: RunRecord) -> list[dict]:
         return []
     values = {t["number"]: t.get("value") for t in trials}
     done = [v for v in values.values() if v is not None and math.isfinite(v)]
-    default = values.get(min(values)) if values else None
+    marked = [t.get("value") for t in trials if t.get("default")]  # logs before the mark: trial 0
+    default = marked[0] if marked else values.get(min(values)) if values else None
     best = max(done) if done else None
     imp = fanova(trials)
     return [{"task": rec.task, "method": rec.method, "n_train": rec.n_train, "seed": (rec.config or {}).get("seed"),

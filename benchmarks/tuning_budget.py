@@ -13,9 +13,9 @@ For each training-set size and data seed, on one validation ground truth (``tune
   default setting, quasi-random start-up points, multivariate TPE) over the method's search space
   as the task declares it: its best validation LDS is what a large budget finds;
 - a fresh study per ``--budgets`` value with the same sampler and space;
-- a fresh study per ``--baseline-budgets`` value with the earlier sampler (``tpe``: random start-up,
-  independent TPE) over the earlier space (for the BIF, ``BIF_SPACE_WIDE``: the space of the
-  committed small-data studies).
+- a fresh study per ``--baseline-budgets`` value with the earlier tuning (``tune.sampler=tpe``:
+  random start-up, independent TPE, the method's earlier space; for the BIF ``BIF_SPACE_WIDE``, the
+  space of the committed small-data studies).
 
 A study "finds it" when its best validation LDS is within ``--tolerance`` of the reference's best.
 Studies live in ``OUT/studies.journal`` (a rerun continues them); each (size, seed) writes
@@ -49,19 +49,18 @@ def study_rows(task_name: str, method: str, n: int, seed: int, args) -> list[dic
             "wandb.mode=disabled", "cost.count=off", f"tune.val_subsets={args.val_subsets}",
             f"tune.val_seeds={args.val_seeds}", f"cache_dir={args.cache_dir}", f"results_dir={out}",
             f"tune.storage={out / 'studies.journal'}", f"tune.max_cpu_s={args.max_cpu_s}", *args.set]
-    wide = None
-    if method == "bif":
-        from tdabench.methods.bif import BIF_SPACE_WIDE as wide
     arms = [("quasi_tpe", "reference", args.reference)]
     arms += [("quasi_tpe", "centred", b) for b in args.budgets]
-    arms += [("tpe", "wide" if wide else "own", b) for b in args.baseline_budgets]
+    from tdabench.harness.core.registry import METHODS
+
+    earlier = "wide" if getattr(METHODS.get(method), "earlier_search_space", None) else "own"
+    arms += [("tpe", earlier, b) for b in args.baseline_budgets]
     rows = []
     for sampler, space_name, budget in arms:
         cfg = compose([*base, f"tune.trials={budget}", f"tune.sampler={sampler}"])
         task, m = prepare(cfg)
-        space = wide if space_name == "wide" else None
         start = time.process_time()
-        tuned = tune(task, type(m), cfg, f"{study_key(cfg)}-{space_name}-b{budget}", space=space).info
+        tuned = tune(task, type(m), cfg, f"{study_key(cfg)}-{space_name}-b{budget}").info
         log = tuned.trial_log
         rows.append({"task": task_name, "method": method, "n_train": n, "seed": seed, "sampler": sampler,
                      "space": space_name, "budget": budget, "best_val_lds": tuned.val_lds,

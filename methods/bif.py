@@ -194,6 +194,7 @@ class BIF(Method):
     cost_ladder = ({"chains": 2, "draws": 50}, {"chains": 4, "draws": 100}, {"chains": 4, "draws": 200},
                    {"chains": 8, "draws": 400}, {"chains": 8, "draws": 800})
     search_space = BIF_SPACE
+    earlier_search_space = BIF_SPACE_WIDE
 
     def __init__(self, seed: int = 0, chains: int = 4, draws: int = 100, burn_in: int = 100,
                  steps_between_draws: int = 5, eps: float = 1e-4, gamma: float = 100.0,

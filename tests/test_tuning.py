@@ -392,6 +392,7 @@ def test_a_task_redeclares_a_search_space_and_the_study_starts_quasi_randomly(tm
 
     bif = METHODS.get("bif")
     assert space_for(bif)["eps"].high == 3e-3 and space_for(bif, CifarResNet9)["eps"].high == 5e-4
+    assert space_for(bif, CifarResNet9, "tpe") == bif.earlier_search_space != bif.search_space
     assert space_for(bif, CifarResNet9)["burn_in"] is CifarResNet9.search_spaces["bif"]["burn_in"]
     assert space_problems(bif, 500, {**bif.defaults(), "eps": 1e-3}, CifarResNet9)[0].startswith(
         "method bif: search_space['eps'] = [1e-05, 0.0005] log does not contain")

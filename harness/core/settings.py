@@ -123,7 +123,7 @@ class TuneSettings:
                                   "(Optuna's journal file) or a database URL such as sqlite:///studies.db",
                                   check=lambda v: v is None or v.endswith(".journal") or "://" in v)
     sampler: str = setting("quasi_tpe", ": use quasi_tpe (quasi-random start-up, then multivariate TPE) or tpe "
-                           "(random start-up, then independent TPE: the sampler of earlier studies)",
+                           "(random start-up, then independent TPE over the earlier spaces: earlier studies)",
                            choices=("quasi_tpe", "tpe"))
 
 

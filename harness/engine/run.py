@@ -145,7 +145,8 @@ def config_problems(cfg: dict, device_here: bool = True) -> tuple[type | None, t
     if method_cls is not None:
         more = validate_method_params(method_cls, s)
         if not more and s.tune.trials:  # the study starts from these settings
-            more = space_problems(method_cls, s.task.get("n_train") or 1000, s.method_params, task_cls)
+            more = space_problems(method_cls, s.task.get("n_train") or 1000, s.method_params, task_cls,
+                                  s.tune.sampler)
         problems += more
     return task_cls, method_cls, problems
 
@@ -176,7 +177,7 @@ def _tuning_finds_a_setting(task, method_cls, s: RunSettings) -> bool:
     refuses can still run: the task provides what the method requires and some setting of its
     search space passes the check (the tuner then scores refused trials -1 and avoids them). A
     pairing no setting can run is still refused here, before any ground truth is built."""
-    space = space_for(method_cls, task)
+    space = space_for(method_cls, task, s.tune.sampler)
     if not s.tune.trials or not space or set(method_cls.requires) - set(task.capabilities):
         return False
     return accepted_setting(space, s.method_params, task.n_train,

@@ -276,13 +276,14 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str, space: dict 
     """Run (or continue) the pairing's study up to ``tune.trials`` trials on the validation view
     of ``task``; the best setting and the record's ``tuned`` field. ``study_key``: the hash of the
     settings that define the pairing (not the trial count). ``space``: the search space (default:
-    the method's, as the task redeclares it; :func:`space_for`)."""
+    the method's, as the task redeclares it, or the earlier one with ``tune.sampler=tpe``:
+    :func:`space_for`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = settings_of(cfg)
     trials = s.tune.trials
-    space = space_for(method_cls, task) if space is None else dict(space)
+    space = space_for(method_cls, task, s.tune.sampler) if space is None else dict(space)
     view = task.validation_view()
     builder = GroundTruthBuilder(view, validation_gt(s), s.cache_dir)
     gt = builder.build()

@@ -63,6 +63,9 @@ class Method:
     #: how much it spends (those are the cost ladder's); every range contains the default; {} when
     #: the method has nothing to tune
     search_space: ClassVar[dict[str, Any]] = {}
+    #: the search space of studies run before :attr:`search_space` last changed (None: unchanged),
+    #: searched with ``tune.sampler=tpe`` so those studies rerun as they ran
+    earlier_search_space: ClassVar[dict[str, Any] | None] = None
     #: whether :meth:`self_influence` can be computed: True for a method that scores any queries
     #: the task gives it (the generic path); a method that cannot sets it False and says why in
     #: :attr:`no_self_influence` (the ``mislabel_auc`` metric is then unsupported for it)

@@ -97,11 +97,15 @@ class Categorical:
         return "{" + ", ".join(map(str, self.choices)) + "}"
 
 
-def space_for(method_cls, task=None) -> dict:
+def space_for(method_cls, task=None, sampler: str = "quasi_tpe") -> dict:
     """The search space a tuned run of ``method_cls`` on ``task`` (a task class or object; None: no
     task) explores: the method's :attr:`search_space` with the dimensions the task redeclares for it
-    (``Task.search_spaces[method name]``, where good settings lie elsewhere on that task)."""
+    (``Task.search_spaces[method name]``, where good settings lie elsewhere on that task). With the
+    earlier sampler (``tune.sampler=tpe``) the space earlier studies searched: the method's
+    ``earlier_search_space`` where its space has changed since (the BIF's), no task's."""
     own = dict(getattr(method_cls, "search_space", {}) or {})
+    if sampler == "tpe":
+        return dict(getattr(method_cls, "earlier_search_space", None) or own)
     if not own:
         return own
     return {**own, **(getattr(task, "search_spaces", {}) or {}).get(method_cls.name, {})}
@@ -180,13 +184,14 @@ def _samples(dim, n_train: int) -> list:
     return [to_param(dim, v, n_train) for v in values]
 
 
-def space_problems(method_cls, n_train: int = 1000, params: dict | None = None, task=None) -> list[str]:
+def space_problems(method_cls, n_train: int = 1000, params: dict | None = None, task=None,
+                   sampler: str = "quasi_tpe") -> list[str]:
     """One line per dimension of ``method_cls.search_space`` that is not a :class:`Float`,
     :class:`Int` or :class:`Categorical`, names a parameter the method lacks, sets values the
     constructor's type annotation refuses, or whose range misses the method's setting the study
     starts from (``params``: the resolved settings, a task's defaults and explicit values included;
     the class's own defaults by default); with ``task``, the space as that task redeclares it."""
-    space = space_for(method_cls, task)
+    space = space_for(method_cls, task, sampler)
     known = set(method_cls.parameters())
     params = method_cls.defaults() if params is None else params
     where = f"method {method_cls.name}: search_space"

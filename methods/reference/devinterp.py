@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.plugin.method import Method
-from tdabench.methods.bif import BIF_SPACE
+from tdabench.methods.bif import BIF_SPACE, BIF_SPACE_WIDE
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -48,6 +48,7 @@ class DevinterpBIF(Method):
                                     "nbeta", "batch_size", "normalize", "draw_batch_size")}
     #: the native BIF's space: the same estimator, tuned the same way
     search_space = BIF_SPACE
+    earlier_search_space = BIF_SPACE_WIDE
 
     def __init__(self, seed: int = 0, chains: int = 4, draws: int = 100, burn_in: int = 100,
                  steps_between_draws: int = 5, eps: float = 1e-4, gamma: float = 100.0,

@@ -410,3 +410,20 @@ def test_a_task_redeclares_a_search_space_and_the_study_starts_quasi_randomly(tm
     plain = {**old, "tune": {k: v for k, v in old["tune"].items() if k != "sampler"}}
     assert config_hash(old) == config_hash(plain)  # records from before the setting keep their hash
     assert config_hash(cfg) != config_hash(old) and study_key(cfg) != study_key(old)
+
+
+def test_the_committed_tuned_sweeps_keep_their_config_hash():
+    """The sweeps of the committed tuned folders pin the earlier tuning (tune.sampler=tpe), so their
+    commands find the committed records (same config hash) and rerun studies as they ran."""
+    import json
+    from pathlib import Path
+
+    from tdabench.harness.engine.compose import compose
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "reference" / "small_data_digits"
+    recs = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
+    rec = next(r for r in recs if r["method"] == "bif" and r["n_train"] == 100 and r["config"]["seed"] == 0)
+    cfg = compose(["+sweep=small_data_digits_tuned", "method=bif", "task.n_train=100", "seed=0", "threads=1",
+                   "wandb.mode=disabled", "cost.count=off"])
+    assert cfg["tune"]["sampler"] == "tpe" and config_hash(cfg) == rec["config_hash"]
+    assert config_hash({**cfg, "tune": {**cfg["tune"], "sampler": "quasi_tpe"}}) != rec["config_hash"]

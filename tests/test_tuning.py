@@ -424,6 +424,7 @@ def test_the_committed_tuned_sweeps_keep_their_config_hash():
     recs = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
     rec = next(r for r in recs if r["method"] == "bif" and r["n_train"] == 100 and r["config"]["seed"] == 0)
     cfg = compose(["+sweep=small_data_digits_tuned", "method=bif", "task.n_train=100", "seed=0", "threads=1",
-                   "wandb.mode=disabled", "cost.count=off"])
+                   "wandb.mode=disabled", "cost.count=off",
+                   "tune.storage=results/reference/small_data_digits/studies.journal"])  # as its README ran it
     assert cfg["tune"]["sampler"] == "tpe" and config_hash(cfg) == rec["config_hash"]
     assert config_hash({**cfg, "tune": {**cfg["tune"], "sampler": "quasi_tpe"}}) != rec["config_hash"]

@@ -169,3 +169,67 @@ def test_benchmarks_import_the_installed_package_only():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             problems += [f"{path.name}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] in siblings]
     assert not problems, "; ".join(problems)
+
+
+def module_of(name: list[str], root: Path = ROOT) -> str | None:
+    """The project module (dotted, without ``tdabench``) that an imported name lives in: the longest
+    prefix of ``name`` that is a module file or a package."""
+    for k in range(len(name), 0, -1):
+        base = root.joinpath(*name[:k])
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return ".".join(name[:k])
+    return None
+
+
+def import_cycles(paths: list[Path], root: Path = ROOT) -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (imports inside
+    functions included: a cycle there is still two modules that cannot be understood apart);
+    a package's ``__init__`` re-exporting its own modules is not a cycle of theirs."""
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        rel = path.relative_to(root).with_suffix("")
+        me = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        targets = {module_of(n, root) for _, n in imported(path, root)}
+        graph[me] = {t for t in targets if t and t != me and not (rel.name == "__init__" and t.startswith(me + "."))}
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    assert import_cycles(sources()) == []
+
+
+def test_the_cycle_finder_sees_imports_inside_functions(tmp_path):
+    pkg = tmp_path / "harness" / "read"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from tdabench.harness.read.a import f\n")
+    (pkg / "a.py").write_text("from tdabench.harness.read.b import g\n\ndef f():\n    return g()\n")
+    (pkg / "b.py").write_text("def g():\n    from tdabench.harness.read.a import f\n    return f\n")
+    (pkg / "c.py").write_text("from tdabench.harness.read import a\n")
+    files = sorted(tmp_path.rglob("*.py"))
+    assert import_cycles(files, tmp_path) == [["harness.read.a", "harness.read.b"]]

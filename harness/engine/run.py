@@ -64,7 +64,7 @@ from tdabench.harness.engine.gt_from import (
 from tdabench.harness.engine.interrupts import TimeLimitExceeded, UserInterrupt, time_limit, user_interrupts
 from tdabench.harness.engine.ladder import apply_level
 from tdabench.harness.engine.profiling import Profiler, warm_up
-from tdabench.harness.engine.tuning import compute_validation_shard, tune
+from tdabench.harness.engine.tuning import compute_validation_shard, tune, tuning_finds_a_setting
 from tdabench.harness.engine.writing import complete_pending_writes, pending_records, write_result
 from tdabench.harness.plugin.ground_truth import GroundTruthBuilder
 from tdabench.harness.plugin.metric import (
@@ -81,7 +81,7 @@ from tdabench.harness.plugin.quality import (  # noqa: F401 - check_scores is im
     degenerate_model_message,
     degenerate_reason,
 )
-from tdabench.harness.plugin.space import accepted_setting, space_for, space_problems
+from tdabench.harness.plugin.space import space_problems
 from tdabench.harness.plugin.training import num_params
 from tdabench.harness.read.record import RunRecord
 from tdabench.harness.read.record_view import run_cost
@@ -163,25 +163,13 @@ def prepare(cfg: RunSettings | dict):
     task = task_cls(s.task, seed=s.seed, cache_dir=s.cache_dir, device=s.device)
     method = method_cls(**s.method_params)
     problems = validate_pairing(task, method)
-    if problems and _tuning_finds_a_setting(task, method_cls, s):
+    if problems and tuning_finds_a_setting(task, method_cls, s):
         log.info(f"{task.name} / {method.name}: the default setting is refused ({'; '.join(problems)}); "
                  "tuning goes on, since other settings of its search space pass (refused trials score -1)")
         problems = []
     if problems:
         raise UnsupportedPairingError(problems)
     return task, method
-
-
-def _tuning_finds_a_setting(task, method_cls, s: RunSettings) -> bool:
-    """Whether a tuned run (``tune.trials > 0``) whose default setting the method's ``check``
-    refuses can still run: the task provides what the method requires and some setting of its
-    search space passes the check (the tuner then scores refused trials -1 and avoids them). A
-    pairing no setting can run is still refused here, before any ground truth is built."""
-    space = space_for(method_cls, task, s.tune.sampler)
-    if not s.tune.trials or not space or set(method_cls.requires) - set(task.capabilities):
-        return False
-    return accepted_setting(space, s.method_params, task.n_train,
-                            lambda params: not method_cls(**params).check(task), seed=s.seed) is not None
 
 
 def record_unsupported(cfg: RunSettings | dict, exc: UnsupportedPairingError, group: str) -> dict:

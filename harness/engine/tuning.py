@@ -67,6 +67,7 @@ from tdabench.harness.plugin.quality import (
     degenerate_reason,
 )
 from tdabench.harness.plugin.space import (
+    accepted_setting,
     default_point,
     describe,
     quasi_random_points,
@@ -100,6 +101,18 @@ class CostCapExceeded(RuntimeError):
 class Tuned:
     params: dict  # the method parameters of the best trial (the tuned ones only)
     info: TunedInfo  # the record's ``tuned`` field
+
+
+def tuning_finds_a_setting(task, method_cls, s: RunSettings) -> bool:
+    """Whether a tuned run (``tune.trials > 0``) whose default setting the method's ``check``
+    refuses can still run: the task provides what the method requires and some setting of its
+    search space passes the check (the tuner then scores refused trials -1 and avoids them). A
+    pairing no setting can run is still refused here, before any ground truth is built."""
+    space = space_for(method_cls, task, s.tune.sampler)
+    if not s.tune.trials or not space or set(method_cls.requires) - set(task.capabilities):
+        return False
+    return accepted_setting(space, s.method_params, task.n_train,
+                            lambda params: not method_cls(**params).check(task), seed=s.seed) is not None
 
 
 def make_sampler(kind: str, budget: int, seed: int):

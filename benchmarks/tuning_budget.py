@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def study_rows(task_name: str, method: str, n: int, seed: int, args) -> list[dict]:
+    from tdabench.harness.core.registry import METHODS
     from tdabench.harness.engine.compose import compose
     from tdabench.harness.engine.run import prepare, study_key
     from tdabench.harness.engine.tuning import tune
@@ -51,8 +52,6 @@ def study_rows(task_name: str, method: str, n: int, seed: int, args) -> list[dic
             f"tune.storage={out / 'studies.journal'}", f"tune.max_cpu_s={args.max_cpu_s}", *args.set]
     arms = [("quasi_tpe", "reference", args.reference)]
     arms += [("quasi_tpe", "centred", b) for b in args.budgets]
-    from tdabench.harness.core.registry import METHODS
-
     earlier = "wide" if getattr(METHODS.get(method), "earlier_search_space", None) else "own"
     arms += [("tpe", earlier, b) for b in args.baseline_budgets]
     rows = []

@@ -55,12 +55,8 @@ class ReadGroundTruth:
 
 
 def without_null_gt_from(cfg: dict) -> dict:
-    """``cfg`` without ``gt.from`` where it is null and without ``tune.sampler`` where it is ``tpe``:
-    those settings came after records were first hashed, so a run that does not use them keeps the
-    config hash of one written before them."""
-    tune = cfg.get("tune")
-    if isinstance(tune, dict) and tune.get("sampler") == "tpe":
-        cfg = {**cfg, "tune": {k: v for k, v in tune.items() if k != "sampler"}}
+    """``cfg`` without ``gt.from`` where it is null: the setting came after records were first
+    hashed, so a run that does not use it keeps the config hash of one written before it."""
     gt = cfg.get("gt")
     if not isinstance(gt, dict) or "from" not in gt or gt.get("from") is not None:
         return cfg

@@ -107,7 +107,7 @@ def config_hash(cfg: RunSettings | dict) -> str:
     unused |= {"mislabel"} if "mislabel_auc" not in s.metrics else set()
     unused |= {"removal"} if "removal" not in s.metrics else set()
     unused |= {"tune"} if not s.tune.trials else set()
-    kept = without_null_gt_from(s.config)
+    kept = _hashed(s.config)
     return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
 
 
@@ -117,11 +117,19 @@ def study_key(cfg: RunSettings | dict) -> str:
     of the final choice (``select_cpu_s``: every cap chooses from the same study); the ``removal``
     settings, which tuning never reads, are left out (studies made before them continue)."""
     s = settings_of(cfg)
-    kept = {k: v for k, v in without_null_gt_from(s.config).items()
-            if k not in NON_DETERMINING and k not in ("tune", "removal")}
-    tune_cfg = {k: v for k, v in asdict(s.tune).items() if k not in ("trials", "storage", "select_cpu_s")
-                and (k, v) != ("sampler", "tpe")}
+    hashed = _hashed({**s.config, "tune": asdict(s.tune)})
+    kept = {k: v for k, v in hashed.items() if k not in NON_DETERMINING and k not in ("tune", "removal")}
+    tune_cfg = {k: v for k, v in hashed["tune"].items() if k not in ("trials", "storage", "select_cpu_s")}
     return content_hash({**kept, "tune": tune_cfg})
+
+
+def _hashed(cfg: dict) -> dict:
+    """``cfg`` as the hashes see it: without ``gt.from`` where null and ``tune.sampler`` where ``tpe``
+    (they came after records were first hashed: runs not using them keep those runs' hashes)."""
+    cfg, tune = without_null_gt_from(cfg), cfg.get("tune")
+    if isinstance(tune, dict) and tune.get("sampler") == "tpe":
+        cfg = {**cfg, "tune": {k: v for k, v in tune.items() if k != "sampler"}}
+    return cfg
 
 
 def config_problems(cfg: dict, device_here: bool = True) -> tuple[type | None, type | None, list[str]]:

@@ -140,16 +140,14 @@ def validation_gt(s: RunSettings) -> GroundTruthSettings:
                    num_shards=min(s.gt.num_shards, s.tune.val_subsets))
 
 
-def compute_validation_shard(task, s: RunSettings, shard: int) -> bool:
+def compute_validation_shard(task, s: RunSettings, shard: int) -> None:
     """Compute and cache shard ``shard`` of the validation ground truth of a tuned run (a ``gt.shard``
     run with ``tune.trials`` set does its share of both ground truths, so shard jobs leave the tuner
-    nothing to retrain); False when the validation ground truth has fewer shards than that."""
+    nothing to retrain); nothing when the validation ground truth has fewer shards than that."""
     vgt = validation_gt(s)
-    if shard >= vgt.num_shards:
-        return False
-    GroundTruthBuilder(task.validation_view(), vgt, s.cache_dir).compute_shard(shard, vgt.num_shards)
-    log.info(f"validation ground truth shard {shard}/{vgt.num_shards} is cached")
-    return True
+    if shard < vgt.num_shards:
+        GroundTruthBuilder(task.validation_view(), vgt, s.cache_dir).compute_shard(shard, vgt.num_shards)
+        log.info(f"validation ground truth shard {shard}/{vgt.num_shards} is cached")
 
 
 def storage_of(s: RunSettings):
@@ -285,18 +283,17 @@ def trial_log(study) -> list[dict]:
             for t in study.trials if t.state.name != "WAITING"]
 
 
-def tune(task, method_cls, cfg: RunSettings | dict, study_key: str, space: dict | None = None) -> Tuned:
+def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
     """Run (or continue) the pairing's study up to ``tune.trials`` trials on the validation view
     of ``task``; the best setting and the record's ``tuned`` field. ``study_key``: the hash of the
-    settings that define the pairing (not the trial count). ``space``: the search space (default:
-    the method's, as the task redeclares it, or the earlier one with ``tune.sampler=tpe``:
-    :func:`space_for`)."""
+    settings that define the pairing (not the trial count). The search space is the method's as the
+    task redeclares it, or the earlier one with ``tune.sampler=tpe`` (:func:`space_for`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = settings_of(cfg)
     trials = s.tune.trials
-    space = space_for(method_cls, task, s.tune.sampler) if space is None else dict(space)
+    space = space_for(method_cls, task, s.tune.sampler)
     view = task.validation_view()
     builder = GroundTruthBuilder(view, validation_gt(s), s.cache_dir)
     gt = builder.build()
@@ -313,11 +310,8 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str, space: dict 
     study.sampler = make_sampler(s.tune.sampler, budget, seed)
     base = s.method_params
     first = default_point(space, base, task.n_train)
-    if s.tune.sampler == "quasi_tpe":  # the start-up: the default, then quasi-random points
-        planned = [first, *quasi_random_points(space, startup_trials(budget) - 1, s.seed)]
-    else:
-        planned = [first]
-    enqueue_missing(study, planned)
+    quasi = s.tune.sampler == "quasi_tpe"  # its start-up: the default, then quasi-random points
+    enqueue_missing(study, [first, *(quasi_random_points(space, startup_trials(budget) - 1, s.seed) if quasi else [])])
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", worker_id())  # lets another worker tell a dead trial from a running one

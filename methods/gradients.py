@@ -324,8 +324,28 @@ def train_grads(task, model, chunk: int = 256) -> torch.Tensor:
     return per_example_grads(task.per_example_loss, model, s.inputs, s.targets, chunk)
 
 
-def query_grads(task, model, chunk: int = 256) -> torch.Tensor:
+def query_grads(task, model, chunk: int = 256, per_token: bool = False) -> torch.Tensor:
     """Gradients of each query's observable phi_q: ``[n_query, P]``, computed in chunks of at
-    most ``chunk`` examples (and about ``GRAD_CHUNK_BYTES``)."""
+    most ``chunk`` examples (and about ``GRAD_CHUNK_BYTES``). With ``per_token`` (tasks with
+    capability ``per_token``), the gradients of each query token's observable
+    (``task.token_observables``) instead: ``[n_query, T, P]``; their mean over tokens is the
+    sequence's gradient when the observable is the mean token loss."""
     s = task.query_split
-    return per_example_grads(task.observable, model, s.inputs, s.targets, gradient_chunk(model, chunk))
+    if not per_token:
+        return per_example_grads(task.observable, model, s.inputs, s.targets, gradient_chunk(model, chunk))
+    n_tokens = s.targets.shape[1]
+    out = None
+    start = 0
+    for g in iter_per_token_grads(task.token_observables, model, s.inputs, s.targets,
+                                  max(1, gradient_chunk(model, chunk) // n_tokens)):
+        if out is None:
+            out = g.new_empty(len(s), n_tokens, g.shape[-1])
+        out[start:start + len(g)] = g
+        start += len(g)
+        del g
+    return out
+
+
+def gives_token_scores(task) -> bool:
+    """Whether a gradient method scores each query token on ``task`` (capability ``per_token``)."""
+    return "per_token" in task.capabilities

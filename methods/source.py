@@ -46,7 +46,7 @@ from tdabench.methods.curvature import (
     fit_curvature,
     select_layers,
 )
-from tdabench.methods.gradients import iter_per_example_grads, query_grads
+from tdabench.methods.gradients import gives_token_scores, iter_per_example_grads, query_grads
 from tdabench.methods.trajectory import effective_lr, split_segments
 
 
@@ -116,7 +116,8 @@ class SOURCE(Method):
             strategy=strategy, empirical_fisher=empirical_fisher, fisher_samples=fisher_samples,
             layers=tuple(layers) if layers is not None else None, exclude=tuple(exclude or ()),
             batch_size=batch_size, max_examples=max_examples, seed=self.seed)
-        self._queries: list[torch.Tensor] = []  # w_l [n_query, P], one per segment
+        self._queries: list[torch.Tensor] = []  # w_l [n_query (x T), P], one per segment
+        self._shape: tuple = ()  # the scores' leading shape: [n_query] or [n_query, T]
         self._groups: list = []
 
     def check(self, task) -> list[str]:
@@ -161,7 +162,9 @@ class SOURCE(Method):
             steps = sum(s.steps for s in group)
             eta = effective_lr(task, sum(s.lr * s.steps for s in group) / steps)
             self._groups.append((models, eta * steps, averaged_curvature(task, models, self.curvature_config, names)))
-        u = query_grads(task, model, self.batch_size).double()
+        u = query_grads(task, model, self.batch_size, per_token=self.token_scores(task)).double()
+        self._shape = u.shape[:-1]  # [n_query (, T)]
+        u = u.flatten(0, -2)
         self._queries = [None] * len(self._groups)
         for seg in reversed(range(len(self._groups))):
             _, t, curv = self._groups[seg]
@@ -173,9 +176,13 @@ class SOURCE(Method):
             self._queries[seg] = spectral(curv, layout, u, response)
             u = spectral(curv, layout, u, decay)
 
+    def token_scores(self, task) -> bool:
+        """Whether :meth:`score` gives per-token scores on ``task`` (``[n_query, T, n_train]``)."""
+        return gives_token_scores(task)
+
     def score(self, task, model) -> torch.Tensor:
         s = task.train_split
-        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64, device=task.device)
+        scores = torch.zeros(self._queries[0].shape[0], task.n_train, dtype=torch.float64, device=task.device)
         for (models, _, _), w in zip(self._groups, self._queries):
             for m in models:
                 start = 0
@@ -183,4 +190,4 @@ class SOURCE(Method):
                                                 self.batch_size):
                     scores[:, start:start + len(g)] -= w @ g.double().T / len(models)
                     start += len(g)
-        return (scores / task.n_train).float()
+        return (scores / task.n_train).float().view(*self._shape, task.n_train)

@@ -12,7 +12,8 @@ where snapshot s (``task.trajectory()``) carries its segment's mean learning rat
 number of optimizer steps ``steps_s``: lr x steps is the total step length the segment took, so
 segments weigh by how far training moved in them, not by how many snapshots fall in them.
 Helpful examples (aligned gradients) score negative, as the harness convention wants.
-Shapes: [n_query, n_train].
+Shapes: [n_query, n_train]; on tasks with per-token observables [n_query, T, n_train], each
+query token's observable in place of phi_q (their mean over tokens is the sequence score).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.plugin.method import Method
-from tdabench.methods.gradients import query_grads, train_grad_dots
+from tdabench.methods.gradients import gives_token_scores, query_grads, train_grad_dots
 from tdabench.methods.trajectory import effective_lr
 
 
@@ -34,12 +35,18 @@ class TracIn(Method):
     def trainings(self, task) -> int:
         return 1  # the reference run, which also produced the snapshots
 
+    def token_scores(self, task) -> bool:
+        """Whether :meth:`score` gives per-token scores on ``task``."""
+        return gives_token_scores(task)
+
     def score(self, task, model) -> torch.Tensor:
-        scores = torch.zeros(task.n_query, task.n_train, dtype=torch.float64, device=task.device)
+        per_token = self.token_scores(task)
+        rows = task.n_query * (task.query_split.targets.shape[1] if per_token else 1)
+        scores = torch.zeros(rows, task.n_train, dtype=torch.float64, device=task.device)
         for snap in task.trajectory():
             m = task.snapshot_model(snap)
             step = effective_lr(task, snap.lr) * snap.steps / task.n_train
-            gq = query_grads(task, m, self.batch_size).double()
-            train_grad_dots(task, m, gq, self.batch_size, out=scores, alpha=-step)
+            gq = query_grads(task, m, self.batch_size, per_token=per_token).double()
+            train_grad_dots(task, m, gq.flatten(0, -2), self.batch_size, out=scores, alpha=-step)
             del gq
-        return scores.float()
+        return scores.float().view(task.n_query, *([-1] if per_token else []), task.n_train)

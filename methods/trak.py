@@ -16,7 +16,9 @@ the ensemble separately:
 
 and the harness score is that times the sign of d observable_q / d f_q (with the margin as f and
 loss as the observable, -1: TRAK's raw scores, positive for helpful examples, get a minus).
-Shapes of scores: [n_query, n_train].
+Shapes of scores: [n_query, n_train]; on tasks with per-token observables (output loss),
+[n_query, T, n_train]: each query token's projected loss gradient in place of phi_q, whose mean
+over tokens is the sequence's (its observable is the mean token loss).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from tdabench.harness.plugin.method import Method
 from tdabench.harness.plugin.space import Categorical, Int
 from tdabench.harness.plugin.task import margin
 from tdabench.harness.plugin.training import num_params
-from tdabench.methods.gradients import CAST_BLOCK_BYTES, iter_per_example_parts
+from tdabench.methods.gradients import (
+    CAST_BLOCK_BYTES,
+    gives_token_scores,
+    gradient_chunk,
+    iter_per_example_parts,
+    iter_per_token_grads,
+)
 
 OUTPUTS = ("auto", "margin", "loss")
 PROJECTIONS = ("rademacher", "gaussian")
@@ -244,6 +252,20 @@ class TRAK(Method):
             del feats
         return out
 
+    def _token_features(self, task, model, member: int) -> torch.Tensor:
+        """Projected gradients of each query token's loss: [n_query * T, k] float32 (rows query
+        by query), a chunk of examples' token gradients at a time."""
+        q = task.query_split
+        n_tokens = q.targets.shape[1]
+        proj = self._projectors[member]
+        chunk = max(1, gradient_chunk(model, self.batch_size) // n_tokens)
+        return torch.cat([proj(g.flatten(0, 1)) for g in
+                          iter_per_token_grads(task.token_observables, model, q.inputs, q.targets, chunk)])
+
+    def token_scores(self, task) -> bool:
+        """Whether :meth:`score` gives per-token scores on ``task`` (its output is the loss)."""
+        return gives_token_scores(task) and self._kind(task) == "loss"
+
     def _members(self, task, model):
         """The ensemble's models, one at a time (member 0 is ``model``)."""
         return [model] if self.models == 1 else task.ensemble_members(self.models, self.ensemble_mode)
@@ -272,28 +294,31 @@ class TRAK(Method):
         self._out_to_loss = torch.stack(out_to_loss).mean(0)
 
     def score(self, task, model) -> torch.Tensor:
-        """Scores [n_query, n_train] in the harness convention (d observable_q / d beta_i):
+        """Scores [n_query, (T,) n_train] in the harness convention (d observable_q / d beta_i):
         per member, (Phi^T Phi + lambda I)^-1 phi_q^T [k, n_query] (float64), then that member's
         kernel in blocks of training columns (``CAST_BLOCK_BYTES`` of float64 features), added
         to the float32 result block by block. One member's solved queries are held at a time,
         so memory is the result, one chunk of query gradients (while projecting) and one block."""
         sign = -self._observable_sign(task)
-        out = torch.zeros(task.n_query, task.n_train)
+        per_token = self.token_scores(task)
+        rows = task.n_query * (task.query_split.targets.shape[1] if per_token else 1)
+        out = torch.zeros(rows, task.n_train)
         step = max(1, CAST_BLOCK_BYTES // (8 * self.proj_dim))  # float64 copies of Phi's rows
         n_members = len(self._train)
         out_to_loss = None  # on the device the features live on, moved once
         for m, member in enumerate(self._members(task, model)):
-            q = self._features(task, member, task.query_split, m).double()
-            solved = torch.linalg.lu_solve(*self._gram_lu[m], q.T)  # [k, n_query]
+            q = (self._token_features(task, member, m) if per_token
+                 else self._features(task, member, task.query_split, m)).double()
+            solved = torch.linalg.lu_solve(*self._gram_lu[m], q.T)  # [k, rows]
             del q
             phi = self._train[m]
             if out_to_loss is None:
                 out_to_loss = self._out_to_loss.to(solved.device)
             for lo in range(0, task.n_train, step):
                 hi = min(lo + step, task.n_train)
-                kernel = solved.T @ phi[lo:hi].double().T  # [n_query, block]
+                kernel = solved.T @ phi[lo:hi].double().T  # [rows, block]
                 kernel *= out_to_loss[lo:hi] * (sign / n_members)
                 out[:, lo:hi] += kernel.float().cpu()
                 del kernel
             del solved
-        return out
+        return out.view(task.n_query, -1, task.n_train) if per_token else out

@@ -69,3 +69,28 @@ def test_per_token_option_is_checked(small_digits):
     assert any("method.per_token='yes'" in p for p in KFAC(per_token="yes").check(small_digits))
     assert EKFAC(per_token="auto").check(small_digits) == []
     assert not EKFAC().token_scores(small_digits)
+
+
+@needs_corpus
+@pytest.mark.parametrize("name", ["grad_dot", "tracin", "source", "trak"])
+def test_gradient_and_unrolling_methods_score_tokens(tiny_text, monkeypatch, name):
+    """grad_dot, TracIn, SOURCE and TRAK score each query token on a per-token task; their mean
+    over tokens is the score of the sequence (its observable is the mean token loss)."""
+    from tdabench.harness.core.registry import METHODS
+
+    task, model = tiny_text
+    cls = METHODS.get(name)
+    kw = {"batch_size": 16, **{"source": {"segments": 2}, "trak": {"proj_dim": 16, "output": "loss"}}.get(name, {})}
+    tokens = cls(seed=0, **kw)
+    assert tokens.check(task) == [] and tokens.token_scores(task)
+    tokens.fit(task, model)
+    per_token = tokens.score(task, model)
+    assert per_token.shape == (TINY["n_query"], TINY["seq_len"], TINY["n_train"])
+    monkeypatch.setattr(task, "capabilities", task.capabilities - {"per_token"})
+    whole = cls(seed=0, **kw)
+    assert not whole.token_scores(task)
+    whole.fit(task, model)
+    sequence = whole.score(task, model)
+    assert sequence.shape == (TINY["n_query"], TINY["n_train"])
+    assert torch.allclose(sequence_scores(per_token), sequence, rtol=1e-4, atol=1e-4 * float(sequence.abs().max()))
+    assert not torch.allclose(per_token[:, 0], per_token[:, -1])  # tokens really differ

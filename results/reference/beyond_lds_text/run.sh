@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The beyond_lds_text reference: text_neox (the settings of results/reference/text_neox: 500
+# chunks of 64 characters, 50 queries, 40 subsets x 2 seeds) from scratch with the LDS, the
+# per-token LDS and the stagewise LDS, and fine-tuned with the LDS and the per-token LDS,
+# computed resumably (rerun it and it goes on):
+#   results/reference/beyond_lds_text/run.sh COMMIT [gt|methods]     # from the project root
+# The code of COMMIT is frozen into $CODE/COMMIT first. `gt` computes both regimes' ground truths
+# (the LDS's and the one along training) in 4 shards each; `methods` (the default) computes what
+# is missing of them, then runs each method, one tdabench run per method and regime, into $RESULTS.
+# WORKERS=2 runs two jobs at once (one thread each). Logs: $LOGS/NAME.log (with CPU seconds), driver.log.
+set -u
+COMMIT=${1:?usage: run.sh COMMIT [gt|methods]}
+PHASE=${2:-methods}
+CACHE=${TDABENCH_CACHE:-/root/.cache/tdabench}
+LOGS=${TDABENCH_LOGS:-/root/.cache/tdabench-logs}/beyond_lds_text
+CODE=${TDABENCH_CODE:-/root/.cache/tdabench-code}
+RESULTS=${TDABENCH_RESULTS:-/root/.cache/tdabench-results}/beyond_lds_text
+DATA=${TDABENCH_DATA:-/work/shared/data}
+SHARDS=4
+METHODS=${METHODS:-random,grad_dot,ekfac,kfac,tracin,source,bif}
+ARGS=(task=text_neox gt.subsets=40 gt.seeds=2 "gt.num_shards=$SHARDS" threads=1 wandb.mode=disabled
+      cost.count=off "cache_dir=$CACHE" "data_root=$DATA" "results_dir=$RESULTS")
+SCRATCH=(task.regime=scratch metric=lds,lds_token,lds_stagewise)
+FINETUNE=(task.regime=finetune metric=lds,lds_token)
+mkdir -p "$LOGS" "$RESULTS"
+source "$(dirname "$0")/../lib/jobs.sh"
+freeze "$COMMIT" || exit 1
+
+JOBS=()
+for ((i = 0; i < SHARDS; i++)); do
+  JOBS+=("scratch-shard-$i ${SCRATCH[*]} gt.shard=$i" "finetune-shard-$i ${FINETUNE[*]} gt.shard=$i")
+done
+pool || exit 1
+[ "$PHASE" = gt ] && { say "ground truths: done"; exit 0; }
+JOBS=()
+for m in ${METHODS//,/ }; do
+  JOBS+=("scratch-$m ${SCRATCH[*]} method=$m" "finetune-$m ${FINETUNE[*]} method=$m")
+done
+# TRAK's default projection (512) exceeds the 500 training chunks and is refused; 256 as before
+JOBS+=("scratch-trak ${SCRATCH[*]} method=trak method.proj_dim=256"
+       "finetune-trak ${FINETUNE[*]} method=trak method.proj_dim=256")
+pool
+say "methods: every run ended, results in $RESULTS"

@@ -17,7 +17,7 @@ CODE=${TDABENCH_CODE:-/root/.cache/tdabench-code}
 RESULTS=${TDABENCH_RESULTS:-/root/.cache/tdabench-results}/beyond_lds_text
 DATA=${TDABENCH_DATA:-/work/shared/data}
 SHARDS=4
-METHODS=${METHODS:-random,grad_dot,ekfac,kfac,tracin,source,bif}
+METHODS=${METHODS:-bif,ekfac,kfac,source,tracin,grad_dot,random}
 ARGS=(task=text_neox gt.subsets=40 gt.seeds=2 "gt.num_shards=$SHARDS" threads=1 wandb.mode=disabled
       cost.count=off "cache_dir=$CACHE" "data_root=$DATA" "results_dir=$RESULTS")
 SCRATCH=(task.regime=scratch metric=lds,lds_token,lds_stagewise)
@@ -27,15 +27,13 @@ source "$(dirname "$0")/../lib/jobs.sh"
 freeze "$COMMIT" || exit 1
 
 JOBS=()
-for ((i = 0; i < SHARDS; i++)); do
-  JOBS+=("scratch-shard-$i ${SCRATCH[*]} gt.shard=$i" "finetune-shard-$i ${FINETUNE[*]} gt.shard=$i")
-done
+for ((i = 0; i < SHARDS; i++)); do JOBS+=("scratch-shard-$i ${SCRATCH[*]} gt.shard=$i"); done
+for ((i = 0; i < SHARDS; i++)); do JOBS+=("finetune-shard-$i ${FINETUNE[*]} gt.shard=$i"); done
 pool || exit 1
 [ "$PHASE" = gt ] && { say "ground truths: done"; exit 0; }
-JOBS=()
-for m in ${METHODS//,/ }; do
-  JOBS+=("scratch-$m ${SCRATCH[*]} method=$m" "finetune-$m ${FINETUNE[*]} method=$m")
-done
+JOBS=()  # the longest first (the BIF's 5 fits along training)
+for m in ${METHODS//,/ }; do JOBS+=("scratch-$m ${SCRATCH[*]} method=$m"); done
+for m in ${METHODS//,/ }; do JOBS+=("finetune-$m ${FINETUNE[*]} method=$m"); done
 # TRAK's default projection (512) exceeds the 500 training chunks and is refused; 256 as before
 JOBS+=("scratch-trak ${SCRATCH[*]} method=trak method.proj_dim=256"
        "finetune-trak ${FINETUNE[*]} method=trak method.proj_dim=256")

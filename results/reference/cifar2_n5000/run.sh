@@ -21,7 +21,6 @@ LOGS=${TDABENCH_LOGS:-/root/.cache/tdabench-logs}/cifar2_n5000
 CODE=${TDABENCH_CODE:-/root/.cache/tdabench-code}
 RESULTS=${TDABENCH_RESULTS:-/root/.cache/tdabench-results}/cifar2_n5000
 DATA=${TDABENCH_DATA:-/work/shared/data}
-MAIN_SITE=${MAIN_SITE:-/work/main/.venv/lib/python3.11/site-packages}
 SHARDS=10
 METHODS=ekfac,kfac,source,trak,tracin,grad_dot,bif
 TUNED=${TUNED:-ekfac:16,bif:8}         # tuned phase: METHOD:TRIALS
@@ -29,60 +28,8 @@ MAX_CPU_S=${MAX_CPU_S:-1500}           # tuned phase: a trial's fit + score CPU 
 ARGS=(task=cifar2_resnet9 recipe=fast task.n_train=5000 task.n_query=500 gt.subsets=100 gt.seeds=2
       threads=1 wandb.mode=disabled cost.count=off "cache_dir=$CACHE" "data_root=$DATA")
 mkdir -p "$LOGS" "$RESULTS"
-say() { echo "$(date -u +%FT%TZ) $*" | tee -a "$LOGS/driver.log"; }
-
-src="$CODE/$COMMIT"
-if [ ! -x "$src/.venv/bin/tdabench" ]; then
-  say "freezing $COMMIT into $src"
-  rm -rf "$src" && mkdir -p "$src"
-  git archive "$COMMIT" | tar -x -C "$src" || { say "git archive $COMMIT failed"; exit 1; }
-  # no packages of its own: pip, setuptools and everything else come from the main environment
-  python3 -m venv --without-pip "$src/.venv" && echo "$MAIN_SITE" > "$src/.venv/lib/python3.11/site-packages/zz_main_site.pth"
-  (cd "$src" && .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .) \
-    || { say "install failed"; exit 1; }
-fi
-cd "$src" || exit 1
-export OMP_NUM_THREADS=1 WANDB_MODE=disabled TQDM_MININTERVAL=60
-
-# WORKERS processes at once (default 1); a worker claims a piece of work (a shard, then a method) by
-# creating $LOGS/NAME.claim (atomic mkdir) with its pid inside; a claim whose pid is gone is taken over.
-claim() {
-  local d="$LOGS/$1.claim"
-  if mkdir "$d" 2>/dev/null; then echo $$.$2 > "$d/owner"; return 0; fi
-  local pid; pid=$(cut -d. -f1 "$d/owner" 2>/dev/null)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 1; fi
-  rm -rf "$d" && mkdir "$d" 2>/dev/null && echo $$.$2 > "$d/owner"
-}
-# run the jobs "NAME ARG..." of the array JOBS (declared by the caller), WORKERS at once, each
-# skipped once $LOGS/NAME.done exists; 0 when every job is done
-job() {  # NAME ARG...: one tdabench process (nice 19), its CPU seconds appended to its log
-  local name=$1; shift
-  say "$name: start"
-  if /usr/bin/time -f "cpu_user_s %U cpu_sys_s %S wall_s %e" -a -o "$LOGS/$name.log" \
-       nice -n 19 .venv/bin/tdabench "${ARGS[@]}" "$@" >>"$LOGS/$name.log" 2>&1; then
-    touch "$LOGS/$name.done"; say "$name: done ($(tail -1 "$LOGS/$name.log"))"
-  else
-    say "$name: failed, see $LOGS/$name.log"
-  fi
-}
-pool_worker() {
-  local w=$1 spec name
-  for spec in "${JOBS[@]}"; do
-    read -r -a words <<<"$spec"; name=${words[0]}
-    [ -f "$LOGS/$name.done" ] && continue
-    claim "$name" "$w" || continue
-    job "${words[@]}"
-    rm -rf "$LOGS/$name.claim"
-  done
-}
-pool() {
-  local w spec
-  for ((w = 1; w < ${WORKERS:-1}; w++)); do pool_worker "$w" & done
-  pool_worker 0; wait
-  for spec in "${JOBS[@]}"; do
-    [ -f "$LOGS/${spec%% *}.done" ] || { say "${spec%% *} is not done"; return 1; }
-  done
-}
+source "$(dirname "$0")/../lib/jobs.sh"   # freeze, pool (WORKERS jobs at once, claims, .done markers)
+freeze "$COMMIT" || exit 1
 
 # 1. the ground truth's shards
 JOBS=()

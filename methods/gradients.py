@@ -347,5 +347,7 @@ def query_grads(task, model, chunk: int = 256, per_token: bool = False) -> torch
 
 
 def gives_token_scores(task) -> bool:
-    """Whether a gradient method scores each query token on ``task`` (capability ``per_token``)."""
-    return "per_token" in task.capabilities
+    """Whether a gradient method scores each query token on ``task``: it has per-token
+    observables (capability ``per_token``) and the run reads per-token scores
+    (``task.token_scores_wanted``; about T times the work of sequence scores)."""
+    return "per_token" in task.capabilities and bool(getattr(task, "token_scores_wanted", False))

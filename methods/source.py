@@ -86,7 +86,7 @@ def spectral(curv: Curvature, layout: GradientLayout, rows: torch.Tensor,
     for name, f in curv.layers.items():
         q_s, q_a = f.q_s.to(rows.dtype), f.q_a.to(rows.dtype)
         rot = q_s.T @ layout.view(rows, f) @ q_a
-        layout.write(out, f, q_s @ (rot * fn[name]) @ q_a.T)
+        layout.write(out, f, q_s @ (rot * fn[name].to(rows.dtype)) @ q_a.T)
     return out
 
 
@@ -162,9 +162,11 @@ class SOURCE(Method):
             steps = sum(s.steps for s in group)
             eta = effective_lr(task, sum(s.lr * s.steps for s in group) / steps)
             self._groups.append((models, eta * steps, averaged_curvature(task, models, self.curvature_config, names)))
-        u = query_grads(task, model, self.batch_size, per_token=self.token_scores(task)).double()
+        per_token = self.token_scores(task)
+        u = query_grads(task, model, self.batch_size, per_token=per_token)
         self._shape = u.shape[:-1]  # [n_query (, T)]
-        u = u.flatten(0, -2)
+        # per-token rows are T times as many: kept in float32 (sequence rows in float64)
+        u = u.flatten(0, -2) if per_token else u.double()
         self._queries = [None] * len(self._groups)
         for seg in reversed(range(len(self._groups))):
             _, t, curv = self._groups[seg]
@@ -174,7 +176,8 @@ class SOURCE(Method):
             response = {n: torch.where(v > 0, -torch.expm1(-t * v) / v.clamp_min(1e-300), t)
                         for n, v in lam.items()}
             self._queries[seg] = spectral(curv, layout, u, response)
-            u = spectral(curv, layout, u, decay)
+            if seg:  # carried back to the segment before
+                u = spectral(curv, layout, u, decay)
 
     def token_scores(self, task) -> bool:
         """Whether :meth:`score` gives per-token scores on ``task`` (``[n_query, T, n_train]``)."""
@@ -188,6 +191,6 @@ class SOURCE(Method):
                 start = 0
                 for g in iter_per_example_grads(task.per_example_loss, m, s.inputs, s.targets,
                                                 self.batch_size):
-                    scores[:, start:start + len(g)] -= w @ g.double().T / len(models)
+                    scores[:, start:start + len(g)] -= (w @ g.to(w.dtype).T).double() / len(models)
                     start += len(g)
         return (scores / task.n_train).float().view(*self._shape, task.n_train)

@@ -40,6 +40,7 @@ def snapshot_view(task, t: int):
     view.trajectory = lambda: list(trajectory)
     fingerprint = {**task.fingerprint(), "snapshot": [t, len(task.trajectory())]}
     view.fingerprint = lambda: dict(fingerprint)
+    view.token_scores_wanted = False  # the LDS at a snapshot reads sequence scores
     return view
 
 

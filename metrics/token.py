@@ -49,6 +49,8 @@ def token_lds(scores: torch.Tensor, masks: torch.Tensor, outcomes: torch.Tensor)
 
 
 class TokenLDS(Metric):
+    reads_token_scores = True
+
     def supports(self, task, method) -> str | None:
         if not task.measures_lds:
             return f"task {task.name} measures cost only (no retraining)"

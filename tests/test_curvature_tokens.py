@@ -1,4 +1,5 @@
-"""Per-token query scores of ``ekfac`` and ``kfac`` on a tiny text_neox (skipped without the corpus)."""
+"""Per-token query scores of ``ekfac``, ``kfac``, ``grad_dot``, ``tracin``, ``source`` and ``trak`` on a tiny
+text_neox (skipped without the corpus)."""
 
 from __future__ import annotations
 
@@ -74,19 +75,22 @@ def test_per_token_option_is_checked(small_digits):
 @needs_corpus
 @pytest.mark.parametrize("name", ["grad_dot", "tracin", "source", "trak"])
 def test_gradient_and_unrolling_methods_score_tokens(tiny_text, monkeypatch, name):
-    """grad_dot, TracIn, SOURCE and TRAK score each query token on a per-token task; their mean
-    over tokens is the score of the sequence (its observable is the mean token loss)."""
+    """grad_dot, TracIn, SOURCE and TRAK score each query token on a per-token task when the run
+    reads per-token scores (``task.token_scores_wanted``, set for ``lds_token``), else the
+    sequence; the mean over tokens of the first is the second (the observable is the mean token
+    loss)."""
     from tdabench.harness.core.registry import METHODS
 
     task, model = tiny_text
     cls = METHODS.get(name)
-    kw = {"batch_size": 16, **{"source": {"segments": 2}, "trak": {"proj_dim": 16, "output": "loss"}}.get(name, {})}
+    kw = {"batch_size": 16, **{"source": {"segments": 2}, "trak": {"proj_dim": 16, "models": 2}}.get(name, {})}
+    monkeypatch.setattr(task, "token_scores_wanted", True)
     tokens = cls(seed=0, **kw)
     assert tokens.check(task) == [] and tokens.token_scores(task)
     tokens.fit(task, model)
     per_token = tokens.score(task, model)
     assert per_token.shape == (TINY["n_query"], TINY["seq_len"], TINY["n_train"])
-    monkeypatch.setattr(task, "capabilities", task.capabilities - {"per_token"})
+    monkeypatch.setattr(task, "token_scores_wanted", False)
     whole = cls(seed=0, **kw)
     assert not whole.token_scores(task)
     whole.fit(task, model)
@@ -94,3 +98,11 @@ def test_gradient_and_unrolling_methods_score_tokens(tiny_text, monkeypatch, nam
     assert sequence.shape == (TINY["n_query"], TINY["n_train"])
     assert torch.allclose(sequence_scores(per_token), sequence, rtol=1e-4, atol=1e-4 * float(sequence.abs().max()))
     assert not torch.allclose(per_token[:, 0], per_token[:, -1])  # tokens really differ
+
+
+def test_runs_ask_for_token_scores_only_for_metrics_that_read_them():
+    from tdabench.harness.plugin.metric import wants_token_scores
+
+    assert wants_token_scores({"metric": "lds,lds_token".split(",")})
+    assert not wants_token_scores({"metric": ["lds", "lds_stagewise", "removal"]})
+    assert not wants_token_scores({})

@@ -72,6 +72,7 @@ from tdabench.harness.plugin.metric import (
     evaluate_metrics,
     metric_problems,
     needs_ground_truth,
+    wants_token_scores,
 )
 from tdabench.harness.plugin.quality import (  # noqa: F401 - check_scores is imported from here too
     MAX_DEGENERATE_SHARE,
@@ -102,10 +103,8 @@ def config_hash(cfg: RunSettings | dict) -> str:
     first hashed (``metric``, ``loo``, ``mislabel``, ``removal``, ``tune``) count only where they change the
     run, so a run at their defaults keeps the hash of a record written before them."""
     s = settings_of(cfg)
-    unused = {"metric"} if s.metrics == ["lds"] else set()
-    unused |= {"loo"} if "loo" not in s.metrics else set()
-    unused |= {"mislabel"} if "mislabel_auc" not in s.metrics else set()
-    unused |= {"removal"} if "removal" not in s.metrics else set()
+    read_by = {"loo": "loo", "mislabel": "mislabel_auc", "removal": "removal"}  # setting: its metric
+    unused = {k for k, m in read_by.items() if m not in s.metrics} | ({"metric"} if s.metrics == ["lds"] else set())
     unused |= {"tune"} if not s.tune.trials else set()
     kept = _hashed(s.config)
     return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
@@ -169,6 +168,7 @@ def prepare(cfg: RunSettings | dict):
     if missing:  # a sweep records it as unsupported and goes on
         raise UnsupportedPairingError([missing])
     task = task_cls(s.task, seed=s.seed, cache_dir=s.cache_dir, device=s.device)
+    task.token_scores_wanted = wants_token_scores(s.config)
     method = method_cls(**s.method_params)
     problems = validate_pairing(task, method)
     if problems and tuning_finds_a_setting(task, method_cls, s):

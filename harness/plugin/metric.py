@@ -81,6 +81,9 @@ class Metric:
     uses_ground_truth: ClassVar[bool] = False
     #: whether a failure of this metric fails the run (else it is recorded under its name only)
     fails_run: ClassVar[bool] = False
+    #: whether the metric reads per-token scores: the run then sets ``task.token_scores_wanted``,
+    #: and methods whose per-token scores cost more than sequence scores give them
+    reads_token_scores: ClassVar[bool] = False
 
     def supports(self, task, method) -> str | None:
         """None when the metric can judge ``method`` on ``task``, else the reason in one line."""
@@ -102,6 +105,12 @@ def metric_names(cfg: dict) -> list[str]:
     """The metrics a config asks for, in order, without repeats (``metric``: a name or a list)."""
     names = cfg.get("metric", DEFAULT_METRIC)
     return list(dict.fromkeys([names] if isinstance(names, str) else list(names)))
+
+
+def wants_token_scores(cfg: dict) -> bool:
+    """Whether a metric ``cfg`` asks for reads per-token scores (unknown names read none)."""
+    return any(getattr(METRICS.get(n), "reads_token_scores", False)
+               for n in metric_names(cfg) if n in METRICS.names())
 
 
 def unknown_metric(name: str) -> str | None:

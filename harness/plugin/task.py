@@ -104,6 +104,9 @@ class Task(TrainedModels, ABC):
     #: unchanged add ``replayable`` (``replay(seed)`` reproduces ``fit_model`` bit for bit); tasks
     #: whose targets are class labels of a cross-entropy add ``classification`` (:meth:`mislabeled`)
     capabilities: ClassVar[frozenset[str]] = frozenset({"checkpoint", "trajectory", "ensemble"})
+    #: set by the run when one of its metrics reads per-token scores (``lds_token``): grad_dot,
+    #: TracIn, SOURCE and TRAK then score each query token, which costs about T times more
+    token_scores_wanted: bool = False
     #: whether many models can train at once with torch.func (no batch-norm running statistics,
     #: no augmentation); see :func:`~tdabench.harness.plugin.training.train_stacked`
     vectorizable: ClassVar[bool] = False

@@ -155,7 +155,9 @@ class SOURCE(Method):
         layout = GradientLayout(model)
         self._groups = []
         trajectory, done = task.trajectory(), 0
-        for group in split_segments(trajectory, self.segments):
+        # a run cut at an early snapshot (the stagewise LDS) may have fewer snapshots than
+        # segments: each is then a segment of its own
+        for group in split_segments(trajectory, min(self.segments, len(trajectory))):
             models = [task.snapshot_model(s) for s in group]
             names = [f"snapshot {done + i + 1} of {len(trajectory)}" for i in range(len(group))]
             done += len(group)

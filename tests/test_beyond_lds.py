@@ -62,6 +62,20 @@ def test_snapshot_view_ends_at_the_snapshot(small_digits):
     assert view.reference_path() == small_digits.reference_path()
 
 
+def test_source_fits_a_run_cut_before_it_has_a_snapshot_per_segment(small_digits):
+    """SOURCE at the first snapshot (the stagewise LDS) has one snapshot for its 3 segments: one
+    segment, as ``segments=1`` gives."""
+    from tdabench.methods.source import SOURCE
+
+    view = snapshot_view(small_digits, 0)
+    model = view.checkpoint()
+    cut, one = SOURCE(segments=3), SOURCE(segments=1)
+    cut.fit(view, model)
+    one.fit(view, model)
+    assert len(cut._groups) == 1
+    assert torch.equal(cut.score(view, model), one.score(view, model))
+
+
 def test_mean_over_snapshots_interval_holds_the_value():
     rng = np.random.default_rng(0)
     per_query = rng.normal(0.5, 0.1, size=(3, 30))

@@ -2,11 +2,11 @@
 # The beyond_lds_digits reference: every method on digits_mlp (500 training images, 100 queries,
 # the ground truth of results/reference/metrics_digits: 50 subsets x 2 seeds) with the LDS, the
 # stagewise LDS and counterfactual removal, computed resumably (rerun it and it goes on):
-#   results/reference/beyond_lds_digits/run.sh COMMIT      # from the project root
+#   results/reference/beyond_lds_digits/run.sh COMMIT [extra]     # from the project root
 # The code of COMMIT is frozen into $CODE/COMMIT first; one tdabench run per method into $RESULTS.
 # WORKERS=2 runs two at once (one thread each). Logs: $LOGS/NAME.log (with CPU seconds), driver.log.
 set -u
-COMMIT=${1:?usage: run.sh COMMIT}
+COMMIT=${1:?usage: run.sh COMMIT [extra]}
 CACHE=${TDABENCH_CACHE:-/root/.cache/tdabench}
 LOGS=${TDABENCH_LOGS:-/root/.cache/tdabench-logs}/beyond_lds_digits
 CODE=${TDABENCH_CODE:-/root/.cache/tdabench-code}
@@ -24,4 +24,12 @@ pool || exit 1
 JOBS=()
 for m in ${METHODS//,/ }; do JOBS+=("method-$m method=$m"); done
 pool
+# 2. with `extra` as second argument: TRAK as one model (its 10-model ensemble is fitted on models
+# trained in full, so the stagewise LDS does not apply to it) for the LDS along training, and SOURCE
+# again (force=true) with the code that lets it fit a run cut before it has a snapshot per segment
+if [ "${2:-}" = extra ]; then
+  JOBS=("trak-single method=trak method.models=1 metric=lds,lds_stagewise"
+        "source-again method=source force=true")
+  pool
+fi
 say "methods: every run ended, results in $RESULTS"

@@ -328,12 +328,11 @@ def test_adequacy_never_retrains_and_says_how_to_compute(done, tmp_path, tried):
     shutil.copy(base / "r" / (rec["scores_file"] + ".sha256"), tmp_path / "r" / "scores")
     moved = dict(rec, config=dict(rec["config"], cache_dir=str(tmp_path / "empty")))
     append_record(tmp_path / "r", moved)
-    started = time.time()
     out = subprocess.run([str(BIN / "tdabench-adequacy"), str(tmp_path / "r")], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "nothing was retrained" in out.stderr and "--compute" in out.stderr
-    assert not [p for p in (tmp_path / "empty").rglob("*.pt")] and time.time() - started < 60
+    assert not [p for p in (tmp_path / "empty").rglob("*.pt")]  # no model, no ground truth written
 
 
 @pytest.mark.parametrize("damage", ["scores", "folder"])

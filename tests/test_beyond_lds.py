@@ -217,6 +217,10 @@ def test_stagewise_table_has_a_column_per_step(tmp_path):
     paths = plot_stagewise_table(table, tmp_path, lambda fig, path: (ax.append(fig.axes[0]), save(fig, path))[1])
     assert [p.name for p in paths] == ["stagewise_gt.png"] and paths[0].stat().st_size > 0
     assert ax[0].lines[0].get_xdata().tolist() == [10, 20, 30]  # LDS against the training step
+    ax.clear()  # runs outside a sweep (sweep None, as records have it) are drawn too
+    plot_stagewise_table(table.assign(sweep=None), tmp_path,
+                         lambda fig, path: (ax.append(fig.axes[0]), save(fig, path))[1])
+    assert ax[0].lines[0].get_xdata().tolist() == [10, 20, 30]
 
 
 def test_trace_keeps_each_query_tokens_loss_on_a_language_task(tmp_path):

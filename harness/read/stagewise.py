@@ -55,7 +55,8 @@ def plot_stagewise_table(table: pd.DataFrame, out, save) -> list:
     paths = []
     for (gt, task), sub in table.groupby(["ground_truth", "task"], sort=True):
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for (method, setting_, sweep), line in sub.groupby(["method", "setting", "sweep"], sort=True):
+        keys = sub[["method", "setting", "sweep"]].fillna("")  # a run of no sweep is a line too
+        for (method, setting_, sweep), line in sub.groupby([keys[k] for k in keys], sort=True):
             line = line.sort_values("step")
             label = method + (f" [{setting_}]" if setting_ else "") + (f" @{sweep}" if sweep else "")
             ax.plot(line["step"], line["lds"], marker="o", label=label)

@@ -56,7 +56,7 @@ from tdabench.methods.gradients import (
     eval_mode,
     gradient_chunk,
     iter_per_example_grads,
-    iter_per_token_grads,
+    query_grads,
     train_grad_dots,
 )
 
@@ -105,19 +105,16 @@ def precondition_queries(task, model: nn.Module, curvature: Curvature, damping: 
     chunk = gradient_chunk(model, batch_size)
     device = next(model.parameters()).device
     if per_token:
-        n_tokens = q.targets.shape[1]
-        grads = iter_per_token_grads(task.token_observables, model, q.inputs, q.targets,
-                                     max(1, chunk // n_tokens))
-        out = torch.empty(len(q), n_tokens, layout.size, device=device)
+        out = query_grads(task, model, batch_size, per_token=True)
     else:
         grads = iter_per_example_grads(task.observable, model, q.inputs, q.targets, chunk,
                                        held_bytes=4 * len(q) * layout.size)  # the result
         out = torch.empty(len(q), layout.size, device=device)
-    start = 0
-    for g in grads:
-        out[start:start + len(g)] = g
-        start += len(g)
-        del g
+        start = 0
+        for g in grads:
+            out[start:start + len(g)] = g
+            start += len(g)
+            del g
     rows = out.view(-1, layout.size)
     step = max(1, PRECONDITION_ROW_BYTES // (rows.element_size() * layout.size))
     for lo in range(0, len(rows), step):

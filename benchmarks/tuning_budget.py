@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/tuning_budget.py [--task digits_mlp] [--method bif]
         [--sizes 200 400] [--seeds 0 1 2] [--budgets 8 12 16] [--reference 64]
-        [--baseline-budgets 8 12 16] [--tolerance 0.01] [--out results/reference/tuning_budget]
-        [--set method.chains=4 method.draws=100 ...]
+        [--space step] [--compare quasi_tpe:centred tpe:wide] [--tolerance 0.01]
+        [--out results/reference/tuning_budget] [--set method.chains=4 method.draws=100 ...]
     .venv/bin/python benchmarks/tuning_budget.py --summarize --out FOLDER   # tables and plot only
 
 For each training-set size and data seed, on one validation ground truth (``tune.val_subsets`` x
@@ -11,16 +11,20 @@ For each training-set size and data seed, on one validation ground truth (``tune
 
 - a **reference** study of ``--reference`` trials with the default sampler (``quasi_tpe``: the
   default setting, quasi-random start-up points, multivariate TPE) over the method's search space
-  as the task declares it: its best validation LDS is what a large budget finds;
+  (``--space``, by default ``step``: the method's own as the task declares it; for the BIF the step
+  ``eps * nbeta`` is searched): its best validation LDS is what a large budget finds;
 - a fresh study per ``--budgets`` value with the same sampler and space;
-- a fresh study per ``--baseline-budgets`` value with the earlier tuning (``tune.sampler=tpe``:
-  random start-up, independent TPE, the method's earlier space; for the BIF ``BIF_SPACE_WIDE``, the
+- a fresh study per ``--budgets`` value for each ``--compare`` arm ``SAMPLER:SPACE``: for the BIF
+  ``quasi_tpe:centred`` (its space before the step was searched, ``BIF_SPACE_CENTRED``) and
+  ``tpe:wide`` (the earlier tuning: random start-up, independent TPE and ``BIF_SPACE_WIDE``, the
   space of the committed small-data studies).
 
-A study "finds it" when its best validation LDS is within ``--tolerance`` of the reference's best.
-Studies live in ``OUT/studies.journal`` (a rerun continues them); each (size, seed) writes
-``OUT/studies/<size>-<seed>.json`` when done (a rerun skips it), so several processes can share
-the work by giving each its own ``--seeds``. ``--summarize`` (also run at the end) writes
+A study "finds it" when its best validation LDS is within ``--tolerance`` of the best of every
+reference study of its size and seed (the reference studies of earlier spaces included: the target
+is the best any large budget found). Studies live in ``OUT/studies.journal`` (a rerun continues
+them); each study writes ``OUT/studies/<task>-<method>-<size>-<seed>-<sampler>-<space>-b<trials>.json``
+when done (a rerun skips it), so several processes can share the work by giving each its own
+``--seeds`` or sizes. ``--summarize`` (also run at the end) writes
 ``budget_studies.csv`` (one row per study), ``budget_summary.csv`` and ``.md`` (per arm and
 budget: studies within the tolerance, mean and worst shortfall, failed trials, CPU seconds) and
 ``budget.png``.
@@ -39,8 +43,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def study_rows(task_name: str, method: str, n: int, seed: int, args) -> list[dict]:
-    from tdabench.harness.core.registry import METHODS
+def named_space(method_cls, name: str):
+    """The search space an arm names: ``step`` (or ``own``) the method's own, ``centred`` and
+    ``wide`` the BIF's earlier ones."""
+    from tdabench.methods import bif
+
+    spaces = {"step": None, "own": None, "centred": bif.BIF_SPACE_CENTRED, "wide": bif.BIF_SPACE_WIDE}
+    if name not in spaces or (name in ("centred", "wide") and method_cls.name not in ("bif", "bif_devinterp")):
+        sys.exit(f"unknown space {name!r} for {method_cls.name}: choose among step (the method's own)"
+                 + (", centred, wide" if method_cls.name.startswith("bif") else ""))
+    return spaces[name]
+
+
+def run_study(task_name: str, method: str, n: int, seed: int, sampler: str, space_name: str,
+              budget: int, reference: bool, args) -> dict:
+    """One study (resumed from the journal); its row."""
     from tdabench.harness.engine.compose import compose
     from tdabench.harness.engine.run import prepare, study_key
     from tdabench.harness.engine.tuning import tune
@@ -50,26 +67,34 @@ def study_rows(task_name: str, method: str, n: int, seed: int, args) -> list[dic
             "wandb.mode=disabled", "cost.count=off", f"tune.val_subsets={args.val_subsets}",
             f"tune.val_seeds={args.val_seeds}", f"cache_dir={args.cache_dir}", f"results_dir={out}",
             f"tune.storage={out / 'studies.journal'}", f"tune.max_cpu_s={args.max_cpu_s}", *args.set]
-    arms = [("quasi_tpe", "reference", args.reference)]
-    arms += [("quasi_tpe", "centred", b) for b in args.budgets]
-    earlier = "wide" if getattr(METHODS.get(method), "earlier_search_space", None) else "own"
-    arms += [("tpe", earlier, b) for b in args.baseline_budgets]
-    rows = []
-    for sampler, space_name, budget in arms:
-        cfg = compose([*base, f"tune.trials={budget}", f"tune.sampler={sampler}"])
-        task, m = prepare(cfg)
-        start = time.process_time()
-        tuned = tune(task, type(m), cfg, f"{study_key(cfg)}-{space_name}-b{budget}").info
-        log = tuned.trial_log
-        rows.append({"task": task_name, "method": method, "n_train": n, "seed": seed, "sampler": sampler,
-                     "space": space_name, "budget": budget, "best_val_lds": tuned.val_lds,
-                     "best_trial": tuned.best_trial, "default_val_lds": next(
-                         (t["value"] for t in log if t.get("default")), None),
-                     "failed_trials": sum(t["value"] is None for t in log), "trials_cpu_s": tuned.trials_cpu_s,
-                     "cpu_s": round(time.process_time() - start, 1), "best_params": tuned.best_params})
-        print(f"{task_name} n={n} seed={seed} {sampler}/{space_name} x{budget}: best validation LDS "
-              f"{tuned.val_lds:.4f} (trial {tuned.best_trial})", file=sys.stderr, flush=True)
-    return rows
+    cfg = compose([*base, f"tune.trials={budget}", f"tune.sampler={sampler}"])
+    task, m = prepare(cfg)
+    cls = type(m)
+    space = named_space(cls, space_name)
+    saved = cls.__dict__.get("search_space"), cls.__dict__.get("earlier_search_space")
+    if space is not None:  # the arm's space stands in for the method's for this study only
+        cls.search_space = cls.earlier_search_space = space
+    # the studies of the first design were named <key>-centred-b<trials> and <key>-reference-b64
+    label = ("reference" if space_name == "centred" else f"reference-{space_name}") if reference else space_name
+    start = time.process_time()
+    try:
+        tuned = tune(task, cls, cfg, f"{study_key(cfg)}-{label}-b{budget}").info
+    finally:
+        for attr, value in zip(("search_space", "earlier_search_space"), saved):
+            if value is None:
+                if attr in cls.__dict__:
+                    delattr(cls, attr)
+            else:
+                setattr(cls, attr, value)
+    log = tuned.trial_log
+    print(f"{task_name} n={n} seed={seed} {sampler}/{space_name} x{budget}{' (reference)' if reference else ''}: "
+          f"best validation LDS {tuned.val_lds:.4f} (trial {tuned.best_trial})", file=sys.stderr, flush=True)
+    return {"task": task_name, "method": method, "n_train": n, "seed": seed, "sampler": sampler,
+            "space": "reference" if reference else space_name, "reference_space": space_name if reference else None,
+            "budget": budget, "best_val_lds": tuned.val_lds, "best_trial": tuned.best_trial,
+            "default_val_lds": next((t["value"] for t in log if t.get("default")), None),
+            "failed_trials": sum(t["value"] is None for t in log), "trials_cpu_s": tuned.trials_cpu_s,
+            "cpu_s": round(time.process_time() - start, 1), "best_params": tuned.best_params}
 
 
 def summarize(out: Path, tolerance: float) -> None:
@@ -79,28 +104,36 @@ def summarize(out: Path, tolerance: float) -> None:
     if not rows:
         sys.exit(f"no finished studies in {out / 'studies'}")
     df = pd.DataFrame(rows)
-    ref = df[df["space"] == "reference"].set_index(["task", "method", "n_train", "seed"])["best_val_lds"]
+    if "reference_space" not in df:
+        df["reference_space"] = None
+    # the first design's files held every study of a size and seed, its reference over the centred space
+    df.loc[(df["space"] == "reference") & df["reference_space"].isna(), "reference_space"] = "centred"
+    df = df.drop_duplicates(["task", "method", "n_train", "seed", "sampler", "space", "reference_space", "budget"],
+                            keep="last")
+    keys = ["task", "method", "n_train", "seed"]
+    ref = df[df["space"] == "reference"].groupby(keys)["best_val_lds"].max()
     df["reference_best"] = [ref.get((r.task, r.method, r.n_train, r.seed)) for r in df.itertuples()]
     df["shortfall"] = (df["reference_best"] - df["best_val_lds"]).clip(lower=0)
     df["found"] = df["shortfall"] <= tolerance
     df.drop(columns=["best_params"]).to_csv(out / "budget_studies.csv", index=False)
     arms = df[df["space"] != "reference"]
-    summary = (arms.groupby(["method", "sampler", "space", "budget"])
+    summary = (arms.groupby(["method", "n_train", "sampler", "space", "budget"])
                .agg(studies=("found", "size"), found=("found", "sum"), mean_shortfall=("shortfall", "mean"),
                     worst_shortfall=("shortfall", "max"), mean_gain_over_default=(
                         "best_val_lds", "mean"), failed_trials=("failed_trials", "sum"),
                     cpu_s=("trials_cpu_s", "sum")).reset_index())
-    default = arms.groupby(["method", "sampler", "space", "budget"])["default_val_lds"].mean().values
+    default = arms.groupby(["method", "n_train", "sampler", "space", "budget"])["default_val_lds"].mean().values
     summary["mean_gain_over_default"] = summary["mean_gain_over_default"] - default
     summary.to_csv(out / "budget_summary.csv", index=False)
+    refs = df[df["space"] == "reference"]
     lines = [f"Studies whose best validation LDS came within {tolerance} of the best of the reference "
-             "study (same size and seed, quasi_tpe over the centred space, "
-             f"{int(df[df['space'] == 'reference']['budget'].iloc[0])} trials):", "",
-             "| method | sampler | space | trials | within | mean shortfall | worst | gain over default "
+             f"studies of their size and seed (quasi_tpe, {int(refs['budget'].iloc[0])} trials, over the "
+             f"{' and the '.join(sorted(refs['reference_space'].unique()))} space):", "",
+             "| method | n_train | sampler | space | trials | within | mean shortfall | worst | gain over default "
              "| failed trials | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
-        lines.append(f"| {r.method} | {r.sampler} | {r.space} | {r.budget} | {r.found} of {r.studies} | "
+        lines.append(f"| {r.method} | {r.n_train} | {r.sampler} | {r.space} | {r.budget} | {r.found} of {r.studies} | "
                      f"{r.mean_shortfall:.3f} | {r.worst_shortfall:.3f} | {r.mean_gain_over_default:+.3f} | "
                      f"{r.failed_trials} | {r.cpu_s:.0f} |")
     (out / "budget_summary.md").write_text("\n".join(lines) + "\n")
@@ -115,9 +148,9 @@ def plot(summary, path: Path, tolerance: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for (sampler, space), g in summary.groupby(["sampler", "space"]):
+    for (n, sampler, space), g in summary.groupby(["n_train", "sampler", "space"]):
         g = g.sort_values("budget")
-        label = f"{sampler}, {space} space"
+        label = f"{n} images: {sampler}, {space} space"
         axes[0].plot(g["budget"], g["found"] / g["studies"], marker="o", label=label)
         axes[1].plot(g["budget"], g["mean_shortfall"], marker="o", label=label)
     axes[0].set(xlabel="trials", ylabel=f"share within {tolerance} of the reference best", ylim=(-0.05, 1.05))
@@ -136,7 +169,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 400])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16])
-    ap.add_argument("--baseline-budgets", type=int, nargs="*", default=[8, 12, 16])
+    ap.add_argument("--space", default="step", help="the space of the reference and budget studies")
+    ap.add_argument("--compare", nargs="*", default=[], metavar="SAMPLER:SPACE",
+                    help="further arms, each run at every budget (quasi_tpe:centred tpe:wide)")
     ap.add_argument("--reference", type=int, default=64)
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--val-subsets", type=int, default=50)
@@ -151,16 +186,24 @@ def main() -> None:
     out = Path(args.out)
     if not args.summarize:
         (out / "studies").mkdir(parents=True, exist_ok=True)
+        compare = [a.split(":", 1) for a in args.compare]
+        if any(len(a) != 2 for a in compare):
+            sys.exit(f"--compare takes SAMPLER:SPACE arms (quasi_tpe:centred tpe:wide), not {args.compare}")
+        arms = [("quasi_tpe", args.space, args.reference, True)]
+        arms += [(sampler, space, b, False) for sampler, space in [("quasi_tpe", args.space), *compare]
+                 for b in args.budgets]
         for n in args.sizes:
             for seed in args.seeds:
-                done = out / "studies" / f"{args.task}-{args.method}-{n}-{seed}.json"
-                if done.exists():
-                    continue
-                rows = study_rows(args.task, args.method, n, seed, args)
-                tmp = done.with_suffix(".tmp")
-                tmp.write_text(json.dumps(rows, indent=1, default=lambda v: None if isinstance(v, float)
-                                          and not math.isfinite(v) else str(v)))
-                tmp.replace(done)
+                for sampler, space, budget, reference in arms:
+                    arm = f"{sampler}-{'reference-' if reference else ''}{space}-b{budget}"
+                    done = out / "studies" / f"{args.task}-{args.method}-{n}-{seed}-{arm}.json"
+                    if done.exists():
+                        continue
+                    row = run_study(args.task, args.method, n, seed, sampler, space, budget, reference, args)
+                    tmp = done.with_suffix(".tmp")
+                    tmp.write_text(json.dumps([row], indent=1, default=lambda v: None if isinstance(v, float)
+                                              and not math.isfinite(v) else str(v)))
+                    tmp.replace(done)
     summarize(out, args.tolerance)
 
 

@@ -391,7 +391,8 @@ def test_a_task_redeclares_a_search_space_and_the_study_starts_quasi_randomly(tm
     from tdabench.tasks.cifar import CifarResNet9
 
     bif = METHODS.get("bif")
-    assert space_for(bif)["eps"].high == 3e-3 and space_for(bif, CifarResNet9)["eps"].high == 5e-4
+    assert space_for(bif)["eps"].times == "nbeta" and space_for(bif, CifarResNet9)["eps"].high == 5e-4
+    assert space_for(bif, CifarResNet9)["eps"].times is None  # CIFAR searches eps itself
     assert space_for(bif, CifarResNet9, "tpe") == bif.earlier_search_space != bif.search_space
     assert space_for(bif, CifarResNet9)["burn_in"] is CifarResNet9.search_spaces["bif"]["burn_in"]
     assert space_problems(bif, 500, {**bif.defaults(), "eps": 1e-3}, CifarResNet9)[0].startswith(
@@ -428,3 +429,46 @@ def test_the_committed_tuned_sweeps_keep_their_config_hash():
                    "tune.storage=results/reference/small_data_digits/studies.journal"])  # as its README ran it
     assert cfg["tune"]["sampler"] == "tpe" and config_hash(cfg) == rec["config_hash"]
     assert config_hash({**cfg, "tune": {**cfg["tune"], "sampler": "quasi_tpe"}}) != rec["config_hash"]
+
+
+def test_a_product_dimension_tunes_the_bif_step_and_a_changed_space_is_refused(tmp_path, monkeypatch):
+    """The BIF searches eps * nbeta (the SGLD step on the mean loss) and sets eps to it over nbeta;
+    the study names the dimension eps*nbeta, and a study run over another space is not continued."""
+    from tdabench.harness.plugin.space import to_params, trial_name
+    from tdabench.methods import bif as bif_module
+
+    step = Float(0.01, 1.0, log=True, times="nbeta")
+    nbeta = Float(0.05, 4.0, log=True, per_n_train=True, null=1.0)
+    space = {"eps": step, "nbeta": nbeta}
+    assert trial_name("eps", step) == "eps*nbeta" and trial_name("nbeta", nbeta) == "nbeta"
+    assert default_point(space, {"eps": 3e-4, "nbeta": None}, 200) == {"eps": pytest.approx(0.06), "nbeta": 1.0}
+    assert to_params(space, {"eps": 0.3, "nbeta": 0.5}, 200) == {"nbeta": 100.0, "eps": pytest.approx(0.003)}
+
+    class Fake:
+        name = "fake"
+        search_space = {"eps": step}  # a product with a parameter the space lacks
+
+        @staticmethod
+        def parameters():
+            return ["eps", "nbeta"]
+
+        @staticmethod
+        def defaults():
+            return {"eps": 1e-4, "nbeta": None}
+
+    assert "is a product with 'nbeta', which is not a Float or Int dimension" in space_problems(Fake)[0]
+    too_small = space_problems(METHODS.get("bif"), 50)  # the class default eps=1e-4 at 50 images: step 0.005
+    assert too_small and "(eps*nbeta = 0.005)" in too_small[0] and "widen the range" in too_small[0]
+
+    cfg = _cfg(tmp_path, "method=bif", "tune.trials=3", "method.chains=2", "method.draws=10", "method.burn_in=5")
+    task, method = prepare(cfg)
+    info = tune(task, type(method), cfg, study_key(cfg)).info
+    log = info.trial_log
+    assert {k for t in log for k in t["params"]} == {"gamma", "eps*nbeta", "nbeta", "burn_in", "steps_between_draws"}
+    assert log[0]["default"] and log[0]["params"]["eps*nbeta"] == pytest.approx(3e-4 * 200)  # digits' eps, nbeta = n
+    best = next(t for t in log if t["number"] == info.best_trial)["params"]
+    assert info.best_params["eps"] == pytest.approx(best["eps*nbeta"] / (best["nbeta"] * 200))
+    assert info.search_space["eps"] == "[0.01, 1] times nbeta log"
+    monkeypatch.setattr(type(method), "search_space", bif_module.BIF_SPACE_CENTRED)
+    with pytest.raises(TuningFailed, match=r"run over another search space \(its trials name eps\*nbeta; .*delete"):
+        tune(task, type(method), cfg, study_key(cfg))

@@ -73,7 +73,8 @@ from tdabench.harness.plugin.space import (
     quasi_random_points,
     space_for,
     startup_trials,
-    to_param,
+    to_params,
+    trial_name,
 )
 from tdabench.harness.read.lds import lds
 from tdabench.harness.read.record import TunedInfo
@@ -303,6 +304,12 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
     storage, where = storage_of(s)
     name = f"{task.name}-{method_cls.name}-{study_key}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    names = {trial_name(k, d) for k, d in space.items()}
+    other = sorted({p for t in study.trials for p in t.params} - names)
+    if other:  # the study ran over another space (the method's has changed since): its trials do not mix
+        raise TuningFailed(f"study {name} in {where} was run over another search space (its trials name "
+                           f"{', '.join(other)}; the space now is {', '.join(sorted(names))}): delete the "
+                           "study or give tune.storage another file")
     budget = trials if space else 1  # a direct call without a space: its one setting
     fail_killed_trials(study, name)
     held = _counted(study)
@@ -311,14 +318,15 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
     base = s.method_params
     first = default_point(space, base, task.n_train)
     quasi = s.tune.sampler == "quasi_tpe"  # its start-up: the default, then quasi-random points
-    enqueue_missing(study, [first, *(quasi_random_points(space, startup_trials(budget) - 1, s.seed) if quasi else [])])
+    startup = [first, *(quasi_random_points(space, startup_trials(budget) - 1, s.seed) if quasi else [])]
+    enqueue_missing(study, [{trial_name(k, space[k]): v for k, v in p.items()} for p in startup])
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", worker_id())  # lets another worker tell a dead trial from a running one
-        values = {k: d.suggest(trial, k) for k, d in space.items()}
+        values = {k: d.suggest(trial, trial_name(k, d)) for k, d in space.items()}
         if values == first:
             trial.set_user_attr("default", True)  # the method's own setting: the gain is against it
-        params = {**base, **{k: to_param(space[k], v, task.n_train) for k, v in values.items()}}
+        params = {**base, **to_params(space, values, task.n_train)}
         try:
             value = _evaluate(method_cls, params, view, gt, s, trial)
         except UserInterrupt:  # not counted: a resumed study runs this trial's place again
@@ -357,7 +365,7 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
         raise TuningFailed(f"no trial of study {name} took at most tune.select_cpu_s={select} CPU s (the "
                            f"cheapest took {cheapest:.3g}); raise the cap or add trials")
     best = max(within, key=lambda t: (t.value, -t.number))  # the earliest of equal values
-    params = {k: to_param(space[k], v, task.n_train) for k, v in best.params.items()}
+    params = to_params(space, {k: best.params[trial_name(k, d)] for k, d in space.items()}, task.n_train)
     info = TunedInfo(trials=trials, search_space=describe(space), best_params=params, best_trial=best.number,
                      val_lds=best.value, val_gt_key=builder.dir.name, val_query_ids=view.query_ids(),
                      val_subsets=s.tune.val_subsets, val_seeds=s.tune.val_seeds, max_cpu_s=s.tune.max_cpu_s,

@@ -5,7 +5,12 @@ dimension}`` whose dimensions are :class:`Float`, :class:`Int` or :class:`Catego
 tuner (:mod:`tdabench.harness.engine.tuning`) asks Optuna for one value per dimension and sets
 the parameter to it. A dimension with ``per_n_train=True`` is tuned as a multiple of the task's
 ``n_train`` (the parameter is set to ``value * n_train``); its ``null`` says which multiple a
-null parameter stands for (the BIF's ``nbeta: null`` means ``n_train``, multiple 1).
+null parameter stands for (the BIF's ``nbeta: null`` means ``n_train``, multiple 1). A dimension
+with ``times="other"`` is tuned as the product of its parameter and the parameter ``other`` (another
+dimension of the space, as set): the parameter is set to ``value / other``. The BIF tunes its SGLD
+step on the mean training loss, ``eps * nbeta``, this way: the product is what makes a chain diverge
+or crawl, at every training-set size, while ``eps`` and ``nbeta`` alone are not. The study knows such
+a dimension by the name ``"eps*nbeta"`` (:func:`trial_name`), so a study never mixes it with ``eps``.
 
 Cost knobs (chains x draws, ensemble size, examples of the curvature fit) belong to the cost
 ladder, not to the search space: tuning chooses how to spend a budget, the ladder sets it.
@@ -30,6 +35,7 @@ class _Range:
     log: bool = False
     per_n_train: bool = False
     null: float | None = None
+    times: str | None = None
     integer: ClassVar[bool] = False
 
     def suggest(self, trial, name: str):
@@ -59,6 +65,7 @@ class _Range:
 
     def describe(self) -> str:
         unit = " x n_train" if self.per_n_train else ""
+        unit += f" times {self.times}" if self.times else ""
         span = f"{{{self.low}..{self.high}}}" if self.integer else f"[{self.low:g}, {self.high:g}]"
         return f"{span}{unit}{' log' if self.log else ''}"
 
@@ -80,6 +87,7 @@ class Categorical:
     choices: tuple
     per_n_train: bool = False
     null: Any = None
+    times: None = None  # a categorical dimension is never a product
 
     def suggest(self, trial, name: str):
         return trial.suggest_categorical(name, list(self.choices))
@@ -136,9 +144,16 @@ def describe(space: dict) -> dict[str, str]:
     return {k: d.describe() for k, d in space.items()}
 
 
+def trial_name(key: str, dim) -> str:
+    """The name the study knows dimension ``key`` by: ``key``, or ``"key*other"`` for a product
+    with the parameter ``other`` (``dim.times``)."""
+    return f"{key}*{dim.times}" if getattr(dim, "times", None) else key
+
+
 def to_trial_value(dim, value, n_train: int):
     """The value of ``dim`` that the method parameter ``value`` stands for (its multiple of
-    ``n_train`` for a ``per_n_train`` dimension; ``dim.null`` for a null value)."""
+    ``n_train`` for a ``per_n_train`` dimension; ``dim.null`` for a null value). A product
+    dimension's value also needs the other parameter: :func:`default_point`."""
     if value is None:
         return dim.null
     if dim.per_n_train:
@@ -147,16 +162,48 @@ def to_trial_value(dim, value, n_train: int):
 
 
 def to_param(dim, value, n_train: int):
-    """The method parameter set by the trial value ``value`` of ``dim``."""
+    """The method parameter set by the trial value ``value`` of ``dim`` (not a product: see
+    :func:`to_params`)."""
     if dim.per_n_train and value is not None:
         return value * n_train
     return value
 
 
+def _times(dim) -> str | None:
+    return getattr(dim, "times", None)
+
+
+def _as_param(space: dict, key: str, params: dict, n_train: int):
+    """The value parameter ``key`` has in ``params``, a null standing for its dimension's ``null``
+    (the BIF's ``nbeta: null``: n_train)."""
+    value = params.get(key)
+    dim = space.get(key)
+    if value is None and dim is not None and getattr(dim, "null", None) is not None:
+        return to_param(dim, dim.null, n_train)
+    return value
+
+
+def to_params(space: dict, values: dict, n_train: int) -> dict:
+    """The method parameters set by the trial ``values`` (``{parameter: value}``) of ``space``: a
+    product dimension's parameter is its value over the other parameter as set."""
+    params = {k: to_param(space[k], v, n_train) for k, v in values.items() if not _times(space[k])}
+    for k, v in values.items():
+        if _times(space[k]):
+            other = _as_param(space, space[k].times, params, n_train)
+            params[k] = v / other
+    return params
+
+
 def default_point(space: dict, params: dict, n_train: int) -> dict:
     """The trial values of the method's current parameters ``params`` (its resolved settings):
     the first trial of every study."""
-    return {k: to_trial_value(d, params.get(k), n_train) for k, d in space.items()}
+    point = {}
+    for k, d in space.items():
+        if _times(d) and params.get(k) is not None:
+            point[k] = params[k] * _as_param(space, d.times, params, n_train)
+        else:
+            point[k] = to_trial_value(d, params.get(k), n_train)
+    return point
 
 
 def accepted_setting(space: dict, params: dict, n_train: int, accepts, draws: int = 64,
@@ -171,7 +218,7 @@ def accepted_setting(space: dict, params: dict, n_train: int, accepts, draws: in
         return params
     rng = random.Random(seed)
     for _ in range(draws):
-        point = {k: to_param(d, d.draw(rng), n_train) for k, d in space.items()}
+        point = to_params(space, {k: d.draw(rng) for k, d in space.items()}, n_train)
         if accepts({**params, **point}):
             return {**params, **point}
     return None
@@ -187,7 +234,8 @@ def _samples(dim, n_train: int) -> list:
 def space_problems(method_cls, n_train: int = 1000, params: dict | None = None, task=None,
                    sampler: str = "quasi_tpe") -> list[str]:
     """One line per dimension of ``method_cls.search_space`` that is not a :class:`Float`,
-    :class:`Int` or :class:`Categorical`, names a parameter the method lacks, sets values the
+    :class:`Int` or :class:`Categorical`, is a product with what is not another numeric dimension,
+    names a parameter the method lacks, sets values the
     constructor's type annotation refuses, or whose range misses the method's setting the study
     starts from (``params``: the resolved settings, a task's defaults and explicit values included;
     the class's own defaults by default); with ``task``, the space as that task redeclares it."""
@@ -199,16 +247,25 @@ def space_problems(method_cls, n_train: int = 1000, params: dict | None = None, 
                 for k, d in space.items() if not isinstance(d, (Float, Int, Categorical))]
     problems += [f"{where} names {k}, not among its parameters ({', '.join(sorted(known))}); rename the "
                  "dimension or the parameter" for k in sorted(set(space) - known)]
+    products = [f"{where}[{k!r}] = {d.describe()} is a product with {d.times!r}, which is not a Float or "
+                "Int dimension of the space (nor itself a product): declare it, or drop times="
+                for k, d in space.items() if getattr(d, "times", None) and (
+                    not isinstance(space.get(d.times), (Float, Int)) or space[d.times].times)]
+    if products:  # the setting tuning starts from has no value in such a space
+        return problems + products
     checks = getattr(method_cls, "parameter_problems", None)
+    start = default_point(space, params, n_train)
     for k, d in space.items():
-        if k not in known or not isinstance(d, (Float, Int, Categorical)):
+        if k not in known:
             continue
         typed = [p for v in _samples(d, n_train) for p in (checks({k: v}) if checks else [])]
         if typed:
             problems.append(f"{where}[{k!r}] = {d.describe()} sets values of the wrong type: {typed[0]}")
             continue
-        v = to_trial_value(d, params.get(k), n_train)
+        v = start[k]
         if not d.contains(v) or (isinstance(v, float) and not math.isfinite(v)):
             problems.append(f"{where}[{k!r}] = {d.describe()} does not contain the setting tuning starts "
-                            f"from, {k}={params.get(k)!r}: widen the range or change the default")
+                            f"from, {k}={params.get(k)!r}"
+                            + (f" ({trial_name(k, d)} = {v:.4g})" if d.times and v is not None else "")
+                            + ": widen the range or change the default")
     return problems

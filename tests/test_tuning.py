@@ -468,7 +468,10 @@ def test_a_product_dimension_tunes_the_bif_step_and_a_changed_space_is_refused(t
     assert log[0]["default"] and log[0]["params"]["eps*nbeta"] == pytest.approx(3e-4 * 200)  # digits' eps, nbeta = n
     best = next(t for t in log if t["number"] == info.best_trial)["params"]
     assert info.best_params["eps"] == pytest.approx(best["eps*nbeta"] / (best["nbeta"] * 200))
-    assert info.search_space["eps"] == "[0.01, 1] times nbeta log"
+    assert info.search_space["eps"] == "[0.02, 1] times nbeta log"
     monkeypatch.setattr(type(method), "search_space", bif_module.BIF_SPACE_CENTRED)
     with pytest.raises(TuningFailed, match=r"run over another search space \(its trials name eps\*nbeta; .*delete"):
+        tune(task, type(method), cfg, study_key(cfg))
+    monkeypatch.setattr(type(method), "search_space", {**bif_module.BIF_SPACE, "gamma": Float(5.0, 50.0, log=True)})
+    with pytest.raises(TuningFailed, match=r"its trials drew gamma from FloatDistribution\(.*high=300\.0"):
         tune(task, type(method), cfg, study_key(cfg))

@@ -270,6 +270,18 @@ def enqueue_missing(study, planned: list[dict]) -> None:
             study.enqueue_trial(point)
 
 
+def changed_dimensions(study, space: dict) -> str:
+    """'' when every trial of ``study`` drew its values from ``space``; else what differs: a name
+    the space lacks, or a dimension whose range has changed."""
+    wanted = {trial_name(k, d): d.distribution() for k, d in space.items()}
+    drawn = {p: dist for t in study.trials for p, dist in t.distributions.items()}
+    other = sorted(set(drawn) - set(wanted))
+    if other:
+        return f"its trials name {', '.join(other)}; the space now names {', '.join(sorted(wanted))}"
+    return next((f"its trials drew {p} from {dist}; the space now has {wanted[p]}"
+                 for p, dist in drawn.items() if dist != wanted[p]), "")
+
+
 def trial_log(study) -> list[dict]:
     """Every trial of ``study`` as JSON: number, state, search-space values, their Optuna
     distributions (JSON), validation LDS (None unless complete), CPU seconds and whether it was
@@ -304,11 +316,9 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
     storage, where = storage_of(s)
     name = f"{task.name}-{method_cls.name}-{study_key}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-    names = {trial_name(k, d) for k, d in space.items()}
-    other = sorted({p for t in study.trials for p in t.params} - names)
+    other = changed_dimensions(study, space)
     if other:  # the study ran over another space (the method's has changed since): its trials do not mix
-        raise TuningFailed(f"study {name} in {where} was run over another search space (its trials name "
-                           f"{', '.join(other)}; the space now is {', '.join(sorted(names))}): delete the "
+        raise TuningFailed(f"study {name} in {where} was run over another search space ({other}): delete the "
                            "study or give tune.storage another file")
     budget = trials if space else 1  # a direct call without a space: its one setting
     fail_killed_trials(study, name)

@@ -42,6 +42,14 @@ class _Range:
         suggest = trial.suggest_int if self.integer else trial.suggest_float
         return suggest(name, self.low, self.high, log=self.log)
 
+    def distribution(self):
+        """The Optuna distribution :meth:`suggest` samples from (to tell a study's space)."""
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log)
+        return FloatDistribution(self.low, self.high, log=self.log)
+
     def draw(self, rng):
         if self.log:
             value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
@@ -91,6 +99,11 @@ class Categorical:
 
     def suggest(self, trial, name: str):
         return trial.suggest_categorical(name, list(self.choices))
+
+    def distribution(self):
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(list(self.choices))
 
     def draw(self, rng):
         return rng.choice(self.choices)

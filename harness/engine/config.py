@@ -63,6 +63,25 @@ def device_problem(device, here: bool = True) -> str | None:
     return None
 
 
+def reproducible_device(device) -> None:
+    """On a CUDA ``device``, make kernels reproduce themselves, as the ground truth's same-seed
+    retrainings and magic's replay assume: deterministic cuDNN convolutions without autotuning,
+    deterministic algorithms wherever torch has them (a warning names an operation without one,
+    such as ``AdaptiveMaxPool2d``'s backward), cuBLAS with a fixed workspace, and no TF32 for
+    float32 matrix products and convolutions (the fast CIFAR recipe asks for bf16 autocast itself).
+    On the CPU nothing changes."""
+    if not str(device).startswith("cuda"):
+        return
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def validate_settings(s: RunSettings, device_here: bool = True) -> list[str]:
     """Checks of the settings that need the machine or the file system (the device, the folders,
     the free disk space) or the registry (the task's method defaults); ``device_here`` False: the

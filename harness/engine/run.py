@@ -48,6 +48,7 @@ from tdabench.harness.engine.cold_cost import cold_cost, uncounted
 from tdabench.harness.engine.config import (
     ConfigError,
     UnsupportedPairingError,
+    reproducible_device,
     resolve_names,
     subset_problems,
     validate_method_params,
@@ -89,8 +90,7 @@ from tdabench.harness.read.record_view import run_cost
 from tdabench.harness.read.results import provenance, read_records
 from tdabench.harness.read.tracking import log_run
 
-#: config keys that do not change a run's numbers (left out of its config hash)
-#: (``frontier`` only selects method parameters, which ``config.method`` holds as applied)
+#: config keys left out of the config hash: they do not change a run's numbers (``frontier`` picks parameters)
 NON_DETERMINING = ("results_dir", "cache_dir", "data_root", "wandb", "limits", "hydra", "force", "sweep_name",
                    "frontier")
 
@@ -106,8 +106,7 @@ def config_hash(cfg: RunSettings | dict) -> str:
     read_by = {"loo": "loo", "mislabel": "mislabel_auc", "removal": "removal"}  # setting: its metric
     unused = {k for k, m in read_by.items() if m not in s.metrics} | ({"metric"} if s.metrics == ["lds"] else set())
     unused |= {"tune"} if not s.tune.trials else set()
-    kept = _hashed(s.config)
-    return content_hash({k: v for k, v in kept.items() if k not in NON_DETERMINING and k not in unused})
+    return content_hash({k: v for k, v in _hashed(s.config).items() if k not in {*NON_DETERMINING, *unused}})
 
 
 def study_key(cfg: RunSettings | dict) -> str:
@@ -311,7 +310,8 @@ def _summary(record: RunRecord) -> str:
     return "; ".join(parts)
 
 
-def set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None, device: str = "cpu") -> None:
+    reproducible_device(device)  # on a GPU: deterministic kernels, no TF32 (nothing changes on the CPU)
     if threads:
         torch.set_num_threads(threads)
 
@@ -339,7 +339,7 @@ def execute(cfg: RunSettings | dict, group: str = "single") -> dict | None:
     resolved = cfg.config if isinstance(cfg, RunSettings) else cfg
     s = adopt_settings(RunSettings.from_config(apply_level(resolved)))  # the settings of the whole run
     task, method = prepare(s)
-    set_threads(s.threads)
+    set_threads(s.threads, s.device)
     with user_interrupts():
         builder = ground_truth_source(task, s)
         shard, num_shards = s.gt.shard, s.gt.num_shards

@@ -47,9 +47,17 @@ def library_versions() -> dict:
 
 
 def provenance(device: str) -> dict:
-    return {"version": __version__, "git_sha": git_sha(), "libraries": library_versions(),
-            "device": device, "host": platform.node(), "platform": platform.platform(),
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    """Where a record was computed; on a GPU also which one (``accelerator``) and the CUDA
+    version, since GPU seconds and peak memory depend on them."""
+    out = {"version": __version__, "git_sha": git_sha(), "libraries": library_versions(),
+           "device": device, "host": platform.node(), "platform": platform.platform(),
+           "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        index = int(str(device).partition(":")[2] or torch.cuda.current_device())
+        out.update(accelerator=torch.cuda.get_device_name(index), cuda=torch.version.cuda)
+    return out
 
 
 def standard_json(obj):

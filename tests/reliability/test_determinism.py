@@ -28,3 +28,33 @@ def test_method_scores_are_reproducible(tmp_path, name):
         method.fit(task, model)
         runs.append(method.score(task, model))
     assert torch.equal(runs[0], runs[1])
+
+
+def test_a_gpu_run_asks_for_deterministic_kernels_and_a_cpu_run_changes_nothing(monkeypatch):
+    """Same-seed retrainings and magic's replay assume kernels that reproduce themselves: on cuda
+    the run turns on deterministic algorithms and turns off TF32 and cuDNN autotuning; on the CPU
+    (the pinned results) no global setting moves. The flags are set without a GPU."""
+    import os
+
+    from tdabench.harness.engine.config import reproducible_device
+    from tdabench.harness.read.results import provenance
+
+    flags = lambda: (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,  # noqa: E731
+                     torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+                     torch.backends.cudnn.allow_tf32)
+    before = flags()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    reproducible_device("cpu")
+    assert flags() == before and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    try:
+        reproducible_device("cuda:0")
+        assert flags() == (True, True, False, False, False)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[3], before[4]
+    assert "accelerator" not in provenance("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Fake GPU {i}")
+    assert provenance("cuda:1")["accelerator"] == "Fake GPU 1"

@@ -245,7 +245,9 @@ def _evaluate(method_cls, params: dict, view, gt, s: RunSettings, trial) -> floa
         trial.set_user_attr("cached_work", earlier)
     scores = scores.cpu() if isinstance(scores, torch.Tensor) else scores
     check_scores(scores, view)
-    cpu = sum(prof.cpu_time_s.values())
+    # on a GPU the host's CPU seconds count kernel launches, not work: the cost of a trial (its cap
+    # and the tuned frontier's) is then its synchronized wall seconds
+    cpu = sum((prof.time_s if prof.on_gpu else prof.cpu_time_s).values())
     trial.set_user_attr("cpu_s", round(cpu, 3))
     trial.set_user_attr("wall_s", round(sum(prof.time_s.values()), 3))
     trial.set_user_attr("peak_mem_mb", max(prof.peak_mem_mb.values()))

@@ -187,6 +187,15 @@ def test_fanova_finds_the_parameter_that_matters():
     row = table[table["parameter"] == "gamma"].iloc[0]
     best = max(t["value"] for t in log)
     assert row["gain"] == pytest.approx(best - log[0]["value"]) and row["importance"] == pytest.approx(imp["gamma"])
+    # a product dimension (the BIF's eps, drawn as eps*nbeta) is named as the study drew it
+    product = [{**t, "params": {"gamma": t["params"]["gamma"], "draws*gamma": t["params"]["draws"]},
+                "distributions": {"gamma": t["distributions"]["gamma"], "draws*gamma": t["distributions"]["draws"]}}
+               for t in log]
+    space = {"gamma": "x", "draws": "y times gamma"}
+    rec = RunRecord.from_dict({"status": "ok", "task": "digits_mlp", "method": "bif", "n_train": 150, "config": {"seed": 3},
+                               "tuned": {"search_space": space, "study": "s", "trial_log": product}})
+    table = importance_table([rec]).set_index("parameter")
+    assert set(table.index) == {"gamma", "draws*gamma"} and table.loc["draws*gamma", "importance"] < 0.2
 
 
 def test_stagewise_table_has_a_column_per_step(tmp_path):

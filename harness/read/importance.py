@@ -67,11 +67,14 @@ def record_rows(rec: RunRecord) -> list[dict]:
     default = marked[0] if marked else values.get(min(values)) if values else None
     best = max(done) if done else None
     imp = fanova(trials)
+    drawn = {k for t in trials for k in t.get("params", {})}
+    # a product dimension is drawn as "eps*nbeta" (tdabench.harness.plugin.space.trial_name): named so
+    names = [next((k for k in sorted(drawn) if k.startswith(f"{p}*")), p) for p in sorted(tuned.search_space or {})]
     return [{"task": rec.task, "method": rec.method, "n_train": rec.n_train, "seed": (rec.config or {}).get("seed"),
              "parameter": p, "importance": imp.get(p) if imp else None, "trials": len(trials),
              "completed": len(done), "default_val_lds": default, "best_val_lds": best,
              "gain": None if best is None or default is None else best - default}
-            for p in sorted(tuned.search_space or {})]
+            for p in names]
 
 
 def importance_table(records: list[RunRecord]) -> pd.DataFrame:

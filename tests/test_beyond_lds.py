@@ -192,8 +192,9 @@ def test_fanova_finds_the_parameter_that_matters():
                 "distributions": {"gamma": t["distributions"]["gamma"], "draws*gamma": t["distributions"]["draws"]}}
                for t in log]
     space = {"gamma": "x", "draws": "y times gamma"}
+    tuned = {"search_space": space, "study": "s", "trial_log": product}
     rec = RunRecord.from_dict({"status": "ok", "task": "digits_mlp", "method": "bif", "n_train": 150,
-                               "config": {"seed": 3}, "tuned": {"search_space": space, "study": "s", "trial_log": product}})
+                               "config": {"seed": 3}, "tuned": tuned})
     table = importance_table([rec]).set_index("parameter")
     assert set(table.index) == {"gamma", "draws*gamma"} and table.loc["draws*gamma", "importance"] < 0.2
 

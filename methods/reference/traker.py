@@ -32,6 +32,7 @@ from tdabench.harness.plugin.training import num_params
 from tdabench.methods.trak import TRAK_SPACE, check_trak_settings, member_projector
 
 PROJECTORS = ("basic", "native")
+log = logging.getLogger(__name__)
 
 
 class TrakTraker(Method):
@@ -75,6 +76,9 @@ class TrakTraker(Method):
         from trak import TRAKer
         from trak.projectors import BasicProjector, ProjectionType
 
+        if str(getattr(task, "device", "cpu")) != "cpu":
+            log.warning(f"trak_traker computes on the CPU whatever the device (traker's reference pipeline "
+                        f"with its CPU projector); the native trak runs on {task.device}")
         members = [model] if self.models == 1 else task.ensemble(self.models, self.ensemble_mode)
         states = [{k: v.cpu() for k, v in m.state_dict().items()} for m in members]
         container = task.new_model(task.seed).cpu()

@@ -49,6 +49,9 @@ PROJECTIONS = ("rademacher", "gaussian")
 
 #: bytes of the slice of a projection matrix drawn and applied at once
 PIECE_BYTES = 2**18
+#: on a GPU, a projection matrix of at most this share of the device's free memory is kept there
+#: after its first draw (drawn on the CPU, so the values are the CPU's, and copied once)
+DEVICE_KEEP_SHARE = 0.25
 
 
 class Projector:
@@ -57,18 +60,46 @@ class Projector:
     generator seeded with ``(seed, j)``; a block is drawn in consecutive slices of at most
     ``piece_bytes`` (a multiple of 16 rows, so Gaussian draws come out as in one call) and each
     slice is applied and dropped at once. R is never held: memory is one slice besides the inputs
-    and outputs, and every call draws R afresh."""
+    and outputs, and every call draws R afresh. On a GPU the slices are drawn on the CPU (the same
+    values on every device) and, where R takes at most ``keep_bytes`` (None: a quarter of the
+    device's free memory), kept there after the first call instead of copied every call."""
 
     def __init__(self, dim: int, proj_dim: int, seed: int, kind: str = "rademacher",
-                 block_rows: int = 4096, piece_bytes: int = PIECE_BYTES):
+                 block_rows: int = 4096, piece_bytes: int = PIECE_BYTES, keep_bytes: int | None = None):
         if kind not in PROJECTIONS:
             raise ValueError(f"projection {kind!r}: use one of {', '.join(PROJECTIONS)}")
         self.dim, self.proj_dim, self.seed, self.kind = dim, proj_dim, seed, kind
         self.block_rows = block_rows
         self.piece_bytes = piece_bytes
+        self.keep_bytes = keep_bytes
+        self._kept: dict[tuple[str, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
+
+    def _keeps(self, device, dtype) -> bool:
+        """Whether R is kept on ``device`` after its first draw (see the class docstring)."""
+        total = self.dim * self.proj_dim * torch.empty((), dtype=dtype).element_size()
+        if self.keep_bytes is not None:
+            return total <= self.keep_bytes
+        if torch.device(device).type != "cuda":
+            return False  # on the CPU memory is what the drawing per call saves
+        return total <= DEVICE_KEEP_SHARE * torch.cuda.mem_get_info(device)[0]
 
     def _pieces(self, device, dtype) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(first row, R[first row:first row + rows])`` slices of R, in row order."""
+        """``(first row, R[first row:first row + rows])`` slices of R, in row order (kept ones if
+        R is kept on ``device``)."""
+        key = (str(device), dtype)
+        if key in self._kept:
+            yield from self._kept[key]
+            return
+        kept = [] if self._keeps(device, dtype) else None
+        for first, r in self._drawn(device, dtype):
+            if kept is not None:
+                kept.append((first, r))
+            yield first, r
+        if kept is not None:
+            self._kept[key] = kept
+
+    def _drawn(self, device, dtype) -> Iterator[tuple[int, torch.Tensor]]:
+        """The slices of R, drawn on the CPU and moved to ``device``."""
         size = torch.empty((), dtype=dtype).element_size()
         piece_rows = max(16, self.piece_bytes // (size * self.proj_dim) // 16 * 16)
         for j in range(math.ceil(self.dim / self.block_rows)):

@@ -44,6 +44,22 @@ def test_projector_is_seeded_and_chunking_does_not_change_it():
     assert torch.allclose(gauss.square().sum(1), x.square().sum(1), rtol=0.1)
 
 
+def test_a_kept_projection_is_drawn_once_and_equals_a_redrawn_one(monkeypatch):
+    """On a GPU the projection is kept on the device after its first draw where it fits (here
+    forced on the CPU with keep_bytes): the same values as drawing it every call, drawn once."""
+    x = torch.randn(4, 300)
+    redrawn = Projector(300, 32, seed=5, piece_bytes=1)
+    kept = Projector(300, 32, seed=5, piece_bytes=1, keep_bytes=300 * 32 * 4)
+    draws = []
+    real = Projector._drawn
+    monkeypatch.setattr(Projector, "_drawn", lambda self, *a: draws.append(self) or real(self, *a))
+    assert torch.equal(kept(x), redrawn(x))
+    assert torch.allclose(kept.project_parts([x[:, :9], x[:, 9:]]), redrawn(x), rtol=1e-5, atol=1e-5)
+    assert draws.count(kept) == 1 and draws.count(redrawn) == 2
+    assert not Projector(300, 32, seed=5, keep_bytes=300 * 32 * 4 - 1)._keeps("cpu", torch.float32)
+    assert not Projector(300, 32, seed=5)._keeps("cpu", torch.float32)  # the CPU draws per call
+
+
 @pytest.mark.reference
 def test_trak_matches_traker_on_the_same_projection(small_digits):
     """traker's pipeline with the native projection draw gives the same per-query rankings."""

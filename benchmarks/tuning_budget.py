@@ -143,6 +143,11 @@ def reevaluate(out: Path, times: int, args) -> None:
         done = out / "reeval" / f"{name}.json"
         if done.exists() or not row.get("best_params"):
             continue
+        key = json.dumps([row["task"], row["method"], row["n_train"], row["seed"], row["best_params"]], sort_keys=True)
+        same = [p for p in (out / "reeval").glob("*.json") if json.loads(p.read_text()).get("key") == key]
+        if same:  # another study (of another budget) chose the same setting: the same values
+            done.write_text(json.dumps({**json.loads(same[0].read_text()), "study": name}))
+            continue
         try:  # several processes share the work: each study's re-evaluation is claimed by one
             os.close(os.open(done.with_suffix(".claim"), os.O_CREAT | os.O_EXCL))
         except FileExistsError:
@@ -165,7 +170,7 @@ def reevaluate(out: Path, times: int, args) -> None:
                 values.append(None)
         print(f"{name}: best {row['best_val_lds']:.4f}, again {values}", file=sys.stderr, flush=True)
         tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"study": name, "values": values}))
+        tmp.write_text(json.dumps({"study": name, "key": key, "values": values}))
         tmp.replace(done)
         done.with_suffix(".claim").unlink()
 

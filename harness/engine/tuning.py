@@ -339,6 +339,7 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
         if values == first:
             trial.set_user_attr("default", True)  # the method's own setting: the gain is against it
         params = {**base, **to_params(space, values, task.n_train)}
+        shown = {trial_name(k, space[k]): v for k, v in values.items()}  # as the study names them
         try:
             value = _evaluate(method_cls, params, view, gt, s, trial)
         except UserInterrupt:  # not counted: a resumed study runs this trial's place again
@@ -347,13 +348,13 @@ def tune(task, method_cls, cfg: RunSettings | dict, study_key: str) -> Tuned:
             raise
         except SettingRefused as exc:
             trial.set_user_attr("refused", str(exc)[:1000])
-            log.info(f"{name} trial {trial.number} {values}: refused: {exc}")
+            log.info(f"{name} trial {trial.number} {shown}: refused: {exc}")
             return REFUSED_VALUE
         except Exception as exc:  # a failed trial, counted in the budget
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
-            log.info(f"{name} trial {trial.number} {values}: failed: {type(exc).__name__}: {exc}")
+            log.info(f"{name} trial {trial.number} {shown}: failed: {type(exc).__name__}: {exc}")
             return float("nan")
-        log.info(f"{name} trial {trial.number} {values}: validation LDS {value:.4f}")
+        log.info(f"{name} trial {trial.number} {shown}: validation LDS {value:.4f}")
         return value
 
     if budget > held:

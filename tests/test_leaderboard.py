@@ -235,7 +235,8 @@ def test_list_prints_every_registered_method_task_and_metric(capsys):
         assert sum(line.split()[0] == name for line in out if line.startswith("  ")) == 1, name
     spaces = [line for line in out if line.strip().startswith("search space: ")]
     with_space = [m for m in METHODS.names() if METHODS.get(m).search_space]
-    assert len(spaces) == len(with_space) and "bif" in with_space and "gamma [3, 300] log" in spaces[0]
+    assert len(spaces) == len(with_space) and "bif" in with_space and "gamma [5, 300] log" in spaces[0]
+    assert "eps [0.02, 1] times nbeta log" in spaces[0]  # the BIF searches its step, eps * nbeta
     # a task that redeclares a method's space: one line per method under the task's name
     here = [line for line in out if "'s search space here: " in line]
     assert len(here) == sum(len(TASKS.get(t).search_spaces) for t in TASKS.names()) >= 2

@@ -435,7 +435,7 @@ def test_a_product_dimension_tunes_the_bif_step_and_a_changed_space_is_refused(t
     """The BIF searches eps * nbeta (the SGLD step on the mean loss) and sets eps to it over nbeta;
     the study names the dimension eps*nbeta, and a study run over another space is not continued."""
     from tdabench.harness.plugin.space import to_params, trial_name
-    from tdabench.methods import bif as bif_module
+    from tdabench.methods import bif_spaces as bif_module
 
     step = Float(0.01, 1.0, log=True, times="nbeta")
     nbeta = Float(0.05, 4.0, log=True, per_n_train=True, null=1.0)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from tdabench.harness.plugin.method import Method
-from tdabench.methods.bif import BIF_SPACE, BIF_SPACE_WIDE
+from tdabench.methods.bif_spaces import BIF_SPACE, BIF_SPACE_WIDE
 
 
 class _Indices(torch.utils.data.Dataset):

@@ -254,12 +254,17 @@ def plot(summary, path: Path, tolerance: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for (n, sampler, space), g in summary.groupby(["n_train", "sampler", "space"]):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    arms = summary[~summary["space"].str.endswith("(reference)")]  # the small budgets only
+    designs = sorted(set(zip(arms["sampler"], arms["space"])))
+    colours = {d: f"C{i}" for i, d in enumerate(designs)}
+    sizes = sorted(arms["n_train"].unique())
+    for (n, sampler, space), g in arms.groupby(["n_train", "sampler", "space"]):
         g = g.sort_values("budget")
-        label = f"{n} images: {sampler}, {space} space"
-        axes[0].plot(g["budget"], g["found"] / g["studies"], marker="o", label=label)
-        axes[1].plot(g["budget"], g["mean_shortfall"], marker="o", label=label)
+        style = {"color": colours[(sampler, space)], "ls": ["-", "--", ":", "-."][sizes.index(n) % 4],
+                 "marker": "os^D"[sizes.index(n) % 4], "label": f"{sampler}, {space} space, {n} images"}
+        axes[0].plot(g["budget"], g["found"] / g["studies"], **style)
+        axes[1].plot(g["budget"], g["mean_shortfall"], **style)
     axes[0].set(xlabel="trials", ylabel=f"share within {tolerance} of the reference best", ylim=(-0.05, 1.05))
     axes[1].set(xlabel="trials", ylabel="mean shortfall (validation LDS)")
     axes[1].axhline(tolerance, color="grey", lw=0.8, ls="--")

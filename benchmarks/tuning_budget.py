@@ -192,8 +192,6 @@ def summarize(out: Path, tolerance: float) -> None:
         df["reference_space"] = None
     # the first design's files held every study of a size and seed, its reference over the centred space
     df.loc[(df["space"] == "reference") & df["reference_space"].isna(), "reference_space"] = "centred"
-    df = df.drop_duplicates(["task", "method", "n_train", "seed", "sampler", "space", "reference_space", "budget"],
-                            keep="last")
     keys = ["task", "method", "n_train", "seed"]
     ref = df[df["space"] == "reference"].groupby(keys)["best_val_lds"].max()
     df["reference_best"] = [ref.get((r.task, r.method, r.n_train, r.seed)) for r in df.itertuples()]

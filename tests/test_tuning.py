@@ -57,18 +57,19 @@ def test_every_search_space_contains_the_default(name):
 def test_space_problems_and_multiples_of_n_train():
     class Fake:
         name = "fake"
-        search_space = {"a": Float(1.0, 2.0), "b": Int(0, 3), "missing": Categorical((1, 2))}
+        search_space = {"a": Float(1.0, 2.0), "b": Int(0, 3), "missing": Categorical((1, 2)), "c": (1, 2)}
 
         @staticmethod
         def parameters():
-            return ["a", "b"]
+            return ["a", "b", "c"]
 
         @staticmethod
         def defaults():
-            return {"a": 5.0, "b": 2}
+            return {"a": 5.0, "b": 2, "c": 1}
 
     problems = space_problems(Fake)
     assert any("missing" in p for p in problems) and any("a=5.0" in p for p in problems)
+    assert any("['c'] = (1, 2) is not a Float, Int or Categorical" in p for p in problems)
     nbeta = Float(0.1, 10.0, log=True, per_n_train=True, null=1.0)
     assert default_point({"nbeta": nbeta}, {"nbeta": None}, 200) == {"nbeta": 1.0}
     assert to_param(nbeta, 0.5, 200) == 100.0

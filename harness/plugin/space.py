@@ -157,10 +157,15 @@ def describe(space: dict) -> dict[str, str]:
     return {k: d.describe() for k, d in space.items()}
 
 
+def _times(dim) -> str | None:
+    """The other parameter of a product dimension (None: not a product)."""
+    return getattr(dim, "times", None)
+
+
 def trial_name(key: str, dim) -> str:
     """The name the study knows dimension ``key`` by: ``key``, or ``"key*other"`` for a product
     with the parameter ``other`` (``dim.times``)."""
-    return f"{key}*{dim.times}" if getattr(dim, "times", None) else key
+    return f"{key}*{dim.times}" if _times(dim) else key
 
 
 def to_trial_value(dim, value, n_train: int):
@@ -180,10 +185,6 @@ def to_param(dim, value, n_train: int):
     if dim.per_n_train and value is not None:
         return value * n_train
     return value
-
-
-def _times(dim) -> str | None:
-    return getattr(dim, "times", None)
 
 
 def _as_param(space: dict, key: str, params: dict, n_train: int):
@@ -262,13 +263,14 @@ def space_problems(method_cls, n_train: int = 1000, params: dict | None = None, 
                  "dimension or the parameter" for k in sorted(set(space) - known)]
     products = [f"{where}[{k!r}] = {d.describe()} is a product with {d.times!r}, which is not a Float or "
                 "Int dimension of the space (nor itself a product): declare it, or drop times="
-                for k, d in space.items() if getattr(d, "times", None) and (
+                for k, d in space.items() if _times(d) and (
                     not isinstance(space.get(d.times), (Float, Int)) or space[d.times].times)]
     if products:  # the setting tuning starts from has no value in such a space
         return problems + products
     checks = getattr(method_cls, "parameter_problems", None)
-    start = default_point(space, params, n_train)
-    for k, d in space.items():
+    dims = {k: d for k, d in space.items() if isinstance(d, (Float, Int, Categorical))}
+    start = default_point(dims, params, n_train)
+    for k, d in dims.items():
         if k not in known:
             continue
         typed = [p for v in _samples(d, n_train) for p in (checks({k: v}) if checks else [])]

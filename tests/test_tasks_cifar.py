@@ -138,6 +138,14 @@ def test_augment_flips_and_translates_reproducibly(tmp_path):
     assert all(torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(2)) for i in range(16))
 
 
+def test_augmenting_many_minibatches_at_once_draws_as_one_at_a_time(tmp_path):
+    task = CifarResNet9(cifar_cfg(translate=2), cache_dir=tmp_path)
+    x = torch.randn(3, 8, 3, 32, 32)
+    together = task.augment_many(x, [torch.Generator().manual_seed(s) for s in range(3)])
+    for j in range(3):
+        assert torch.equal(together[j], task.augment(x[j], torch.Generator().manual_seed(j)))
+
+
 def test_missing_data_folder_is_one_clear_error(tmp_path):
     problems = CifarResNet9.validate(cifar_cfg(data_dir=str(tmp_path / "nowhere")))
     assert len(problems) == 1 and "does not exist" in problems[0]
@@ -177,3 +185,68 @@ def test_default_source_unpacks_the_shared_archive_once(tmp_path):
     assert sum("unpacking" in m for m in logs) == 1
     assert unpack_once(ARCHIVE, dest, log=logs.append) == dest
     assert sum("unpacking" in m for m in logs) == 1
+
+
+def test_resnet9_trains_stacked_with_batch_norm_and_augmentation_as_one_at_a_time(tmp_path):
+    """train_stacked gives every model the minibatches, augmentation draws and batch-norm running
+    statistics that train() gives it alone."""
+    from tdabench.harness.plugin.training import Recipe, train, train_stacked
+
+    task = CifarResNet9(cifar_cfg(translate=2), cache_dir=tmp_path)
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 3, 32, 32), torch.randint(0, 10, (24,))
+    idx = torch.stack([torch.arange(0, 16), torch.arange(8, 24)])
+    recipe = Recipe(epochs=2, batch_size=8, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                    schedule="onecycle", warmup=0.25)
+    states = []
+    for s in (1, 2):
+        torch.manual_seed(s)
+        states.append({k: v.clone() for k, v in resnet9(width=4).state_dict().items()})
+    stacked = train_stacked(resnet9(width=4), states, task.per_example_loss, x, y, idx, recipe, [5, 6],
+                            augment=task.augment_many)
+    assert set(stacked) == set(states[0])  # parameters and buffers
+    for j, seed in enumerate((5, 6)):
+        model = resnet9(width=4)
+        model.load_state_dict(states[j])
+        alone = train(model, task.per_example_loss, x, y, idx[j], recipe, seed, augment=task.augment)
+        for k, v in alone.model.state_dict().items():
+            torch.testing.assert_close(stacked[k][j], v, rtol=1e-4, atol=1e-5, msg=f"model {j} {k}")
+    moved = stacked["0.1.running_mean"]
+    assert not torch.equal(moved[0], moved[1]) and moved.abs().sum() > 0
+    assert stacked["0.1.num_batches_tracked"].tolist() == [4, 4]
+
+
+def test_resnet9_trains_together_only_on_a_gpu(tmp_path):
+    assert not CifarResNet9(cifar_cfg(), cache_dir=tmp_path).vectorizable  # slower on a CPU
+    assert not CifarResNet9(cifar_cfg(arch="dattri_resnet9"), cache_dir=tmp_path).vectorizable
+
+
+@needs_data
+def test_ground_truth_models_trained_together_keep_their_batch_norm_statistics(cifar10, monkeypatch):
+    monkeypatch.setattr(CifarResNet9, "vectorizable", True)
+    recipe = cifar10.recipe()
+    recipe.epochs = 1
+    idx = torch.stack([torch.arange(0, 64), torch.arange(64, 128)])
+    together = cifar10.fit_many(idx, [3, 4], recipe=recipe)
+    alone = cifar10.fit_many(idx, [3, 4], recipe=recipe, vectorize=False)
+    for a, b in zip(together, alone):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(v, w, rtol=1e-3, atol=1e-4, msg=k)
+        assert not a.training
+    q = cifar10.query_split
+    torch.testing.assert_close(cifar10.observable(together[0], q.inputs, q.targets),
+                               cifar10.observable(alone[0], q.inputs, q.targets), rtol=1e-3, atol=1e-3)
+
+
+def test_stacked_training_under_bf16_autocast_keeps_float32_states(tmp_path):
+    from tdabench.harness.plugin.training import Recipe, train_stacked
+
+    task = CifarResNet9(cifar_cfg(), cache_dir=tmp_path)
+    model = resnet9(width=4)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    states = [resnet9(width=4).state_dict() for _ in range(2)]
+    out = train_stacked(model, states, task.per_example_loss, x, y, torch.stack([torch.arange(16)] * 2),
+                        Recipe(epochs=1, batch_size=8, precision="bf16"), [1, 2], augment=task.augment_many)
+    assert out["0.0.weight"].dtype == torch.float32 and torch.isfinite(out["0.0.weight"]).all()
+    assert not torch.equal(out["0.0.weight"][0], states[0]["0.0.weight"])
+    assert all(not m._forward_pre_hooks for m in model.modules())  # the batch-norm casts are removed

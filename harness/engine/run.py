@@ -218,7 +218,7 @@ def _attribute(task, method, builder: GroundTruthBuilder, s: RunSettings, record
                 waited = builder.wait_s
                 gt = builder.build()
                 prof.exclude(builder.wait_s - waited)
-            record.update(gt_cached=not builder.produced)
+            record.update(gt_cached=not builder.produced, gt_models_together=getattr(builder, "models_together", None))
             if getattr(builder, "source", None):
                 record.update(gt_source=builder.source)
             share = gt.degenerate_share

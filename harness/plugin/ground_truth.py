@@ -159,6 +159,8 @@ class GroundTruthBuilder:
         self.wait_s = 0.0
         #: whether this builder computed a shard or assembled the ground truth itself
         self.produced = False
+        #: models trained at once by the last shard this builder computed (None: none computed)
+        self.models_together: int | None = None
         self.mode = gt_mode(gt)
         self.seeds = effective_seeds(gt)
         if gt.same_seed and gt.seeds > 1:
@@ -259,6 +261,7 @@ class GroundTruthBuilder:
             # models trained one at a time are saved after every subset; trained together, per batch
             together = self.gt.vectorize and self.task.vectorizable
             per_batch = max(1, self.gt.models_per_batch // self.seeds) if together else 1
+            self.models_together = min(per_batch, len(ids)) * self.seeds if together else 1
             outs, degs = [], []
             part = self._resume(partial, ids)
             if part is not None:

@@ -118,11 +118,11 @@ class TrainedModels:
         split = self.train_split
         stacked = train_stacked(self.new_model(self.seed), states, self.per_example_loss, split.inputs,
                                 split.targets, idx.to(self.device), recipe or self.recipe(), seeds,
-                                weights=None if weights is None else weights.to(self.device))
+                                weights=None if weights is None else weights.to(self.device), augment=self.augment_many)
         models = []
         for j in range(len(seeds)):
             model = self.new_model(self.seed)
-            model.load_state_dict({k: v[j] for k, v in stacked.items()}, strict=False)
+            model.load_state_dict({k: v[j] for k, v in stacked.items()})
             models.append(model.eval())
         return models
 

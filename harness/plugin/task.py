@@ -107,8 +107,9 @@ class Task(TrainedModels, ABC):
     #: set by the run when one of its metrics reads per-token scores (``lds_token``): grad_dot,
     #: TracIn, SOURCE and TRAK then score each query token, which costs about T times more
     token_scores_wanted: bool = False
-    #: whether many models can train at once with torch.func (no batch-norm running statistics,
-    #: no augmentation); see :func:`~tdabench.harness.plugin.training.train_stacked`
+    #: whether the ground truth trains many models at once with torch.func (not for models that
+    #: draw random numbers in their forward pass); see
+    #: :func:`~tdabench.harness.plugin.training.train_stacked`. A task may decide per device.
     vectorizable: ClassVar[bool] = False
     #: False for tasks that measure cost only (no retraining ground truth, no LDS)
     measures_lds: ClassVar[bool] = True
@@ -207,6 +208,13 @@ class Task(TrainedModels, ABC):
     def augment(self, inputs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Training-time augmentation of a minibatch; identity by default."""
         return inputs
+
+    def augment_many(self, inputs: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+        """:meth:`augment` of N models' minibatches ([N, B, ...]), model j's with ``gens[j]``, for
+        models trained together; a task may do it in one pass (same draws)."""
+        if type(self).augment is Task.augment:
+            return inputs
+        return torch.stack([self.augment(x, g) for x, g in zip(inputs, gens)])
 
     # ----- data -----------------------------------------------------------------------------
     def _load(self) -> tuple[Split, Split, Split]:

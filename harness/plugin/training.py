@@ -234,56 +234,72 @@ def train(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: to
 
 def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, inputs: torch.Tensor,
                   targets: torch.Tensor, idx: torch.Tensor, recipe: Recipe,
-                  seeds: list[int], weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Train N models at once with ``torch.func`` and return their stacked parameters.
+                  seeds: list[int], weights: torch.Tensor | None = None,
+                  augment: Callable | None = None) -> dict[str, torch.Tensor]:
+    """Train N models at once with ``torch.func`` and return their stacked states (parameters and
+    buffers, each [N, ...]).
 
     ``states[j]`` is model j's initial state, ``idx[j]`` ([N, s]) its training subset and
     ``seeds[j]`` its data-order seed. Every model follows exactly the schedule :func:`train` would
-    give it (same minibatch order, SGD with momentum and weight decay as ``torch.optim.SGD``), so
-    the results equal N separate calls to :func:`train` up to floating-point reassociation. Only
-    for models without buffers that change in training (no running batch-norm statistics) and
-    tasks without augmentation. ``weights`` ([N, len(inputs)]) are model j's per-example weights
-    as in :func:`train`.
+    give it: the same minibatch order and augmentation draws (``augment(x, gens)`` augments the
+    N models' minibatches [N, B, ...], model j's from its own generator ``gens[j]``, as
+    :meth:`~tdabench.harness.plugin.task.Task.augment_many`), SGD with momentum and weight decay
+    as ``torch.optim.SGD``, and batch-norm running statistics updated per model, so the results
+    equal N separate calls to :func:`train` up to floating-point reassociation (and the memory
+    layout: inputs stay in the default layout). Not for models that draw random numbers in
+    their forward pass (dropout). ``weights`` ([N, len(inputs)]) are model j's per-example weights
+    as in :func:`train`; ``recipe.channels_last`` applies to one model at a time only.
     """
     from torch.func import functional_call, grad, vmap
 
     names = [k for k, _ in model.named_parameters()]
     params = {k: torch.stack([s[k] for s in states]).clone() for k in names}
-    buffers = {k: v for k, v in model.named_buffers()}
+    # buffers per model (batch-norm running statistics change in training, in place, per model)
+    buffers = {k: torch.stack([s[k] for s in states]).clone() for k, _ in model.named_buffers()}
     bufs = {k: torch.zeros_like(v) for k, v in params.items()}
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     n_models, n = idx.shape
     size, steps_per_epoch = recipe.batch_for(n), recipe.steps_per_epoch(n)
     total = recipe.epochs * steps_per_epoch
 
-    def loss_of(p, x, y, w=None):
-        return batch_loss(loss_fn(lambda inp: functional_call(model, (p, buffers), (inp,)), x, y), w)
+    def loss_of(p, b, x, y, w=None):
+        return batch_loss(loss_fn(lambda inp: functional_call(model, (p, b), (inp,)), x, y), w)
 
     step_grad = vmap(grad(loss_of))
     step = 0
     model.train()
-    for _ in range(recipe.epochs):
-        order = torch.stack([idx[j][torch.randperm(n, generator=gens[j])] for j in range(n_models)])
-        for b in range(steps_per_epoch):
-            batch = order[:, b * size:(b + 1) * size]
-            with recipe.autocast(inputs.device):
-                if weights is None:
-                    g = step_grad(params, inputs[batch], targets[batch])
-                else:
-                    g = step_grad(params, inputs[batch], targets[batch], torch.gather(weights, 1, batch))
-            lr = recipe.lr_at(step, total)
-            with torch.no_grad():
-                for k in names:
-                    d = g[k] + recipe.weight_decay * params[k] if recipe.weight_decay else g[k]
-                    bufs[k] = recipe.momentum * bufs[k] + d if step else d
-                    params[k] = params[k] - lr * (d + recipe.momentum * bufs[k] if recipe.nesterov else bufs[k])
-            step += 1
+    # batch norm's batched kernel wants its input in its statistics' dtype: under bf16 autocast it
+    # normalizes float32 (the next layer casts back)
+    hooks = [m.register_forward_pre_hook(lambda _, args: (args[0].float(), *args[1:]))
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and recipe.precision == "bf16"]
+    try:
+        for _ in range(recipe.epochs):
+            order = torch.stack([idx[j][torch.randperm(n, generator=gens[j])] for j in range(n_models)])
+            for b in range(steps_per_epoch):
+                batch = order[:, b * size:(b + 1) * size]
+                x = inputs[batch] if augment is None else augment(inputs[batch], gens)
+                with recipe.autocast(inputs.device):
+                    if weights is None:
+                        g = step_grad(params, buffers, x, targets[batch])
+                    else:
+                        g = step_grad(params, buffers, x, targets[batch], torch.gather(weights, 1, batch))
+                lr = recipe.lr_at(step, total)
+                with torch.no_grad():
+                    for k in names:
+                        d = g[k] + recipe.weight_decay * params[k] if recipe.weight_decay else g[k]
+                        bufs[k] = recipe.momentum * bufs[k] + d if step else d
+                        params[k] = params[k] - lr * (d + recipe.momentum * bufs[k] if recipe.nesterov else bufs[k])
+                step += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
     model.eval()
     for k, v in params.items():
         if not torch.isfinite(v).all():
             raise FloatingPointError("training diverged (non-finite parameters); lower the task's "
                                      "learning rate or add weight decay")
-    return params
+    return params | buffers
 
 
 class Replay:

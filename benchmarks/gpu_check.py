@@ -15,14 +15,18 @@ Steps, each printed as it finishes:
     GPU and on the CPU, with their LDS side by side and whether they agree within 0.01 (methods
     whose optional libraries are missing are reported as skipped);
 (b) the fast recipe (``recipe=fast``, bf16 autocast on a GPU) on full CIFAR-10: test accuracy,
-    seconds per training and the peak GPU memory of one training;
+    seconds per training and the peak GPU memory of one training; then a few ground-truth models
+    of (c)'s size trained together and one at a time: seconds each way and how far their query
+    observables differ;
 (c) a CIFAR-10 ground truth (10,000 training images, 100 half-subsets x 2 seeds with the fast
-    recipe) and the LDS of ekfac, trak, grad_dot and bif on it, one line per method
+    recipe; on a GPU ``gt.models_per_batch`` models train at once), its models per hour and peak
+    memory per model, and the LDS of ekfac, trak, grad_dot and bif on it, one line per method
     (``<method> LDS <value>``), written as one results folder (``--out``: runs.jsonl, scores and
     the leaderboard).
 
-``--tiny`` runs the same steps at toy sizes on the CPU (a few minutes on one core): what it checks
-is that every step runs, not the numbers. Exit status 1 if a step failed or (a) found a method
+``--tiny`` runs the same steps at toy sizes on the CPU (a few minutes on one core), the ground
+truth's models trained together as on a GPU: what it checks is that every step runs, not the
+numbers. Exit status 1 if a step failed or (a) found a method
 whose GPU and CPU LDS differ by more than 0.01.
 """
 
@@ -150,6 +154,39 @@ def step_fast_recipe(args, device: str, tmp: Path) -> bool:
     return True
 
 
+def step_together(args, device: str, tmp: Path) -> bool:
+    """(b) continued: ground-truth models of step (c)'s size trained together against one at a time."""
+    from tdabench.harness.engine.compose import compose
+    from tdabench.harness.engine.run import prepare
+
+    over = ["task=cifar10_resnet9", "recipe=fast", "method=grad_dot", f"device={device}", *COMMON,
+            *GT[args.tiny], f"cache_dir={tmp}/cache-together"]
+    if device == "cpu":
+        over.append("task.recipe.precision=float32")
+    task, _ = prepare(compose(over))
+    task.train_split
+    n_models = 4 if args.tiny else 8
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.stack([torch.randperm(task.n_train, generator=gen)[:task.n_train // 2] for _ in range(n_models)])
+    seconds, models = {}, {}
+    for together in (True, False):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        models[together] = task.fit_many(idx, list(range(n_models)), vectorize=together)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds[together] = time.perf_counter() - t0
+    q = task.query_split
+    with torch.no_grad():  # rounding grows in training: on a CPU the memory layout alone moves these by 1e-2
+        diff = max(float((task.observable(a, q.inputs, q.targets) - task.observable(b, q.inputs, q.targets))
+                         .abs().max()) for a, b in zip(models[True], models[False]))
+    print(f"    {n_models} ground-truth models ({task.n_train // 2} images each): together {seconds[True]:.1f} s, "
+          f"one at a time {seconds[False]:.1f} s ({seconds[False] / seconds[True]:.1f}x); largest query "
+          f"observable difference {diff:.2e}", flush=True)
+    return True
+
+
 def step_ground_truth(args, device: str, tmp: Path, out: Path) -> bool:
     base = ["task=cifar10_resnet9", "recipe=fast", f"device={device}", *COMMON, *GT[args.tiny],
             f"cache_dir={tmp}/cache-gt", f"results_dir={out}"]
@@ -160,6 +197,8 @@ def step_ground_truth(args, device: str, tmp: Path, out: Path) -> bool:
     ok = True
     for name in GT_METHODS:
         r = run(base + [f"method={name}", *(CHEAP.get(name, []) if args.tiny else [])])
+        if r.get("gt_cached") is False:
+            print(ground_truth_line(r), flush=True)
         if r.get("status") == "ok":
             print(f"{name} LDS {r['lds']:.4f}", flush=True)
         else:
@@ -171,6 +210,18 @@ def step_ground_truth(args, device: str, tmp: Path, out: Path) -> bool:
 
         write([out])
     return ok
+
+
+def ground_truth_line(record: dict) -> str:
+    """One line on the ground truth a run computed: models, seconds, models per hour, how many
+    trained at once and the peak memory per model."""
+    models = record.get("gt_subsets", 0) * record.get("gt_seeds", 0)
+    seconds = (record.get("time_s") or {}).get("ground_truth") or float("nan")
+    peak = (record.get("peak_mem_mb") or {}).get("ground_truth")
+    together = record.get("gt_models_together") or 1
+    memory = f", peak memory {peak:.0f} MiB ({peak / together:.0f} MiB per model)" if peak else ""
+    return (f"    ground truth: {models} models in {seconds:.0f} s ({3600 * models / seconds:.0f} per hour), "
+            f"{together} trained at once{memory}")
 
 
 def main() -> None:
@@ -188,6 +239,12 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("tdabench").setLevel(logging.WARNING)
     device = args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    if device == "cpu":
+        # the ground truth's models train together as they do on a GPU (on a CPU one at a time is
+        # faster, so the task does not do it there by itself): the same code path, checked
+        from tdabench.tasks.cifar import CifarResNet9
+
+        CifarResNet9.vectorizable = True
     print(f"gpu_check{' --tiny' if args.tiny else ''}: device {device}, torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""), flush=True)
     steps = set(args.steps.split(","))
@@ -200,6 +257,7 @@ def main() -> None:
             ok &= step_methods(args, device, tmp)
         if "b" in steps:
             ok &= step_fast_recipe(args, device, tmp)
+            ok &= step_together(args, device, tmp)
         if "c" in steps:
             ok &= step_ground_truth(args, device, tmp, out)
     print(f"gpu_check: {'all steps ok' if ok else 'SOME STEPS FAILED'} in {time.perf_counter() - start:.0f} s")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tdabench.methods.curvature_layers import LayerSelectionError, layer_batches, select_layers
-from tdabench.methods.gradients import GRAD_CHUNK_BYTES, eval_mode, trainable_params
+from tdabench.methods.gradients import GRAD_CHUNK_BYTES, chunk_bytes, eval_mode, trainable_params
 
 STRATEGIES = ("kfac", "ekfac")
 DAMPING_KINDS = ("relative", "absolute")
@@ -245,7 +245,7 @@ def _correct_eigenvalues(task, model, layers, curv: Curvature, x, y, batch_size)
             if ra.shape[1] == 1:
                 sums[name] += (rg[:, 0].square().T @ ra[:, 0].square()).double()
                 continue
-            step = max(1, GRAD_CHUNK_BYTES // (4 * rg.shape[2] * ra.shape[2]))
+            step = max(1, chunk_bytes(ra.device, GRAD_CHUNK_BYTES) // (4 * rg.shape[2] * ra.shape[2]))
             for j in range(0, len(ra), step):
                 rot = torch.bmm(rg[j:j + step].transpose(1, 2), ra[j:j + step])  # [b, out, in]
                 sums[name] += rot.square().sum(0).double()

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tdabench.methods.gradients import chunk_bytes
+
 #: bytes of one layer's input rows (for a Conv2d, unfolded) formed at once while fitting factors
 ROW_CHUNK_BYTES = 32 * 2**20
 
@@ -146,13 +148,13 @@ def _pair_records(records, grads) -> dict[str, list]:
 
 def _layer_rows(layers, batch: dict[str, list]):
     """``(layer, (acts, grads))`` per layer of ``batch`` ({layer: [(input, output gradient)]}),
-    in chunks of examples whose input rows take about ``ROW_CHUNK_BYTES``, dropping each layer's
+    in chunks of examples whose input rows take about ``ROW_CHUNK_BYTES`` (more on a GPU), dropping each layer's
     tensors once its rows are formed. Consumers sum over examples, so chunks add up."""
     for name in list(batch):
         pairs = batch.pop(name)
         module = layers[name]
         per_example = sum(_activation_rows(module, a[:1]).numel() for a, _ in pairs) * 4
-        step = max(1, ROW_CHUNK_BYTES // per_example)
+        step = max(1, chunk_bytes(pairs[0][0].device, ROW_CHUNK_BYTES) // per_example)
         for j in range(0, len(pairs[0][0]), step):
             acts = [_activation_rows(module, a[j:j + step]) for a, _ in pairs]
             grads = [_gradient_rows(module, g[j:j + step]) for _, g in pairs]

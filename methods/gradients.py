@@ -248,10 +248,23 @@ def iter_per_token_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
         del rows
 
 
+def chunk_bytes(device: torch.device | str, cpu_bytes: int) -> int:
+    """Bytes of one chunk of streamed work on ``device``: ``cpu_bytes`` on a CPU (sized for its
+    memory and caches); on a GPU a sixteenth of its free memory, at least ``cpu_bytes`` and at
+    most 1 GiB, so that a chunk holds many examples and each kernel launch does real work."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu_bytes
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(cpu_bytes, min(2**30, free // 16))
+
+
 def gradient_chunk(model: nn.Module, batch_size: int) -> int:
     """Examples per chunk of per-example gradients: at most ``batch_size`` and about
-    ``GRAD_CHUNK_BYTES`` of float32 gradients."""
-    return max(1, min(batch_size, GRAD_CHUNK_BYTES // (4 * num_params(model))))
+    ``GRAD_CHUNK_BYTES`` of float32 gradients (more on a GPU, :func:`chunk_bytes`)."""
+    first = next(model.parameters(), None)
+    budget = chunk_bytes(first.device if first is not None else "cpu", GRAD_CHUNK_BYTES)
+    return max(1, min(batch_size, budget // (4 * num_params(model))))
 
 
 def train_grad_dots(task, model: nn.Module, queries: torch.Tensor, batch_size: int = 256,

@@ -215,3 +215,13 @@ def test_a_parameter_outside_the_graph_gets_zero_gradients_on_every_path():
     assert torch.allclose(tail, whole, rtol=1e-5, atol=1e-7)
     assert [n for n, _ in model.named_parameters()][0] == "unused"  # the first 5 columns
     assert torch.equal(whole[:, :5], torch.zeros(7, 5)) and whole[:, 5:].abs().sum() > 0
+
+
+def test_chunks_are_larger_on_a_gpu_and_unchanged_on_a_cpu(monkeypatch):
+    from tdabench.methods.gradients import GRAD_CHUNK_BYTES, chunk_bytes
+
+    assert chunk_bytes("cpu", GRAD_CHUNK_BYTES) == GRAD_CHUNK_BYTES
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 * 2**30, 80 * 2**30))
+    assert chunk_bytes("cuda", GRAD_CHUNK_BYTES) == 2**30  # capped
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
+    assert chunk_bytes("cuda", GRAD_CHUNK_BYTES) == GRAD_CHUNK_BYTES  # never below the CPU's

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tdabench.harness.core import logs, version
-from tdabench.harness.engine.sharing import job_threads, sweep_jobs
+from tdabench.harness.engine.sharing import job_gpu, job_threads, sweep_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -111,6 +111,17 @@ def test_ticker_logs_at_most_every_period(monkeypatch):
 ])
 def test_parallel_launcher_jobs_get_their_share_of_the_cores(launcher, env, expected):
     assert job_threads(launcher, env, available=8) == expected
+
+
+def test_parallel_jobs_on_cuda_take_the_visible_gpus_in_turn():
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}
+    local = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}
+    slurm = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
+    assert [job_gpu(joblib, k, "cuda", 2) for k in range(4)] == [0, 1, 0, 1]
+    assert job_gpu(local, 5, "cuda", 4) == 1
+    assert job_gpu(joblib, 1, "cuda:0", 2) is None  # an index given is kept
+    assert job_gpu(joblib, 1, "cuda", 1) is None and job_gpu(joblib, 1, "cpu", 0) is None
+    assert job_gpu(slurm, 3, "cuda", 2) is None  # a SLURM job sees the GPU it was given
 
 
 def test_sweep_jobs_multiplies_the_sweep_lists():

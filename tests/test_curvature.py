@@ -234,3 +234,23 @@ def test_query_rows_preconditioned_in_slices_match_one_slice(small_digits, monke
     parts = pairwise_scores(task, model, whole, batch_size=7, curvature=curv, per_layer=True)
     assert set(parts) == set(curv.layers)
     torch.testing.assert_close(sum(parts.values()), flat, **tol)
+
+
+@pytest.mark.reference
+def test_kronfluence_state_of_another_device_is_reset(small_digits):
+    """kronfluence's device lives in a process-wide state made by its first analyzer: a CPU run
+    after a GPU run in the same process must not inherit the GPU's."""
+    pytest.importorskip("kronfluence")
+    from kronfluence.utils.state import State
+
+    from tdabench.methods.reference.kronfluence import _kronfluence_device
+
+    State._reset_state()
+    State(cpu=False)  # as a run on cuda would leave it
+    try:
+        assert _kronfluence_device(small_digits) is True
+        assert not State._shared_state  # reset, so the next analyzer makes a CPU state
+        State(cpu=True)
+        assert _kronfluence_device(small_digits) is True and State._shared_state["cpu"] is True  # kept
+    finally:
+        State._reset_state()

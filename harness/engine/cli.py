@@ -270,14 +270,23 @@ def _metric_problems(overrides) -> list[str]:
     names = [str(n) for o in overrides if o.key_or_group == "metric" and o.value() is not None
              for n in (o.value() if isinstance(o.value(), list) else [o.value()])]
     return [p for p in map(unknown_metric, names) if p]
-def _share_cores(hydra_cfg) -> None:
-    """Give this launcher job its share of the cores (:mod:`harness.engine.sharing`); the config's
-    ``threads`` stays null, so the run's config hash does not depend on the machine."""
+
+
+def _share_machine(hydra_cfg, threads, device: str) -> None:
+    """Give this launcher job its share of the cores unless ``threads`` is set, and its GPU
+    (:mod:`harness.engine.sharing`); the config's ``threads`` and ``device`` stay as given, so
+    the run's config hash does not depend on the machine."""
     import torch
 
-    from tdabench.harness.engine.sharing import cores, job_threads
+    from tdabench.harness.engine.sharing import cores, job_gpu, job_threads
 
-    share = job_threads(OmegaConf.to_container(hydra_cfg.launcher, resolve=True))
+    launcher = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
+    gpu = job_gpu(launcher, hydra_cfg.job.get("num", 0), device, torch.cuda.device_count() if device == "cuda" else 0)
+    if gpu is not None:  # "cuda" is then this GPU everywhere in the job; the config is unchanged
+        torch.cuda.set_device(gpu)
+    if threads is not None:
+        return
+    share = job_threads(launcher)
     if share is not None:
         torch.set_num_threads(share)
         if hydra_cfg.job.get("num", 0) == 0:
@@ -315,8 +324,8 @@ def _app(cfg) -> None:
         for line in exc.problems:
             print(f"tdabench: error: {line}", file=sys.stderr)
         sys.exit(2)
-    if multirun and resolved.get("threads") is None:
-        _share_cores(HydraConfig.get())
+    if multirun:
+        _share_machine(HydraConfig.get(), resolved.get("threads"), str(resolved.get("device", "cpu")))
     group = _group(resolved)
     try:
         record = execute(resolved, group=group)

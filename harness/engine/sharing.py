@@ -6,6 +6,9 @@ the machine, so jobs running side by side do not each start one thread per core.
   run at once; the launching process hands the count on in :data:`SWEEP_JOBS_ENV`);
 - SLURM (and any job SLURM started): ``SLURM_CPUS_PER_TASK``, the CPUs the job was given;
 - the basic launcher (runs one after another): None, torch's default.
+
+And the GPU of a job with ``device=cuda`` (:func:`job_gpu`): jobs that local launchers run side by
+side take the visible GPUs in turn by job number; a SLURM job sees only the GPU it was given.
 """
 
 from __future__ import annotations
@@ -61,3 +64,15 @@ def sweep_jobs(overrides, default_methods: int) -> int:
         if o.is_sweep_override():
             jobs *= max(1, len(list(o.sweep_string_iterator())))
     return jobs * (1 if method_given else default_methods)
+
+
+def job_gpu(launcher: dict, job_num: int, device: str, visible: int) -> int | None:
+    """The GPU index for job ``job_num`` of ``launcher`` with ``device`` when ``visible`` GPUs are
+    visible: job_num mod visible for ``device=cuda`` (no index given) under a launcher that runs
+    jobs at once on one machine (joblib, submitit_local), so they do not all share the first GPU;
+    None (the current device) otherwise: one GPU, an index given, or one job at a time."""
+    target = str(launcher.get("_target_", ""))
+    local = target.endswith("JoblibLauncher") or target.endswith("LocalLauncher")
+    if device != "cuda" or visible < 2 or not local:
+        return None
+    return job_num % visible

@@ -1,5 +1,5 @@
 """Reference adapters: kronfluence's EK-FAC and K-FAC influence functions (``ekfac_kronfluence``,
-``kfac_kronfluence``), run on CPU on the task's checkpoint and data.
+``kfac_kronfluence``), run on the task's device (CPU or GPU) on its checkpoint and data.
 
 kronfluence's pairwise scores are g_q^T (F + lambda)^-1 g_i with g the gradients of the summed
 batch loss (positive for helpful examples) and F the mean per-example Fisher; the harness score
@@ -47,6 +47,19 @@ def _kronfluence_task(task, plain_model, module_names: list[str], seed: int):
     return HarnessTask()
 
 
+def _kronfluence_device(task) -> bool:
+    """Whether kronfluence computes on the CPU: on the task's device type (a GPU run computes on
+    the current GPU). kronfluence keeps its device in a process-wide state made by its first
+    analyzer; it is reset when this run's device type differs, as in one process that runs on
+    both (benchmarks/gpu_check.py)."""
+    from kronfluence.utils.state import State
+
+    cpu = task.device.type != "cuda"
+    if State._shared_state and State._shared_state.get("cpu") != cpu:
+        State._reset_state()
+    return cpu
+
+
 class KronfluenceIF(Method):
     """Shared body of the two adapters; subclasses set ``strategy``."""
 
@@ -76,7 +89,8 @@ class KronfluenceIF(Method):
         return problems
 
     def _dataset(self, split):
-        return torch.utils.data.TensorDataset(split.inputs, split.targets)
+        # host tensors: kronfluence moves each batch to its device
+        return torch.utils.data.TensorDataset(split.inputs.cpu(), split.targets.cpu())
 
     def fit(self, task, model) -> None:
         from kronfluence.analyzer import Analyzer, prepare_model
@@ -86,7 +100,7 @@ class KronfluenceIF(Method):
         ktask = _kronfluence_task(task, model, names, self.seed)
         tracked = prepare_model(copy.deepcopy(model), ktask)  # kronfluence wraps modules in place
         self._tmp = tempfile.TemporaryDirectory(prefix="kronfluence-", dir=task.scratch_dir())
-        self._analyzer = Analyzer(analysis_name=task.name, model=tracked, task=ktask, cpu=True,
+        self._analyzer = Analyzer(analysis_name=task.name, model=tracked, task=ktask, cpu=_kronfluence_device(task),
                                   output_dir=self._tmp.name, disable_tqdm=True, log_level=40)
         torch.manual_seed(self.seed)
         self._analyzer.fit_all_factors(

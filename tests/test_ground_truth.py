@@ -58,3 +58,28 @@ def test_vectorized_training_matches_the_loop(small_digits, tmp_path):
     vec = GroundTruthBuilder(small_digits, dict(GT, vectorize=True), tmp_path / "b", log=lambda m: None)
     a, b = loop.build().outcomes, vec.build().outcomes
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
+
+
+def test_models_trained_together_are_split_in_halves_when_memory_runs_out(small_digits, monkeypatch):
+    from tdabench.harness.plugin import models as models_module
+
+    real = models_module.train_stacked
+    sizes = []
+
+    def limited(model, states, *args, **kwargs):
+        sizes.append(len(states))
+        if len(states) > 2:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return real(model, states, *args, **kwargs)
+
+    idx = torch.stack([torch.randperm(small_digits.n_train, generator=torch.Generator().manual_seed(j))[:100]
+                       for j in range(5)])
+    whole = small_digits.fit_many(idx, [0, 1, 2, 3, 4])
+    monkeypatch.setattr(models_module, "train_stacked", limited)
+    logged = []
+    monkeypatch.setattr(small_digits, "log", logged.append)
+    halves = small_digits.fit_many(idx, [0, 1, 2, 3, 4])
+    assert sizes == [5, 2, 3, 1, 2] and "5 models trained together ran out of memory" in logged[0]
+    for a, b in zip(whole, halves):
+        for v, w in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6)

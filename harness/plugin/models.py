@@ -108,7 +108,8 @@ class TrainedModels:
                  weights: torch.Tensor | None = None) -> list[nn.Module]:
         """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``
         and per-example weights ``weights[j]`` ([N, n_train], optional); equivalent to N calls of
-        :meth:`fit_model`, trained at once when the task allows it."""
+        :meth:`fit_model`, trained at once when the task allows it (in halves, again and again,
+        where that runs out of memory)."""
         if not (vectorize and self.vectorizable):
             return [self.fit_model(row, seed, init_state, recipe=recipe,
                                    weights=None if weights is None else weights[j]).model
@@ -116,9 +117,23 @@ class TrainedModels:
         init_state = self.initial_state() if init_state is None else init_state
         states = [init_state if init_state is not None else self.new_model(s).state_dict() for s in seeds]
         split = self.train_split
-        stacked = train_stacked(self.new_model(self.seed), states, self.per_example_loss, split.inputs,
-                                split.targets, idx.to(self.device), recipe or self.recipe(), seeds,
-                                weights=None if weights is None else weights.to(self.device), augment=self.augment_many)
+        try:
+            stacked = train_stacked(self.new_model(self.seed), states, self.per_example_loss, split.inputs,
+                                    split.targets, idx.to(self.device), recipe or self.recipe(), seeds,
+                                    weights=None if weights is None else weights.to(self.device),
+                                    augment=self.augment_many)
+        except torch.OutOfMemoryError:
+            if len(seeds) == 1:
+                raise
+            del states
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(seeds) // 2
+            self.log(f"{len(seeds)} models trained together ran out of memory: {half} at a time "
+                     f"(gt.models_per_batch={half} sets it from the start)")
+            return [m for part in (slice(0, half), slice(half, None))
+                    for m in self.fit_many(idx[part], seeds[part], init_state, recipe, vectorize,
+                                           None if weights is None else weights[part])]
         models = []
         for j in range(len(seeds)):
             model = self.new_model(self.seed)

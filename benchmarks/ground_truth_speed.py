@@ -42,7 +42,10 @@ def main() -> None:
                   *args.set]
         cfg = compose([*common, f"gt.subsets={args.subsets}", f"gt.seeds={args.seeds}"])
         task, _ = prepare(cfg)
-        if not task.vectorizable:
+        if not task.vectorizable:  # one at a time on this device (CIFAR on a CPU): compared anyway
+            if getattr(task.settings, "arch", "resnet9") != "resnet9":
+                raise SystemExit(f"{task.name} with task.arch={task.settings.arch} cannot train models together "
+                                 "(its forward pass draws dropout masks)")
             type(task).vectorizable = True
         model = task.checkpoint()
         n_models = args.subsets * args.seeds

@@ -250,13 +250,14 @@ def iter_per_token_grads(fn: Callable, model: nn.Module, inputs: torch.Tensor,
 
 def chunk_bytes(device: torch.device | str, cpu_bytes: int) -> int:
     """Bytes of one chunk of streamed work on ``device``: ``cpu_bytes`` on a CPU (sized for its
-    memory and caches); on a GPU a sixteenth of its free memory, at least ``cpu_bytes`` and at
-    most 1 GiB, so that a chunk holds many examples and each kernel launch does real work."""
+    memory and caches); on a GPU a sixty-fourth of its memory, at least ``cpu_bytes`` and at most
+    1 GiB, so that a chunk holds many examples and each kernel launch does real work. It depends
+    on the GPU's size only, not on what is free at the time, so chunks (and the order of their
+    sums) are the same in every run on that GPU."""
     device = torch.device(device)
     if device.type != "cuda":
         return cpu_bytes
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(cpu_bytes, min(2**30, free // 16))
+    return max(cpu_bytes, min(2**30, torch.cuda.get_device_properties(device).total_memory // 64))
 
 
 def gradient_chunk(model: nn.Module, batch_size: int) -> int:

@@ -347,8 +347,9 @@ class CifarResNet9(Task):
     def vectorizable(self) -> bool:
         """Ground-truth models train together (``gt.models_per_batch`` at once, batch norm and
         augmentation per model) with ResNet-9 on a GPU, where one small model leaves it idle. On
-        a CPU they train one at a time: stacked convolutions are slower there (1.2 to 1.6 x per
-        model at widths 4 and 16, measured on one core). dattri's architecture draws dropout
+        a CPU they train one at a time: stacked convolutions are slower there (a training step 1.2
+        to 1.6 x slower per model at widths 4 and 16 on one core; 40 ground-truth models of the
+        fast recipe 2 x slower, docs/tasks.md). dattri's architecture draws dropout
         masks in its forward pass, so it always trains one model at a time."""
         return self.settings.arch == "resnet9" and self.device.type == "cuda"
 

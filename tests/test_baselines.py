@@ -218,10 +218,11 @@ def test_a_parameter_outside_the_graph_gets_zero_gradients_on_every_path():
 
 
 def test_chunks_are_larger_on_a_gpu_and_unchanged_on_a_cpu(monkeypatch):
+    from types import SimpleNamespace
+
     from tdabench.methods.gradients import GRAD_CHUNK_BYTES, chunk_bytes
 
     assert chunk_bytes("cpu", GRAD_CHUNK_BYTES) == GRAD_CHUNK_BYTES
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 * 2**30, 80 * 2**30))
-    assert chunk_bytes("cuda", GRAD_CHUNK_BYTES) == 2**30  # capped
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
-    assert chunk_bytes("cuda", GRAD_CHUNK_BYTES) == GRAD_CHUNK_BYTES  # never below the CPU's
+    for total, expected in ((80 * 2**30, 2**30), (16 * 2**30, 2**28), (2**28, GRAD_CHUNK_BYTES)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, t=total: SimpleNamespace(total_memory=t))
+        assert chunk_bytes("cuda", GRAD_CHUNK_BYTES) == expected  # capped at 1 GiB, never below the CPU's

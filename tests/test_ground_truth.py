@@ -79,7 +79,12 @@ def test_models_trained_together_are_split_in_halves_when_memory_runs_out(small_
     logged = []
     monkeypatch.setattr(small_digits, "log", logged.append)
     halves = small_digits.fit_many(idx, [0, 1, 2, 3, 4])
-    assert sizes == [5, 2, 3, 1, 2] and "5 models trained together ran out of memory" in logged[0]
+    assert sizes == [5, 2, 2, 1] and "5 models trained together ran out of memory" in logged[0]
+    assert small_digits.together_limit == 2
+    sizes.clear()
+    small_digits.fit_many(idx, [0, 1, 2, 3, 4])  # the limit holds for later batches
+    assert sizes == [2, 2, 1]
+    monkeypatch.setattr(small_digits, "together_limit", None)
     for a, b in zip(whole, halves):
         for v, w in zip(a.state_dict().values(), b.state_dict().values()):
             torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6)

@@ -217,6 +217,7 @@ def test_resnet9_trains_stacked_with_batch_norm_and_augmentation_as_one_at_a_tim
 
 
 def test_resnet9_trains_together_only_on_a_gpu(tmp_path):
+    assert CifarResNet9(cifar_cfg(), cache_dir=tmp_path, device="cuda").vectorizable  # nothing runs on it here
     assert not CifarResNet9(cifar_cfg(), cache_dir=tmp_path).vectorizable  # slower on a CPU
     assert not CifarResNet9(cifar_cfg(arch="dattri_resnet9"), cache_dir=tmp_path).vectorizable
 

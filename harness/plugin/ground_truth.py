@@ -280,6 +280,8 @@ class GroundTruthBuilder:
                     if i + len(chunk) < len(ids):
                         save_verified(vars(ShardOutcomes(ids[:i + len(chunk)], torch.cat(outs), torch.cat(degs))),
                                       partial)
+            if together and self.task.together_limit:  # halved where memory ran out
+                self.models_together = min(self.models_together, self.task.together_limit)
             return vars(ShardOutcomes(ids, torch.cat(outs), torch.cat(degs)))
 
         data = load_or_compute(self.shard_path(shard, num_shards), compute,

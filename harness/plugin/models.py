@@ -103,20 +103,29 @@ class TrainedModels:
                      recipe or self.recipe(), seed, snapshots=snapshots, augment=self.augment,
                      weights=None if weights is None else weights.to(self.device))
 
+    #: at most this many models train together (set when more ran out of memory); None: no limit
+    together_limit: int | None = None
+
     def fit_many(self, idx: torch.Tensor, seeds: list[int], init_state: dict | None = None,
                  recipe: Recipe | None = None, vectorize: bool = True,
                  weights: torch.Tensor | None = None) -> list[nn.Module]:
         """Train one model per row of ``idx`` ([N, s] subsets of equal size) with ``seeds[j]``
         and per-example weights ``weights[j]`` ([N, n_train], optional); equivalent to N calls of
-        :meth:`fit_model`, trained at once when the task allows it (in halves, again and again,
-        where that runs out of memory)."""
+        :meth:`fit_model`, trained at once when the task allows it (where that runs out of
+        memory, in halves from then on, halved again if needed)."""
         if not (vectorize and self.vectorizable):
             return [self.fit_model(row, seed, init_state, recipe=recipe,
                                    weights=None if weights is None else weights[j]).model
                     for j, (row, seed) in enumerate(zip(idx, seeds))]
+        limit = self.together_limit or len(seeds)
+        if len(seeds) > limit:  # an earlier batch ran out of memory with more
+            return [m for at in range(0, len(seeds), limit)
+                    for m in self.fit_many(idx[at:at + limit], seeds[at:at + limit], init_state, recipe, vectorize,
+                                           None if weights is None else weights[at:at + limit])]
         init_state = self.initial_state() if init_state is None else init_state
         states = [init_state if init_state is not None else self.new_model(s).state_dict() for s in seeds]
         split = self.train_split
+        stacked = None
         try:
             stacked = train_stacked(self.new_model(self.seed), states, self.per_example_loss, split.inputs,
                                     split.targets, idx.to(self.device), recipe or self.recipe(), seeds,
@@ -125,15 +134,14 @@ class TrainedModels:
         except torch.OutOfMemoryError:
             if len(seeds) == 1:
                 raise
+        if stacked is None:  # retried here, once the failed attempt's tensors are gone with its traceback
             del states
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            half = len(seeds) // 2
-            self.log(f"{len(seeds)} models trained together ran out of memory: {half} at a time "
-                     f"(gt.models_per_batch={half} sets it from the start)")
-            return [m for part in (slice(0, half), slice(half, None))
-                    for m in self.fit_many(idx[part], seeds[part], init_state, recipe, vectorize,
-                                           None if weights is None else weights[part])]
+            self.together_limit = len(seeds) // 2
+            self.log(f"{len(seeds)} models trained together ran out of memory: {self.together_limit} at a time "
+                     f"from now on (gt.models_per_batch={self.together_limit} sets it from the start)")
+            return self.fit_many(idx, seeds, init_state, recipe, vectorize, weights)
         models = []
         for j in range(len(seeds)):
             model = self.new_model(self.seed)

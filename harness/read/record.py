@@ -125,7 +125,8 @@ class RunRecord:
     gt_mode: str | None = None                 # fresh_seeds or same_seed
     gt_cached: bool | None = None
     gt_models_together: int | None = None  # models the ground truth trained at once when this run computed
-                                           # it (1: one at a time); its peak_mem_mb over this is per model
+                                           # it (1: one at a time; halved where memory ran out, as the log
+                                           # says); its peak_mem_mb over this is per model
     gt_source: dict[str, Any] | None = None  # with gt.from: the bundle or file the ground truth was read
                                          # from (format, path, manifest_sha256 or the files' sha256, gt_key)
     count_replay_s: float | None = None        # wall seconds of the untimed counting replay (cost.count=separate)

@@ -11,6 +11,7 @@ files go to a temporary folder under the task's cache folder, removed afterwards
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from typing import ClassVar
@@ -60,6 +61,12 @@ def _kronfluence_device(task) -> bool:
     return cpu
 
 
+def _current_gpu(task):
+    """The task's GPU made the current one while kronfluence runs (its device is "cuda", the
+    current GPU, which with device=cuda:N would differ from the task's); nothing on a CPU."""
+    return torch.cuda.device(task.device) if task.device.type == "cuda" else contextlib.nullcontext()
+
+
 class KronfluenceIF(Method):
     """Shared body of the two adapters; subclasses set ``strategy``."""
 
@@ -100,14 +107,16 @@ class KronfluenceIF(Method):
         ktask = _kronfluence_task(task, model, names, self.seed)
         tracked = prepare_model(copy.deepcopy(model), ktask)  # kronfluence wraps modules in place
         self._tmp = tempfile.TemporaryDirectory(prefix="kronfluence-", dir=task.scratch_dir())
-        self._analyzer = Analyzer(analysis_name=task.name, model=tracked, task=ktask, cpu=_kronfluence_device(task),
-                                  output_dir=self._tmp.name, disable_tqdm=True, log_level=40)
-        torch.manual_seed(self.seed)
-        self._analyzer.fit_all_factors(
-            factors_name=self.strategy, dataset=self._dataset(task.train_split),
-            per_device_batch_size=self.batch_size,
-            factor_args=FactorArguments(strategy=self.strategy, use_empirical_fisher=self.empirical_fisher),
-            overwrite_output_dir=True)
+        with _current_gpu(task):
+            self._analyzer = Analyzer(analysis_name=task.name, model=tracked, task=ktask,
+                                      cpu=_kronfluence_device(task), output_dir=self._tmp.name,
+                                      disable_tqdm=True, log_level=40)
+            torch.manual_seed(self.seed)
+            self._analyzer.fit_all_factors(
+                factors_name=self.strategy, dataset=self._dataset(task.train_split),
+                per_device_batch_size=self.batch_size,
+                factor_args=FactorArguments(strategy=self.strategy, use_empirical_fisher=self.empirical_fisher),
+                overwrite_output_dir=True)
 
     def score(self, task, model) -> torch.Tensor:
         from kronfluence.arguments import ScoreArguments
@@ -115,13 +124,14 @@ class KronfluenceIF(Method):
         if self._analyzer is None:
             self.fit(task, model)
         try:
-            self._analyzer.compute_pairwise_scores(
-                scores_name="scores", factors_name=self.strategy,
-                query_dataset=self._dataset(task.query_split),
-                train_dataset=self._dataset(task.train_split),
-                per_device_query_batch_size=self.batch_size,
-                per_device_train_batch_size=self.batch_size,
-                score_args=ScoreArguments(damping_factor=self.damping), overwrite_output_dir=True)
+            with _current_gpu(task):
+                self._analyzer.compute_pairwise_scores(
+                    scores_name="scores", factors_name=self.strategy,
+                    query_dataset=self._dataset(task.query_split),
+                    train_dataset=self._dataset(task.train_split),
+                    per_device_query_batch_size=self.batch_size,
+                    per_device_train_batch_size=self.batch_size,
+                    score_args=ScoreArguments(damping_factor=self.damping), overwrite_output_dir=True)
             scores = self._analyzer.load_pairwise_scores("scores")["all_modules"]
         finally:
             self._tmp.cleanup()

@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install demo test docs bench clean
+.PHONY: install demo test docs bench gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,5 +56,15 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -o addopts=""; \
 	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s"
 
+# wheels of what benchmarks/gpu_check.py needs besides PyTorch, for a GPU machine without a network
+# running Python GPU_PY (pip install --no-index --find-links gpu_wheels ..., see gpu_check.py)
+GPU_PY ?= 3.11
+gpu-wheels: $(STAMP)
+	rm -rf gpu_wheels
+	$(BIN)/pip wheel -q --no-deps -w gpu_wheels antlr4-python3-runtime==4.9.3
+	$(BIN)/pip download -q -d gpu_wheels --find-links gpu_wheels --only-binary=:all: --python-version $(GPU_PY) \
+	  --platform manylinux2014_x86_64 -r benchmarks/gpu_requirements.txt 'setuptools>=68' wheel
+	du -sh gpu_wheels
+
 clean:
-	rm -rf $(VENV) .cache results/demo site
+	rm -rf $(VENV) .cache results/demo site gpu_wheels

@@ -1,11 +1,16 @@
 """The GPU check: every step of tdabench that a GPU changes, in one script of about 8 minutes.
 
 Run it from a copy of the project on a machine with one CUDA GPU, with that machine's own
-PyTorch (any recent version; ``pip install --no-deps -e .`` of the project and its pure-Python
-dependencies), and the CIFAR-10 archive ``cifar10-jpeg.tar.gz`` beside the project in
-``../shared/data/`` (or ``shared/data/`` inside it, ``$TDABENCH_DATA`` or ``--data DIR``); nothing
-is downloaded.
+PyTorch (any recent version), the packages of ``benchmarks/gpu_requirements.txt`` and the
+CIFAR-10 archive ``cifar10-jpeg.tar.gz`` beside the project in ``../shared/data/`` (or
+``shared/data/`` inside it, ``$TDABENCH_DATA`` or ``--data DIR``); nothing is downloaded. For a
+GPU machine without a network, ``make gpu-wheels GPU_PY=3.11`` (its Python version) gathers
+those packages as wheels in ``gpu_wheels/`` (136 MB for Python 3.11 on x86-64; 39 MB of it
+without numpy, scipy, pandas, scikit-learn, matplotlib and their image libraries, which GPU
+images usually have); carry that folder with the copy and install there with
 
+    pip install --no-index --find-links gpu_wheels -r benchmarks/gpu_requirements.txt
+    pip install --no-index --find-links gpu_wheels --no-deps -e .
     python benchmarks/gpu_check.py [--out results/reference/gpu_cifar10]   # on a GPU
     python benchmarks/gpu_check.py --tiny                                  # every step, on this CPU
 

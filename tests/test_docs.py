@@ -75,3 +75,22 @@ def test_a_method_count_the_docs_quote_is_the_registered_one():
 def test_results_page_reads_whole_without_the_site_builder():
     text = (ROOT / "docs" / "results.md").read_text()
     assert "--8<--" not in text and "### CIFAR-10 at CPU scale" in text
+
+
+def test_gpu_requirements_are_the_project_dependencies_a_gpu_check_imports():
+    """benchmarks/gpu_requirements.txt (what gpu_check.py needs besides PyTorch) keeps up with
+    pyproject.toml: every dependency but torch, torchvision, wandb and the joblib launcher."""
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+
+    def name(spec: str) -> str:
+        return re.split(r"[<>=!~\[ ;]", spec.strip(), maxsplit=1)[0].lower()
+
+    deps = {name(d) for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    listed = [line for line in (root / "benchmarks" / "gpu_requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert {name(s) for s in listed} == deps - {"torch", "torchvision", "wandb", "hydra-joblib-launcher"}

@@ -1,7 +1,7 @@
 """The GPU check: every step of tdabench that a GPU changes, in one script of about 8 minutes.
 
 Run it from a copy of the project on a machine with one CUDA GPU, with that machine's own
-PyTorch (any recent version), the packages of ``benchmarks/gpu_requirements.txt`` and the
+PyTorch and torchvision (any recent versions), the packages of ``benchmarks/gpu_requirements.txt`` and the
 CIFAR-10 archive ``cifar10-jpeg.tar.gz`` beside the project in ``../shared/data/`` (or
 ``shared/data/`` inside it, ``$TDABENCH_DATA`` or ``--data DIR``); nothing is downloaded. For a
 GPU machine without a network, ``make gpu-wheels GPU_PY=3.11`` (its Python version) gathers

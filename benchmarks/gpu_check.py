@@ -21,7 +21,8 @@ Steps, each printed as it finishes:
     whose optional libraries are missing are reported as skipped). The CPU runs read the models
     and ground truths the GPU trained (training amplifies rounding: at these sizes a retrained
     ground truth's memory layout alone moved an LDS by 0.07), so what is compared is the
-    methods' own arithmetic; the methods' caches are each device's own;
+    methods' own arithmetic (magic replays the training on each device, so its comparison
+    includes training's rounding); the methods' caches are each device's own;
 (b) the fast recipe (``recipe=fast``, bf16 autocast on a GPU) on full CIFAR-10: test accuracy,
     seconds per training and the peak GPU memory of one training; then a few ground-truth models
     of (c)'s size trained together and one at a time: seconds each way and how far their query

@@ -143,24 +143,39 @@ def step_methods(args, device: str, tmp: Path) -> bool:
     return ok
 
 
-def step_fast_recipe(args, device: str, tmp: Path) -> bool:
+def cifar_overrides(device: str, sizes: list[str], cache: Path) -> list[str]:
+    """A fast-recipe CIFAR-10 run on ``device`` at ``sizes``, cached in ``cache`` (float32 on a CPU,
+    where bf16 autocast is slow)."""
+    over = ["task=cifar10_resnet9", "recipe=fast", f"device={device}", *COMMON, *sizes, f"cache_dir={cache}"]
+    return over + (["task.recipe.precision=float32"] if device == "cpu" else [])
+
+
+def cifar_task(overrides: list[str]):
+    """The task of ``overrides``, its images decoded (so that no timing includes it)."""
     from tdabench.harness.engine.compose import compose
     from tdabench.harness.engine.run import prepare
 
-    over = ["task=cifar10_resnet9", "recipe=fast", "method=grad_dot", f"device={device}", *COMMON,
-            *FAST[args.tiny], f"cache_dir={tmp}/cache-fast"]
-    if device == "cpu":
-        over.append("task.recipe.precision=float32")
-    task, _ = prepare(compose(over))
-    task.train_split  # decode before timing
+    task, _ = prepare(compose([*overrides, "method=grad_dot"]))
+    task.train_split
+    return task
+
+
+def timed(device: str, fn):
+    """``fn()`` and its wall seconds, synchronized on a GPU."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    model = task.fit_model(torch.arange(task.n_train), task.seed).model
+    out = fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    return out, time.perf_counter() - t0
+
+
+def step_fast_recipe(args, device: str, tmp: Path) -> bool:
+    task = cifar_task(cifar_overrides(device, FAST[args.tiny], tmp / "cache-fast"))
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    model, seconds = timed(device, lambda: task.fit_model(torch.arange(task.n_train), task.seed).model)
     acc = task.evaluate(model)["test_acc"]
     memory = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB per model"
               if device.startswith("cuda") else "")
@@ -172,15 +187,7 @@ def step_fast_recipe(args, device: str, tmp: Path) -> bool:
 
 def step_together(args, device: str, tmp: Path) -> bool:
     """(b) continued: ground-truth models of step (c)'s size trained together against one at a time."""
-    from tdabench.harness.engine.compose import compose
-    from tdabench.harness.engine.run import prepare
-
-    over = ["task=cifar10_resnet9", "recipe=fast", "method=grad_dot", f"device={device}", *COMMON,
-            *GT[args.tiny], f"cache_dir={tmp}/cache-together"]
-    if device == "cpu":
-        over.append("task.recipe.precision=float32")
-    task, _ = prepare(compose(over))
-    task.train_split
+    task = cifar_task(cifar_overrides(device, GT[args.tiny], tmp / "cache-together"))
     n_models = 4 if args.tiny else 8
     gen = torch.Generator().manual_seed(0)
     idx = torch.stack([torch.randperm(task.n_train, generator=gen)[:task.n_train // 2] for _ in range(n_models)])
@@ -189,13 +196,8 @@ def step_together(args, device: str, tmp: Path) -> bool:
     task.fit_many(idx[:2], [0, 1], recipe=warm)  # kernels chosen and loaded before timing
     seconds, models = {}, {}
     for together in (True, False):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        models[together] = task.fit_many(idx, list(range(n_models)), vectorize=together)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds[together] = time.perf_counter() - t0
+        models[together], seconds[together] = timed(
+            device, lambda t=together: task.fit_many(idx, list(range(n_models)), vectorize=t))
     q = task.query_split
     with torch.no_grad():  # rounding grows in training: on a CPU the memory layout alone moves these by 1e-2
         diff = max(float((task.observable(a, q.inputs, q.targets) - task.observable(b, q.inputs, q.targets))
@@ -207,10 +209,7 @@ def step_together(args, device: str, tmp: Path) -> bool:
 
 
 def step_ground_truth(args, device: str, tmp: Path, out: Path) -> bool:
-    base = ["task=cifar10_resnet9", "recipe=fast", f"device={device}", *COMMON, *GT[args.tiny],
-            f"cache_dir={tmp}/cache-gt", f"results_dir={out}"]
-    if device == "cpu":
-        base.append("task.recipe.precision=float32")
+    base = [*cifar_overrides(device, GT[args.tiny], tmp / "cache-gt"), f"results_dir={out}"]
     print(f"(c) CIFAR-10 ground truth and methods, results in {out}", flush=True)
     t0 = time.perf_counter()
     ok = True

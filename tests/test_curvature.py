@@ -243,14 +243,14 @@ def test_kronfluence_state_of_another_device_is_reset(small_digits):
     pytest.importorskip("kronfluence")
     from kronfluence.utils.state import State
 
-    from tdabench.methods.reference.kronfluence import _kronfluence_device
+    from tdabench.methods.reference.kronfluence import _kronfluence_cpu
 
     State._reset_state()
     State(cpu=False)  # as a run on cuda would leave it
     try:
-        assert _kronfluence_device(small_digits) is True
+        assert _kronfluence_cpu(small_digits) is True
         assert not State._shared_state  # reset, so the next analyzer makes a CPU state
         State(cpu=True)
-        assert _kronfluence_device(small_digits) is True and State._shared_state["cpu"] is True  # kept
+        assert _kronfluence_cpu(small_digits) is True and State._shared_state["cpu"] is True  # kept
     finally:
         State._reset_state()

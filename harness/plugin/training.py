@@ -273,7 +273,7 @@ def train_stacked(model: nn.Module, states: list[dict], loss_fn: Callable, input
     # and the residual sums in bf16, so together is a little more precise and holds more memory)
     hooks = [m.register_forward_pre_hook(lambda _, args: (args[0].float(), *args[1:]))
              for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and recipe.precision == "bf16"]
+             ] if recipe.precision == "bf16" else []
     try:
         for _ in range(recipe.epochs):
             order = torch.stack([idx[j][torch.randperm(n, generator=gens[j])] for j in range(n_models)])

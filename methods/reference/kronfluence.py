@@ -48,7 +48,7 @@ def _kronfluence_task(task, plain_model, module_names: list[str], seed: int):
     return HarnessTask()
 
 
-def _kronfluence_device(task) -> bool:
+def _kronfluence_cpu(task) -> bool:
     """Whether kronfluence computes on the CPU: on the task's device type (a GPU run computes on
     the current GPU). kronfluence keeps its device in a process-wide state made by its first
     analyzer; it is reset when this run's device type differs, as in one process that runs on
@@ -109,7 +109,7 @@ class KronfluenceIF(Method):
         self._tmp = tempfile.TemporaryDirectory(prefix="kronfluence-", dir=task.scratch_dir())
         with _current_gpu(task):
             self._analyzer = Analyzer(analysis_name=task.name, model=tracked, task=ktask,
-                                      cpu=_kronfluence_device(task), output_dir=self._tmp.name,
+                                      cpu=_kronfluence_cpu(task), output_dir=self._tmp.name,
                                       disable_tqdm=True, log_level=40)
             torch.manual_seed(self.seed)
             self._analyzer.fit_all_factors(
